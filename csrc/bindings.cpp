@@ -1,0 +1,175 @@
+// pybind11 bindings of the CPU kernels: one function per kernel. Tensors arrive as raw data
+// pointers (torch's tensor.data_ptr()) plus a dtype code; the Python layer (pycnn/_ops) has
+// checked every size, dtype and device and made inputs contiguous. The GIL is released
+// around the work so other Python threads keep running.
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include "common/parallel.h"
+#include "cpu/kernels.h"
+
+namespace py = pybind11;
+using namespace pycnn;
+
+namespace {
+
+enum DType : int { kFloat32 = 0, kFloat64 = 1 };
+
+template <typename T>
+T* p(uintptr_t a) { return reinterpret_cast<T*>(a); }
+
+// Calls body.template operator()<T>() with T the C++ type of dtype code `dt`.
+template <typename F>
+auto dispatch(int dt, const char* op, F&& body) {
+  switch (dt) {
+    case kFloat32: return body(float{});
+    case kFloat64: return body(double{});
+  }
+  throw std::invalid_argument(std::string(op) + ": unsupported dtype code " + std::to_string(dt));
+}
+
+#define PYCNN_T using T = decltype(tag)
+constexpr auto nogil = py::call_guard<py::gil_scoped_release>();
+
+}  // namespace
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "pycnn CPU kernels (raw-pointer interface; use pycnn.functional instead)";
+  m.attr("FLOAT32") = int(kFloat32);
+  m.attr("FLOAT64") = int(kFloat64);
+  m.def("get_num_threads", &get_num_threads);
+  m.def("set_num_threads", &set_num_threads, nogil);
+
+  m.def("gemm", [](int dt, bool ta, bool tb, int64_t M, int64_t N, int64_t K, double alpha,
+                   uintptr_t A, int64_t lda, uintptr_t B, int64_t ldb, double beta, uintptr_t C,
+                   int64_t ldc) {
+    dispatch(dt, "gemm", [&](auto tag) {
+      PYCNN_T;
+      cpu::gemm<T>(ta, tb, M, N, K, T(alpha), p<T>(A), lda, p<T>(B), ldb, T(beta), p<T>(C), ldc);
+    });
+  }, nogil);
+  m.def("channel_sum", [](int dt, int64_t N, int64_t C, int64_t S, uintptr_t x, uintptr_t out) {
+    dispatch(dt, "channel_sum", [&](auto tag) { PYCNN_T; cpu::channel_sum<T>(N, C, S, p<T>(x), p<T>(out)); });
+  }, nogil);
+
+  m.def("conv2d_forward", [](int dt, std::vector<int64_t> shape, uintptr_t x, uintptr_t w,
+                             uintptr_t b, uintptr_t y, uintptr_t ws, int64_t ws_elems) {
+    auto s = Conv2dShape::from(shape);
+    dispatch(dt, "conv2d", [&](auto tag) {
+      PYCNN_T;
+      cpu::conv2d_forward<T>(s, p<T>(x), p<T>(w), p<T>(b), p<T>(y), p<T>(ws), ws_elems);
+    });
+  }, nogil);
+  m.def("conv2d_backward_input", [](int dt, std::vector<int64_t> shape, uintptr_t gy, uintptr_t w,
+                                    uintptr_t gx, uintptr_t ws, int64_t ws_elems) {
+    auto s = Conv2dShape::from(shape);
+    dispatch(dt, "conv2d_backward_input", [&](auto tag) {
+      PYCNN_T;
+      cpu::conv2d_backward_input<T>(s, p<T>(gy), p<T>(w), p<T>(gx), p<T>(ws), ws_elems);
+    });
+  }, nogil);
+  m.def("conv2d_backward_weight", [](int dt, std::vector<int64_t> shape, uintptr_t x, uintptr_t gy,
+                                     uintptr_t gw, uintptr_t gb, uintptr_t ws, int64_t ws_elems) {
+    auto s = Conv2dShape::from(shape);
+    dispatch(dt, "conv2d_backward_weight", [&](auto tag) {
+      PYCNN_T;
+      cpu::conv2d_backward_weight<T>(s, p<T>(x), p<T>(gy), p<T>(gw), p<T>(gb), p<T>(ws), ws_elems);
+    });
+  }, nogil);
+
+  m.def("depthwise_conv2d_forward", [](int dt, std::vector<int64_t> shape, uintptr_t x,
+                                       uintptr_t w, uintptr_t b, uintptr_t y) {
+    auto s = Conv2dShape::from(shape);
+    dispatch(dt, "depthwise_conv2d", [&](auto tag) {
+      PYCNN_T;
+      cpu::depthwise_conv2d_forward<T>(s, p<T>(x), p<T>(w), p<T>(b), p<T>(y));
+    });
+  }, nogil);
+  m.def("depthwise_conv2d_backward_input", [](int dt, std::vector<int64_t> shape, uintptr_t gy,
+                                              uintptr_t w, uintptr_t gx) {
+    auto s = Conv2dShape::from(shape);
+    dispatch(dt, "depthwise_conv2d_backward_input", [&](auto tag) {
+      PYCNN_T;
+      cpu::depthwise_conv2d_backward_input<T>(s, p<T>(gy), p<T>(w), p<T>(gx));
+    });
+  }, nogil);
+  m.def("depthwise_conv2d_backward_weight", [](int dt, std::vector<int64_t> shape, uintptr_t x,
+                                               uintptr_t gy, uintptr_t gw, uintptr_t gb) {
+    auto s = Conv2dShape::from(shape);
+    dispatch(dt, "depthwise_conv2d_backward_weight", [&](auto tag) {
+      PYCNN_T;
+      cpu::depthwise_conv2d_backward_weight<T>(s, p<T>(x), p<T>(gy), p<T>(gw), p<T>(gb));
+    });
+  }, nogil);
+
+  m.def("max_pool2d_forward", [](int dt, std::vector<int64_t> shape, uintptr_t x, uintptr_t y,
+                                 uintptr_t idx) {
+    auto s = Pool2dShape::from(shape);
+    dispatch(dt, "max_pool2d", [&](auto tag) {
+      PYCNN_T;
+      cpu::max_pool2d_forward<T>(s, p<T>(x), p<T>(y), p<int64_t>(idx));
+    });
+  }, nogil);
+  m.def("max_pool2d_backward", [](int dt, std::vector<int64_t> shape, uintptr_t gy, uintptr_t idx,
+                                  uintptr_t gx) {
+    auto s = Pool2dShape::from(shape);
+    dispatch(dt, "max_pool2d_backward", [&](auto tag) {
+      PYCNN_T;
+      cpu::max_pool2d_backward<T>(s, p<T>(gy), p<int64_t>(idx), p<T>(gx));
+    });
+  }, nogil);
+  m.def("max_unpool2d_forward", [](int dt, int64_t planes, int64_t in_size, int64_t out_size,
+                                   uintptr_t x, uintptr_t idx, uintptr_t y) {
+    return dispatch(dt, "max_unpool2d", [&](auto tag) {
+      PYCNN_T;
+      return cpu::max_unpool2d_forward<T>(planes, in_size, out_size, p<T>(x), p<int64_t>(idx), p<T>(y));
+    });
+  }, nogil);
+  m.def("max_unpool2d_backward", [](int dt, int64_t planes, int64_t in_size, int64_t out_size,
+                                    uintptr_t gy, uintptr_t idx, uintptr_t gx) {
+    dispatch(dt, "max_unpool2d_backward", [&](auto tag) {
+      PYCNN_T;
+      cpu::max_unpool2d_backward<T>(planes, in_size, out_size, p<T>(gy), p<int64_t>(idx), p<T>(gx));
+    });
+  }, nogil);
+
+  m.def("batch_norm_stats", [](int dt, int64_t N, int64_t C, int64_t S, uintptr_t x,
+                               uintptr_t mean, uintptr_t var) {
+    dispatch(dt, "batch_norm", [&](auto tag) {
+      PYCNN_T;
+      cpu::batch_norm_stats<T>(N, C, S, p<T>(x), p<T>(mean), p<T>(var));
+    });
+  }, nogil);
+  m.def("batch_norm_apply", [](int dt, int64_t N, int64_t C, int64_t S, uintptr_t x,
+                               uintptr_t mean, uintptr_t invstd, uintptr_t w, uintptr_t b,
+                               uintptr_t y) {
+    dispatch(dt, "batch_norm", [&](auto tag) {
+      PYCNN_T;
+      cpu::batch_norm_apply<T>(N, C, S, p<T>(x), p<T>(mean), p<T>(invstd), p<T>(w), p<T>(b), p<T>(y));
+    });
+  }, nogil);
+  m.def("batch_norm_backward", [](int dt, int64_t N, int64_t C, int64_t S, uintptr_t x,
+                                  uintptr_t gy, uintptr_t mean, uintptr_t invstd, uintptr_t w,
+                                  bool training, uintptr_t gx, uintptr_t gw, uintptr_t gb) {
+    dispatch(dt, "batch_norm_backward", [&](auto tag) {
+      PYCNN_T;
+      cpu::batch_norm_backward<T>(N, C, S, p<T>(x), p<T>(gy), p<T>(mean), p<T>(invstd), p<T>(w),
+                                  training, p<T>(gx), p<T>(gw), p<T>(gb));
+    });
+  }, nogil);
+
+  m.def("linear_forward", [](int dt, int64_t M, int64_t N, int64_t K, uintptr_t x, uintptr_t w,
+                             uintptr_t b, uintptr_t y) {
+    dispatch(dt, "linear", [&](auto tag) {
+      PYCNN_T;
+      cpu::linear_forward<T>(M, N, K, p<T>(x), p<T>(w), p<T>(b), p<T>(y));
+    });
+  }, nogil);
+  m.def("linear_backward", [](int dt, int64_t M, int64_t N, int64_t K, uintptr_t x, uintptr_t w,
+                              uintptr_t gy, uintptr_t gx, uintptr_t gw, uintptr_t gb) {
+    dispatch(dt, "linear_backward", [&](auto tag) {
+      PYCNN_T;
+      cpu::linear_backward<T>(M, N, K, p<T>(x), p<T>(w), p<T>(gy), p<T>(gx), p<T>(gw), p<T>(gb));
+    });
+  }, nogil);
+}

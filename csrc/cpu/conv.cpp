@@ -1,0 +1,14 @@
+// STUB: not implemented yet
+#include <stdexcept>
+#include "cpu/kernels.h"
+namespace pycnn::cpu {
+template <typename T> void conv2d_forward(const Conv2dShape&, const T*, const T*, const T*, T*, T*, int64_t) { throw std::runtime_error("conv2d_forward: not implemented yet"); }
+template void conv2d_forward<float>(const Conv2dShape&, const float*, const float*, const float*, float*, float*, int64_t);
+template void conv2d_forward<double>(const Conv2dShape&, const double*, const double*, const double*, double*, double*, int64_t);
+template <typename T> void conv2d_backward_input(const Conv2dShape&, const T*, const T*, T*, T*, int64_t) { throw std::runtime_error("conv2d_backward_input: not implemented yet"); }
+template void conv2d_backward_input<float>(const Conv2dShape&, const float*, const float*, float*, float*, int64_t);
+template void conv2d_backward_input<double>(const Conv2dShape&, const double*, const double*, double*, double*, int64_t);
+template <typename T> void conv2d_backward_weight(const Conv2dShape&, const T*, const T*, T*, T*, T*, int64_t) { throw std::runtime_error("conv2d_backward_weight: not implemented yet"); }
+template void conv2d_backward_weight<float>(const Conv2dShape&, const float*, const float*, float*, float*, float*, int64_t);
+template void conv2d_backward_weight<double>(const Conv2dShape&, const double*, const double*, double*, double*, double*, int64_t);
+}

@@ -1,0 +1,123 @@
+"""The bridge to the compiled kernels: dtype codes, device dispatch, argument checks, workspace.
+
+Everything below this module is raw pointers; everything above it is tensors. Kernels take
+(dtype_code, ...) on CPU and (stream, dtype_code, ...) on CUDA; `call` hides the difference.
+"""
+from __future__ import annotations
+
+import torch
+
+from pycnn import _C
+
+try:  # built only when a CUDA compiler was found; importing it needs no GPU or driver
+    from pycnn import _C_cuda
+except ImportError:  # pragma: no cover - depends on the build
+    _C_cuda = None
+
+_DTYPE_CODE = {torch.float32: _C.FLOAT32, torch.float64: _C.FLOAT64}
+if _C_cuda is not None:
+    _CUDA_DTYPE_CODE = dict(_DTYPE_CODE)
+    for _name, _dt in (("FLOAT16", torch.float16), ("BFLOAT16", torch.bfloat16)):
+        if hasattr(_C_cuda, _name):
+            _CUDA_DTYPE_CODE[_dt] = getattr(_C_cuda, _name)
+
+# The im2col column buffer is capped at this many bytes: the batch is processed in chunks that
+# fit, so workspace memory does not grow with batch size (one sample's columns may exceed it).
+_workspace_limit_bytes = 64 << 20
+
+
+def set_workspace_limit(nbytes: int) -> None:
+    """Caps the im2col workspace of one convolution call (bytes)."""
+    global _workspace_limit_bytes
+    if nbytes < 1:
+        raise ValueError(f"set_workspace_limit: limit must be positive, got {nbytes}")
+    _workspace_limit_bytes = int(nbytes)
+
+
+def get_workspace_limit() -> int:
+    return _workspace_limit_bytes
+
+
+def cuda_available() -> bool:
+    return _C_cuda is not None
+
+
+def call(name: str, like: torch.Tensor, *args):
+    """Runs native kernel `name` for tensors of `like`'s device and dtype."""
+    if like.device.type == "cpu":
+        return getattr(_C, name)(_DTYPE_CODE[like.dtype], *args)
+    with torch.cuda.device(like.device):
+        stream = torch.cuda.current_stream(like.device).cuda_stream
+        return getattr(_C_cuda, name)(stream, _CUDA_DTYPE_CODE[like.dtype], *args)
+
+
+def ptr(t: torch.Tensor | None) -> int:
+    """Data pointer of a tensor, 0 for None or an empty tensor (kernels read it as null)."""
+    return 0 if t is None or t.numel() == 0 else t.data_ptr()
+
+
+def workspace(like: torch.Tensor, per_sample: int, batch: int) -> torch.Tensor:
+    """A scratch tensor of whole samples' columns, at most the workspace limit (>= 1 sample)."""
+    if per_sample == 0 or batch == 0:
+        return like.new_empty(0)
+    fit = max(1, _workspace_limit_bytes // (per_sample * like.element_size()))
+    return like.new_empty(min(batch, fit) * per_sample)
+
+
+def sync_threads() -> None:
+    """Makes the kernels' thread pool follow torch.get_num_threads()."""
+    n = torch.get_num_threads()
+    if _C.get_num_threads() != n:
+        _C.set_num_threads(n)
+
+
+# ---- checks: every failure is a Python exception naming the op and the value -------------
+
+def check_tensor(op: str, name: str, t, *, dims=None, optional: bool = False) -> None:
+    if t is None:
+        if optional:
+            return
+        raise TypeError(f"{op}: {name} must be a tensor, got None")
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{op}: {name} must be a tensor, got {type(t).__name__}")
+    if dims is not None:
+        allowed = (dims,) if isinstance(dims, int) else tuple(dims)
+        if t.dim() not in allowed:
+            want = " or ".join(f"{d}-D" for d in allowed)
+            raise ValueError(f"{op}: {name} must be {want}, got {t.dim()}-D with shape {tuple(t.shape)}")
+
+
+def check_float_tensors(op: str, **tensors) -> torch.Tensor:
+    """All given tensors (None skipped) share one floating dtype and one supported device.
+
+    Returns the first tensor, whose dtype and device the others follow.
+    """
+    ref_name, ref = next((k, v) for k, v in tensors.items() if v is not None)
+    codes = _DTYPE_CODE if ref.device.type != "cuda" or _C_cuda is None else _CUDA_DTYPE_CODE
+    if ref.device.type not in ("cpu", "cuda"):
+        raise RuntimeError(f"{op}: {ref_name} is on device {ref.device}; pycnn runs on cpu and cuda")
+    if ref.device.type == "cuda" and _C_cuda is None:
+        raise RuntimeError(f"{op}: {ref_name} is on {ref.device}, but this pycnn build has no CUDA "
+                           "kernels (rebuild with nvcc on PATH, PYCNN_CUDA=ON)")
+    if ref.dtype not in codes:
+        names = ", ".join(str(d).replace("torch.", "") for d in codes)
+        raise TypeError(f"{op}: {ref_name} has dtype {ref.dtype}; supported: {names}")
+    for name, t in tensors.items():
+        if t is None or t is ref:
+            continue
+        if t.device != ref.device:
+            raise RuntimeError(f"{op}: {name} is on {t.device} but {ref_name} is on {ref.device}; "
+                               "all tensors must be on one device")
+        if t.dtype != ref.dtype:
+            raise TypeError(f"{op}: {name} has dtype {t.dtype} but {ref_name} has {ref.dtype}")
+    return ref
+
+
+def check_positive(op: str, name: str, values) -> None:
+    if any(v <= 0 for v in values):
+        raise ValueError(f"{op}: {name} must be positive, got {tuple(values)}")
+
+
+def check_non_negative(op: str, name: str, values) -> None:
+    if any(v < 0 for v in values):
+        raise ValueError(f"{op}: {name} must be non-negative, got {tuple(values)}")

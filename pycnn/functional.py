@@ -1,0 +1,189 @@
+"""Drop-in twins of torch.nn.functional, computed by pycnn's kernels.
+
+Same signatures, defaults, return values, in-place side effects and unbatched-input handling as
+their torch namesakes: ``import pycnn.functional as F`` works in existing code. This module only
+normalises arguments (ints to pairs, 'same' padding, unbatched inputs); the custom ops in
+pycnn._ops check them and run the native kernels.
+"""
+from __future__ import annotations
+
+import math
+from typing import List, Optional, Sequence, Tuple, Union
+
+import torch
+from torch import Tensor
+
+from pycnn._ops import native
+
+__all__ = ["conv2d", "conv_transpose2d", "max_pool2d", "max_unpool2d", "batch_norm", "linear",
+           "depthwise_conv2d"]
+
+IntPair = Union[int, Sequence[int]]
+
+
+def _pair(op: str, name: str, v) -> Tuple[int, int]:
+    if isinstance(v, bool):
+        raise TypeError(f"{op}: {name} must be an int or a pair of ints, got {v!r}")
+    if isinstance(v, int):
+        return (v, v)
+    try:
+        t = tuple(int(i) for i in v)
+    except TypeError:
+        raise TypeError(f"{op}: {name} must be an int or a pair of ints, got {v!r}") from None
+    if len(t) == 1:
+        return (t[0], t[0])
+    if len(t) != 2:
+        raise ValueError(f"{op}: {name} must be an int or a pair of ints, got {v!r}")
+    return t
+
+
+def _batched(op: str, x: Tensor) -> Tuple[Tensor, bool]:
+    """Accepts [C, H, W] (unbatched) or [N, C, H, W]; returns a 4-D tensor and whether to squeeze."""
+    native.check_tensor(op, "input", x, dims=(3, 4))
+    return (x.unsqueeze(0), True) if x.dim() == 3 else (x, False)
+
+
+def _conv_padding(op: str, padding, weight: Tensor, stride, dilation) -> List[int]:
+    """Padding as [top, bottom, left, right]; 'same' may pad one more at the bottom/right."""
+    if isinstance(padding, str):
+        if padding == "valid":
+            return [0, 0, 0, 0]
+        if padding != "same":
+            raise ValueError(f"{op}: padding must be 'valid', 'same', an int or a pair, got {padding!r}")
+        if stride != (1, 1):
+            raise ValueError(f"{op}: padding='same' is not supported for strided convolutions (stride={stride})")
+        if weight.dim() != 4:
+            raise ValueError(f"{op}: weight must be 4-D, got shape {tuple(weight.shape)}")
+        pads = []
+        for d, k in zip(dilation, weight.shape[2:]):
+            total = d * (k - 1)
+            pads += [total // 2, total - total // 2]
+        return pads
+    ph, pw = _pair(op, "padding", padding)
+    return [ph, ph, pw, pw]
+
+
+def conv2d(input: Tensor, weight: Tensor, bias: Optional[Tensor] = None, stride: IntPair = 1,
+           padding: Union[IntPair, str] = 0, dilation: IntPair = 1, groups: int = 1) -> Tensor:
+    """2-D convolution by im2col + GEMM; routed to the direct depthwise kernel when groups == in_channels."""
+    op = "conv2d"
+    x, squeeze = _batched(op, input)
+    stride, dilation = _pair(op, "stride", stride), _pair(op, "dilation", dilation)
+    pad = _conv_padding(op, padding, weight, stride, dilation)
+    native.check_tensor(op, "weight", weight, dims=4)
+    if groups == x.shape[1] and weight.shape[1] == 1 and groups >= 1:
+        y = torch.ops.pycnn.depthwise_conv2d(x, weight, bias, list(stride), pad, list(dilation))
+    else:
+        y = torch.ops.pycnn.conv2d(x, weight, bias, list(stride), pad, list(dilation), groups)
+    return y.squeeze(0) if squeeze else y
+
+
+def depthwise_conv2d(input: Tensor, weight: Tensor, bias: Optional[Tensor] = None, stride: IntPair = 1,
+                     padding: Union[IntPair, str] = 0, dilation: IntPair = 1) -> Tensor:
+    """Depthwise convolution (groups = in_channels): weight [C * multiplier, 1, kh, kw].
+
+    Equals ``conv2d(input, weight, bias, stride, padding, dilation, groups=input.shape[-3])``.
+    """
+    op = "depthwise_conv2d"
+    x, squeeze = _batched(op, input)
+    stride, dilation = _pair(op, "stride", stride), _pair(op, "dilation", dilation)
+    pad = _conv_padding(op, padding, weight, stride, dilation)
+    y = torch.ops.pycnn.depthwise_conv2d(x, weight, bias, list(stride), pad, list(dilation))
+    return y.squeeze(0) if squeeze else y
+
+
+def conv_transpose2d(input: Tensor, weight: Tensor, bias: Optional[Tensor] = None, stride: IntPair = 1,
+                     padding: IntPair = 0, output_padding: IntPair = 0, groups: int = 1,
+                     dilation: IntPair = 1) -> Tensor:
+    """Transposed convolution: the input-gradient of conv2d (GEMM + col2im) used as a forward pass."""
+    op = "conv_transpose2d"
+    x, squeeze = _batched(op, input)
+    y = torch.ops.pycnn.conv_transpose2d(
+        x, weight, bias, list(_pair(op, "stride", stride)), list(_pair(op, "padding", padding)),
+        list(_pair(op, "output_padding", output_padding)), groups, list(_pair(op, "dilation", dilation)))
+    return y.squeeze(0) if squeeze else y
+
+
+def max_pool2d(input: Tensor, kernel_size: IntPair, stride: Optional[IntPair] = None, padding: IntPair = 0,
+               dilation: IntPair = 1, ceil_mode: bool = False, return_indices: bool = False):
+    """Max pooling that records the argmax (flat index h * W + w in each input plane)."""
+    op = "max_pool2d"
+    x, squeeze = _batched(op, input)
+    kernel = _pair(op, "kernel_size", kernel_size)
+    stride = kernel if stride is None or (not isinstance(stride, int) and len(stride) == 0) else _pair(op, "stride", stride)
+    y, idx = torch.ops.pycnn.max_pool2d(x, list(kernel), list(stride), list(_pair(op, "padding", padding)),
+                                        list(_pair(op, "dilation", dilation)), bool(ceil_mode))
+    if squeeze:
+        y, idx = y.squeeze(0), idx.squeeze(0)
+    return (y, idx) if return_indices else y
+
+
+def _unpool_output_size(op, x: Tensor, kernel, stride, padding, output_size) -> List[int]:
+    default = [(x.shape[-2 + i] - 1) * stride[i] - 2 * padding[i] + kernel[i] for i in range(2)]
+    if output_size is None:
+        return default
+    size = [int(s) for s in output_size]
+    if len(size) == x.dim():
+        size = size[-2:]
+    if len(size) != 2:
+        raise ValueError(f"{op}: output_size must have 2 or {x.dim()} elements, got {list(output_size)}")
+    for i in range(2):
+        lo, hi = default[i] - stride[i], default[i] + stride[i]
+        if not lo < size[i] < hi:
+            raise ValueError(f"{op}: invalid output_size {list(output_size)} (dim {i} must be between "
+                             f"{lo + 1} and {hi - 1})")
+    return size
+
+
+def max_unpool2d(input: Tensor, indices: Tensor, kernel_size: IntPair, stride: Optional[IntPair] = None,
+                 padding: IntPair = 0, output_size: Optional[Sequence[int]] = None) -> Tensor:
+    """Places each input value at its recorded argmax; zeros elsewhere."""
+    op = "max_unpool2d"
+    x, squeeze = _batched(op, input)
+    native.check_tensor(op, "indices", indices, dims=input.dim())
+    idx = indices.unsqueeze(0) if squeeze else indices
+    kernel = _pair(op, "kernel_size", kernel_size)
+    stride = kernel if stride is None else _pair(op, "stride", stride)
+    padding = _pair(op, "padding", padding)
+    size = _unpool_output_size(op, x, kernel, stride, padding, output_size)
+    y = torch.ops.pycnn.max_unpool2d(x, idx, size)
+    return y.squeeze(0) if squeeze else y
+
+
+def batch_norm(input: Tensor, running_mean: Optional[Tensor], running_var: Optional[Tensor],
+               weight: Optional[Tensor] = None, bias: Optional[Tensor] = None, training: bool = False,
+               momentum: float = 0.1, eps: float = 1e-5) -> Tensor:
+    """Batch normalisation over dim 1 of an input of rank >= 2.
+
+    training=True normalises with the batch statistics and, when running_mean/running_var are
+    given, updates them in place with `momentum` (running_var with the unbiased variance).
+    training=False normalises with the running statistics.
+    """
+    op = "batch_norm"
+    native.check_tensor(op, "input", input)
+    if input.dim() < 2:
+        raise ValueError(f"{op}: input must have at least 2 dimensions (N, C, ...), got shape {tuple(input.shape)}")
+    if training:
+        per_channel = input.numel() // max(1, input.shape[1])
+        if per_channel == 1:
+            raise ValueError(f"{op}: expected more than 1 value per channel when training, got input size "
+                             f"{tuple(input.shape)}")
+    elif running_mean is None or running_var is None:
+        raise ValueError(f"{op}: running_mean and running_var are required when training=False")
+    y, _, _ = torch.ops.pycnn.batch_norm(input, running_mean, running_var, weight, bias, bool(training),
+                                         0.0 if momentum is None else float(momentum), float(eps))
+    return y
+
+
+def linear(input: Tensor, weight: Tensor, bias: Optional[Tensor] = None) -> Tensor:
+    """y = input @ weight^T + bias over the last dimension (any leading dimensions)."""
+    op = "linear"
+    native.check_tensor(op, "input", input)
+    if input.dim() == 0:
+        raise ValueError(f"{op}: input must have at least 1 dimension, got a scalar")
+    native.check_tensor(op, "weight", weight, dims=(1, 2))
+    w = weight if weight.dim() == 2 else weight.unsqueeze(0)
+    lead = input.shape[:-1]
+    y = torch.ops.pycnn.linear(input.reshape(-1, input.shape[-1]), w, bias)
+    y = y.reshape(*lead, w.shape[0])
+    return y.squeeze(-1) if weight.dim() == 1 else y
