@@ -48,6 +48,15 @@ PYBIND11_MODULE(_C, m) {
       cpu::gemm<T>(ta, tb, M, N, K, T(alpha), p<T>(A), lda, p<T>(B), ldb, T(beta), p<T>(C), ldc);
     });
   }, nogil);
+  m.def("gemm_reference", [](int dt, bool ta, bool tb, int64_t M, int64_t N, int64_t K, double alpha,
+                             uintptr_t A, int64_t lda, uintptr_t B, int64_t ldb, double beta, uintptr_t C,
+                             int64_t ldc) {
+    dispatch(dt, "gemm_reference", [&](auto tag) {
+      PYCNN_T;
+      cpu::gemm_reference<T>(ta, tb, M, N, K, T(alpha), p<T>(A), lda, p<T>(B), ldb, T(beta), p<T>(C), ldc);
+    });
+  }, nogil);
+  m.def("gemm_select_kernel", &cpu::gemm_select_kernel);
   m.def("channel_sum", [](int dt, int64_t N, int64_t C, int64_t S, uintptr_t x, uintptr_t out) {
     dispatch(dt, "channel_sum", [&](auto tag) { PYCNN_T; cpu::channel_sum<T>(N, C, S, p<T>(x), p<T>(out)); });
   }, nogil);

@@ -4,6 +4,7 @@
 // caller-side zeroing needed) unless said otherwise.
 #pragma once
 #include <cstdint>
+#include <string>
 
 #include "common/shapes.h"
 
@@ -16,6 +17,13 @@ namespace pycnn::cpu {
 template <typename T>
 void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, T alpha, const T* A,
           int64_t lda, const T* B, int64_t ldb, T beta, T* C, int64_t ldc);
+// The same contract computed by plain loops: the reference tests compare gemm against.
+template <typename T>
+void gemm_reference(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, T alpha,
+                    const T* A, int64_t lda, const T* B, int64_t ldb, T beta, T* C, int64_t ldc);
+// Micro-kernel for later gemm calls (tests, benchmarks): 0 = best the CPU supports,
+// 1 = portable, 2 = AVX2+FMA, 3 = AVX-512 (an unsupported one falls back). Returns its name.
+std::string gemm_select_kernel(int variant);
 
 // out[c] = sum over n < N, s < S of x[n, c, s]   (bias gradients; x is [N, C, S])
 template <typename T>

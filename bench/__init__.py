@@ -1,0 +1,1 @@
+"""Side-by-side benchmarks of pycnn against torch: `python -m bench --help`."""

@@ -1,0 +1,187 @@
+"""batch_norm: per-channel normalisation of an input of rank >= 2, viewed as [N, C, S].
+
+torch.library's register_autograd refuses operators that mutate their arguments, and
+``pycnn::batch_norm`` must update running_mean / running_var in place (as
+torch.nn.functional.batch_norm does). So the work is split in two:
+
+* ``pycnn::batch_norm_forward`` - a functional custom op (native stats + apply kernels) with a
+  fake implementation and an autograd formula whose backward is the custom op
+  ``pycnn::batch_norm_backward``;
+* ``pycnn::batch_norm`` - the public op, schema with ``Tensor(a!)? running_mean`` and
+  ``Tensor(b!)? running_var``, registered as CompositeImplicitAutograd: it calls the
+  functional op and then updates the running statistics (elementwise glue on [C] vectors).
+  Autograd, fake tensors and torch.compile see through it to the functional op.
+"""
+from __future__ import annotations
+
+import math
+from typing import List, Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from pycnn._ops import native
+
+OP = "batch_norm"
+
+
+def _split(x: Tensor) -> Tuple[int, int, int]:
+    return x.shape[0], x.shape[1], math.prod(x.shape[2:])
+
+
+def _check(x: Tensor, running_mean: Optional[Tensor], running_var: Optional[Tensor], weight: Optional[Tensor],
+           bias: Optional[Tensor], training: bool) -> None:
+    native.check_tensor(OP, "input", x)
+    if x.dim() < 2:
+        raise ValueError(f"{OP}: input must have at least 2 dimensions (N, C, ...), got shape {tuple(x.shape)}")
+    for name, t in (("running_mean", running_mean), ("running_var", running_var), ("weight", weight),
+                    ("bias", bias)):
+        native.check_tensor(OP, name, t, dims=1, optional=True)
+    if (running_mean is None) != (running_var is None):
+        raise ValueError(f"{OP}: running_mean and running_var must either both be None or neither be None")
+    if not training and running_mean is None:
+        raise ValueError(f"{OP}: running_mean and running_var are required when training=False")
+    native.check_float_tensors(OP, input=x, running_mean=running_mean, running_var=running_var, weight=weight,
+                               bias=bias)
+    C = x.shape[1]
+    for name, t in (("running_mean", running_mean), ("running_var", running_var), ("weight", weight),
+                    ("bias", bias)):
+        if t is not None and t.shape[0] != C:
+            raise ValueError(f"{OP}: {name} has {t.shape[0]} elements but input has {C} channels "
+                             f"(input shape {tuple(x.shape)})")
+    N, _, S = _split(x)
+    if training and N * S == 1:
+        raise ValueError(f"{OP}: expected more than 1 value per channel when training, got input size "
+                         f"{tuple(x.shape)}")
+
+
+@torch.library.custom_op("pycnn::batch_norm_forward", mutates_args=())
+def batch_norm_forward(x: Tensor, running_mean: Optional[Tensor], running_var: Optional[Tensor],
+                       weight: Optional[Tensor], bias: Optional[Tensor], training: bool,
+                       eps: float) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(y, mean, invstd, biased var): batch statistics when training, running ones otherwise."""
+    _check(x, running_mean, running_var, weight, bias, training)
+    x = x.contiguous()
+    weight = None if weight is None else weight.contiguous()
+    bias = None if bias is None else bias.contiguous()
+    N, C, S = _split(x)
+    if training:
+        mean, var = x.new_empty(C), x.new_empty(C)
+        if N * S > 0 and C > 0:
+            native.call("batch_norm_stats", x, N, C, S, native.ptr(x), native.ptr(mean), native.ptr(var))
+        else:  # no values: nothing to normalise; the statistics are left at zero
+            mean.zero_()
+            var.zero_()
+    else:
+        mean, var = running_mean.contiguous().clone(), running_var.contiguous().clone()
+    invstd = torch.rsqrt(var + eps)
+    y = torch.empty_like(x, memory_format=torch.contiguous_format)
+    if y.numel():
+        native.call("batch_norm_apply", x, N, C, S, native.ptr(x), native.ptr(mean), native.ptr(invstd),
+                    native.ptr(weight), native.ptr(bias), native.ptr(y))
+    return y, mean, invstd, var
+
+
+@batch_norm_forward.register_fake
+def _(x, running_mean, running_var, weight, bias, training, eps):
+    _check(x, running_mean, running_var, weight, bias, training)
+    C = x.shape[1]
+    return (torch.empty_like(x, memory_format=torch.contiguous_format), x.new_empty(C), x.new_empty(C),
+            x.new_empty(C))
+
+
+def _check_backward(grad_out: Tensor, x: Tensor, weight: Optional[Tensor], mean: Tensor, invstd: Tensor) -> None:
+    op = "batch_norm_backward"
+    native.check_tensor(op, "input", x)
+    native.check_tensor(op, "grad_out", grad_out)
+    if x.dim() < 2 or grad_out.shape != x.shape:
+        raise ValueError(f"{op}: grad_out shape {tuple(grad_out.shape)} must equal input shape {tuple(x.shape)} "
+                         "(rank >= 2)")
+    native.check_float_tensors(op, input=x, grad_out=grad_out, weight=weight, save_mean=mean, save_invstd=invstd)
+    for name, t in (("weight", weight), ("save_mean", mean), ("save_invstd", invstd)):
+        if t is not None and (t.dim() != 1 or t.shape[0] != x.shape[1]):
+            raise ValueError(f"{op}: {name} must have shape ({x.shape[1]},), got {tuple(t.shape)}")
+
+
+@torch.library.custom_op("pycnn::batch_norm_backward", mutates_args=())
+def batch_norm_backward(grad_out: Tensor, x: Tensor, weight: Optional[Tensor], save_mean: Tensor,
+                        save_invstd: Tensor, training: bool, output_mask: List[bool]) -> List[Tensor]:
+    """Gradients (input, weight, bias); an unwanted one comes back as an empty tensor."""
+    _check_backward(grad_out, x, weight, save_mean, save_invstd)
+    grad_out, x = grad_out.contiguous(), x.contiguous()
+    weight = None if weight is None else weight.contiguous()
+    save_mean, save_invstd = save_mean.contiguous(), save_invstd.contiguous()
+    N, C, S = _split(x)
+    gx = torch.empty_like(x, memory_format=torch.contiguous_format) if output_mask[0] else x.new_empty(0)
+    gw = x.new_empty(C) if output_mask[1] else x.new_empty(0)
+    gb = x.new_empty(C) if output_mask[2] else x.new_empty(0)
+    if C > 0 and any(output_mask):
+        native.call("batch_norm_backward", x, N, C, S, native.ptr(x), native.ptr(grad_out), native.ptr(save_mean),
+                    native.ptr(save_invstd), native.ptr(weight), bool(training), native.ptr(gx), native.ptr(gw),
+                    native.ptr(gb))
+    return [gx, gw, gb]
+
+
+@batch_norm_backward.register_fake
+def _(grad_out, x, weight, save_mean, save_invstd, training, output_mask):
+    _check_backward(grad_out, x, weight, save_mean, save_invstd)
+    C = x.shape[1]
+    return [torch.empty_like(x, memory_format=torch.contiguous_format) if output_mask[0] else x.new_empty(0),
+            x.new_empty(C) if output_mask[1] else x.new_empty(0),
+            x.new_empty(C) if output_mask[2] else x.new_empty(0)]
+
+
+def _setup_context(ctx, inputs, output):
+    x, _, _, weight, bias, training, _ = inputs
+    _, mean, invstd, var = output
+    ctx.save_for_backward(x, weight, mean, invstd)
+    ctx.training = training
+    ctx.has_weight = weight is not None
+    ctx.has_bias = bias is not None
+    # The statistics are returned for the running-stat update and for inspection, not as a
+    # differentiable function of the input.
+    ctx.mark_non_differentiable(mean, invstd, var)
+
+
+def _backward(ctx, grad_out, _g_mean, _g_invstd, _g_var):
+    x, weight, mean, invstd = ctx.saved_tensors
+    mask = [ctx.needs_input_grad[0], ctx.has_weight and ctx.needs_input_grad[3],
+            ctx.has_bias and ctx.needs_input_grad[4]]
+    if grad_out is None or not any(mask):
+        return None, None, None, None, None, None, None
+    gx, gw, gb = torch.ops.pycnn.batch_norm_backward(grad_out, x, weight, mean, invstd, ctx.training, mask)
+    return (gx if mask[0] else None, None, None, gw if mask[1] else None, gb if mask[2] else None, None, None)
+
+
+torch.library.register_autograd("pycnn::batch_norm_forward", _backward, setup_context=_setup_context)
+
+
+# ---- the public, mutating op ----------------------------------------------------------------
+
+_lib = torch.library.Library("pycnn", "FRAGMENT")
+_lib.define("batch_norm(Tensor input, Tensor(a!)? running_mean, Tensor(b!)? running_var, Tensor? weight, "
+            "Tensor? bias, bool training, float momentum, float eps) -> (Tensor, Tensor, Tensor)")
+
+
+def _batch_norm(x: Tensor, running_mean: Optional[Tensor], running_var: Optional[Tensor], weight: Optional[Tensor],
+                bias: Optional[Tensor], training: bool, momentum: float,
+                eps: float) -> Tuple[Tensor, Tensor, Tensor]:
+    """(y, save_mean, save_invstd); when training, updates running_mean/running_var in place like
+    torch: running = (1 - momentum) * running + momentum * batch (the variance unbiased, n / (n - 1))."""
+    _check(x, running_mean, running_var, weight, bias, training)
+    if training:
+        # The running stats are not read in training; passing None keeps them out of autograd.
+        y, mean, invstd, var = torch.ops.pycnn.batch_norm_forward(x, None, None, weight, bias, True, eps)
+        N, _, S = _split(x)
+        n = N * S
+        if running_mean is not None and n > 0:  # torch leaves them alone for an empty batch
+            with torch.no_grad():
+                running_mean.mul_(1.0 - momentum).add_(mean, alpha=momentum)
+                running_var.mul_(1.0 - momentum).add_(var, alpha=momentum * n / (n - 1))
+    else:
+        y, mean, invstd, _ = torch.ops.pycnn.batch_norm_forward(x, running_mean, running_var, weight, bias,
+                                                                False, eps)
+    return y, mean, invstd
+
+
+_lib.impl("batch_norm", _batch_norm, "CompositeImplicitAutograd")

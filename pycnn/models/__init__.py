@@ -1,0 +1,54 @@
+"""Ready-made models on pycnn layers, by name:
+
+    model = pycnn.models.get("lenet5", in_channels=1, num_classes=10, image_size=8)
+
+Classifiers map [N, C, H, W] to logits [N, num_classes]; ``unet`` maps it to per-pixel logits
+[N, num_classes, H, W] (``task(name)`` tells which).
+"""
+from __future__ import annotations
+
+from typing import Callable, Dict
+
+from torch import nn
+
+from pycnn.models.classifiers import BasicBlock, lenet5, linear_classifier, mlp, resnet, separable_cnn, simple_cnn
+from pycnn.models.unet import UNet, unet
+
+_BUILDERS: Dict[str, Callable[..., nn.Module]] = {
+    "linear_classifier": linear_classifier,
+    "mlp": mlp,
+    "lenet5": lenet5,
+    "simple_cnn": simple_cnn,
+    "resnet": resnet,
+    "separable_cnn": separable_cnn,
+    "unet": unet,
+}
+_SEGMENTATION = {"unet"}
+
+__all__ = ["get", "names", "task", "linear_classifier", "mlp", "lenet5", "simple_cnn", "resnet", "separable_cnn",
+           "unet", "UNet", "BasicBlock"]
+
+
+def names() -> list:
+    return sorted(_BUILDERS)
+
+
+def task(name: str) -> str:
+    """'segment' for per-pixel models, 'classify' for the others."""
+    _check_name(name)
+    return "segment" if name in _SEGMENTATION else "classify"
+
+
+def _check_name(name) -> None:
+    if name not in _BUILDERS:
+        raise ValueError(f"unknown model {name!r}; choose one of: {', '.join(names())}")
+
+
+def get(name: str, **kwargs) -> nn.Module:
+    """Builds model ``name`` with the builder's keyword arguments (in_channels, num_classes,
+    image_size, and model-specific ones such as resnet's depth)."""
+    _check_name(name)
+    try:
+        return _BUILDERS[name](**kwargs)
+    except TypeError as e:  # an unknown keyword: say which model rejected it
+        raise TypeError(f"model {name!r}: {e}") from None

@@ -1,0 +1,144 @@
+"""Layers computed by pycnn's kernels, twins of their torch.nn namesakes.
+
+Each subclasses the torch.nn layer of the same name and only replaces ``forward``: constructor
+arguments, parameter and buffer names, initialisation and ``state_dict`` layout are torch's by
+construction, so weights load both ways and ``convert`` can swap a layer's class in place.
+The functional ops are looked up on ``pycnn.functional`` at call time (``F.conv2d``), never bound
+at import, so the layers follow whatever that module provides.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+from torch import Tensor, nn
+
+import pycnn.functional as F
+
+__all__ = ["Conv2d", "ConvTranspose2d", "MaxPool2d", "MaxUnpool2d", "BatchNorm2d", "Linear",
+           "DepthwiseConv2d", "SeparableConv2d", "GlobalAvgPool2d"]
+
+
+class Conv2d(nn.Conv2d):
+    """torch.nn.Conv2d on pycnn's im2col + GEMM (or direct depthwise) kernels."""
+
+    def _conv_forward(self, input: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
+        if self.padding_mode != "zeros":
+            # reflect/replicate/circular padding is data movement, not convolution: torch pads,
+            # our kernel convolves with zero extra padding (torch.nn.Conv2d does the same).
+            padded = torch.nn.functional.pad(input, self._reversed_padding_repeated_twice, mode=self.padding_mode)
+            return F.conv2d(padded, weight, bias, self.stride, 0, self.dilation, self.groups)
+        return F.conv2d(input, weight, bias, self.stride, self.padding, self.dilation, self.groups)
+
+    def forward(self, input: Tensor) -> Tensor:
+        return self._conv_forward(input, self.weight, self.bias)
+
+
+class ConvTranspose2d(nn.ConvTranspose2d):
+    """torch.nn.ConvTranspose2d (including ``forward(input, output_size)``) on pycnn's kernels."""
+
+    def forward(self, input: Tensor, output_size: Optional[Sequence[int]] = None) -> Tensor:
+        if self.padding_mode != "zeros":
+            raise ValueError(f"ConvTranspose2d: only padding_mode='zeros' is supported, got {self.padding_mode!r}")
+        # torch's own helper turns a requested output size into output_padding (and checks it).
+        output_padding = self._output_padding(input, output_size, list(self.stride), list(self.padding),
+                                              list(self.kernel_size), 2, list(self.dilation))
+        return F.conv_transpose2d(input, self.weight, self.bias, self.stride, self.padding, output_padding,
+                                  self.groups, self.dilation)
+
+
+class MaxPool2d(nn.MaxPool2d):
+    """torch.nn.MaxPool2d (``return_indices`` too) on pycnn's pooling kernel."""
+
+    def forward(self, input: Tensor):
+        return F.max_pool2d(input, self.kernel_size, self.stride, self.padding, self.dilation,
+                            ceil_mode=self.ceil_mode, return_indices=self.return_indices)
+
+
+class MaxUnpool2d(nn.MaxUnpool2d):
+    """torch.nn.MaxUnpool2d on pycnn's unpooling kernel."""
+
+    def forward(self, input: Tensor, indices: Tensor, output_size: Optional[Sequence[int]] = None) -> Tensor:
+        return F.max_unpool2d(input, indices, self.kernel_size, self.stride, self.padding, output_size)
+
+
+class BatchNorm2d(nn.BatchNorm2d):
+    """torch.nn.BatchNorm2d on pycnn's kernels, with torch's running-statistics semantics.
+
+    momentum=None means a cumulative average (factor 1 / num_batches_tracked);
+    track_running_stats=False normalises with batch statistics in eval mode too.
+    """
+
+    def forward(self, input: Tensor) -> Tensor:
+        self._check_input_dim(input)
+        factor = 0.0 if self.momentum is None else self.momentum
+        if self.training and self.track_running_stats and self.num_batches_tracked is not None:
+            self.num_batches_tracked.add_(1)
+            factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+        use_batch_stats = self.training or (self.running_mean is None and self.running_var is None)
+        # Running stats are passed (and updated) only while they are being tracked.
+        keep = not self.training or self.track_running_stats
+        return F.batch_norm(input, self.running_mean if keep else None, self.running_var if keep else None,
+                            self.weight, self.bias, use_batch_stats, factor, self.eps)
+
+
+class Linear(nn.Linear):
+    """torch.nn.Linear on pycnn's GEMM."""
+
+    def forward(self, input: Tensor) -> Tensor:
+        return F.linear(input, self.weight, self.bias)
+
+
+class DepthwiseConv2d(nn.Conv2d):
+    """Depthwise convolution: each input channel convolved with its own ``depth_multiplier`` filters.
+
+    Same parameters and state_dict as ``torch.nn.Conv2d(in_channels, in_channels * depth_multiplier,
+    kernel_size, ..., groups=in_channels)``; computed by pycnn's direct depthwise kernel.
+    """
+
+    def __init__(self, in_channels: int, kernel_size, stride=1, padding=0, dilation=1, bias: bool = True,
+                 padding_mode: str = "zeros", depth_multiplier: int = 1, device=None, dtype=None):
+        if isinstance(depth_multiplier, bool) or not isinstance(depth_multiplier, int) or depth_multiplier < 1:
+            raise ValueError(f"DepthwiseConv2d: depth_multiplier must be a positive int, got {depth_multiplier!r}")
+        super().__init__(in_channels, in_channels * depth_multiplier, kernel_size, stride=stride, padding=padding,
+                         dilation=dilation, groups=in_channels, bias=bias, padding_mode=padding_mode,
+                         device=device, dtype=dtype)
+
+    @property
+    def depth_multiplier(self) -> int:
+        return self.out_channels // self.in_channels
+
+    def forward(self, input: Tensor) -> Tensor:
+        if self.padding_mode != "zeros":
+            padded = torch.nn.functional.pad(input, self._reversed_padding_repeated_twice, mode=self.padding_mode)
+            return F.depthwise_conv2d(padded, self.weight, self.bias, self.stride, 0, self.dilation)
+        return F.depthwise_conv2d(input, self.weight, self.bias, self.stride, self.padding, self.dilation)
+
+
+class SeparableConv2d(nn.Module):
+    """Depthwise-separable convolution (MobileNet, Xception): a depthwise k x k convolution per
+    channel, then a pointwise 1 x 1 convolution mixing channels.
+
+    Costs 1/out_channels + 1/k^2 of a full convolution: for 3 x 3 with 64 -> 128 channels,
+    64*9 + 64*128 = 8.8k weights (and multiply-adds per pixel) against 64*128*9 = 74k.
+    The depthwise step has no bias (the pointwise bias absorbs it: both are linear).
+    state_dict: ``depthwise.weight``, ``pointwise.weight``, ``pointwise.bias``.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
+                 bias: bool = True, padding_mode: str = "zeros", depth_multiplier: int = 1, device=None, dtype=None):
+        super().__init__()
+        self.depthwise = DepthwiseConv2d(in_channels, kernel_size, stride=stride, padding=padding, dilation=dilation,
+                                         bias=False, padding_mode=padding_mode, depth_multiplier=depth_multiplier,
+                                         device=device, dtype=dtype)
+        self.pointwise = Conv2d(in_channels * depth_multiplier, out_channels, 1, bias=bias, device=device, dtype=dtype)
+
+    def forward(self, input: Tensor) -> Tensor:
+        return self.pointwise(self.depthwise(input))
+
+
+class GlobalAvgPool2d(nn.Module):
+    """[N, C, H, W] -> [N, C]: the mean over each channel's plane (a reduction, not a kernel)."""
+
+    def forward(self, input: Tensor) -> Tensor:
+        return input.mean(dim=(-2, -1))
