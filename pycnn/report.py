@@ -283,3 +283,17 @@ def _galaxies_section(results: dict, report: Report):
     table = metrics_table({"test IoU": r["metrics"]["iou"], "test Dice": r["metrics"]["dice"],
                            "pixel accuracy": r["metrics"]["accuracy"], "test images": r["metrics"]["num_samples"]})
     return Section("Galaxy segmentation (U-Net)", text + table, figs)
+
+
+@register_demo_section
+def _viz_section(results: dict, report: Report):
+    """Every pycnn.viz method and the convolution matrix, run on the trained digits classifier."""
+    if "digits" not in results:
+        return None
+    from pycnn.viz.report_section import add_viz_section
+    r = results["digits"]
+    images, labels = r["splits"].test.tensors
+    fragment = add_viz_section(report.out_dir, r["model"], images[:200], labels[:200],
+                               class_names=[str(c) for c in r["splits"].classes], quick=bool(results.get("quick")),
+                               heading=False)
+    return Section("Seeing inside the CNN (LeNet-5 on digits)", fragment)

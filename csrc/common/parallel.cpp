@@ -6,6 +6,8 @@
 #include <exception>
 #include <mutex>
 #include <thread>
+
+#include <pthread.h>
 #include <vector>
 
 namespace pycnn {
@@ -13,12 +15,19 @@ namespace {
 
 thread_local bool t_in_parallel = false;
 
+class Pool;
+Pool* g_pool = nullptr;
+
 class Pool {
  public:
   static Pool& instance() {
     // Leaked on purpose: joining threads during interpreter shutdown can deadlock.
-    static Pool* pool = new Pool();
-    return *pool;
+    // After fork() the child has none of the parent's worker threads (and the parent's mutexes
+    // may be held), so the child drops the old pool and lazily builds its own.
+    static std::once_flag once;
+    std::call_once(once, [] { pthread_atfork(nullptr, nullptr, [] { g_pool = nullptr; }); });
+    if (!g_pool) g_pool = new Pool();
+    return *g_pool;
   }
 
   int size() const { return num_threads_.load(); }

@@ -46,15 +46,26 @@ def add_viz_section(report_dir: str, model: nn.Module, images: Tensor, labels=No
                     class_names: Optional[Sequence[str]] = None, layer: Optional[str] = None,
                     style_image: Optional[Tensor] = None, tsne_images: Optional[Tensor] = None,
                     tsne_labels=None, max_examples: int = 4, quick: bool = False,
-                    subdir: str = "viz") -> str:
+                    subdir: str = "viz", heading: bool = True) -> str:
     """Runs every visualisation on ``model`` and returns the report's HTML fragment.
 
     ``images`` [N, C, H, W] (and their ``labels``) are test examples: the first ``max_examples``
     are explained, all of them feed top patches and t-SNE (or ``tsne_images``/``tsne_labels``).
     ``layer`` is the layer for Grad-CAM, top patches and t-SNE (default: the last convolution).
     ``style_image`` is the style for style transfer (default: the last image). ``quick`` uses
-    fewer optimisation steps (for tests and CPU-only demos).
+    fewer optimisation steps (for tests and CPU-only demos). ``heading=False`` leaves out the
+    fragment's own <h2> title (for reports that title their sections themselves).
     """
+    fragment = _add_viz_section(report_dir, model, images, labels, class_names, layer, style_image, tsne_images,
+                                tsne_labels, max_examples, quick, subdir)
+    return fragment if heading else fragment.replace(HEADING, "", 1)
+
+
+HEADING = "<h2>Seeing inside the CNN</h2>"
+
+
+def _add_viz_section(report_dir, model, images, labels, class_names, layer, style_image, tsne_images, tsne_labels,
+                     max_examples, quick, subdir) -> str:
     out_dir = os.path.join(report_dir, subdir)
     os.makedirs(out_dir, exist_ok=True)
     device = _device(model)
@@ -63,7 +74,7 @@ def add_viz_section(report_dir: str, model: nn.Module, images: Tensor, labels=No
     x = images[:n]
     convs = conv_like_layers(model)
     if not convs:
-        return "<h2>Seeing inside the CNN</h2><p>The model has no convolution layer to look inside.</p>"
+        return HEADING + "<p>The model has no convolution layer to look inside.</p>"
     cam_layer = layer or convs[-1]
     was_training = model.training
     model.eval()  # explanations of the trained model as it predicts; restored at the end
@@ -83,7 +94,7 @@ def _sections(out_dir, subdir, model, images, labels, x, n, device, convs, cam_l
     predicted = as_targets("report", None, n, device, logits)
     name = (lambda c: class_names[int(c)] if class_names is not None else str(int(c)))
     steps = (lambda full, small: small if quick else full)
-    parts: List[str] = ["<h2>Seeing inside the CNN</h2>"]
+    parts: List[str] = [HEADING]
 
     def section(title: str, note: str, filename: str, make: Callable):
         start = time.perf_counter()
