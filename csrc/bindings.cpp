@@ -5,6 +5,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include "common/dispatch.h"
 #include "common/parallel.h"
 #include "cpu/kernels.h"
 
@@ -13,22 +14,6 @@ using namespace pycnn;
 
 namespace {
 
-enum DType : int { kFloat32 = 0, kFloat64 = 1 };
-
-template <typename T>
-T* p(uintptr_t a) { return reinterpret_cast<T*>(a); }
-
-// Calls body.template operator()<T>() with T the C++ type of dtype code `dt`.
-template <typename F>
-auto dispatch(int dt, const char* op, F&& body) {
-  switch (dt) {
-    case kFloat32: return body(float{});
-    case kFloat64: return body(double{});
-  }
-  throw std::invalid_argument(std::string(op) + ": unsupported dtype code " + std::to_string(dt));
-}
-
-#define PYCNN_T using T = decltype(tag)
 constexpr auto nogil = py::call_guard<py::gil_scoped_release>();
 
 }  // namespace

@@ -5,7 +5,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 what=${1:-cpu}
-if [ "$what" = cuda ]; then dir=build/dev-cuda; cuda=ON; else dir=build/dev; cuda=OFF; fi
+# The cuda build makes only _C_cuda: two build folders both copying _C into pycnn/ would let a
+# stale one overwrite the other.
+if [ "$what" = cuda ]; then dir=build/dev-cuda; cuda=ON; target=_C_cuda; else dir=build/dev; cuda=OFF; target=all; fi
 mkdir -p "$dir"
 exec 9>"$dir.lock"
 flock 9
@@ -14,4 +16,4 @@ if [ ! -f "$dir/build.ninja" ]; then
   cmake -S . -B "$dir" -G Ninja -DCMAKE_BUILD_TYPE=Release -DPYCNN_INPLACE=ON -DPYCNN_CUDA=$cuda \
     -DCMAKE_CUDA_ARCHITECTURES=90 -Dpybind11_DIR="$pybind11_dir" -DPython_EXECUTABLE="$(command -v python)" >/dev/null
 fi
-cmake --build "$dir"
+cmake --build "$dir" --target "$target"

@@ -37,23 +37,6 @@ constexpr int64_t kGrainElems = 1 << 15;  // elements a thread should get before
 // Backward: channels handled together so one sample's share is a contiguous run of ~64 KiB.
 constexpr int64_t kGroupBytes = 64 << 10;
 
-// Independent partial sums: 32 floats or 16 doubles = two AVX-512 registers, so the compiler
-// vectorises the reduction without -ffast-math and two FMA chains hide the add latency.
-template <typename T>
-constexpr int kLanes = int(128 / sizeof(T));
-
-// Pairwise sum of the lanes; compile-time widths so each step is one vector add.
-template <int Width, typename T>
-PYCNN_ALWAYS_INLINE void fold_step(T* acc) {
-  for (int j = 0; j < Width; ++j) acc[j] += acc[j + Width];
-  if constexpr (Width > 1) fold_step<Width / 2>(acc);
-}
-
-template <typename T>
-PYCNN_ALWAYS_INLINE T fold_lanes(T* acc) {
-  fold_step<kLanes<T> / 2>(acc);
-  return acc[0];
-}
 
 // ---- block kernels: one body each, compiled for AVX-512 and for the baseline target -------
 

@@ -37,21 +37,6 @@ namespace {
 
 constexpr int64_t kGrainElems = 1 << 14;
 
-template <typename T>
-constexpr int kLanes = int(128 / sizeof(T));
-
-// Pairwise sum of the lanes; compile-time widths so each step is one vector add.
-template <int Width, typename T>
-PYCNN_ALWAYS_INLINE void fold_step(T* acc) {
-  for (int j = 0; j < Width; ++j) acc[j] += acc[j + Width];
-  if constexpr (Width > 1) fold_step<Width / 2>(acc);
-}
-
-template <typename T>
-PYCNN_ALWAYS_INLINE T fold_lanes(T* acc) {
-  fold_step<kLanes<T> / 2>(acc);
-  return acc[0];
-}
 
 template <typename T>
 PYCNN_ALWAYS_INLINE T sum_row(const T* x, int64_t n) {
