@@ -115,10 +115,11 @@ def test_argparse_errors_exit_2(capsys):
     assert "--data" in capsys.readouterr().err
 
 
-def test_python_dash_m_pycnn_runs_without_traceback():
-    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+def test_python_dash_m_pycnn_runs_without_traceback(tmp_path):
+    # Run from a neutral folder: `python -m` puts the working directory first on sys.path, and the
+    # checkout's pycnn/ (without compiled modules) must not shadow the installed package.
     p = subprocess.run([sys.executable, "-m", "pycnn", "train", "--model", "nope", "--data", "digits"],
-                       capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)
+                       capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert p.returncode == 2
     assert p.stderr.strip().splitlines() == ["pycnn train: error: unknown model 'nope'; choose one of: lenet5, "
                                              "linear_classifier, mlp, resnet, separable_cnn, simple_cnn, unet"]

@@ -14,16 +14,7 @@ from torch.utils.data import TensorDataset
 import pycnn.models as M
 import pycnn.nn as pnn
 import pycnn.train as T
-
-
-def toy_classification(n=48, seed=0, classes=3, size=8):
-    """Each class lights a different square; noise on top. Learnable in a few steps."""
-    g = torch.Generator().manual_seed(seed)
-    y = torch.arange(n) % classes
-    x = 0.3 * torch.rand(n, 1, size, size, generator=g)
-    for c in range(classes):
-        x[y == c, :, 2 * c:2 * c + 3, 2 * c:2 * c + 3] += 1.0
-    return TensorDataset(x, y)
+from train_helpers import ddp_worker, small_cnn, toy_classification
 
 
 def toy_segmentation(n=12, seed=0, size=16):
@@ -35,11 +26,6 @@ def toy_segmentation(n=12, seed=0, size=16):
         r, c = torch.randint(0, size - 6, (2,), generator=g).tolist()
         m[i, :, r:r + 6, c:c + 6] = 1
     return TensorDataset(x + 0.8 * m, m)
-
-
-def small_cnn(classes=3):
-    return nn.Sequential(pnn.Conv2d(1, 4, 3, padding=1), pnn.BatchNorm2d(4), nn.ReLU(), pnn.MaxPool2d(2),
-                         nn.Flatten(), pnn.Linear(4 * 4 * 4, classes))
 
 
 # ---- losses and metrics -------------------------------------------------------------------
@@ -235,23 +221,6 @@ def test_loss_curve_matches_torch_layers_for_50_steps():
 
 # ---- DistributedDataParallel ---------------------------------------------------------------
 
-def _ddp_worker(rank, world, port, folder):
-    os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(port)
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    try:
-        torch.manual_seed(0)  # same initial weights on both ranks (DDP also broadcasts rank 0's)
-        model = small_cnn()
-        ddp = nn.parallel.DistributedDataParallel(model)
-        data = toy_classification(n=40)
-        hist = T.fit(ddp, data, data, epochs=2, batch_size=8, optimizer="sgd", lr=0.05, progress=False,
-                     out=os.path.join(folder, "ckpt"))
-        torch.save({"params": dict(model.named_parameters()), "steps": hist.steps},
-                   os.path.join(folder, f"rank{rank}.pt"))
-    finally:
-        dist.destroy_process_group()
-
-
 def _free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -261,7 +230,7 @@ def _free_port():
 def test_ddp_two_processes_hold_identical_weights(tmp_path):
     torch.manual_seed(0)
     initial = dict(small_cnn().named_parameters())
-    mp.spawn(_ddp_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(ddp_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
     r0 = torch.load(tmp_path / "rank0.pt", weights_only=False)
     r1 = torch.load(tmp_path / "rank1.pt", weights_only=False)
     assert len(r0["steps"]) == len(r1["steps"]) == 2 * 3  # 20 samples per rank, batches of 8
