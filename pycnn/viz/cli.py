@@ -109,6 +109,11 @@ def cmd_viz(args) -> int:
     size = kwargs.get("image_size")
     size = (size, size) if isinstance(size, int) else size
     x, label = _load_image(args.image, config, int(kwargs.get("in_channels", 1)), size)
+    norm = config.get("normalize")
+    if norm:  # `pycnn train` standardised its inputs; explain the model on inputs like those
+        mean = torch.as_tensor(norm["mean"], dtype=torch.float32).view(1, -1, 1, 1)
+        std = torch.as_tensor(norm["std"], dtype=torch.float32).view(1, -1, 1, 1)
+        x = (x - mean) / std
     x = x.to(device)
     convs = conv_like_layers(model)
     layer = args.layer or (convs[-1] if convs else None)
