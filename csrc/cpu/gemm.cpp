@@ -11,9 +11,12 @@
 //   feed 24 FMAs into 24 zmm accumulators (of 32), i.e. 48+128 bytes per 24 cycles from L1/L2,
 //   far below the 64 B/cycle L1 bandwidth; 24 independent accumulators hide the 4-cycle FMA
 //   latency. An 8x32 variant (16 accumulators) is used when M is a small multiple of 8, where
-//   12-row tiles would compute padding rows (M = 64: 72 rows, 11% waste). Blocks: the packed A block (MC x KC = 192 x 256 floats = 192 KB) stays in L2
-//   (1 MB), one packed B micro-panel (KC x NR = 256 x 32 floats = 32 KB) streams from L1/L2
-//   and is reused across the MC/MR micro-panels of A; the packed B block (KC x NC) sits in L3.
+//   12-row tiles would compute padding rows (M = 64: 72 rows, 11% waste). Blocks: the packed A block (MC x KC = 192 x 512 floats = 384 KB) stays in L2
+//   (1 MB), one packed B micro-panel (KC x NR = 512 x 32 floats = 64 KB) streams from L2.
+//   KC 512 rather than 256 (measured on the quiet machine, 1 thread, 1024^3: AVX-512 88 -> 96
+//   GFLOP/s): each k block is one more read-modify-write pass over C, whose rows at a 4 KB
+//   stride (ldc = 1024) alias in L1; k blocks are also made even (K = 576 -> 2 x 288).
+//   A B micro-panel is reused across the MC/MR micro-panels of A; the packed B block (KC x NC) sits in L3.
 //
 // Threads: after the B block is packed (in parallel), the MC x NC block of C is cut into
 // (row block, column group) tasks handed out in contiguous runs, so each thread packs each A
@@ -35,6 +38,7 @@
 
 #include "common/parallel.h"
 #include "cpu/kernels.h"
+#include "cpu/gemm_custom.h"
 
 namespace pycnn::cpu {
 namespace {
@@ -183,9 +187,9 @@ KernelChoice<T> choose_kernel(int64_t M = 0) {
       // 12x32 loads less per FMA (14 loads : 24 FMAs vs 10 : 16) but wastes rows when M is a
       // small multiple of 8 (M = 64 output channels: 72 rows computed); take 8x32 then.
       if (M > 0 && row_efficiency(M, 8) > row_efficiency(M, 12) + 0.03)
-        return {microkernel_avx512<T, 8, 2>, 8, f ? 32 : 16, f ? 192 : 96, 256, f ? 4096 : 2048, "avx512"};
-      return {microkernel_avx512<T, 12, 2>, 12, f ? 32 : 16, f ? 192 : 96, 256, f ? 4096 : 2048, "avx512"};
-    case 2: return {microkernel_avx2<T, 6, 2>, 6, f ? 16 : 8, f ? 144 : 72, 256, f ? 4096 : 2048, "avx2"};
+        return {microkernel_avx512<T, 8, 2>, 8, f ? 32 : 16, f ? 192 : 96, f ? 512 : 256, f ? 4096 : 2048, "avx512"};
+      return {microkernel_avx512<T, 12, 2>, 12, f ? 32 : 16, f ? 192 : 96, f ? 512 : 256, f ? 4096 : 2048, "avx512"};
+    case 2: return {microkernel_avx2<T, 6, 2>, 6, f ? 16 : 8, f ? 144 : 72, f ? 512 : 256, f ? 4096 : 2048, "avx2"};
 #endif
     default: return {microkernel_portable<T, 4, 8>, 4, 8, 64, 256, 2048, "portable"};
   }
@@ -261,29 +265,33 @@ void pack_b_panel(bool trans, const T* B, int64_t ldb, int64_t N, int64_t j0, in
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
-template <typename T>
-void gemm_packed(const KernelChoice<T>& kern, bool trans_a, bool trans_b, int64_t M, int64_t N,
-                 int64_t K, T alpha, const T* A, int64_t lda, const T* B, int64_t ldb, T beta, T* C,
-                 int64_t ldc) {
+// pack_b(j0, j1, p0, kc, NR, out) writes op(B)[p0 : p0+kc, j0 : j1] as consecutive NR-column
+// panels of kc x NR each (see PackBPanel in gemm_custom.h).
+template <typename T, typename PackB>
+void gemm_packed(const KernelChoice<T>& kern, bool trans_a, int64_t M, int64_t N, int64_t K, T alpha,
+                 const T* A, int64_t lda, const PackB& pack_b, T beta, T* C, int64_t ldc,
+                 const T* a_prepacked = nullptr) {
   const int MR = kern.mr, NR = kern.nr;
   const int threads = get_num_threads();
   // Even row blocks (a ragged last block would idle a thread): mblocks blocks of mc rows.
   const int64_t mblocks = ceil_div(M, kern.mc);
   const int64_t mc = ceil_div(ceil_div(M, mblocks), MR) * MR;
+  // Even k blocks too (K = 576 with kc 512 -> 2 x 288, not 512 + 64): each extra k block is
+  // one more read-modify-write pass over C.
+  const int64_t kc_max = ceil_div(K, ceil_div(K, kern.kc));
   // Below ~1 MFLOP the pool's wake-up costs more than it saves.
   const bool small = 2.0 * double(M) * double(N) * double(K) < 1e6;
-  T* bpack = scratch<T>(0, size_t(std::min(K, kern.kc)) * size_t(ceil_div(std::min(N, kern.nc), NR) * NR));
+  T* bpack = scratch<T>(0, size_t(kc_max) * size_t(ceil_div(std::min(N, kern.nc), NR) * NR));
 
   for (int64_t jc = 0; jc < N; jc += kern.nc) {
     const int64_t nc = std::min(kern.nc, N - jc);
     const int64_t npanels = ceil_div(nc, NR);
-    for (int64_t pc = 0; pc < K; pc += kern.kc) {
-      const int64_t kc = std::min(kern.kc, K - pc);
+    for (int64_t pc = 0; pc < K; pc += kc_max) {
+      const int64_t kc = std::min(kc_max, K - pc);
       const T beta_here = pc == 0 ? beta : T(1);  // later k blocks accumulate onto the first
       parallel_for(npanels, small ? npanels : std::max<int64_t>(1, 8192 / (kc * NR) + 1),
                    [&](int64_t p0, int64_t p1) {
-        for (int64_t p = p0; p < p1; ++p)
-          pack_b_panel(trans_b, B, ldb, N, jc + p * NR, pc, kc, NR, bpack + p * NR * kc);
+        pack_b(jc + p0 * NR, std::min(N, jc + p1 * NR), pc, kc, NR, bpack + p0 * NR * kc);
       });
       // At least ~4 tasks per thread when there are few row blocks; column groups of whole panels.
       const int64_t want_groups = std::min(npanels, std::max<int64_t>(1, ceil_div(4 * threads, mblocks)));
@@ -299,7 +307,10 @@ void gemm_packed(const KernelChoice<T>& kern, bool trans_a, bool trans_b, int64_
           const int64_t ic = ib * mc;
           if (ic >= M) continue;
           const int64_t mc_here = std::min(mc, M - ic);
-          if (ib != packed_block) {
+          if (a_prepacked) {
+            // Layout of gemm_pack_a: k block pc at pc * Mpad, row panel i at i * kc within it.
+            apack = const_cast<T*>(a_prepacked) + pc * (ceil_div(M, MR) * MR) + ic * kc;
+          } else if (ib != packed_block) {
             pack_a(trans_a, A, lda, M, ic, mc_here, pc, kc, MR, apack);
             packed_block = ib;
           }
@@ -360,7 +371,38 @@ void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, T alpha, 
       for (int64_t j = 0; j < N; ++j) C[i * ldc + j] = beta == T(0) ? T(0) : beta * C[i * ldc + j];
     return;
   }
-  gemm_packed(choose_kernel<T>(M), trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+  auto pack_b = [&](int64_t j0, int64_t j1, int64_t p0, int64_t kc, int NR, T* out) {
+    for (int64_t j = j0; j < j1; j += NR, out += NR * kc) pack_b_panel(trans_b, B, ldb, N, j, p0, kc, NR, out);
+  };
+  gemm_packed(choose_kernel<T>(M), trans_a, M, N, K, alpha, A, lda, pack_b, beta, C, ldc);
+}
+
+template <typename T>
+int64_t gemm_packed_a_size(int64_t M, int64_t K) {
+  const KernelChoice<T> kern = choose_kernel<T>(M);
+  return ceil_div(M, kern.mr) * kern.mr * std::max<int64_t>(K, 0);
+}
+
+template <typename T>
+void gemm_pack_a(bool trans_a, int64_t M, int64_t K, const T* A, int64_t lda, T* out) {
+  const KernelChoice<T> kern = choose_kernel<T>(M);
+  if (M <= 0 || K <= 0) return;
+  const int64_t kc_max = ceil_div(K, ceil_div(K, kern.kc));  // the k blocks gemm_packed uses
+  const int64_t mpad = ceil_div(M, kern.mr) * kern.mr;
+  for (int64_t pc = 0; pc < K; pc += kc_max)
+    pack_a(trans_a, A, lda, M, 0, M, pc, std::min(kc_max, K - pc), kern.mr, out + pc * mpad);
+}
+
+template <typename T>
+void gemm_custom_b(bool trans_a, int64_t M, int64_t N, int64_t K, T alpha, const T* A, int64_t lda,
+                   const PackBPanel<T>& pack_b, T beta, T* C, int64_t ldc, const T* a_prepacked) {
+  if (M <= 0 || N <= 0) return;
+  if (K <= 0 || alpha == T(0)) {
+    for (int64_t i = 0; i < M; ++i)
+      for (int64_t j = 0; j < N; ++j) C[i * ldc + j] = beta == T(0) ? T(0) : beta * C[i * ldc + j];
+    return;
+  }
+  gemm_packed(choose_kernel<T>(M), trans_a, M, N, K, alpha, A, lda, pack_b, beta, C, ldc, a_prepacked);
 }
 
 template <typename T>
@@ -382,7 +424,11 @@ void channel_sum(int64_t N, int64_t C, int64_t S, const T* x, T* out) {
                         int64_t, T, T*, int64_t);                                              \
   template void gemm_reference<T>(bool, bool, int64_t, int64_t, int64_t, T, const T*, int64_t, \
                                   const T*, int64_t, T, T*, int64_t);                          \
-  template void channel_sum<T>(int64_t, int64_t, int64_t, const T*, T*);
+  template void channel_sum<T>(int64_t, int64_t, int64_t, const T*, T*);                        \
+  template void gemm_custom_b<T>(bool, int64_t, int64_t, int64_t, T, const T*, int64_t,          \
+                                 const PackBPanel<T>&, T, T*, int64_t, const T*);             \
+  template int64_t gemm_packed_a_size<T>(int64_t, int64_t);                                      \
+  template void gemm_pack_a<T>(bool, int64_t, int64_t, const T*, int64_t, T*);
 PYCNN_INSTANTIATE(float)
 PYCNN_INSTANTIATE(double)
 
