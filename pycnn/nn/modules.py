@@ -3,7 +3,7 @@
 Each subclasses the torch.nn layer of the same name and only replaces ``forward``: constructor
 arguments, parameter and buffer names, initialisation and ``state_dict`` layout are torch's by
 construction, so weights load both ways and ``convert`` can swap a layer's class in place.
-The functional ops are looked up on ``pycnn.functional`` at call time (``F.conv2d``), never bound
+The functional ops are looked up on ``pycnn.functional`` at call time (``PF.conv2d``), never bound
 at import, so the layers follow whatever that module provides.
 """
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor, nn
 
-import pycnn.functional as F
+import pycnn.functional as PF
 
 __all__ = ["Conv2d", "ConvTranspose2d", "MaxPool2d", "MaxUnpool2d", "BatchNorm2d", "Linear",
            "DepthwiseConv2d", "SeparableConv2d", "GlobalAvgPool2d"]
@@ -27,8 +27,8 @@ class Conv2d(nn.Conv2d):
             # reflect/replicate/circular padding is data movement, not convolution: torch pads,
             # our kernel convolves with zero extra padding (torch.nn.Conv2d does the same).
             padded = torch.nn.functional.pad(input, self._reversed_padding_repeated_twice, mode=self.padding_mode)
-            return F.conv2d(padded, weight, bias, self.stride, 0, self.dilation, self.groups)
-        return F.conv2d(input, weight, bias, self.stride, self.padding, self.dilation, self.groups)
+            return PF.conv2d(padded, weight, bias, self.stride, 0, self.dilation, self.groups)
+        return PF.conv2d(input, weight, bias, self.stride, self.padding, self.dilation, self.groups)
 
     def forward(self, input: Tensor) -> Tensor:
         return self._conv_forward(input, self.weight, self.bias)
@@ -43,7 +43,7 @@ class ConvTranspose2d(nn.ConvTranspose2d):
         # torch's own helper turns a requested output size into output_padding (and checks it).
         output_padding = self._output_padding(input, output_size, list(self.stride), list(self.padding),
                                               list(self.kernel_size), 2, list(self.dilation))
-        return F.conv_transpose2d(input, self.weight, self.bias, self.stride, self.padding, output_padding,
+        return PF.conv_transpose2d(input, self.weight, self.bias, self.stride, self.padding, output_padding,
                                   self.groups, self.dilation)
 
 
@@ -51,7 +51,7 @@ class MaxPool2d(nn.MaxPool2d):
     """torch.nn.MaxPool2d (``return_indices`` too) on pycnn's pooling kernel."""
 
     def forward(self, input: Tensor):
-        return F.max_pool2d(input, self.kernel_size, self.stride, self.padding, self.dilation,
+        return PF.max_pool2d(input, self.kernel_size, self.stride, self.padding, self.dilation,
                             ceil_mode=self.ceil_mode, return_indices=self.return_indices)
 
 
@@ -59,7 +59,7 @@ class MaxUnpool2d(nn.MaxUnpool2d):
     """torch.nn.MaxUnpool2d on pycnn's unpooling kernel."""
 
     def forward(self, input: Tensor, indices: Tensor, output_size: Optional[Sequence[int]] = None) -> Tensor:
-        return F.max_unpool2d(input, indices, self.kernel_size, self.stride, self.padding, output_size)
+        return PF.max_unpool2d(input, indices, self.kernel_size, self.stride, self.padding, output_size)
 
 
 class BatchNorm2d(nn.BatchNorm2d):
@@ -78,7 +78,7 @@ class BatchNorm2d(nn.BatchNorm2d):
         use_batch_stats = self.training or (self.running_mean is None and self.running_var is None)
         # Running stats are passed (and updated) only while they are being tracked.
         keep = not self.training or self.track_running_stats
-        return F.batch_norm(input, self.running_mean if keep else None, self.running_var if keep else None,
+        return PF.batch_norm(input, self.running_mean if keep else None, self.running_var if keep else None,
                             self.weight, self.bias, use_batch_stats, factor, self.eps)
 
 
@@ -86,7 +86,7 @@ class Linear(nn.Linear):
     """torch.nn.Linear on pycnn's GEMM."""
 
     def forward(self, input: Tensor) -> Tensor:
-        return F.linear(input, self.weight, self.bias)
+        return PF.linear(input, self.weight, self.bias)
 
 
 class DepthwiseConv2d(nn.Conv2d):
@@ -111,8 +111,8 @@ class DepthwiseConv2d(nn.Conv2d):
     def forward(self, input: Tensor) -> Tensor:
         if self.padding_mode != "zeros":
             padded = torch.nn.functional.pad(input, self._reversed_padding_repeated_twice, mode=self.padding_mode)
-            return F.depthwise_conv2d(padded, self.weight, self.bias, self.stride, 0, self.dilation)
-        return F.depthwise_conv2d(input, self.weight, self.bias, self.stride, self.padding, self.dilation)
+            return PF.depthwise_conv2d(padded, self.weight, self.bias, self.stride, 0, self.dilation)
+        return PF.depthwise_conv2d(input, self.weight, self.bias, self.stride, self.padding, self.dilation)
 
 
 class SeparableConv2d(nn.Module):
