@@ -299,19 +299,154 @@ void for_samples(int64_t N, int64_t slots, T* ws, int64_t per_sample, F&& sample
   for (int64_t n = lanes * per_lane; n < N; ++n) sample_fn(n, ws, true);
 }
 
+
+#if PYCNN_X86_DISPATCH
+// ---- Weight gradient as dot products (float, AVX-512) ----------------------------------------
+// gw[k][r] = sum over samples n and pixels p of gy[n][k][p] * col_n[r][p]: both operands are
+// contiguous along the reduction index p, so instead of transposing the columns into GEMM panels
+// (the packing cost as much as the FMAs: 72 x 1024 floats per sample at one float per cache
+// line) each output is a 16-lane dot product along p, reduced to a scalar at the end. A KT x RT
+// tile keeps KT x RT accumulators and loads KT + RT vectors per KT * RT FMAs (4 x 4: 8 loads per
+// 16 FMAs, within Zen 4's one 512-bit load per cycle). Reducing a zmm costs ~8 ops, so for small
+// maps the lanes run over a group of `ns` samples (ns * P ~ 512) before the reduction: 64-pixel
+// maps would otherwise spend more on reductions than on FMAs.
+// Determinism: every gw element goes through the same arithmetic (lane l sums p = l mod 16 in
+// order over the group's samples, then the fixed lane fold, then += in group order) whatever the
+// tile it sits in or the thread that computes it, so the result does not depend on threads.
+template <int KT, int RT>
+PYCNN_TARGET_AVX512 void dot_tile_f32(int64_t ns, int64_t P, const float* gy, int64_t gy_sample_stride,
+                                      const float* col, int64_t col_sample_stride, float* gw, int64_t ldw,
+                                      bool first) {
+  __m512 acc[KT][RT];
+  for (int i = 0; i < KT; ++i)
+    for (int j = 0; j < RT; ++j) acc[i][j] = _mm512_setzero_ps();
+  const int64_t tail = P % 16;
+  const __mmask16 tail_mask = static_cast<__mmask16>((1u << tail) - 1);
+  for (int64_t nl = 0; nl < ns; ++nl) {
+    const float* g = gy + nl * gy_sample_stride;
+    const float* c = col + nl * col_sample_stride;
+    int64_t p = 0;
+    for (; p + 16 <= P; p += 16) {
+      __m512 cv[RT];
+      for (int j = 0; j < RT; ++j) cv[j] = _mm512_loadu_ps(c + j * P + p);
+      for (int i = 0; i < KT; ++i) {
+        const __m512 gv = _mm512_loadu_ps(g + i * P + p);
+        for (int j = 0; j < RT; ++j) acc[i][j] = _mm512_fmadd_ps(gv, cv[j], acc[i][j]);
+      }
+    }
+    if (tail) {
+      __m512 cv[RT];
+      for (int j = 0; j < RT; ++j) cv[j] = _mm512_maskz_loadu_ps(tail_mask, c + j * P + p);
+      for (int i = 0; i < KT; ++i) {
+        const __m512 gv = _mm512_maskz_loadu_ps(tail_mask, g + i * P + p);
+        for (int j = 0; j < RT; ++j) acc[i][j] = _mm512_fmadd_ps(gv, cv[j], acc[i][j]);
+      }
+    }
+  }
+  for (int i = 0; i < KT; ++i)
+    for (int j = 0; j < RT; ++j) {
+      const float v = _mm512_reduce_add_ps(acc[i][j]);
+      float* o = gw + i * ldw + j;
+      *o = first ? v : *o + v;
+    }
+}
+
+using DotTileFn = void (*)(int64_t, int64_t, const float*, int64_t, const float*, int64_t, float*, int64_t, bool);
+template <int KT>
+constexpr DotTileFn dot_tile_row[4] = {dot_tile_f32<KT, 1>, dot_tile_f32<KT, 2>, dot_tile_f32<KT, 3>,
+                                       dot_tile_f32<KT, 4>};
+constexpr const DotTileFn* dot_tiles[4] = {dot_tile_row<1>, dot_tile_row<2>, dot_tile_row<3>, dot_tile_row<4>};
+
+// im2col of channels [0, C) of one sample, float, horizontal stride 1: the same values as
+// im2col, but each piece of an output row (<= 16 pixels) is one masked load + store instead of a
+// memcpy call (~20 cycles of set-up per 8 floats on the 8x8 maps; napkin: 64ch 8x8 is 4608 pieces
+// per sample, 46K cycles of memcpy calls vs 74K cycles of FMAs).
+PYCNN_TARGET_AVX512 void im2col_s1_f32_avx512(const Conv2dShape& s, const float* x, int64_t C, float* col) {
+  const int64_t P = s.OH * s.OW;
+  for (int64_t c = 0; c < C; ++c)
+    for (int64_t i = 0; i < s.kh; ++i)
+      for (int64_t j = 0; j < s.kw; ++j) {
+        float* row = col + ((c * s.kh + i) * s.kw + j) * P;
+        const int64_t off = j * s.dw - s.pw;
+        const ColumnRange valid = valid_columns(off, s.W, 1, s.OW);
+        for (int64_t oh = 0; oh < s.OH; ++oh) {
+          const int64_t h = oh * s.sh - s.ph + i * s.dh;
+          float* d = row + oh * s.OW;
+          const bool inside = h >= 0 && h < s.H;
+          const uintptr_t src = reinterpret_cast<uintptr_t>(x + (c * s.H + std::clamp<int64_t>(h, 0, s.H - 1)) * s.W);
+          for (int64_t ow = 0; ow < s.OW; ow += 16) {
+            const int64_t n = std::min<int64_t>(16, s.OW - ow);
+            const __mmask16 all = static_cast<__mmask16>((1u << n) - 1);
+            if (!inside) {
+              _mm512_mask_storeu_ps(d + ow, all, _mm512_setzero_ps());
+              continue;
+            }
+            const int64_t tlo = std::clamp<int64_t>(valid.lo - ow, 0, n), thi = std::clamp<int64_t>(valid.hi - ow, 0, n);
+            const __mmask16 live = static_cast<__mmask16>(((1u << thi) - 1) & ~((1u << tlo) - 1));
+            const float* p = reinterpret_cast<const float*>(src + (ow + off) * int64_t(sizeof(float)));
+            _mm512_mask_storeu_ps(d + ow, all, _mm512_maskz_loadu_ps(live, p));
+          }
+        }
+      }
+}
+
+// Samples reduced per lane fold: ~512 pixels of lanes (fixed by P alone: thread-count proof).
+int64_t dot_group(int64_t P) { return std::max<int64_t>(1, 512 / std::max<int64_t>(P, 1)); }
+
+// gw columns [c0*taps, c1*taps) (input channels [c0, c1), groups == 1) over the whole batch.
+// stage: dot_group(P) * (c1 - c0) * taps * P floats.
+void weight_grad_dot_f32(const Conv2dShape& s, const float* x, const float* gy, float* gw, int64_t c0,
+                         int64_t c1, float* stage) {
+  const int64_t P = s.OH * s.OW, taps = s.kh * s.kw, rows = s.col_rows();
+  const int64_t r0 = c0 * taps, nrows = (c1 - c0) * taps;
+  const int64_t group = dot_group(P);
+  const bool pointwise = s.is_pointwise();
+  for (int64_t n0 = 0; n0 < s.N; n0 += group) {
+    const int64_t ns = std::min(group, s.N - n0);
+    // Pointwise: the column rows are x's own channel planes, one sample apart.
+    const float* col = pointwise ? x + n0 * s.C * P + r0 * P : stage;
+    const int64_t col_stride = pointwise ? s.C * P : nrows * P;
+    if (!pointwise) {
+      Conv2dShape sub = s;  // channels [c0, c1) as a shape of their own
+      sub.C = c1 - c0;
+      for (int64_t nl = 0; nl < ns; ++nl) {
+        const float* xs = x + ((n0 + nl) * s.C + c0) * s.H * s.W;
+        if (s.sw == 1) im2col_s1_f32_avx512(sub, xs, c1 - c0, stage + nl * col_stride);
+        else im2col(sub, xs, 0, c1 - c0, stage + nl * col_stride);
+      }
+    }
+    const float* g0 = gy + n0 * s.K * P;
+    // gy rows in blocks of ~16 KB (L1-resident while every column-row tile streams past them).
+    const int64_t kblock = std::max<int64_t>(4, (4096 / std::max<int64_t>(ns * P, 1)) / 4 * 4);
+    for (int64_t kb = 0; kb < s.K; kb += kblock) {
+      const int64_t ke = std::min(s.K, kb + kblock);
+      for (int64_t rr = 0; rr < nrows; rr += 4) {
+        const int rt = int(std::min<int64_t>(4, nrows - rr));
+        for (int64_t k = kb; k < ke; k += 4) {
+          const int kt = int(std::min<int64_t>(4, ke - k));
+          dot_tiles[kt - 1][rt - 1](ns, P, g0 + k * P, s.K * P, col + rr * P, col_stride,
+                                    gw + k * rows + r0 + rr, rows, n0 == 0);
+        }
+      }
+    }
+  }
+}
+#endif
+
 }  // namespace
 
+// The forward with `slots` one-sample column slots in ws (ws unused, may be null, when the
+// columns are implicit).
 template <typename T>
-void conv2d_forward(const Conv2dShape& s, const T* x, const T* w, const T* bias, T* y, T* ws,
-                    int64_t ws_elems) {
+void conv2d_forward_slots(const Conv2dShape& s, const T* x, const T* w, const T* bias, T* y, T* ws,
+                          int64_t slots) {
   const int64_t P = s.OH * s.OW, G = s.groups, Kg = s.K_per_group();
   const int64_t rows = s.col_rows();
   if (s.N == 0 || s.K == 0 || P == 0) return;
   const bool pointwise = s.is_pointwise();
-  const int64_t per_sample = pointwise ? 0 : s.C * s.kh * s.kw * P;
-  const int64_t slots = workspace_slots(s, ws_elems, "conv2d_forward");
   // Implicit im2col (columns built inside the GEMM's B packing) unless the conv is pointwise.
   const bool implicit = !pointwise && g_implicit_im2col;
+  const int64_t per_sample = pointwise || implicit ? 0 : s.C * s.kh * s.kw * P;
   // The weight is the GEMM's A for every sample: pack it once per call (per group).
   const int64_t wpacked_per_group = implicit ? gemm_packed_a_size<T>(Kg, rows) : 0;
   std::vector<T> wpacked(size_t(wpacked_per_group * G));
@@ -378,11 +513,57 @@ void conv2d_forward(const Conv2dShape& s, const T* x, const T* w, const T* bias,
 }
 
 template <typename T>
+void conv2d_forward(const Conv2dShape& s, const T* x, const T* w, const T* bias, T* y, T* ws,
+                    int64_t ws_elems) {
+  if (s.N == 0 || s.K == 0 || s.OH * s.OW == 0) return;
+  const int64_t slots = workspace_slots(s, ws_elems, "conv2d_forward");
+  conv2d_forward_slots(s, x, w, bias, y, ws, slots);
+}
+
+// Stride 1, one group: the input gradient is a forward conv of gy with the kernel transposed
+// (w'[c][k]) and flipped, padded by (k-1)*d - p: gx[c][h][w] = sum gy[k][h+ph-i*dh][w+pw-j*dw] *
+// w[k][c][i][j], and i' = kh-1-i turns h + ph - i*dh into h - ph' + i'*dh. Through the forward's
+// implicit im2col this skips the column matrix and col2im's scatter-add (at 2 threads the
+// 16-channel 32x32 layer spent ~0.6 ms more than the forward in them: 590 KB of columns per
+// sample per thread through L2). Returns false when the shape does not qualify.
+template <typename T>
+bool conv2d_backward_input_as_forward(const Conv2dShape& s, const T* gy, const T* w, T* gx) {
+  if constexpr (!std::is_same_v<T, float>) {
+    return false;
+  } else {
+#if PYCNN_X86_DISPATCH
+    const int64_t ph2 = (s.kh - 1) * s.dh - s.ph, pw2 = (s.kw - 1) * s.dw - s.pw;
+    if (!g_implicit_im2col || !cpu_has_avx512() || s.groups != 1 || s.sh != 1 || s.sw != 1 || s.is_pointwise() ||
+        ph2 < 0 || pw2 < 0)
+      return false;
+    // Measured (2 threads): 8x8 maps ~10% slower this way; few input channels (the forward's
+    // GEMM rows: 1 or 3 rows in 8-row tiles, K*taps = 25..48 deep) 2-5x slower.
+    if (s.OH * s.OW < 256 || s.C < 16 || s.K < 16) return false;
+    Conv2dShape t = s;
+    t.C = s.K, t.H = s.OH, t.W = s.OW;
+    t.K = s.C, t.OH = s.H, t.OW = s.W;
+    t.ph = ph2, t.pw = pw2;
+    const int64_t taps = s.kh * s.kw;
+    std::vector<float> wt(size_t(s.C * s.K * taps));  // w'[c][k][i'][j'] = w[k][c][kh-1-i'][kw-1-j']
+    for (int64_t k = 0; k < s.K; ++k)
+      for (int64_t c = 0; c < s.C; ++c)
+        for (int64_t q = 0; q < taps; ++q) wt[(c * s.K + k) * taps + q] = w[(k * s.C + c) * taps + (taps - 1 - q)];
+    conv2d_forward_slots<float>(t, gy, wt.data(), nullptr, gx, nullptr, t.N);
+    return true;
+#else
+    return false;
+#endif
+  }
+}
+
+template <typename T>
 void conv2d_backward_input(const Conv2dShape& s, const T* gy, const T* w, T* gx, T* ws,
                            int64_t ws_elems) {
   const int64_t P = s.OH * s.OW, G = s.groups, Kg = s.K_per_group();
   const int64_t rows = s.col_rows();
   if (s.N == 0 || s.C * s.H * s.W == 0) return;
+  workspace_slots(s, ws_elems, "conv2d_backward_input");  // the caller's workspace is checked either way
+  if (P > 0 && s.K > 0 && conv2d_backward_input_as_forward(s, gy, w, gx)) return;
   const bool pointwise = s.is_pointwise();
   const int64_t per_sample = pointwise ? 0 : s.C * s.kh * s.kw * P;
   const int64_t slots = workspace_slots(s, ws_elems, "conv2d_backward_input");
@@ -437,6 +618,23 @@ void conv2d_backward_weight(const Conv2dShape& s, const T* x, const T* gy, T* gw
   const bool pointwise = s.is_pointwise();
   const int64_t taps = s.kh * s.kw;
   const int threads = get_num_threads();
+#if PYCNN_X86_DISPATCH
+  if constexpr (std::is_same_v<T, float>) {
+    if (G == 1 && cpu_has_avx512()) {
+      // Dot-product form (see weight_grad_dot_f32), taken whatever the thread count so that the
+      // result does not depend on it; each thread owns a run of input channels (gw columns).
+      parallel_for(s.C, 1, [&](int64_t c0, int64_t c1) {
+        // Kept per thread across calls: a fresh 300-600 KB vector per call was a zero fill plus
+        // ~100 page faults of a new mmap each time.
+        thread_local std::vector<float> stage;
+        const size_t need = s.is_pointwise() ? 0 : size_t(std::min(dot_group(P), s.N) * (c1 - c0) * taps * P);
+        if (stage.size() < need) stage.resize(need);
+        weight_grad_dot_f32(s, x, gy, gw, c0, c1, stage.data());
+      });
+      return;
+    }
+  }
+#endif
   if (G == 1 && s.C >= threads && threads > 1) {
     // Each thread owns a run of input channels, i.e. the gw columns [c0*taps, c1*taps), and walks
     // the whole batch for them: im2col of its channels into its rows of the one-sample workspace,
