@@ -24,6 +24,7 @@ PYBIND11_MODULE(_C, m) {
   m.attr("FLOAT64") = int(kFloat64);
   m.def("get_num_threads", &get_num_threads);
   m.def("set_num_threads", &set_num_threads, nogil);
+  m.def("threading_backend", &threading_backend);
 
   m.def("gemm", [](int dt, bool ta, bool tb, int64_t M, int64_t N, int64_t K, double alpha,
                    uintptr_t A, int64_t lda, uintptr_t B, int64_t ldb, double beta, uintptr_t C,

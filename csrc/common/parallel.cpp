@@ -7,7 +7,12 @@
 #include <mutex>
 #include <thread>
 
+#include <dlfcn.h>
+#include <link.h>
 #include <pthread.h>
+
+#include <cstdlib>
+#include <cstring>
 #include <vector>
 
 namespace pycnn {
@@ -135,14 +140,133 @@ class Pool {
   std::exception_ptr error_;
 };
 
+
+// ---- torch's OpenMP team ------------------------------------------------------------------
+//
+// torch runs its own ops on an OpenMP team whose idle threads spin-wait for a while after each
+// op. Measured on the 2-core dev machine: between torch ops (ReLU, add, the optimizer) those
+// spinning threads took the second core from our pool and a ResNet-20 training step ran 2.3x
+// torch's time; with OMP_WAIT_POLICY=passive, 1.2x. So when the process already has an OpenMP
+// runtime loaded (torch's), our parallel regions run on that same team through its GOMP_parallel
+// entry point: the spinning threads pick our work up instead of competing with it. We find the
+// runtime torch loaded (dl_iterate_phdr) and call it through dlsym, so nothing links against it
+// and no second runtime is ever loaded. PYCNN_THREADS=pool keeps our own pool.
+
+using GompParallel = void (*)(void (*)(void*), void*, unsigned, unsigned);
+using OmpThreadNum = int (*)();
+
+struct OpenMpTeam {
+  GompParallel parallel = nullptr;
+  OmpThreadNum thread_num = nullptr;
+  std::string library;
+};
+
+int find_openmp_library(struct dl_phdr_info* info, size_t, void* out) {
+  const char* name = info->dlpi_name;
+  if (name && (std::strstr(name, "libgomp") || std::strstr(name, "libiomp") || std::strstr(name, "libomp"))) {
+    *static_cast<std::string*>(out) = name;
+    return 1;
+  }
+  return 0;
+}
+
+// After fork() the child has none of the parent's threads, but an OpenMP runtime initialised in
+// the parent believes its team still exists (a parallel region would wait forever): a forked
+// child uses our pool, built afresh, instead.
+std::atomic<bool> g_forked_child{false};
+
+const OpenMpTeam& openmp_team() {
+  static const OpenMpTeam none;
+  static const OpenMpTeam team = [] {
+    pthread_atfork(nullptr, nullptr, [] {
+      g_forked_child = true;
+      g_pool = nullptr;
+    });
+    OpenMpTeam t;
+    const char* env = std::getenv("PYCNN_THREADS");
+    if (env && std::strcmp(env, "pool") == 0) return t;
+    std::string path;
+    dl_iterate_phdr(find_openmp_library, &path);
+    if (path.empty()) return t;
+    void* handle = dlopen(path.c_str(), RTLD_NOW | RTLD_NOLOAD);  // the copy already loaded, or nothing
+    if (!handle) return t;
+    t.parallel = reinterpret_cast<GompParallel>(dlsym(handle, "GOMP_parallel"));
+    t.thread_num = reinterpret_cast<OmpThreadNum>(dlsym(handle, "omp_get_thread_num"));
+    if (!t.parallel || !t.thread_num) return OpenMpTeam{};
+    t.library = path;
+    return t;
+  }();
+  return g_forked_child ? none : team;
+}
+
+std::atomic<int> g_num_threads{0};  // 0: not set yet, use hardware_concurrency
+
+struct TeamJob {
+  const std::function<void(int64_t, int64_t)>* fn;
+  int64_t n, step;
+  OmpThreadNum thread_num;
+  std::mutex mutex;
+  std::exception_ptr error;
+};
+
+// Runs on every thread of the team: thread t does chunk t (the same chunks as the pool's).
+void team_body(void* data) {
+  auto* job = static_cast<TeamJob*>(data);
+  int64_t b = int64_t(job->thread_num()) * job->step, e = std::min(job->n, b + job->step);
+  bool outer = t_in_parallel;
+  t_in_parallel = true;
+  try {
+    if (b < e) (*job->fn)(b, e);
+  } catch (...) {  // an exception must not unwind through the OpenMP runtime's frames
+    std::lock_guard<std::mutex> lock(job->mutex);
+    if (!job->error) job->error = std::current_exception();
+  }
+  t_in_parallel = outer;
+}
+
 }  // namespace
 
-int get_num_threads() { return Pool::instance().size(); }
-void set_num_threads(int n) { Pool::instance().resize(n); }
+std::string threading_backend() {
+  const OpenMpTeam& team = openmp_team();
+  return team.parallel ? "openmp:" + team.library : "pool";
+}
+
+int get_num_threads() {
+  if (openmp_team().parallel) {
+    int n = g_num_threads.load();
+    if (n > 0) return n;
+    unsigned hw = std::thread::hardware_concurrency();
+    return hw ? int(hw) : 1;
+  }
+  return Pool::instance().size();
+}
+
+void set_num_threads(int n) {
+  n = std::max(1, n);
+  g_num_threads = n;
+  if (!openmp_team().parallel) Pool::instance().resize(n);
+}
 
 void parallel_for(int64_t n, int64_t grain, const std::function<void(int64_t, int64_t)>& fn) {
   if (n <= 0) return;
-  Pool::instance().run(n, grain, fn);
+  const OpenMpTeam& team = openmp_team();
+  if (!team.parallel) {
+    Pool::instance().run(n, grain, fn);
+    return;
+  }
+  int64_t max_chunks = std::max<int64_t>(1, n / std::max<int64_t>(1, grain));
+  int64_t chunks = std::min<int64_t>(get_num_threads(), max_chunks);
+  if (chunks <= 1 || t_in_parallel) {
+    fn(0, n);
+    return;
+  }
+  TeamJob job;
+  job.fn = &fn;
+  job.n = n;
+  job.step = (n + chunks - 1) / chunks;
+  job.thread_num = team.thread_num;
+  team.parallel(team_body, &job, unsigned(chunks), 0);
+  if (job.error) std::rethrow_exception(job.error);
 }
 
 }  // namespace pycnn

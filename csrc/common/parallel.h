@@ -1,13 +1,20 @@
 // A small persistent thread pool for the CPU kernels.
 //
-// Why not OpenMP: torch ships its own OpenMP runtime; a second one in the same process spins
-// against torch's and oversubscribes the cores. Our pool has its own threads, sleeps on a
-// condition variable when idle, and its size follows torch.get_num_threads() (set from Python).
+// Why not compile with OpenMP: torch ships its own OpenMP runtime; a second one in the same
+// process spins against torch's and oversubscribes the cores. So parallel_for runs on the
+// OpenMP team torch itself loaded, when there is one (found at run time, never linked), and
+// otherwise on our own small pool, which sleeps on a condition variable when idle. Either way the
+// thread count follows torch.get_num_threads() (set from Python).
 #pragma once
 #include <cstdint>
 #include <functional>
+#include <string>
 
 namespace pycnn {
+
+// "openmp:<library>" when parallel regions run on the OpenMP team torch already loaded (see
+// parallel.cpp for why), else "pool" (our own threads).
+std::string threading_backend();
 
 // Number of threads the kernels may use (the calling thread counts as one).
 int get_num_threads();
