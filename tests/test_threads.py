@@ -46,3 +46,24 @@ def test_kernels_work_in_a_forked_child():
         os.kill(pid, 9)
         pytest.fail("forked child hung in a pycnn kernel")
     assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+
+
+def test_kernels_follow_torch_set_num_threads_without_sync():
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        PF.linear(torch.randn(2, 3), torch.randn(4, 3))  # any CPU op picks the new count up
+        assert pycnn._C.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+        pycnn.sync_threads()
+
+
+def test_kernels_run_on_torchs_openmp_team_when_torch_loaded_one():
+    maps = open("/proc/self/maps").read() if os.path.exists("/proc/self/maps") else ""
+    loaded = [line.split()[-1] for line in maps.splitlines() if "libgomp" in line or "libiomp" in line]
+    backend = pycnn._C.threading_backend()
+    if loaded and os.environ.get("PYCNN_THREADS") != "pool":
+        assert backend.startswith("openmp:") and backend[len("openmp:"):] in loaded, (backend, loaded)
+    else:
+        assert backend == "pool"

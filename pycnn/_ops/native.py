@@ -45,6 +45,8 @@ def cuda_available() -> bool:
 def call(name: str, like: torch.Tensor, *args):
     """Runs native kernel `name` for tensors of `like`'s device and dtype."""
     if like.device.type == "cpu":
+        if torch.get_num_threads() != _kernel_threads:  # torch.set_num_threads was called
+            sync_threads()
         return getattr(_C, name)(_DTYPE_CODE[like.dtype], *args)
     with torch.cuda.device(like.device):
         stream = torch.cuda.current_stream(like.device).cuda_stream
@@ -64,11 +66,16 @@ def workspace(like: torch.Tensor, per_sample: int, batch: int) -> torch.Tensor:
     return like.new_empty(min(batch, fit) * per_sample)
 
 
+_kernel_threads = 0  # the thread count last given to the kernels
+
+
 def sync_threads() -> None:
-    """Makes the kernels' thread pool follow torch.get_num_threads()."""
+    """Makes the kernels use torch.get_num_threads() threads (done by every CPU call anyway)."""
+    global _kernel_threads
     n = torch.get_num_threads()
     if _C.get_num_threads() != n:
         _C.set_num_threads(n)
+    _kernel_threads = n
 
 
 # ---- checks: every failure is a Python exception naming the op and the value -------------
