@@ -235,8 +235,8 @@ int get_num_threads() {
   if (openmp_team().parallel) {
     int n = g_num_threads.load();
     if (n > 0) return n;
-    unsigned hw = std::thread::hardware_concurrency();
-    return hw ? int(hw) : 1;
+    static const int hw = std::max(1u, std::thread::hardware_concurrency());  // a syscall: once
+    return hw;
   }
   return Pool::instance().size();
 }
