@@ -4,6 +4,8 @@
 //   forward        y_g  [Kg, P]        = W_g [Kg, Cg*kh*kw] @ col_g [Cg*kh*kw, P]
 //   input grad     col_g               = W_g^T @ gy_g, then col2im(col) -> gx
 //   weight grad    gW_g               += gy_g @ col_g^T          (summed over the batch)
+// Float forward with AVX-512, stride 1, one group (every ResNet 3x3 stride-1 layer, and through
+// it the stride-1 input gradient): no GEMM panels at all, see conv2d_forward_direct_f32.
 // col is im2col(x) for one sample: all groups stacked, C*kh*kw rows of P columns. The forward
 // and the weight gradient never write it: their GEMMs pack B straight from x (implicit im2col,
 // gemm_custom.h), so each x value goes once into the packed panels instead of through a column
@@ -42,6 +44,8 @@ namespace {
 
 // Experiment switch (kept on: measured faster); off = the explicit im2col path.
 constexpr bool g_implicit_im2col = true;
+// Direct forward (conv2d_forward_direct_f32) where it applies; off = the implicit-im2col GEMM.
+constexpr bool g_direct_forward = true;
 
 int64_t ceil_div_nonneg(int64_t a, int64_t b) { return a <= 0 ? 0 : (a + b - 1) / b; }
 
@@ -433,6 +437,156 @@ void weight_grad_dot_f32(const Conv2dShape& s, const float* x, const float* gy, 
 }
 #endif
 
+#if PYCNN_X86_DISPATCH
+// ---- Direct forward (float, AVX-512, stride 1, one group) ------------------------------------
+// y[k][p] = bias[k] + sum over col rows r = (c, i, j) of w[k][r] * x[c][oh + i*dh - ph][ow + j*dw - pw],
+// with the B vectors (16 output pixels) loaded straight from a staging copy of the input rows a
+// band of output rows reads (layouts: see conv2d_forward_direct_f32): rows copied whole, once
+// per band, the padding written as zeros there, so the micro-kernel needs no masks and there is
+// no packed B panel.
+// Why: with M = 16..64 output channels each packed B vector feeds only M/16 vector FMAs per
+// 8-row tile pass, so implicit-im2col packing (9 copies of every x value, per-16-pixel set-up,
+// a C*9 x P panel: 590 KB per sample at 16ch 32x32, through L2) cost about as much as the FMAs.
+// Here each x value is copied (band + kh - 1) / band times (x kw for the shifted layout).
+// Reading x in place with masked loads was slower (measured 47 vs 85 GFLOP/s, 64ch 32x32):
+// channel planes 4 KB apart alias in L1's sets, so the 3 x C rows a tile walks evicted each other.
+// Measured (1 thread, N32, ms, implicit-im2col GEMM -> direct): 16ch 32x32 2.9 -> 1.7, 32ch
+// 16x16 2.1 -> 1.6, 64ch 8x8 2.1 -> 1.8, 64ch 32x32 28 -> 24.
+// Tile: 8 output channels x 32 pixels (two vectors) = 16 zmm accumulators; per col row 2 loads +
+// 8 broadcasts for 16 FMAs (8 x 48, three vectors, measured ~40% slower; 4 x 64 the same). Each
+// output is summed from its bias over (c, i, j) in order, whatever thread computes it (deterministic).
+constexpr int kDirectMR = 8;
+constexpr int kDirectNV = 2;
+
+template <int NV>
+PYCNN_TARGET_AVX512 void direct_tile_f32(int64_t C, int64_t cstride, int64_t taps, const int64_t* off,
+                                         const float* stage, const float* a, const float* bias, int64_t mrows,
+                                         float* y, int64_t ldy, int64_t npix) {
+  constexpr int MR = kDirectMR;
+  __m512 acc[MR][NV];
+#pragma GCC unroll 8
+  for (int m = 0; m < MR; ++m)
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) acc[m][v] = _mm512_set1_ps(bias && m < mrows ? bias[m] : 0.0f);
+  for (int64_t c = 0; c < C; ++c, stage += cstride) {
+    for (int64_t t = 0; t < taps; ++t, a += MR) {
+      __m512 b[NV];
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) b[v] = _mm512_loadu_ps(stage + off[NV * t + v]);
+#pragma GCC unroll 8
+      for (int m = 0; m < MR; ++m) {
+        const __m512 av = _mm512_set1_ps(a[m]);
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; ++v) acc[m][v] = _mm512_fmadd_ps(av, b[v], acc[m][v]);
+      }
+    }
+  }
+  // npix (1..16*NV): the tile's real pixels; the rest of its vectors are never stored. Unrolled
+  // with a guard: a loop to the run-time mrows would index acc by a variable and push the
+  // accumulators out of registers for the whole k loop.
+  __mmask16 sm[NV];
+#pragma GCC unroll 4
+  for (int v = 0; v < NV; ++v) sm[v] = static_cast<__mmask16>((1u << std::clamp<int64_t>(npix - 16 * v, 0, 16)) - 1);
+#pragma GCC unroll 8
+  for (int m = 0; m < MR; ++m) {
+    if (m >= mrows) break;
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) _mm512_mask_storeu_ps(y + m * ldy + 16 * v, sm[v], acc[m][v]);
+  }
+}
+
+// d[u] = src[u + shift] for u in [lo, hi), 0 for the rest of [0, SW): 16 columns per masked
+// load + store (memcpy and two fills cost ~3 calls per 8-float row of an 8x8 map). Masked-off
+// lanes are never read, so their addresses may lie outside x (hence uintptr).
+PYCNN_TARGET_AVX512 void stage_row_f32(const float* src, int64_t shift, int64_t lo, int64_t hi, int64_t SW, float* d) {
+  const uintptr_t base = reinterpret_cast<uintptr_t>(src);
+  for (int64_t u = 0; u < SW; u += 16) {
+    const int64_t n = std::min<int64_t>(16, SW - u);
+    const int64_t a = std::clamp<int64_t>(lo - u, 0, 16), b = std::clamp<int64_t>(hi - u, 0, 16);
+    const __mmask16 live = static_cast<__mmask16>(((1u << b) - 1) & ~((1u << a) - 1));
+    const __m512 v = _mm512_maskz_loadu_ps(live, reinterpret_cast<const float*>(base + (u + shift) * int64_t(sizeof(float))));
+    _mm512_mask_storeu_ps(d + u, static_cast<__mmask16>((1u << n) - 1), v);
+  }
+}
+
+bool conv2d_forward_direct_f32(const Conv2dShape& s, const float* x, const float* w, const float* bias, float* y) {
+  if (!cpu_has_avx512() || s.groups != 1 || s.sh != 1 || s.sw != 1 || s.is_pointwise()) return false;
+  constexpr int MR = kDirectMR;
+  constexpr int NV = kDirectNV;
+  const int64_t taps = s.kh * s.kw, rows = s.C * taps, P = s.OH * s.OW;
+  const int64_t mblocks = (s.K + MR - 1) / MR;
+  // wp[mb][r][m] = w[mb*MR + m][r], rows past K zero: the broadcasts of one col row are adjacent.
+  std::vector<float> wp(size_t(mblocks * rows * MR), 0.0f);
+  for (int64_t k = 0; k < s.K; ++k)
+    for (int64_t r = 0; r < rows; ++r) wp[size_t(((k / MR) * rows + r) * MR + k % MR)] = w[k * rows + r];
+  // Two staging layouts for a band of output rows [oh0, oh1) (R = band + (kh-1)*dh input rows):
+  //  rows:    OW % 16 == 0. stage[c][q][u] = x[c][oh0 - ph + q][u - pw], SW = OW + (kw-1)*dw
+  //           columns: each x row once, its padding once; a vector never crosses an output row.
+  //  shifted: other OW (the 8x8 maps). kw copies shifted by j*dw, each exactly OW wide:
+  //           stage[c][j][q][ow] = x[c][oh0 - ph + q][ow + j*dw - pw], so 16 consecutive output
+  //           pixels (crossing output rows) are 16 consecutive floats at every tap.
+  // The band grows while the staging stays under ~48 KB (L1 + a little; read MR-block times).
+  const bool shifted = s.OW % 16 != 0;
+  const int64_t SW = shifted ? s.OW : s.OW + (s.kw - 1) * s.dw;
+  const int64_t copies = shifted ? s.kw : 1;
+  // Channel copies an odd number of cache lines apart: a power-of-two stride (240 + 16 = 256
+  // floats at 8x8) put every 4th channel in the same L1 sets.
+  auto cstride_for = [&](int64_t b) {
+    const int64_t lines = (copies * (b + (s.kh - 1) * s.dh) * SW + 15) / 16;
+    return (lines | 1) * 16;
+  };
+  int64_t band = shifted ? 1 : s.OW % 32 == 0 ? 1 : 2;
+  while (band * 2 <= s.OH && s.C * cstride_for(band * 2) * 4 <= 48 * 1024) band *= 2;
+  if (shifted && s.C * cstride_for(s.OH) * 4 <= 64 * 1024) band = s.OH;  // whole small maps
+  const int64_t bands = (s.OH + band - 1) / band;
+  const int64_t R = band + (s.kh - 1) * s.dh;
+  const int64_t cstride = cstride_for(band);
+  const int64_t plane = s.H * s.W;
+  parallel_for(s.N * bands, 1, [&](int64_t t0, int64_t t1) {
+    thread_local std::vector<float> stage;
+    // +32: the shifted layout's last vector may read past the band's pixels (never stored).
+    if (stage.size() < size_t(s.C * cstride + 32)) stage.resize(size_t(s.C * cstride + 32));
+    std::vector<int64_t> off(size_t(NV * taps));
+    for (int64_t task = t0; task < t1; ++task) {
+      const int64_t n = task / bands, oh0 = (task % bands) * band;
+      const int64_t oh1 = std::min(s.OH, oh0 + band);
+      const float* xs = x + n * s.C * plane;
+      const int64_t rq = oh1 - oh0 + (s.kh - 1) * s.dh;
+      for (int64_t c = 0; c < s.C; ++c)
+        for (int64_t jc = 0; jc < copies; ++jc) {
+          // Staged column u reads input column u + shift; live where that lies in [0, W).
+          const int64_t shift = shifted ? jc * s.dw - s.pw : -s.pw;
+          const int64_t u_lo = std::clamp<int64_t>(-shift, 0, SW), u_hi = std::clamp<int64_t>(s.W - shift, u_lo, SW);
+          for (int64_t q = 0; q < rq; ++q) {
+            const int64_t h = oh0 - s.ph + q;
+            const bool row_live = h >= 0 && h < s.H;
+            stage_row_f32(row_live ? xs + c * plane + h * s.W : xs, shift, row_live ? u_lo : 0, row_live ? u_hi : 0,
+                          SW, stage.data() + c * cstride + (jc * R + q) * SW);
+          }
+        }
+      const int64_t npix = (oh1 - oh0) * s.OW;
+      for (int64_t p0 = 0; p0 < npix; p0 += 16 * NV) {
+        for (int64_t v = 0; v < NV; ++v) {
+          // A vector past the band's pixels re-reads the first one (its lanes are never stored).
+          const int64_t pv = p0 + 16 * v < npix ? p0 + 16 * v : p0;
+          const int64_t ohl = pv / s.OW, ow = pv % s.OW;
+          for (int64_t i = 0; i < s.kh; ++i)
+            for (int64_t j = 0; j < s.kw; ++j)
+              off[NV * (i * s.kw + j) + v] = shifted ? (j * R + i * s.dh) * SW + pv : (ohl + i * s.dh) * SW + ow + j * s.dw;
+        }
+        float* ys = y + n * s.K * P + oh0 * s.OW + p0;
+        for (int64_t mb = 0; mb < mblocks; ++mb) {
+          const int64_t mrows = std::min<int64_t>(MR, s.K - mb * MR);
+          direct_tile_f32<NV>(s.C, cstride, taps, off.data(), stage.data(), wp.data() + mb * rows * MR,
+                          bias ? bias + mb * MR : nullptr, mrows, ys + mb * MR * P, P, std::min<int64_t>(16 * NV, npix - p0));
+        }
+      }
+    }
+  });
+  return true;
+}
+#endif
+
 }  // namespace
 
 // The forward with `slots` one-sample column slots in ws (ws unused, may be null, when the
@@ -443,6 +597,11 @@ void conv2d_forward_slots(const Conv2dShape& s, const T* x, const T* w, const T*
   const int64_t P = s.OH * s.OW, G = s.groups, Kg = s.K_per_group();
   const int64_t rows = s.col_rows();
   if (s.N == 0 || s.K == 0 || P == 0) return;
+#if PYCNN_X86_DISPATCH
+  if constexpr (std::is_same_v<T, float>) {
+    if (g_direct_forward && conv2d_forward_direct_f32(s, x, w, bias, y)) return;
+  }
+#endif
   const bool pointwise = s.is_pointwise();
   // Implicit im2col (columns built inside the GEMM's B packing) unless the conv is pointwise.
   const bool implicit = !pointwise && g_implicit_im2col;
@@ -536,9 +695,10 @@ bool conv2d_backward_input_as_forward(const Conv2dShape& s, const T* gy, const T
     if (!g_implicit_im2col || !cpu_has_avx512() || s.groups != 1 || s.sh != 1 || s.sw != 1 || s.is_pointwise() ||
         ph2 < 0 || pw2 < 0)
       return false;
-    // Measured (2 threads): 8x8 maps ~10% slower this way; few input channels (the forward's
-    // GEMM rows: 1 or 3 rows in 8-row tiles, K*taps = 25..48 deep) 2-5x slower.
-    if (s.OH * s.OW < 256 || s.C < 16 || s.K < 16) return false;
+    // Measured (2 threads): few input channels (the forward's GEMM rows: 1 or 3 rows in 8-row
+    // tiles, K*taps = 25..48 deep) 2-5x slower. (8x8 maps were ~10% slower through the
+    // implicit-im2col GEMM; the direct forward made them faster: 64ch 8x8 N32 2.06 -> 1.75 ms.)
+    if (s.C < 16 || s.K < 16) return false;
     Conv2dShape t = s;
     t.C = s.K, t.H = s.OH, t.W = s.OW;
     t.K = s.C, t.OH = s.H, t.OW = s.W;
