@@ -38,6 +38,8 @@
 #include "common/parallel.h"
 #include "cpu/kernels.h"
 #include "cpu/gemm_custom.h"
+#include "cpu/avx512_rows.h"
+#include "cpu/winograd.h"
 
 namespace pycnn::cpu {
 namespace {
@@ -46,6 +48,9 @@ namespace {
 constexpr bool g_implicit_im2col = true;
 // Direct forward (conv2d_forward_direct_f32) where it applies; off = the implicit-im2col GEMM.
 constexpr bool g_direct_forward = true;
+// Winograd F(2x2, 3x3) (winograd.cpp) for the 3x3 stride-1 convs it takes, forward and weight
+// gradient (and so the input gradient through the forward); off = the direct and dot kernels.
+constexpr bool g_winograd = true;
 
 int64_t ceil_div_nonneg(int64_t a, int64_t b) { return a <= 0 ? 0 : (a + b - 1) / b; }
 
@@ -169,36 +174,6 @@ PYCNN_TARGET_AVX512 void pack_im2col_f32_avx512(const Conv2dShape& s, const floa
     }
     if (tail) std::fill(out + last_panel * NR * kc + k * NR + tail, out + last_panel * NR * kc + (k + 1) * NR, 0.0f);
   }
-}
-
-// dst[t * dstride + i] = src[i * sstride + t] for i < 16, t < nout (<= 16): a 16 x 16 transpose
-// in registers (unpack pairs of rows, then pairs of pairs, then gather the 128-bit lanes).
-PYCNN_TARGET_AVX512 PYCNN_ALWAYS_INLINE void transpose16_f32(const float* src, int64_t sstride, float* dst,
-                                                           int64_t dstride, int64_t nout) {
-  __m512 r[16], t[16];
-  for (int i = 0; i < 16; ++i) r[i] = _mm512_loadu_ps(src + i * sstride);
-  for (int i = 0; i < 8; ++i) {
-    t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
-    t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
-  }
-  // r[4i + m]: within each 128-bit lane L, column 4L + m of rows 4i .. 4i+3.
-  for (int i = 0; i < 4; ++i) {
-    const __m512d a = _mm512_castps_pd(t[4 * i]), b = _mm512_castps_pd(t[4 * i + 2]);
-    const __m512d c = _mm512_castps_pd(t[4 * i + 1]), d = _mm512_castps_pd(t[4 * i + 3]);
-    r[4 * i + 0] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, b));
-    r[4 * i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, b));
-    r[4 * i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(c, d));
-    r[4 * i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(c, d));
-  }
-  for (int m = 0; m < 4; ++m) {
-    const __m512 v_even = _mm512_shuffle_f32x4(r[m], r[4 + m], 0x88), v_odd = _mm512_shuffle_f32x4(r[m], r[4 + m], 0xdd);
-    const __m512 w_even = _mm512_shuffle_f32x4(r[8 + m], r[12 + m], 0x88), w_odd = _mm512_shuffle_f32x4(r[8 + m], r[12 + m], 0xdd);
-    t[m] = _mm512_shuffle_f32x4(v_even, w_even, 0x88);       // column m      (lane 0)
-    t[8 + m] = _mm512_shuffle_f32x4(v_even, w_even, 0xdd);   // column 8 + m  (lane 2)
-    t[4 + m] = _mm512_shuffle_f32x4(v_odd, w_odd, 0x88);     // column 4 + m  (lane 1)
-    t[12 + m] = _mm512_shuffle_f32x4(v_odd, w_odd, 0xdd);    // column 12 + m (lane 3)
-  }
-  for (int64_t c = 0; c < nout; ++c) _mm512_storeu_ps(dst + c * dstride, t[c]);
 }
 
 // The weight gradient's packer: op(B)[p][r] = col[r0 + r][p] for panel columns [j0, j1) and
@@ -495,20 +470,6 @@ PYCNN_TARGET_AVX512 void direct_tile_f32(int64_t C, int64_t cstride, int64_t tap
   }
 }
 
-// d[u] = src[u + shift] for u in [lo, hi), 0 for the rest of [0, SW): 16 columns per masked
-// load + store (memcpy and two fills cost ~3 calls per 8-float row of an 8x8 map). Masked-off
-// lanes are never read, so their addresses may lie outside x (hence uintptr).
-PYCNN_TARGET_AVX512 void stage_row_f32(const float* src, int64_t shift, int64_t lo, int64_t hi, int64_t SW, float* d) {
-  const uintptr_t base = reinterpret_cast<uintptr_t>(src);
-  for (int64_t u = 0; u < SW; u += 16) {
-    const int64_t n = std::min<int64_t>(16, SW - u);
-    const int64_t a = std::clamp<int64_t>(lo - u, 0, 16), b = std::clamp<int64_t>(hi - u, 0, 16);
-    const __mmask16 live = static_cast<__mmask16>(((1u << b) - 1) & ~((1u << a) - 1));
-    const __m512 v = _mm512_maskz_loadu_ps(live, reinterpret_cast<const float*>(base + (u + shift) * int64_t(sizeof(float))));
-    _mm512_mask_storeu_ps(d + u, static_cast<__mmask16>((1u << n) - 1), v);
-  }
-}
-
 bool conv2d_forward_direct_f32(const Conv2dShape& s, const float* x, const float* w, const float* bias, float* y) {
   if (!cpu_has_avx512() || s.groups != 1 || s.sh != 1 || s.sw != 1 || s.is_pointwise()) return false;
   constexpr int MR = kDirectMR;
@@ -599,6 +560,7 @@ void conv2d_forward_slots(const Conv2dShape& s, const T* x, const T* w, const T*
   if (s.N == 0 || s.K == 0 || P == 0) return;
 #if PYCNN_X86_DISPATCH
   if constexpr (std::is_same_v<T, float>) {
+    if (g_winograd && conv2d_forward_winograd_f32(s, x, w, bias, y)) return;
     if (g_direct_forward && conv2d_forward_direct_f32(s, x, w, bias, y)) return;
   }
 #endif
@@ -780,6 +742,7 @@ void conv2d_backward_weight(const Conv2dShape& s, const T* x, const T* gy, T* gw
   const int threads = get_num_threads();
 #if PYCNN_X86_DISPATCH
   if constexpr (std::is_same_v<T, float>) {
+    if (g_winograd && conv2d_backward_weight_winograd_f32(s, x, gy, gw)) return;
     if (G == 1 && cpu_has_avx512()) {
       // Dot-product form (see weight_grad_dot_f32), taken whatever the thread count so that the
       // result does not depend on it; each thread owns a run of input channels (gw columns).

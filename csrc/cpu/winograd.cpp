@@ -1,0 +1,438 @@
+// Winograd F(2x2, 3x3) (Lavin & Gray, "Fast Algorithms for Convolutional Neural Networks", 2016).
+//
+// A 2x2 block of outputs of a 3x3 convolution is computed from the 4x4 input tile d under it:
+//     y = A^T [ (G g G^T) (.) (B^T d B) ] A          (.) = elementwise, per input channel summed
+// so the 36 multiply-adds per 2x2 outputs and channel pair become 16 (2.25x fewer). The sum over
+// input channels happens in the transformed domain, where it is 16 independent GEMMs, one per
+// position xi of the 4x4 tile:  M[xi][k][t] = sum_c U[xi][k][c] * V[xi][c][t]  (t = tile).
+//     B^T = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1]   G = [1 0 0; .5 .5 .5; .5 -.5 .5; 0 0 1]
+//     A^T = [1 1 1 0; 0 1 -1 -1]
+// All transform entries are 0, +-1 or +-0.5, so the rounding error stays close to the direct
+// sum's (the larger F(4x4, 3x3) tiles need +-4, +-5 and lose ~2 more digits in float32).
+//
+// Work is split in blocks of kTiles tiles, numbered over the whole batch in raster order (tile t
+// = (n, th, tw), outputs rows 2th..2th+1, columns 2tw..2tw+1); a block is a list of segments,
+// runs of tiles from one tile row. Per block, on one thread, everything stays in L2:
+//   1. input transform  x -> V[16][C][kTiles]   (rows read with masked loads, split into even/odd
+//                                                 columns for the horizontal pass, then the vertical)
+//   2. 16 GEMMs          U[xi] (K x C) @ V[xi] -> M[16][K][kTiles]   (8 x 32 register tiles)
+//   3. output transform  M -> y (+ bias), interleaving the two columns of each tile back.
+// Odd output sizes: the last tile row / column reads zero padding and its extra outputs are not
+// stored. Each output is computed by one fixed sequence of operations whatever thread runs its
+// block, so results do not depend on the thread count.
+#include "cpu/winograd.h"
+
+#include <algorithm>
+#include <cstdint>
+#include <vector>
+
+#include "common/cpu_tuning.h"
+#include "common/parallel.h"
+#include "cpu/avx512_rows.h"
+
+#if PYCNN_X86_DISPATCH
+#include <immintrin.h>
+#endif
+
+namespace pycnn::cpu {
+
+#if PYCNN_X86_DISPATCH
+namespace {
+
+constexpr int64_t kTiles = 32;  // tiles per block: two 16-lane vectors
+constexpr int64_t kMR = 8;      // output channels per GEMM register tile (8 x 2 vectors = 16 zmm)
+// Below this many input or output channels the transforms cost more than the multiplies they
+// save (measured: 3 -> 16 channels at 32x32 was slower than the direct kernel).
+constexpr int64_t kMinChannels = 8;
+
+struct TileGrid {
+  int64_t per_row, rows, per_image, total;
+  explicit TileGrid(const Conv2dShape& s)
+      : per_row((s.OW + 1) / 2), rows((s.OH + 1) / 2), per_image(per_row * rows), total(s.N * per_row * rows) {}
+};
+
+// Tiles [lane, lane + count) of a block are tiles [tw0, tw0 + count) of tile row th of sample n.
+struct Segment {
+  int64_t n, th, tw0, count, lane;
+};
+
+int64_t block_segments(const TileGrid& g, int64_t first_tile, Segment* seg) {
+  int64_t nseg = 0;
+  for (int64_t lane = 0; lane < kTiles && first_tile + lane < g.total;) {
+    const int64_t t = first_tile + lane, n = t / g.per_image, rem = t % g.per_image;
+    const int64_t th = rem / g.per_row, tw0 = rem % g.per_row;
+    const int64_t count = std::min({kTiles - lane, g.per_row - tw0, g.total - t});
+    seg[nseg++] = {n, th, tw0, count, lane};
+    lane += count;
+  }
+  return nseg;
+}
+
+// U[xi][mb][c][m] = (G w[mb*kMR + m][c] G^T)[xi], zero for output channels past K: the kMR
+// values one GEMM step broadcasts are adjacent. Computed in double (then rounded once).
+std::vector<float> transform_weights(const Conv2dShape& s, const float* w) {
+  const int64_t mblocks = (s.K + kMR - 1) / kMR;
+  std::vector<float> u(size_t(16 * mblocks * s.C * kMR), 0.0f);
+  for (int64_t k = 0; k < s.K; ++k)
+    for (int64_t c = 0; c < s.C; ++c) {
+      const float* g = w + (k * s.C + c) * 9;
+      double t[4][3];  // G g
+      for (int j = 0; j < 3; ++j) {
+        const double a = g[j], b = g[3 + j], e = g[6 + j];
+        t[0][j] = a, t[1][j] = 0.5 * (a + b + e), t[2][j] = 0.5 * (a - b + e), t[3][j] = e;
+      }
+      for (int i = 0; i < 4; ++i) {
+        const double a = t[i][0], b = t[i][1], e = t[i][2];
+        const double row[4] = {a, 0.5 * (a + b + e), 0.5 * (a - b + e), e};  // (G g) G^T
+        for (int j = 0; j < 4; ++j)
+          u[size_t((((i * 4 + j) * mblocks + k / kMR) * s.C + c) * kMR + k % kMR)] = float(row[j]);
+      }
+    }
+  return u;
+}
+
+PYCNN_TARGET_AVX512 PYCNN_ALWAYS_INLINE __mmask16 first_lanes(int64_t n) {
+  return static_cast<__mmask16>(n >= 16 ? 0xFFFF : (1u << std::max<int64_t>(n, 0)) - 1);
+}
+
+// Lanes [lo, hi) of 16 (clamped).
+PYCNN_TARGET_AVX512 PYCNN_ALWAYS_INLINE __mmask16 lane_range(int64_t lo, int64_t hi) {
+  lo = std::clamp<int64_t>(lo, 0, 16), hi = std::clamp<int64_t>(hi, lo, 16);
+  return static_cast<__mmask16>(((1u << hi) - 1) & ~((1u << lo) - 1));
+}
+
+// V[xi][c][lane] = (B^T d B)[xi] for the tiles of one block, channels [0, C).
+// Per 16 tiles of a segment and input row i: the row's 4 column phases (tile tw reads columns
+// 2tw + j - pw, j = 0..3) as even-index picks of two vectors each, straight from x with masked
+// loads (the masks are the zero padding), then B^T along the row; then B^T down the 4 rows, in
+// registers, and the 16 results stored to V.
+PYCNN_TARGET_AVX512 void transform_input(const Conv2dShape& s, const float* x, const Segment* seg, int64_t nseg,
+                                         float* v) {
+  const int64_t plane = s.H * s.W, xi_stride = s.C * kTiles;
+  const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+  for (int64_t q = 0; q < nseg; ++q) {
+    const Segment& sg = seg[q];
+    for (int64_t half = 0; half * 16 < sg.count; ++half) {
+      const int64_t col0 = 2 * (sg.tw0 + 16 * half) - s.pw;  // input column of the first tile's j = 0
+      __mmask16 m[4][2];  // phase j, vector: lanes whose column lies inside [0, W)
+      for (int j = 0; j < 4; ++j)
+        for (int u = 0; u < 2; ++u) m[j][u] = lane_range(-(col0 + j + 16 * u), s.W - (col0 + j + 16 * u));
+      const __mmask16 store = first_lanes(sg.count - 16 * half);
+      for (int64_t c = 0; c < s.C; ++c) {
+        const float* xc = x + (sg.n * s.C + c) * plane;
+        __m512 hr[4][4];  // B^T along input row i, phase j
+#pragma GCC unroll 4
+        for (int i = 0; i < 4; ++i) {
+          const int64_t h = 2 * sg.th - s.ph + i;
+          if (h < 0 || h >= s.H) {
+            hr[i][0] = hr[i][1] = hr[i][2] = hr[i][3] = _mm512_setzero_ps();
+            continue;
+          }
+          // Masked-off lanes are never read, so the addresses may lie outside x (hence uintptr).
+          const uintptr_t r = reinterpret_cast<uintptr_t>(xc + h * s.W) + col0 * int64_t(sizeof(float));
+          __m512 ph[4];
+#pragma GCC unroll 4
+          for (int j = 0; j < 4; ++j) {
+            const float* p = reinterpret_cast<const float*>(r + j * sizeof(float));
+            ph[j] = _mm512_permutex2var_ps(_mm512_maskz_loadu_ps(m[j][0], p), even,
+                                           _mm512_maskz_loadu_ps(m[j][1], p + 16));
+          }
+          hr[i][0] = _mm512_sub_ps(ph[0], ph[2]);
+          hr[i][1] = _mm512_add_ps(ph[1], ph[2]);
+          hr[i][2] = _mm512_sub_ps(ph[2], ph[1]);
+          hr[i][3] = _mm512_sub_ps(ph[1], ph[3]);
+        }
+        float* d = v + c * kTiles + sg.lane + 16 * half;
+#pragma GCC unroll 4
+        for (int j = 0; j < 4; ++j) {
+          _mm512_mask_storeu_ps(d + j * xi_stride, store, _mm512_sub_ps(hr[0][j], hr[2][j]));
+          _mm512_mask_storeu_ps(d + (4 + j) * xi_stride, store, _mm512_add_ps(hr[1][j], hr[2][j]));
+          _mm512_mask_storeu_ps(d + (8 + j) * xi_stride, store, _mm512_sub_ps(hr[2][j], hr[1][j]));
+          _mm512_mask_storeu_ps(d + (12 + j) * xi_stride, store, _mm512_sub_ps(hr[1][j], hr[3][j]));
+        }
+      }
+    }
+  }
+}
+
+// m[r][0..kTiles) = sum_c a[c][r] * v[c][0..kTiles) for r < kMR: one 8 x 32 register tile.
+PYCNN_TARGET_AVX512 void gemm_tile(int64_t C, const float* a, const float* v, float* m) {
+  __m512 acc[kMR][2];
+#pragma GCC unroll 8
+  for (int r = 0; r < kMR; ++r) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
+  for (int64_t c = 0; c < C; ++c, a += kMR, v += kTiles) {
+    const __m512 b0 = _mm512_loadu_ps(v), b1 = _mm512_loadu_ps(v + 16);
+#pragma GCC unroll 8
+    for (int r = 0; r < kMR; ++r) {
+      const __m512 av = _mm512_set1_ps(a[r]);
+      acc[r][0] = _mm512_fmadd_ps(av, b0, acc[r][0]);
+      acc[r][1] = _mm512_fmadd_ps(av, b1, acc[r][1]);
+    }
+  }
+#pragma GCC unroll 8
+  for (int r = 0; r < kMR; ++r) {
+    _mm512_storeu_ps(m + r * kTiles, acc[r][0]);
+    _mm512_storeu_ps(m + r * kTiles + 16, acc[r][1]);
+  }
+}
+
+// d[0..n) = src[0..n), n <= 64.
+PYCNN_TARGET_AVX512 PYCNN_ALWAYS_INLINE void copy_short(const float* src, int64_t n, float* d) {
+  for (int64_t u = 0; u < n; u += 16) {
+    const __mmask16 m = first_lanes(n - u);
+    _mm512_mask_storeu_ps(d + u, m, _mm512_maskz_loadu_ps(m, src + u));
+  }
+}
+
+// y tiles of one block from M[16][Kpad][kTiles] (Kpad = K rounded up to kMR), + bias.
+PYCNN_TARGET_AVX512 void transform_output(const Conv2dShape& s, const float* mt, int64_t kpad, const float* bias,
+                                          const Segment* seg, int64_t nseg, float* y) {
+  // Tile l's two outputs of a row sit at [2l, 2l + 1] of out[row]: the rows as y stores them.
+  alignas(64) float out[2][2 * kTiles];
+  const __m512i lo_idx = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+  const __m512i hi_idx = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+  const int64_t xi_stride = kpad * kTiles;
+  const int64_t lanes = seg[nseg - 1].lane + seg[nseg - 1].count;
+  for (int64_t k = 0; k < s.K; ++k) {
+    const __m512 b = _mm512_set1_ps(bias ? bias[k] : 0.0f);
+    for (int64_t l = 0; l < lanes; l += 16) {
+      const float* m = mt + k * kTiles + l;
+      __m512 col0[4], col1[4];  // A^T applied along each tile row i: (m_i0 + m_i1 + m_i2, m_i1 - m_i2 - m_i3)
+#pragma GCC unroll 4
+      for (int i = 0; i < 4; ++i) {
+        const __m512 m0 = _mm512_loadu_ps(m + (i * 4 + 0) * xi_stride), m1 = _mm512_loadu_ps(m + (i * 4 + 1) * xi_stride);
+        const __m512 m2 = _mm512_loadu_ps(m + (i * 4 + 2) * xi_stride), m3 = _mm512_loadu_ps(m + (i * 4 + 3) * xi_stride);
+        col0[i] = _mm512_add_ps(_mm512_add_ps(m0, m1), m2);
+        col1[i] = _mm512_sub_ps(_mm512_sub_ps(m1, m2), m3);
+      }
+      const __m512 y00 = _mm512_add_ps(_mm512_add_ps(_mm512_add_ps(col0[0], col0[1]), col0[2]), b);
+      const __m512 y01 = _mm512_add_ps(_mm512_add_ps(_mm512_add_ps(col1[0], col1[1]), col1[2]), b);
+      const __m512 y10 = _mm512_add_ps(_mm512_sub_ps(_mm512_sub_ps(col0[1], col0[2]), col0[3]), b);
+      const __m512 y11 = _mm512_add_ps(_mm512_sub_ps(_mm512_sub_ps(col1[1], col1[2]), col1[3]), b);
+      _mm512_store_ps(out[0] + 2 * l, _mm512_permutex2var_ps(y00, lo_idx, y01));
+      _mm512_store_ps(out[0] + 2 * l + 16, _mm512_permutex2var_ps(y00, hi_idx, y01));
+      _mm512_store_ps(out[1] + 2 * l, _mm512_permutex2var_ps(y10, lo_idx, y11));
+      _mm512_store_ps(out[1] + 2 * l + 16, _mm512_permutex2var_ps(y10, hi_idx, y11));
+    }
+    for (int64_t q = 0; q < nseg; ++q) {
+      const Segment& sg = seg[q];
+      const int64_t ncols = std::min(2 * sg.count, s.OW - 2 * sg.tw0);
+      float* d = y + ((sg.n * s.K + k) * s.OH + 2 * sg.th) * s.OW + 2 * sg.tw0;
+      copy_short(out[0] + 2 * sg.lane, ncols, d);
+      if (2 * sg.th + 1 < s.OH) copy_short(out[1] + 2 * sg.lane, ncols, d + s.OW);
+    }
+  }
+}
+
+bool winograd_applies(const Conv2dShape& s) {
+  return cpu_has_avx512() && s.groups == 1 && s.kh == 3 && s.kw == 3 && s.sh == 1 && s.sw == 1 && s.dh == 1 &&
+         s.dw == 1 && s.C >= kMinChannels && s.K >= kMinChannels;
+}
+
+// ---- weight gradient ------------------------------------------------------------------------
+// With U = G w G^T the forward is linear in U, so dL/dU[xi] = sum over tiles of
+// (A gy_t A^T)[xi] * V_t[xi] and dL/dw = G^T dL/dU G:
+//   1. per block: V as in the forward, and Gy[xi][k][lane] = (A g A^T)[xi] for the 2x2 block g
+//      of gy under each tile (A = [1 0; 1 1; 1 -1; 0 -1]); V is transposed to VT[xi][lane][c]
+//   2. P[xi][k][c] += sum over the block's tiles of Gy[xi][k][t] * VT[xi][t][c]: a GEMM with
+//      the tiles as its reduction, 8 k x 32 c register tiles (c in lanes, Gy broadcast)
+//   3. once, in double: gw[k][c] = G^T P[.][k][c] G.
+// The batch's blocks are cut into a fixed number of chunks (from the shape alone), each summed
+// into its own P, and the chunks are added in order: the result does not depend on threads.
+
+// Gy[xi][k][lane] for the tiles of one block (lanes of no tile, and gy outside the output, 0).
+PYCNN_TARGET_AVX512 void transform_grad(const Conv2dShape& s, const float* gy, const Segment* seg, int64_t nseg,
+                                        float* gt) {
+  const int64_t P = s.OH * s.OW, xi_stride = s.K * kTiles;
+  const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+  const __m512i odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+  for (int64_t q = 0; q < nseg; ++q) {
+    const Segment& sg = seg[q];
+    for (int64_t half = 0; half * 16 < sg.count; ++half) {
+      const int64_t tw = sg.tw0 + 16 * half, ncols = std::min(2 * (sg.count - 16 * half), s.OW - 2 * tw);
+      const __mmask16 m0 = lane_range(0, ncols), m1 = lane_range(0, ncols - 16);
+      const bool row1 = 2 * sg.th + 1 < s.OH;
+      const __mmask16 store = first_lanes(sg.count - 16 * half);
+      for (int64_t k = 0; k < s.K; ++k) {
+        const float* g = gy + (sg.n * s.K + k) * P + 2 * sg.th * s.OW + 2 * tw;
+        const __m512 a0 = _mm512_maskz_loadu_ps(m0, g), a1 = _mm512_maskz_loadu_ps(m1, g + 16);
+        const __m512 b0 = row1 ? _mm512_maskz_loadu_ps(m0, g + s.OW) : _mm512_setzero_ps();
+        const __m512 b1 = row1 ? _mm512_maskz_loadu_ps(m1, g + s.OW + 16) : _mm512_setzero_ps();
+        const __m512 g00 = _mm512_permutex2var_ps(a0, even, a1), g01 = _mm512_permutex2var_ps(a0, odd, a1);
+        const __m512 g10 = _mm512_permutex2var_ps(b0, even, b1), g11 = _mm512_permutex2var_ps(b0, odd, b1);
+        const __m512 zero = _mm512_setzero_ps();
+        // A g: rows (g0, g0 + g1, g0 - g1, -g1) of the 2-row block; then the same along each row.
+        const __m512 rows[4][2] = {{g00, g01},
+                                   {_mm512_add_ps(g00, g10), _mm512_add_ps(g01, g11)},
+                                   {_mm512_sub_ps(g00, g10), _mm512_sub_ps(g01, g11)},
+                                   {_mm512_sub_ps(zero, g10), _mm512_sub_ps(zero, g11)}};
+        float* d = gt + k * kTiles + sg.lane + 16 * half;
+#pragma GCC unroll 4
+        for (int i = 0; i < 4; ++i) {
+          const __m512 a = rows[i][0], b = rows[i][1];
+          _mm512_mask_storeu_ps(d + (i * 4 + 0) * xi_stride, store, a);
+          _mm512_mask_storeu_ps(d + (i * 4 + 1) * xi_stride, store, _mm512_add_ps(a, b));
+          _mm512_mask_storeu_ps(d + (i * 4 + 2) * xi_stride, store, _mm512_sub_ps(a, b));
+          _mm512_mask_storeu_ps(d + (i * 4 + 3) * xi_stride, store, _mm512_sub_ps(zero, b));
+        }
+      }
+    }
+  }
+}
+
+// p[r][0..16*CV) += sum over t < kTiles of gt[r * kTiles + t] * vt[t * ldv + 0..16*CV), r < rows.
+template <int CV>
+PYCNN_TARGET_AVX512 void grad_tile(const float* gt, const float* vt, int64_t ldv, int64_t rows, float* p, int64_t ldp) {
+  constexpr int KR = 16 / CV;  // 16 accumulators
+  __m512 acc[KR][CV];
+#pragma GCC unroll 16
+  for (int r = 0; r < KR; ++r)
+#pragma GCC unroll 2
+    for (int v = 0; v < CV; ++v) acc[r][v] = _mm512_setzero_ps();
+  for (int64_t t = 0; t < kTiles; ++t, vt += ldv) {
+    __m512 b[CV];
+#pragma GCC unroll 2
+    for (int v = 0; v < CV; ++v) b[v] = _mm512_loadu_ps(vt + 16 * v);
+#pragma GCC unroll 16
+    for (int r = 0; r < KR; ++r) {
+      const __m512 a = _mm512_set1_ps(gt[r * kTiles + t]);
+#pragma GCC unroll 2
+      for (int v = 0; v < CV; ++v) acc[r][v] = _mm512_fmadd_ps(a, b[v], acc[r][v]);
+    }
+  }
+#pragma GCC unroll 16
+  for (int r = 0; r < KR; ++r) {
+    if (r >= rows) break;
+#pragma GCC unroll 2
+    for (int v = 0; v < CV; ++v) {
+      float* o = p + r * ldp + 16 * v;
+      _mm512_storeu_ps(o, _mm512_add_ps(_mm512_loadu_ps(o), acc[r][v]));
+    }
+  }
+}
+
+// P[xi] += Gy[xi] @ V[xi]^T for one block (vt: scratch for the transposed V).
+PYCNN_TARGET_AVX512 void accumulate_grad(const Conv2dShape& s, int64_t cpad, const float* v, float* vt, const float* gt,
+                                         float* p) {
+  for (int64_t xi = 0; xi < 16; ++xi) {
+    for (int64_t c = 0; c < s.C; c += 16)
+      for (int64_t t = 0; t < kTiles; t += 16)
+        transpose16_f32(v + (xi * s.C + c) * kTiles + t, kTiles, vt + (xi * kTiles + t) * cpad + c, cpad, 16);
+    const float* vx = vt + xi * kTiles * cpad;
+    const float* gx = gt + xi * s.K * kTiles;
+    float* px = p + xi * s.K * cpad;
+    int64_t c = 0;
+    for (; c + 32 <= cpad; c += 32)
+      for (int64_t k = 0; k < s.K; k += 8)
+        grad_tile<2>(gx + k * kTiles, vx + c, cpad, std::min<int64_t>(8, s.K - k), px + k * cpad + c, cpad);
+    for (; c < cpad; c += 16)
+      for (int64_t k = 0; k < s.K; k += 16)
+        grad_tile<1>(gx + k * kTiles, vx + c, cpad, std::min<int64_t>(16, s.K - k), px + k * cpad + c, cpad);
+  }
+}
+
+// gw[k][c] = G^T P[.][k][c] G, P the chunks' sum (added in chunk order, into chunk 0),
+// G^T = [1 .5 .5 0; 0 .5 -.5 0; 0 .5 .5 1]. Vectorised over c.
+PYCNN_TARGET_AVX512 void finish_weight_grad(const Conv2dShape& s, int64_t cpad, int64_t chunks, float* part, float* gw) {
+  const int64_t per_chunk = 16 * s.K * cpad;
+  for (int64_t r = 1; r < chunks; ++r)
+    for (int64_t e = 0; e < per_chunk; ++e) part[e] += part[r * per_chunk + e];
+  std::vector<float> out(size_t(9 * s.C));
+  for (int64_t k = 0; k < s.K; ++k) {
+    const float* pk = part + k * cpad;
+    auto P = [&](int i, int j, int64_t c) { return pk[(i * 4 + j) * s.K * cpad + c]; };
+    for (int64_t c = 0; c < s.C; ++c) {
+      float q[3][4];  // G^T P
+      for (int j = 0; j < 4; ++j) {
+        const float mid = 0.5f * (P(1, j, c) + P(2, j, c));
+        q[0][j] = P(0, j, c) + mid;
+        q[1][j] = 0.5f * (P(1, j, c) - P(2, j, c));
+        q[2][j] = mid + P(3, j, c);
+      }
+      for (int a = 0; a < 3; ++a) {
+        const float mid = 0.5f * (q[a][1] + q[a][2]);
+        out[size_t((a * 3 + 0) * s.C + c)] = q[a][0] + mid;
+        out[size_t((a * 3 + 1) * s.C + c)] = 0.5f * (q[a][1] - q[a][2]);
+        out[size_t((a * 3 + 2) * s.C + c)] = mid + q[a][3];
+      }
+    }
+    for (int64_t c = 0; c < s.C; ++c)
+      for (int t = 0; t < 9; ++t) gw[(k * s.C + c) * 9 + t] = out[size_t(t * s.C + c)];
+  }
+}
+
+}  // namespace
+
+bool conv2d_backward_weight_winograd_f32(const Conv2dShape& s, const float* x, const float* gy, float* gw) {
+  if (!winograd_applies(s)) return false;
+  const TileGrid grid(s);
+  const int64_t blocks = (grid.total + kTiles - 1) / kTiles;
+  const int64_t cpad = (s.C + 15) / 16 * 16;
+  const int64_t chunks = std::clamp<int64_t>(blocks / 4, 1, 8);
+  // One P per chunk: keep them (and so the layers this path takes) within 16 MiB.
+  if (chunks * 16 * s.K * cpad * int64_t(sizeof(float)) > (int64_t(16) << 20)) return false;
+  std::vector<float> part(size_t(chunks * 16 * s.K * cpad));
+  parallel_for(chunks, 1, [&](int64_t r0, int64_t r1) {
+    thread_local std::vector<float> scratch;
+    // V (+16 rows: the transposes read whole 16-channel groups), VT, Gy.
+    const size_t nv = size_t((16 * s.C + 16) * kTiles), nvt = size_t(16 * kTiles * cpad), ng = size_t(16 * s.K * kTiles);
+    if (scratch.size() < nv + nvt + ng) scratch.resize(nv + nvt + ng);
+    float* v = scratch.data();
+    float* vt = v + nv;
+    float* gt = vt + nvt;
+    Segment seg[kTiles];
+    for (int64_t r = r0; r < r1; ++r) {
+      float* p = part.data() + r * 16 * s.K * cpad;
+      std::fill(p, p + 16 * s.K * cpad, 0.0f);
+      const int64_t b_end = blocks * (r + 1) / chunks;
+      for (int64_t blk = blocks * r / chunks; blk < b_end; ++blk) {
+        const int64_t nseg = block_segments(grid, blk * kTiles, seg);
+        // A partial block (the last): lanes of no tile must hold zeros in both operands.
+        if (seg[nseg - 1].lane + seg[nseg - 1].count < kTiles) {
+          std::fill(v, v + nv, 0.0f);
+          std::fill(gt, gt + ng, 0.0f);
+        }
+        transform_input(s, x, seg, nseg, v);
+        transform_grad(s, gy, seg, nseg, gt);
+        accumulate_grad(s, cpad, v, vt, gt, p);
+      }
+    }
+  });
+  finish_weight_grad(s, cpad, chunks, part.data(), gw);
+  return true;
+}
+
+bool conv2d_forward_winograd_f32(const Conv2dShape& s, const float* x, const float* w, const float* bias, float* y) {
+  if (!winograd_applies(s)) return false;
+  const TileGrid grid(s);
+  if (grid.total == 0) return true;
+  const int64_t mblocks = (s.K + kMR - 1) / kMR, kpad = mblocks * kMR;
+  const std::vector<float> u = transform_weights(s, w);
+  const int64_t blocks = (grid.total + kTiles - 1) / kTiles;
+  parallel_for(blocks, 1, [&](int64_t b0, int64_t b1) {
+    // Per thread, kept across calls (a fresh buffer per call is page faults and a zero fill).
+    thread_local std::vector<float> scratch;
+    const size_t need = size_t(16 * (s.C + kpad) * kTiles);
+    if (scratch.size() < need) scratch.resize(need);
+    float* v = scratch.data();
+    float* mt = v + 16 * s.C * kTiles;
+    Segment seg[kTiles];
+    for (int64_t blk = b0; blk < b1; ++blk) {
+      const int64_t nseg = block_segments(grid, blk * kTiles, seg);
+      transform_input(s, x, seg, nseg, v);
+      for (int64_t xi = 0; xi < 16; ++xi)
+        for (int64_t mb = 0; mb < mblocks; ++mb)
+          gemm_tile(s.C, u.data() + (xi * mblocks + mb) * s.C * kMR, v + xi * s.C * kTiles,
+                    mt + (xi * kpad + mb * kMR) * kTiles);
+      transform_output(s, mt, kpad, bias, seg, nseg, y);
+    }
+  });
+  return true;
+}
+
+#else
+bool conv2d_forward_winograd_f32(const Conv2dShape&, const float*, const float*, const float*, float*) { return false; }
+bool conv2d_backward_weight_winograd_f32(const Conv2dShape&, const float*, const float*, float*) { return false; }
+#endif
+
+}  // namespace pycnn::cpu
