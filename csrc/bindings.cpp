@@ -55,6 +55,10 @@ PYBIND11_MODULE(_C, m) {
       cpu::conv2d_forward<T>(s, p<T>(x), p<T>(w), p<T>(b), p<T>(y), p<T>(ws), ws_elems);
     });
   }, nogil);
+  m.def("conv2d_forward_algorithm", [](int dt, std::vector<int64_t> shape) {
+    return cpu::conv2d_forward_algorithm(Conv2dShape::from(shape), dt == kFloat32);
+  });
+  m.def("set_conv_winograd", &cpu::set_conv_winograd);
   m.def("conv2d_backward_input", [](int dt, std::vector<int64_t> shape, uintptr_t gy, uintptr_t w,
                                     uintptr_t gx, uintptr_t ws, int64_t ws_elems) {
     auto s = Conv2dShape::from(shape);

@@ -24,6 +24,7 @@
 // is a scatter, but each input channel plane belongs to one thread and is summed in a fixed
 // order: deterministic.
 #include <algorithm>
+#include <atomic>
 #include <cstring>
 #include <stdexcept>
 #include <string>
@@ -49,8 +50,9 @@ constexpr bool g_implicit_im2col = true;
 // Direct forward (conv2d_forward_direct_f32) where it applies; off = the implicit-im2col GEMM.
 constexpr bool g_direct_forward = true;
 // Winograd F(2x2, 3x3) (winograd.cpp) for the 3x3 stride-1 convs it takes, forward and weight
-// gradient (and so the input gradient through the forward); off = the direct and dot kernels.
-constexpr bool g_winograd = true;
+// gradient (and so the input gradient through the forward). A run-time switch
+// (set_conv_winograd) so that tests can compare it with the direct and dot kernels it replaces.
+std::atomic<bool> g_winograd{true};
 
 int64_t ceil_div_nonneg(int64_t a, int64_t b) { return a <= 0 ? 0 : (a + b - 1) / b; }
 
@@ -470,8 +472,12 @@ PYCNN_TARGET_AVX512 void direct_tile_f32(int64_t C, int64_t cstride, int64_t tap
   }
 }
 
+bool direct_forward_applies(const Conv2dShape& s) {
+  return cpu_has_avx512() && s.groups == 1 && s.sh == 1 && s.sw == 1 && !s.is_pointwise();
+}
+
 bool conv2d_forward_direct_f32(const Conv2dShape& s, const float* x, const float* w, const float* bias, float* y) {
-  if (!cpu_has_avx512() || s.groups != 1 || s.sh != 1 || s.sw != 1 || s.is_pointwise()) return false;
+  if (!direct_forward_applies(s)) return false;
   constexpr int MR = kDirectMR;
   constexpr int NV = kDirectNV;
   const int64_t taps = s.kh * s.kw, rows = s.C * taps, P = s.OH * s.OW;
@@ -639,6 +645,18 @@ void conv2d_forward(const Conv2dShape& s, const T* x, const T* w, const T* bias,
   if (s.N == 0 || s.K == 0 || s.OH * s.OW == 0) return;
   const int64_t slots = workspace_slots(s, ws_elems, "conv2d_forward");
   conv2d_forward_slots(s, x, w, bias, y, ws, slots);
+}
+
+bool set_conv_winograd(bool enabled) { return g_winograd.exchange(enabled); }
+
+std::string conv2d_forward_algorithm(const Conv2dShape& s, bool is_float) {
+#if PYCNN_X86_DISPATCH
+  if (is_float && g_winograd && winograd_applies(s)) return "winograd";
+  if (is_float && g_direct_forward && direct_forward_applies(s)) return "direct";
+#else
+  (void)is_float;
+#endif
+  return s.is_pointwise() ? "pointwise_gemm" : "im2col_gemm";
 }
 
 // Stride 1, one group: the input gradient is a forward conv of gy with the kernel transposed

@@ -44,6 +44,13 @@ template <typename T>
 void conv2d_backward_weight(const Conv2dShape& s, const T* x, const T* gy, T* gw /*nullable*/,
                             T* gb /*nullable*/, T* ws, int64_t ws_elems);
 
+// Which kernel conv2d_forward runs for this shape ("winograd", "direct", "im2col_gemm" or
+// "pointwise_gemm"; is_float: float32, where the AVX-512 kernels live). The input gradient of a
+// stride-1 conv runs as such a forward; the weight gradient takes Winograd where the forward does.
+std::string conv2d_forward_algorithm(const Conv2dShape& s, bool is_float);
+// Turns the Winograd kernels on or off (on by default); returns the previous setting.
+bool set_conv_winograd(bool enabled);
+
 // ---- depthwise.cpp: direct kernels for groups == C (K = C * multiplier) -------------------
 template <typename T>
 void depthwise_conv2d_forward(const Conv2dShape& s, const T* x, const T* w,

@@ -52,6 +52,7 @@ struct TileGrid {
 };
 
 // Tiles [lane, lane + count) of a block are tiles [tw0, tw0 + count) of tile row th of sample n.
+// A segment stays within one 16-lane vector (the transforms work a vector at a time).
 struct Segment {
   int64_t n, th, tw0, count, lane;
 };
@@ -61,7 +62,7 @@ int64_t block_segments(const TileGrid& g, int64_t first_tile, Segment* seg) {
   for (int64_t lane = 0; lane < kTiles && first_tile + lane < g.total;) {
     const int64_t t = first_tile + lane, n = t / g.per_image, rem = t % g.per_image;
     const int64_t th = rem / g.per_row, tw0 = rem % g.per_row;
-    const int64_t count = std::min({kTiles - lane, g.per_row - tw0, g.total - t});
+    const int64_t count = std::min({16 - lane % 16, g.per_row - tw0, g.total - t});
     seg[nseg++] = {n, th, tw0, count, lane};
     lane += count;
   }
@@ -101,55 +102,114 @@ PYCNN_TARGET_AVX512 PYCNN_ALWAYS_INLINE __mmask16 lane_range(int64_t lo, int64_t
   return static_cast<__mmask16>(((1u << hi) - 1) & ~((1u << lo) - 1));
 }
 
+// The segments of a block that fill lanes [16 v, 16 v + 16): [first, last).
+struct LaneGroup {
+  int64_t first, last;
+  bool one_row() const { return last - first == 1; }
+};
+
+int64_t lane_groups(const Segment* seg, int64_t nseg, LaneGroup* groups) {
+  int64_t ng = 0;
+  for (int64_t q = 0; q < nseg; ++q) {
+    if (q == 0 || seg[q].lane / 16 != seg[q - 1].lane / 16) groups[ng++] = {q, q};
+    groups[ng - 1].last = q + 1;
+  }
+  return ng;
+}
+
+// Where one segment's tiles read their 4 column phases j: x columns col0 + 2 t' + j for its
+// t'-th tile. The columns [col0, col0 + 32) come in two masked loads (the masks are the zero
+// padding); phase j of the segment's lanes is then one permute of those two vectors.
+struct RowPicker {
+  int64_t col0;
+  __mmask16 load[2], lanes;
+  __m512i idx;  // lane l: 2 (l - first lane) (+ j for phase j)
+};
+
+PYCNN_TARGET_AVX512 RowPicker row_picker(const Segment& sg, int64_t width, int64_t col_pad) {
+  RowPicker r;
+  r.col0 = 2 * sg.tw0 - col_pad;
+  r.load[0] = lane_range(-r.col0, width - r.col0);
+  r.load[1] = lane_range(-r.col0 - 16, width - r.col0 - 16);
+  const int64_t l0 = sg.lane % 16;
+  r.lanes = lane_range(l0, l0 + sg.count);
+  r.idx = _mm512_sub_epi32(_mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30),
+                           _mm512_set1_epi32(int(2 * l0)));
+  return r;
+}
+
 // V[xi][c][lane] = (B^T d B)[xi] for the tiles of one block, channels [0, C).
-// Per 16 tiles of a segment and input row i: the row's 4 column phases (tile tw reads columns
-// 2tw + j - pw, j = 0..3) as even-index picks of two vectors each, straight from x with masked
-// loads (the masks are the zero padding), then B^T along the row; then B^T down the 4 rows, in
-// registers, and the 16 results stored to V.
+// Per 16-lane vector of tiles and input row i: the row's 4 column phases (tile tw reads columns
+// 2tw + j - pw, j = 0..3) as even-index picks from masked loads straight from x, then B^T along
+// the row; then B^T down the 4 rows, in registers, and the 16 results stored to V. A vector of
+// one tile row (maps 32+ wide) picks each phase from its own two loads; a vector of several
+// short rows (16x16 and 8x8 maps) loads each row once and places its tiles with masked permutes.
 PYCNN_TARGET_AVX512 void transform_input(const Conv2dShape& s, const float* x, const Segment* seg, int64_t nseg,
                                          float* v) {
   const int64_t plane = s.H * s.W, xi_stride = s.C * kTiles;
-  const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-  for (int64_t q = 0; q < nseg; ++q) {
-    const Segment& sg = seg[q];
-    for (int64_t half = 0; half * 16 < sg.count; ++half) {
-      const int64_t col0 = 2 * (sg.tw0 + 16 * half) - s.pw;  // input column of the first tile's j = 0
-      __mmask16 m[4][2];  // phase j, vector: lanes whose column lies inside [0, W)
-      for (int j = 0; j < 4; ++j)
-        for (int u = 0; u < 2; ++u) m[j][u] = lane_range(-(col0 + j + 16 * u), s.W - (col0 + j + 16 * u));
-      const __mmask16 store = first_lanes(sg.count - 16 * half);
-      for (int64_t c = 0; c < s.C; ++c) {
-        const float* xc = x + (sg.n * s.C + c) * plane;
-        __m512 hr[4][4];  // B^T along input row i, phase j
+  LaneGroup groups[kTiles / 16];
+  const int64_t ng = lane_groups(seg, nseg, groups);
+  RowPicker pick[16];
+  for (int64_t gi = 0; gi < ng; ++gi) {
+    const LaneGroup& grp = groups[gi];
+    const Segment& s0 = seg[grp.first];
+    const bool wide = grp.one_row() && s0.count == 16;  // 34 columns: one load pair per phase
+    __mmask16 m[4][2];  // wide: phase j, vector: lanes whose column lies inside [0, W)
+    const int64_t col0 = 2 * s0.tw0 - s.pw;
+    for (int j = 0; j < 4; ++j)
+      for (int u = 0; u < 2; ++u) m[j][u] = lane_range(-(col0 + j + 16 * u), s.W - (col0 + j + 16 * u));
+    for (int64_t q = grp.first; q < grp.last && !wide; ++q) pick[q - grp.first] = row_picker(seg[q], s.W, s.pw);
+    const __mmask16 store = lane_range(0, seg[grp.last - 1].lane % 16 + seg[grp.last - 1].count);
+    for (int64_t c = 0; c < s.C; ++c) {
+      __m512 hr[4][4];  // B^T along input row i, phase j
 #pragma GCC unroll 4
-        for (int i = 0; i < 4; ++i) {
-          const int64_t h = 2 * sg.th - s.ph + i;
+      for (int i = 0; i < 4; ++i) {
+        __m512 ph[4];
+        if (wide) {
+          const int64_t h = 2 * s0.th - s.ph + i;
           if (h < 0 || h >= s.H) {
             hr[i][0] = hr[i][1] = hr[i][2] = hr[i][3] = _mm512_setzero_ps();
             continue;
           }
           // Masked-off lanes are never read, so the addresses may lie outside x (hence uintptr).
-          const uintptr_t r = reinterpret_cast<uintptr_t>(xc + h * s.W) + col0 * int64_t(sizeof(float));
-          __m512 ph[4];
+          const uintptr_t r = reinterpret_cast<uintptr_t>(x + (s0.n * s.C + c) * plane + h * s.W) +
+                              col0 * int64_t(sizeof(float));
+          const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
 #pragma GCC unroll 4
           for (int j = 0; j < 4; ++j) {
             const float* p = reinterpret_cast<const float*>(r + j * sizeof(float));
             ph[j] = _mm512_permutex2var_ps(_mm512_maskz_loadu_ps(m[j][0], p), even,
                                            _mm512_maskz_loadu_ps(m[j][1], p + 16));
           }
-          hr[i][0] = _mm512_sub_ps(ph[0], ph[2]);
-          hr[i][1] = _mm512_add_ps(ph[1], ph[2]);
-          hr[i][2] = _mm512_sub_ps(ph[2], ph[1]);
-          hr[i][3] = _mm512_sub_ps(ph[1], ph[3]);
-        }
-        float* d = v + c * kTiles + sg.lane + 16 * half;
+        } else {
+          ph[0] = ph[1] = ph[2] = ph[3] = _mm512_setzero_ps();
+          for (int64_t q = grp.first; q < grp.last; ++q) {
+            const Segment& sg = seg[q];
+            const int64_t h = 2 * sg.th - s.ph + i;
+            if (h < 0 || h >= s.H) continue;
+            const RowPicker& pk = pick[q - grp.first];
+            const uintptr_t r = reinterpret_cast<uintptr_t>(x + (sg.n * s.C + c) * plane + h * s.W) +
+                                pk.col0 * int64_t(sizeof(float));
+            const __m512 a = _mm512_maskz_loadu_ps(pk.load[0], reinterpret_cast<const float*>(r));
+            const __m512 b = _mm512_maskz_loadu_ps(pk.load[1], reinterpret_cast<const float*>(r) + 16);
 #pragma GCC unroll 4
-        for (int j = 0; j < 4; ++j) {
-          _mm512_mask_storeu_ps(d + j * xi_stride, store, _mm512_sub_ps(hr[0][j], hr[2][j]));
-          _mm512_mask_storeu_ps(d + (4 + j) * xi_stride, store, _mm512_add_ps(hr[1][j], hr[2][j]));
-          _mm512_mask_storeu_ps(d + (8 + j) * xi_stride, store, _mm512_sub_ps(hr[2][j], hr[1][j]));
-          _mm512_mask_storeu_ps(d + (12 + j) * xi_stride, store, _mm512_sub_ps(hr[1][j], hr[3][j]));
+            for (int j = 0; j < 4; ++j)
+              ph[j] = _mm512_mask_mov_ps(ph[j], pk.lanes,
+                                         _mm512_permutex2var_ps(a, _mm512_add_epi32(pk.idx, _mm512_set1_epi32(j)), b));
+          }
         }
+        hr[i][0] = _mm512_sub_ps(ph[0], ph[2]);
+        hr[i][1] = _mm512_add_ps(ph[1], ph[2]);
+        hr[i][2] = _mm512_sub_ps(ph[2], ph[1]);
+        hr[i][3] = _mm512_sub_ps(ph[1], ph[3]);
+      }
+      float* d = v + c * kTiles + 16 * gi;
+#pragma GCC unroll 4
+      for (int j = 0; j < 4; ++j) {
+        _mm512_mask_storeu_ps(d + j * xi_stride, store, _mm512_sub_ps(hr[0][j], hr[2][j]));
+        _mm512_mask_storeu_ps(d + (4 + j) * xi_stride, store, _mm512_add_ps(hr[1][j], hr[2][j]));
+        _mm512_mask_storeu_ps(d + (8 + j) * xi_stride, store, _mm512_sub_ps(hr[2][j], hr[1][j]));
+        _mm512_mask_storeu_ps(d + (12 + j) * xi_stride, store, _mm512_sub_ps(hr[1][j], hr[3][j]));
       }
     }
   }
@@ -224,10 +284,14 @@ PYCNN_TARGET_AVX512 void transform_output(const Conv2dShape& s, const float* mt,
   }
 }
 
+}  // namespace
+
 bool winograd_applies(const Conv2dShape& s) {
   return cpu_has_avx512() && s.groups == 1 && s.kh == 3 && s.kw == 3 && s.sh == 1 && s.sw == 1 && s.dh == 1 &&
          s.dw == 1 && s.C >= kMinChannels && s.K >= kMinChannels;
 }
+
+namespace {
 
 // ---- weight gradient ------------------------------------------------------------------------
 // With U = G w G^T the forward is linear in U, so dL/dU[xi] = sum over tiles of
@@ -240,41 +304,47 @@ bool winograd_applies(const Conv2dShape& s) {
 // The batch's blocks are cut into a fixed number of chunks (from the shape alone), each summed
 // into its own P, and the chunks are added in order: the result does not depend on threads.
 
-// Gy[xi][k][lane] for the tiles of one block (lanes of no tile, and gy outside the output, 0).
+// Gy[xi][k][lane] for the tiles of one block (gy outside the output reads as 0). Per 16-lane
+// vector: each segment's two gy rows (2 tiles x 2 columns) in masked loads, the even and odd
+// columns placed in its lanes by permutes, then A g A^T in registers.
 PYCNN_TARGET_AVX512 void transform_grad(const Conv2dShape& s, const float* gy, const Segment* seg, int64_t nseg,
                                         float* gt) {
   const int64_t P = s.OH * s.OW, xi_stride = s.K * kTiles;
-  const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-  const __m512i odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
-  for (int64_t q = 0; q < nseg; ++q) {
-    const Segment& sg = seg[q];
-    for (int64_t half = 0; half * 16 < sg.count; ++half) {
-      const int64_t tw = sg.tw0 + 16 * half, ncols = std::min(2 * (sg.count - 16 * half), s.OW - 2 * tw);
-      const __mmask16 m0 = lane_range(0, ncols), m1 = lane_range(0, ncols - 16);
-      const bool row1 = 2 * sg.th + 1 < s.OH;
-      const __mmask16 store = first_lanes(sg.count - 16 * half);
-      for (int64_t k = 0; k < s.K; ++k) {
-        const float* g = gy + (sg.n * s.K + k) * P + 2 * sg.th * s.OW + 2 * tw;
-        const __m512 a0 = _mm512_maskz_loadu_ps(m0, g), a1 = _mm512_maskz_loadu_ps(m1, g + 16);
-        const __m512 b0 = row1 ? _mm512_maskz_loadu_ps(m0, g + s.OW) : _mm512_setzero_ps();
-        const __m512 b1 = row1 ? _mm512_maskz_loadu_ps(m1, g + s.OW + 16) : _mm512_setzero_ps();
-        const __m512 g00 = _mm512_permutex2var_ps(a0, even, a1), g01 = _mm512_permutex2var_ps(a0, odd, a1);
-        const __m512 g10 = _mm512_permutex2var_ps(b0, even, b1), g11 = _mm512_permutex2var_ps(b0, odd, b1);
-        const __m512 zero = _mm512_setzero_ps();
-        // A g: rows (g0, g0 + g1, g0 - g1, -g1) of the 2-row block; then the same along each row.
-        const __m512 rows[4][2] = {{g00, g01},
-                                   {_mm512_add_ps(g00, g10), _mm512_add_ps(g01, g11)},
-                                   {_mm512_sub_ps(g00, g10), _mm512_sub_ps(g01, g11)},
-                                   {_mm512_sub_ps(zero, g10), _mm512_sub_ps(zero, g11)}};
-        float* d = gt + k * kTiles + sg.lane + 16 * half;
-#pragma GCC unroll 4
-        for (int i = 0; i < 4; ++i) {
-          const __m512 a = rows[i][0], b = rows[i][1];
-          _mm512_mask_storeu_ps(d + (i * 4 + 0) * xi_stride, store, a);
-          _mm512_mask_storeu_ps(d + (i * 4 + 1) * xi_stride, store, _mm512_add_ps(a, b));
-          _mm512_mask_storeu_ps(d + (i * 4 + 2) * xi_stride, store, _mm512_sub_ps(a, b));
-          _mm512_mask_storeu_ps(d + (i * 4 + 3) * xi_stride, store, _mm512_sub_ps(zero, b));
+  LaneGroup groups[kTiles / 16];
+  const int64_t ng = lane_groups(seg, nseg, groups);
+  RowPicker pick[16];
+  for (int64_t gi = 0; gi < ng; ++gi) {
+    const LaneGroup& grp = groups[gi];
+    for (int64_t q = grp.first; q < grp.last; ++q) pick[q - grp.first] = row_picker(seg[q], s.OW, 0);
+    const __mmask16 store = lane_range(0, seg[grp.last - 1].lane % 16 + seg[grp.last - 1].count);
+    for (int64_t k = 0; k < s.K; ++k) {
+      __m512 g[2][2];  // output row, column of each tile's 2x2 block of gy
+      g[0][0] = g[0][1] = g[1][0] = g[1][1] = _mm512_setzero_ps();
+      for (int64_t q = grp.first; q < grp.last; ++q) {
+        const Segment& sg = seg[q];
+        const RowPicker& pk = pick[q - grp.first];
+        for (int64_t row = 0; row < 2 && 2 * sg.th + row < s.OH; ++row) {
+          const float* r = gy + (sg.n * s.K + k) * P + (2 * sg.th + row) * s.OW + pk.col0;
+          const __m512 a = _mm512_maskz_loadu_ps(pk.load[0], r), b = _mm512_maskz_loadu_ps(pk.load[1], r + 16);
+          for (int j = 0; j < 2; ++j)
+            g[row][j] = _mm512_mask_mov_ps(g[row][j], pk.lanes,
+                                           _mm512_permutex2var_ps(a, _mm512_add_epi32(pk.idx, _mm512_set1_epi32(j)), b));
         }
+      }
+      const __m512 zero = _mm512_setzero_ps();
+      // A g: rows (g0, g0 + g1, g0 - g1, -g1) of the 2-row block; then the same along each row.
+      const __m512 rows[4][2] = {{g[0][0], g[0][1]},
+                                 {_mm512_add_ps(g[0][0], g[1][0]), _mm512_add_ps(g[0][1], g[1][1])},
+                                 {_mm512_sub_ps(g[0][0], g[1][0]), _mm512_sub_ps(g[0][1], g[1][1])},
+                                 {_mm512_sub_ps(zero, g[1][0]), _mm512_sub_ps(zero, g[1][1])}};
+      float* d = gt + k * kTiles + 16 * gi;
+#pragma GCC unroll 4
+      for (int i = 0; i < 4; ++i) {
+        const __m512 a = rows[i][0], b = rows[i][1];
+        _mm512_mask_storeu_ps(d + (i * 4 + 0) * xi_stride, store, a);
+        _mm512_mask_storeu_ps(d + (i * 4 + 1) * xi_stride, store, _mm512_add_ps(a, b));
+        _mm512_mask_storeu_ps(d + (i * 4 + 2) * xi_stride, store, _mm512_sub_ps(a, b));
+        _mm512_mask_storeu_ps(d + (i * 4 + 3) * xi_stride, store, _mm512_sub_ps(zero, b));
       }
     }
   }
@@ -431,6 +501,7 @@ bool conv2d_forward_winograd_f32(const Conv2dShape& s, const float* x, const flo
 }
 
 #else
+bool winograd_applies(const Conv2dShape&) { return false; }
 bool conv2d_forward_winograd_f32(const Conv2dShape&, const float*, const float*, const float*, float*) { return false; }
 bool conv2d_backward_weight_winograd_f32(const Conv2dShape&, const float*, const float*, float*) { return false; }
 #endif
