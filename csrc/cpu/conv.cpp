@@ -678,11 +678,12 @@ bool conv2d_backward_input_as_forward(const Conv2dShape& s, const T* gy, const T
     // Measured (2 threads): few input channels (the forward's GEMM rows: 1 or 3 rows in 8-row
     // tiles, K*taps = 25..48 deep) 2-5x slower. (8x8 maps were ~10% slower through the
     // implicit-im2col GEMM; the direct forward made them faster: 64ch 8x8 N32 2.06 -> 1.75 ms.)
-    if (s.C < 16 || s.K < 16) return false;
+    // Shapes the Winograd forward takes (8+ channels) always qualify: 8ch 32x32 N32 ~0.2x torch.
     Conv2dShape t = s;
     t.C = s.K, t.H = s.OH, t.W = s.OW;
     t.K = s.C, t.OH = s.H, t.OW = s.W;
     t.ph = ph2, t.pw = pw2;
+    if ((s.C < 16 || s.K < 16) && !(g_winograd && winograd_applies(t))) return false;
     const int64_t taps = s.kh * s.kw;
     std::vector<float> wt(size_t(s.C * s.K * taps));  // w'[c][k][i'][j'] = w[k][c][kh-1-i'][kw-1-j']
     for (int64_t k = 0; k < s.K; ++k)
