@@ -25,6 +25,12 @@ CASES = [
     ((1, 2, 3, 3), (3, 3, 3), 4, 2, 1, 1, True),          # stride larger than input: 2x2 output
     ((0, 3, 7, 7), (4, 3, 3), 1, 1, 1, 1, True),          # empty batch
     ((5, 3, 4, 6), (2, 3, 3), 1, (0, 1), 1, 1, True),
+    # horizontal stride 2, one group: the vectorised stride-2 im2col (forward packing and the
+    # weight gradient's columns), with rows of more than 16 outputs and odd sizes
+    ((2, 5, 9, 11), (7, 3, 3), 2, 1, 1, 1, True),
+    ((2, 4, 16, 16), (8, 3, 3), (1, 2), (0, 1), 1, 1, False),
+    ((1, 3, 40, 37), (4, 2, 2), 2, 0, 1, 1, True),
+    ((1, 3, 20, 21), (2, 3, 3), 2, 2, 2, 1, True),
 ]
 
 

@@ -25,6 +25,23 @@ PYCNN_TARGET_AVX512 inline void stage_row_f32(const float* src, int64_t shift, i
   }
 }
 
+// Lane t = row[first + t * sw] for t in [lo, hi), 0 elsewhere; sw is 1 or 2 (stride-2 convs:
+// 32 consecutive floats, only the even ones loaded, then compacted by one permute). Lanes and
+// elements outside [lo, hi) are never read, so `row + first` may point outside the tensor.
+PYCNN_TARGET_AVX512 PYCNN_ALWAYS_INLINE __m512 load_row_strided(const float* row, int64_t first, int64_t lo, int64_t hi,
+                                                               int64_t sw) {
+  const uintptr_t p = reinterpret_cast<uintptr_t>(row) + first * int64_t(sizeof(float));
+  auto bits = [](int64_t a, int64_t b) {  // bits [a, b) of 32, clamped
+    a = std::clamp<int64_t>(a, 0, 32), b = std::clamp<int64_t>(b, a, 32);
+    return ((1ull << b) - 1) & ~((1ull << a) - 1);
+  };
+  if (sw == 1) return _mm512_maskz_loadu_ps(static_cast<__mmask16>(bits(lo, hi)), reinterpret_cast<const float*>(p));
+  const uint64_t m = bits(2 * lo, 2 * hi) & 0x55555555ull;  // the even elements 2t of live lanes t
+  const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+  return _mm512_permutex2var_ps(_mm512_maskz_loadu_ps(static_cast<__mmask16>(m), reinterpret_cast<const float*>(p)), even,
+                                _mm512_maskz_loadu_ps(static_cast<__mmask16>(m >> 16), reinterpret_cast<const float*>(p) + 16));
+}
+
 // dst[t * dstride + i] = src[i * sstride + t] for i < 16, t < nout (<= 16): a 16 x 16 transpose
 // in registers (unpack pairs of rows, then pairs of pairs, then gather the 128-bit lanes).
 PYCNN_TARGET_AVX512 PYCNN_ALWAYS_INLINE void transpose16_f32(const float* src, int64_t sstride, float* dst,

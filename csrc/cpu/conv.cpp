@@ -133,11 +133,12 @@ void im2col_row(const Conv2dShape& s, const T* x, int64_t r, int64_t pa, int64_t
 }
 
 #if PYCNN_X86_DISPATCH
-// The forward packer's hot case (float, horizontal stride 1) with AVX-512 masked loads: the
+// The forward packer's hot case (float, horizontal stride 1 or 2) with AVX-512 masked loads: the
 // columns [j0, j1) of col rows [p0, p0 + kc) straight into the GEMM's NR-column panels. Each
 // piece (within one output row and one panel, <= 16 pixels) is one masked load + one masked
 // store; lanes whose input column lies in the padding are masked off (masked-off lanes are
-// never read, so their addresses may point outside x). Produces exactly im2col's values.
+// never read, so their addresses may point outside x); stride 2 compacts the even floats of a
+// 32-float load (load_row_strided). Produces exactly im2col's values.
 // Why: for the small ResNet maps (OW = 8 or 16) the generic path spends ~20 cycles of set-up
 // and a memcpy call per 8-16 floats, as much time as the GEMM itself (napkin: 64ch 8x8,
 // 576 rows x 8 pieces x ~20 cycles = 92K cycles vs 147K cycles of FMAs per sample).
@@ -150,7 +151,7 @@ PYCNN_TARGET_AVX512 void pack_im2col_f32_avx512(const Conv2dShape& s, const floa
     const int64_t r = p0 + k;
     const int64_t c = r / taps, i = (r % taps) / s.kw, j = r % s.kw;
     const int64_t off = j * s.dw - s.pw;
-    const ColumnRange valid = valid_columns(off, s.W, 1, s.OW);
+    const ColumnRange valid = valid_columns(off, s.W, s.sw, s.OW);
     const float* plane = x + c * s.H * s.W;
     int64_t oh = j0 / s.OW, ow = j0 % s.OW, q = 0, col = 0;
     for (int64_t p = j0; p < j1;) {
@@ -163,10 +164,7 @@ PYCNN_TARGET_AVX512 void pack_im2col_f32_avx512(const Conv2dShape& s, const floa
       } else {
         const int64_t tlo = std::clamp<int64_t>(valid.lo - ow, 0, n);
         const int64_t thi = std::clamp<int64_t>(valid.hi - ow, 0, n);
-        const __mmask16 live = static_cast<__mmask16>(((1u << thi) - 1) & ~((1u << tlo) - 1));
-        const float* src = reinterpret_cast<const float*>(
-            reinterpret_cast<uintptr_t>(plane + h * s.W) + (ow + off) * int64_t(sizeof(float)));
-        _mm512_mask_storeu_ps(d, all, _mm512_maskz_loadu_ps(live, src));
+        _mm512_mask_storeu_ps(d, all, load_row_strided(plane + h * s.W, ow * s.sw + off, tlo, thi, s.sw));
       }
       p += n;
       col += n;
@@ -338,23 +336,24 @@ constexpr DotTileFn dot_tile_row[4] = {dot_tile_f32<KT, 1>, dot_tile_f32<KT, 2>,
                                        dot_tile_f32<KT, 4>};
 constexpr const DotTileFn* dot_tiles[4] = {dot_tile_row<1>, dot_tile_row<2>, dot_tile_row<3>, dot_tile_row<4>};
 
-// im2col of channels [0, C) of one sample, float, horizontal stride 1: the same values as
-// im2col, but each piece of an output row (<= 16 pixels) is one masked load + store instead of a
-// memcpy call (~20 cycles of set-up per 8 floats on the 8x8 maps; napkin: 64ch 8x8 is 4608 pieces
-// per sample, 46K cycles of memcpy calls vs 74K cycles of FMAs).
-PYCNN_TARGET_AVX512 void im2col_s1_f32_avx512(const Conv2dShape& s, const float* x, int64_t C, float* col) {
+// im2col of channels [0, C) of one sample, float, horizontal stride 1 or 2: the same values as
+// im2col, but each piece of an output row (<= 16 pixels) is one masked load (stride 2: two and a
+// permute) + store instead of a memcpy call or a scalar loop (~20 cycles of set-up per 8 floats
+// on the 8x8 maps; napkin: 64ch 8x8 is 4608 pieces per sample, 46K cycles of memcpy calls vs 74K
+// cycles of FMAs).
+PYCNN_TARGET_AVX512 void im2col_f32_avx512(const Conv2dShape& s, const float* x, int64_t C, float* col) {
   const int64_t P = s.OH * s.OW;
   for (int64_t c = 0; c < C; ++c)
     for (int64_t i = 0; i < s.kh; ++i)
       for (int64_t j = 0; j < s.kw; ++j) {
         float* row = col + ((c * s.kh + i) * s.kw + j) * P;
         const int64_t off = j * s.dw - s.pw;
-        const ColumnRange valid = valid_columns(off, s.W, 1, s.OW);
+        const ColumnRange valid = valid_columns(off, s.W, s.sw, s.OW);
         for (int64_t oh = 0; oh < s.OH; ++oh) {
           const int64_t h = oh * s.sh - s.ph + i * s.dh;
           float* d = row + oh * s.OW;
           const bool inside = h >= 0 && h < s.H;
-          const uintptr_t src = reinterpret_cast<uintptr_t>(x + (c * s.H + std::clamp<int64_t>(h, 0, s.H - 1)) * s.W);
+          const float* src = x + (c * s.H + std::clamp<int64_t>(h, 0, s.H - 1)) * s.W;
           for (int64_t ow = 0; ow < s.OW; ow += 16) {
             const int64_t n = std::min<int64_t>(16, s.OW - ow);
             const __mmask16 all = static_cast<__mmask16>((1u << n) - 1);
@@ -363,9 +362,7 @@ PYCNN_TARGET_AVX512 void im2col_s1_f32_avx512(const Conv2dShape& s, const float*
               continue;
             }
             const int64_t tlo = std::clamp<int64_t>(valid.lo - ow, 0, n), thi = std::clamp<int64_t>(valid.hi - ow, 0, n);
-            const __mmask16 live = static_cast<__mmask16>(((1u << thi) - 1) & ~((1u << tlo) - 1));
-            const float* p = reinterpret_cast<const float*>(src + (ow + off) * int64_t(sizeof(float)));
-            _mm512_mask_storeu_ps(d + ow, all, _mm512_maskz_loadu_ps(live, p));
+            _mm512_mask_storeu_ps(d + ow, all, load_row_strided(src, ow * s.sw + off, tlo, thi, s.sw));
           }
         }
       }
@@ -392,7 +389,7 @@ void weight_grad_dot_f32(const Conv2dShape& s, const float* x, const float* gy, 
       sub.C = c1 - c0;
       for (int64_t nl = 0; nl < ns; ++nl) {
         const float* xs = x + ((n0 + nl) * s.C + c0) * s.H * s.W;
-        if (s.sw == 1) im2col_s1_f32_avx512(sub, xs, c1 - c0, stage + nl * col_stride);
+        if (s.sw <= 2) im2col_f32_avx512(sub, xs, c1 - c0, stage + nl * col_stride);
         else im2col(sub, xs, 0, c1 - c0, stage + nl * col_stride);
       }
     }
@@ -597,7 +594,7 @@ void conv2d_forward_slots(const Conv2dShape& s, const T* x, const T* w, const T*
         PackBPanel<T> pack = [&](int64_t j0, int64_t j1, int64_t p0, int64_t kc, int NR, T* out) {
 #if PYCNN_X86_DISPATCH
           if constexpr (std::is_same_v<T, float>) {
-            if (s.sw == 1 && cpu_has_avx512()) {
+            if (s.sw <= 2 && cpu_has_avx512()) {
               pack_im2col_f32_avx512(s, xg, j0, j1, p0, kc, NR, out);
               return;
             }
