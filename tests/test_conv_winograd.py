@@ -1,6 +1,7 @@
 """The Winograd F(2x2, 3x3) kernels (csrc/cpu/winograd.cpp): float32 3x3 stride-1 convs with at
-least 8 channels on each side, on AVX-512 CPUs. Checked against torch like every op, against the
-direct kernels they replace, and on the block/tile edge cases of their layout."""
+least 4 channels on each side (8 input channels for the weight gradient), on AVX-512 CPUs.
+Checked against torch like every op, against the direct kernels they replace, and on the
+block/tile edge cases of their layout."""
 import pytest
 import torch
 import torch.nn.functional as F
@@ -38,6 +39,7 @@ CASES = [
     ((1, 8, 70, 66), 8, 1),       # 33 tiles per row: rows split across vectors and blocks
     ((3, 10, 16, 16), 12, (0, 1)),  # asymmetric padding
     ((2, 40, 6, 10), 33, 1),      # channel counts off the 8/16/32 register tiles
+    ((2, 5, 10, 10), 4, 1),       # 4-7 input channels: Winograd forward, dot-product weight gradient
 ]
 
 
@@ -127,7 +129,7 @@ def test_winograd_lanes_do_not_leak_between_images_or_calls():
 
 @pytest.mark.parametrize("x_shape,K,padding,kw,expected", [
     ((1, 3, 8, 8), 16, 1, {}, "direct"),                 # 3 input channels: transforms do not pay
-    ((1, 16, 8, 8), 4, 1, {}, "direct"),                 # 4 outputs
+    ((1, 16, 8, 8), 3, 1, {}, "direct"),                 # 3 outputs
     ((1, 16, 8, 8), 16, 1, dict(stride=2), "im2col_gemm"),
     ((1, 16, 8, 8), 16, 2, dict(dilation=2), "direct"),
     ((1, 16, 8, 8), 16, 1, dict(groups=2), "im2col_gemm"),

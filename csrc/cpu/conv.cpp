@@ -675,7 +675,7 @@ bool conv2d_backward_input_as_forward(const Conv2dShape& s, const T* gy, const T
     // Measured (2 threads): few input channels (the forward's GEMM rows: 1 or 3 rows in 8-row
     // tiles, K*taps = 25..48 deep) 2-5x slower. (8x8 maps were ~10% slower through the
     // implicit-im2col GEMM; the direct forward made them faster: 64ch 8x8 N32 2.06 -> 1.75 ms.)
-    // Shapes the Winograd forward takes (8+ channels) always qualify: 8ch 32x32 N32 ~0.2x torch.
+    // Shapes the Winograd forward takes (4+ channels) always qualify: 8ch 32x32 N32 ~0.2x torch.
     Conv2dShape t = s;
     t.C = s.K, t.H = s.OH, t.W = s.OW;
     t.K = s.C, t.OH = s.H, t.OW = s.W;

@@ -8,7 +8,9 @@
 //     B^T = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1]   G = [1 0 0; .5 .5 .5; .5 -.5 .5; 0 0 1]
 //     A^T = [1 1 1 0; 0 1 -1 -1]
 // All transform entries are 0, +-1 or +-0.5, so the rounding error stays close to the direct
-// sum's (the larger F(4x4, 3x3) tiles need +-4, +-5 and lose ~2 more digits in float32).
+// sum's (measured: ~2e-7 of the output's largest value, like torch's float32 kernels); the
+// larger F(4x4, 3x3) tiles save more multiplies but their transforms (entries up to 5) lose
+// more float32 accuracy.
 //
 // Work is split in blocks of kTiles tiles, numbered over the whole batch in raster order (tile t
 // = (n, th, tw), outputs rows 2th..2th+1, columns 2tw..2tw+1); a block is a list of segments,
@@ -42,8 +44,13 @@ namespace {
 constexpr int64_t kTiles = 32;  // tiles per block: two 16-lane vectors
 constexpr int64_t kMR = 8;      // output channels per GEMM register tile (8 x 2 vectors = 16 zmm)
 // Below this many input or output channels the transforms cost more than the multiplies they
-// save (measured: 3 -> 16 channels at 32x32 was slower than the direct kernel).
-constexpr int64_t kMinChannels = 8;
+// save. Measured (1 thread, N32, forward ms, Winograd vs direct): 3 -> 16 channels 32x32 0.45 vs
+// 0.39; 4 -> 16 0.44 vs 0.47; 16 -> 4 0.66 vs 0.92; 4 -> 4 16x16 0.09 vs 0.12.
+constexpr int64_t kMinChannels = 4;
+// The weight gradient puts input channels in the vector lanes (16 per tile): with 4 of them it
+// was slower than the dot-product kernel (4 -> 16 32x32: 1.16 vs 0.71 ms), with 8 faster
+// (8 -> 8 8x8: 0.11 vs 0.16 ms).
+constexpr int64_t kMinGradChannels = 8;
 
 struct TileGrid {
   int64_t per_row, rows, per_image, total;
@@ -434,7 +441,7 @@ PYCNN_TARGET_AVX512 void finish_weight_grad(const Conv2dShape& s, int64_t cpad, 
 }  // namespace
 
 bool conv2d_backward_weight_winograd_f32(const Conv2dShape& s, const float* x, const float* gy, float* gw) {
-  if (!winograd_applies(s)) return false;
+  if (!winograd_applies(s) || s.C < kMinGradChannels) return false;
   const TileGrid grid(s);
   const int64_t blocks = (grid.total + kTiles - 1) / kTiles;
   const int64_t cpad = (s.C + 15) / 16 * 16;
