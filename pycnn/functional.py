@@ -72,9 +72,9 @@ def conv2d(input: Tensor, weight: Tensor, bias: Optional[Tensor] = None, stride:
     pad = _conv_padding(op, padding, weight, stride, dilation)
     native.check_tensor(op, "weight", weight, dims=4)
     if groups == x.shape[1] and weight.shape[1] == 1 and groups >= 1:
-        y = torch.ops.pycnn.depthwise_conv2d(x, weight, bias, list(stride), pad, list(dilation))
+        y = native.run("depthwise_conv2d", x, weight, bias, list(stride), pad, list(dilation))
     else:
-        y = torch.ops.pycnn.conv2d(x, weight, bias, list(stride), pad, list(dilation), groups)
+        y = native.run("conv2d", x, weight, bias, list(stride), pad, list(dilation), groups)
     return y.squeeze(0) if squeeze else y
 
 
@@ -88,7 +88,7 @@ def depthwise_conv2d(input: Tensor, weight: Tensor, bias: Optional[Tensor] = Non
     x, squeeze = _batched(op, input)
     stride, dilation = _pair(op, "stride", stride), _pair(op, "dilation", dilation)
     pad = _conv_padding(op, padding, weight, stride, dilation)
-    y = torch.ops.pycnn.depthwise_conv2d(x, weight, bias, list(stride), pad, list(dilation))
+    y = native.run("depthwise_conv2d", x, weight, bias, list(stride), pad, list(dilation))
     return y.squeeze(0) if squeeze else y
 
 
@@ -98,7 +98,7 @@ def conv_transpose2d(input: Tensor, weight: Tensor, bias: Optional[Tensor] = Non
     """Transposed convolution: the input-gradient of conv2d (GEMM + col2im) used as a forward pass."""
     op = "conv_transpose2d"
     x, squeeze = _batched(op, input)
-    y = torch.ops.pycnn.conv_transpose2d(
+    y = native.run("conv_transpose2d", 
         x, weight, bias, list(_pair(op, "stride", stride)), list(_pair(op, "padding", padding)),
         list(_pair(op, "output_padding", output_padding)), groups, list(_pair(op, "dilation", dilation)))
     return y.squeeze(0) if squeeze else y
@@ -111,7 +111,7 @@ def max_pool2d(input: Tensor, kernel_size: IntPair, stride: Optional[IntPair] = 
     x, squeeze = _batched(op, input)
     kernel = _pair(op, "kernel_size", kernel_size)
     stride = kernel if stride is None or (not isinstance(stride, int) and len(stride) == 0) else _pair(op, "stride", stride)
-    y, idx = torch.ops.pycnn.max_pool2d(x, list(kernel), list(stride), list(_pair(op, "padding", padding)),
+    y, idx = native.run("max_pool2d", x, list(kernel), list(stride), list(_pair(op, "padding", padding)),
                                         list(_pair(op, "dilation", dilation)), bool(ceil_mode))
     if squeeze:
         y, idx = y.squeeze(0), idx.squeeze(0)
@@ -146,7 +146,7 @@ def max_unpool2d(input: Tensor, indices: Tensor, kernel_size: IntPair, stride: O
     stride = kernel if stride is None else _pair(op, "stride", stride)
     padding = _pair(op, "padding", padding)
     size = _unpool_output_size(op, x, kernel, stride, padding, output_size)
-    y = torch.ops.pycnn.max_unpool2d(x, idx, size)
+    y = native.run("max_unpool2d", x, idx, size)
     return y.squeeze(0) if squeeze else y
 
 
@@ -170,7 +170,7 @@ def batch_norm(input: Tensor, running_mean: Optional[Tensor], running_var: Optio
                              f"{tuple(input.shape)}")
     elif running_mean is None or running_var is None:
         raise ValueError(f"{op}: running_mean and running_var are required when training=False")
-    y, _, _ = torch.ops.pycnn.batch_norm(input, running_mean, running_var, weight, bias, bool(training),
+    y, _, _ = native.run("batch_norm", input, running_mean, running_var, weight, bias, bool(training),
                                          0.0 if momentum is None else float(momentum), float(eps))
     return y
 
@@ -184,6 +184,6 @@ def linear(input: Tensor, weight: Tensor, bias: Optional[Tensor] = None) -> Tens
     native.check_tensor(op, "weight", weight, dims=(1, 2))
     w = weight if weight.dim() == 2 else weight.unsqueeze(0)
     lead = input.shape[:-1]
-    y = torch.ops.pycnn.linear(input.reshape(-1, input.shape[-1]), w, bias)
+    y = native.run("linear", input.reshape(-1, input.shape[-1]), w, bias)
     y = y.reshape(*lead, w.shape[0])
     return y.squeeze(-1) if weight.dim() == 1 else y

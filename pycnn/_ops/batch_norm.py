@@ -55,7 +55,7 @@ def _check(x: Tensor, running_mean: Optional[Tensor], running_var: Optional[Tens
                          f"{tuple(x.shape)}")
 
 
-@torch.library.custom_op("pycnn::batch_norm_forward", mutates_args=())
+@native.custom_op("batch_norm_forward")
 def batch_norm_forward(x: Tensor, running_mean: Optional[Tensor], running_var: Optional[Tensor],
                        weight: Optional[Tensor], bias: Optional[Tensor], training: bool,
                        eps: float) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -103,7 +103,7 @@ def _check_backward(grad_out: Tensor, x: Tensor, weight: Optional[Tensor], mean:
             raise ValueError(f"{op}: {name} must have shape ({x.shape[1]},), got {tuple(t.shape)}")
 
 
-@torch.library.custom_op("pycnn::batch_norm_backward", mutates_args=())
+@native.custom_op("batch_norm_backward")
 def batch_norm_backward(grad_out: Tensor, x: Tensor, weight: Optional[Tensor], save_mean: Tensor,
                         save_invstd: Tensor, training: bool, output_mask: List[bool]) -> List[Tensor]:
     """Gradients (input, weight, bias); an unwanted one comes back as an empty tensor."""
@@ -149,11 +149,11 @@ def _backward(ctx, grad_out, _g_mean, _g_invstd, _g_var):
             ctx.has_bias and ctx.needs_input_grad[4]]
     if grad_out is None or not any(mask):
         return None, None, None, None, None, None, None
-    gx, gw, gb = torch.ops.pycnn.batch_norm_backward(grad_out, x, weight, mean, invstd, ctx.training, mask)
+    gx, gw, gb = native.run("batch_norm_backward", grad_out, x, weight, mean, invstd, ctx.training, mask)
     return (gx if mask[0] else None, None, None, gw if mask[1] else None, gb if mask[2] else None, None, None)
 
 
-torch.library.register_autograd("pycnn::batch_norm_forward", _backward, setup_context=_setup_context)
+native.register_autograd("batch_norm_forward", _backward, _setup_context)
 
 
 # ---- the public, mutating op ----------------------------------------------------------------
@@ -171,7 +171,7 @@ def _batch_norm(x: Tensor, running_mean: Optional[Tensor], running_var: Optional
     _check(x, running_mean, running_var, weight, bias, training)
     if training:
         # The running stats are not read in training; passing None keeps them out of autograd.
-        y, mean, invstd, var = torch.ops.pycnn.batch_norm_forward(x, None, None, weight, bias, True, eps)
+        y, mean, invstd, var = native.run("batch_norm_forward", x, None, None, weight, bias, True, eps)
         N, _, S = _split(x)
         n = N * S
         if running_mean is not None and n > 0:  # torch leaves them alone for an empty batch
@@ -179,9 +179,10 @@ def _batch_norm(x: Tensor, running_mean: Optional[Tensor], running_var: Optional
                 running_mean.mul_(1.0 - momentum).add_(mean, alpha=momentum)
                 running_var.mul_(1.0 - momentum).add_(var, alpha=momentum * n / (n - 1))
     else:
-        y, mean, invstd, _ = torch.ops.pycnn.batch_norm_forward(x, running_mean, running_var, weight, bias,
+        y, mean, invstd, _ = native.run("batch_norm_forward", x, running_mean, running_var, weight, bias,
                                                                 False, eps)
     return y, mean, invstd
 
 
 _lib.impl("batch_norm", _batch_norm, "CompositeImplicitAutograd")
+native.register_body("batch_norm", _batch_norm)

@@ -107,7 +107,7 @@ def _workspace(like: Tensor, shape: List[int], one_sample: bool = False) -> Tens
     return native.workspace(like, per_sample, min(N, samples))
 
 
-@torch.library.custom_op("pycnn::conv2d", mutates_args=())
+@native.custom_op("conv2d")
 def conv2d(x: Tensor, weight: Tensor, bias: Optional[Tensor], stride: List[int], padding: List[int],
            dilation: List[int], groups: int) -> Tensor:
     """x [N, C, H, W] * weight [K, C/groups, kh, kw] (+ bias [K]) -> [N, K, OH, OW].
@@ -135,7 +135,7 @@ def _(x, weight, bias, stride, padding, dilation, groups):
     return x.new_empty(shape[0], shape[4], shape[5], shape[6])
 
 
-@torch.library.custom_op("pycnn::conv2d_backward", mutates_args=())
+@native.custom_op("conv2d_backward")
 def conv2d_backward(grad_out: Tensor, x: Tensor, weight: Tensor, stride: List[int], padding: List[int],
                     dilation: List[int], groups: int, output_mask: List[bool]) -> List[Tensor]:
     """Gradients (input, weight, bias); an unwanted one comes back as an empty tensor."""
@@ -182,11 +182,11 @@ def _conv_setup_context(ctx, inputs, output):
 def _conv_backward(ctx, grad_out):
     x, weight = ctx.saved_tensors
     mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.has_bias and ctx.needs_input_grad[2]]
-    gx, gw, gb = torch.ops.pycnn.conv2d_backward(grad_out, x, weight, *ctx.args, mask)
+    gx, gw, gb = native.run("conv2d_backward", grad_out, x, weight, *ctx.args, mask)
     return (gx if mask[0] else None, gw if mask[1] else None, gb if mask[2] else None, None, None, None, None)
 
 
-torch.library.register_autograd("pycnn::conv2d", _conv_backward, setup_context=_conv_setup_context)
+native.register_autograd("conv2d", _conv_backward, _conv_setup_context)
 
 
 # ---- conv_transpose2d ---------------------------------------------------------------------
@@ -227,7 +227,7 @@ def _transpose_shape(x: Tensor, weight: Tensor, stride: List[int], padding: List
             dilation[0], dilation[1], groups]
 
 
-@torch.library.custom_op("pycnn::conv_transpose2d", mutates_args=())
+@native.custom_op("conv_transpose2d")
 def conv_transpose2d(x: Tensor, weight: Tensor, bias: Optional[Tensor], stride: List[int], padding: List[int],
                      output_padding: List[int], groups: int, dilation: List[int]) -> Tensor:
     """x [N, Cin, H, W], weight [Cin, Cout/groups, kh, kw] (+ bias [Cout]) -> [N, Cout, OH, OW]."""
@@ -257,7 +257,7 @@ def _(x, weight, bias, stride, padding, output_padding, groups, dilation):
     return x.new_empty(shape[0], shape[1], shape[2], shape[3])
 
 
-@torch.library.custom_op("pycnn::conv_transpose2d_backward", mutates_args=())
+@native.custom_op("conv_transpose2d_backward")
 def conv_transpose2d_backward(grad_out: Tensor, x: Tensor, weight: Tensor, stride: List[int], padding: List[int],
                               output_padding: List[int], groups: int, dilation: List[int],
                               output_mask: List[bool]) -> List[Tensor]:
@@ -306,10 +306,9 @@ def _transpose_setup_context(ctx, inputs, output):
 def _transpose_backward(ctx, grad_out):
     x, weight = ctx.saved_tensors
     mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.has_bias and ctx.needs_input_grad[2]]
-    gx, gw, gb = torch.ops.pycnn.conv_transpose2d_backward(grad_out, x, weight, *ctx.args, mask)
+    gx, gw, gb = native.run("conv_transpose2d_backward", grad_out, x, weight, *ctx.args, mask)
     return (gx if mask[0] else None, gw if mask[1] else None, gb if mask[2] else None,
             None, None, None, None, None)
 
 
-torch.library.register_autograd("pycnn::conv_transpose2d", _transpose_backward,
-                                setup_context=_transpose_setup_context)
+native.register_autograd("conv_transpose2d", _transpose_backward, _transpose_setup_context)

@@ -64,7 +64,7 @@ def _shape(x: Tensor, weight: Tensor, OH: int, OW: int, stride, padding, dilatio
             dilation[1], C]
 
 
-@torch.library.custom_op("pycnn::depthwise_conv2d", mutates_args=())
+@native.custom_op("depthwise_conv2d")
 def depthwise_conv2d(x: Tensor, weight: Tensor, bias: Optional[Tensor], stride: List[int], padding: List[int],
                      dilation: List[int]) -> Tensor:
     """[N, C, H, W] * [K, 1, kh, kw] (+ bias[K]) -> [N, K, OH, OW], groups = C."""
@@ -94,7 +94,7 @@ def _check_backward(grad_out, x, weight, stride, padding, dilation) -> Tuple[int
     return OH, OW
 
 
-@torch.library.custom_op("pycnn::depthwise_conv2d_backward", mutates_args=())
+@native.custom_op("depthwise_conv2d_backward")
 def depthwise_conv2d_backward(grad_out: Tensor, x: Tensor, weight: Tensor, stride: List[int], padding: List[int],
                               dilation: List[int], output_mask: List[bool]) -> List[Tensor]:
     """Gradients (input, weight, bias); an unwanted one comes back as an empty tensor."""
@@ -134,8 +134,8 @@ def _backward(ctx, grad_out):
     mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.has_bias and ctx.needs_input_grad[2]]
     if not any(mask):
         return None, None, None, None, None, None
-    gx, gw, gb = torch.ops.pycnn.depthwise_conv2d_backward(grad_out, x, weight, *ctx.geometry, mask)
+    gx, gw, gb = native.run("depthwise_conv2d_backward", grad_out, x, weight, *ctx.geometry, mask)
     return (gx if mask[0] else None, gw if mask[1] else None, gb if mask[2] else None, None, None, None)
 
 
-torch.library.register_autograd("pycnn::depthwise_conv2d", _backward, setup_context=_setup_context)
+native.register_autograd("depthwise_conv2d", _backward, _setup_context)

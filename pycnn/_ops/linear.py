@@ -1,10 +1,11 @@
 """linear: y = x @ weight^T + bias, on our GEMM. The pattern every op in pycnn/_ops follows:
 
-1. a custom op (torch.library) whose body checks its arguments, makes inputs contiguous,
-   allocates outputs with torch and calls the native kernel;
+1. a custom op (native.custom_op: torch.library) whose body checks its arguments, makes inputs
+   contiguous, allocates outputs with torch and calls the native kernel;
 2. a fake implementation giving output shapes, so torch.compile / export work;
 3. a backward that is itself a custom op calling native backward kernels;
-4. register_autograd tying them together.
+4. native.register_autograd tying them together;
+5. callers go through native.run(name, ...), which takes the eager fast path when it can.
 """
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ def _check(x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> None:
         raise ValueError(f"{OP}: bias has {bias.shape[0]} elements, weight has {weight.shape[0]} outputs")
 
 
-@torch.library.custom_op("pycnn::linear", mutates_args=())
+@native.custom_op("linear")
 def linear(x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
     """x [M, K] @ weight[N, K]^T + bias[N] -> [M, N]."""
     _check(x, weight, bias)
@@ -50,7 +51,7 @@ def _(x, weight, bias):
     return x.new_empty(x.shape[0], weight.shape[0])
 
 
-@torch.library.custom_op("pycnn::linear_backward", mutates_args=())
+@native.custom_op("linear_backward")
 def linear_backward(grad_out: Tensor, x: Tensor, weight: Tensor, output_mask: List[bool]) -> List[Tensor]:
     """Gradients (input, weight, bias); an unwanted one comes back as an empty tensor."""
     grad_out, x, weight = grad_out.contiguous(), x.contiguous(), weight.contiguous()
@@ -85,8 +86,8 @@ def _setup_context(ctx, inputs, output):
 def _backward(ctx, grad_out):
     x, weight = ctx.saved_tensors
     mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.has_bias and ctx.needs_input_grad[2]]
-    gx, gw, gb = torch.ops.pycnn.linear_backward(grad_out, x, weight, mask)
+    gx, gw, gb = native.run("linear_backward", grad_out, x, weight, mask)
     return (gx if mask[0] else None, gw if mask[1] else None, gb if mask[2] else None)
 
 
-torch.library.register_autograd("pycnn::linear", _backward, setup_context=_setup_context)
+native.register_autograd("linear", _backward, _setup_context)

@@ -63,7 +63,7 @@ def _shape_args(N, C, H, W, OH, OW, kernel, stride, padding, dilation) -> List[i
     return [N * C, H, W, OH, OW, *kernel, *stride, *padding, *dilation]
 
 
-@torch.library.custom_op("pycnn::max_pool2d", mutates_args=())
+@native.custom_op("max_pool2d")
 def max_pool2d(x: Tensor, kernel: List[int], stride: List[int], padding: List[int], dilation: List[int],
                ceil_mode: bool) -> Tuple[Tensor, Tensor]:
     """x [N, C, H, W] -> (max values [N, C, OH, OW], int64 argmax indices h * W + w)."""
@@ -95,7 +95,7 @@ def _check_pool_backward(grad_out: Tensor, indices: Tensor, input_hw: List[int])
     _check_pair(op, "input_hw", input_hw)
 
 
-@torch.library.custom_op("pycnn::max_pool2d_backward", mutates_args=())
+@native.custom_op("max_pool2d_backward")
 def max_pool2d_backward(grad_out: Tensor, indices: Tensor, input_hw: List[int], kernel: List[int],
                         stride: List[int], padding: List[int], dilation: List[int]) -> Tensor:
     """grad_in [N, C, H, W]: each output gradient added at its argmax (one thread per plane)."""
@@ -131,11 +131,11 @@ def _pool_backward(ctx, grad_y, grad_indices):
     if grad_y is None:  # only the indices were used downstream: no gradient flows to x
         return None, None, None, None, None, None
     (indices,) = ctx.saved_tensors
-    gx = torch.ops.pycnn.max_pool2d_backward(grad_y, indices, *ctx.args)
+    gx = native.run("max_pool2d_backward", grad_y, indices, *ctx.args)
     return gx, None, None, None, None, None
 
 
-torch.library.register_autograd("pycnn::max_pool2d", _pool_backward, setup_context=_pool_setup_context)
+native.register_autograd("max_pool2d", _pool_backward, _pool_setup_context)
 
 
 # ---- max_unpool2d ------------------------------------------------------------------------
@@ -154,7 +154,7 @@ def _check_unpool(x: Tensor, indices: Tensor, output_size: Sequence[int]) -> Non
     native.check_positive(UNPOOL, "output_size", output_size)
 
 
-@torch.library.custom_op("pycnn::max_unpool2d", mutates_args=())
+@native.custom_op("max_unpool2d")
 def max_unpool2d(x: Tensor, indices: Tensor, output_size: List[int]) -> Tensor:
     """y [N, C, *output_size], zero except y[n, c].flat[indices[n, c, i]] = x[n, c].flat[i]."""
     _check_unpool(x, indices, output_size)
@@ -190,7 +190,7 @@ def _check_unpool_backward(grad_out: Tensor, indices: Tensor) -> None:
                          f"{tuple(indices.shape)}")
 
 
-@torch.library.custom_op("pycnn::max_unpool2d_backward", mutates_args=())
+@native.custom_op("max_unpool2d_backward")
 def max_unpool2d_backward(grad_out: Tensor, indices: Tensor) -> Tensor:
     """grad_in[n, c].flat[i] = grad_out[n, c].flat[indices[n, c, i]] (a gather)."""
     _check_unpool_backward(grad_out, indices)
@@ -217,7 +217,7 @@ def _unpool_setup_context(ctx, inputs, output):
 
 def _unpool_backward(ctx, grad_y):
     (indices,) = ctx.saved_tensors
-    return torch.ops.pycnn.max_unpool2d_backward(grad_y, indices), None, None
+    return native.run("max_unpool2d_backward", grad_y, indices), None, None
 
 
-torch.library.register_autograd("pycnn::max_unpool2d", _unpool_backward, setup_context=_unpool_setup_context)
+native.register_autograd("max_unpool2d", _unpool_backward, _unpool_setup_context)
