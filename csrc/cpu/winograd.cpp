@@ -451,8 +451,10 @@ bool conv2d_backward_weight_winograd_f32(const Conv2dShape& s, const float* x, c
   std::vector<float> part(size_t(chunks * 16 * s.K * cpad));
   parallel_for(chunks, 1, [&](int64_t r0, int64_t r1) {
     thread_local std::vector<float> scratch;
-    // V (+16 rows: the transposes read whole 16-channel groups), VT, Gy.
-    const size_t nv = size_t((16 * s.C + 16) * kTiles), nvt = size_t(16 * kTiles * cpad), ng = size_t(16 * s.K * kTiles);
+    // V (+16 rows: the transposes read whole 16-channel groups), VT, Gy (+16 rows: a register
+    // tile reads all its 8 or 16 rows of Gy, also those past K, whose sums are never stored).
+    const size_t nv = size_t((16 * s.C + 16) * kTiles), nvt = size_t(16 * kTiles * cpad);
+    const size_t ng = size_t((16 * s.K + 16) * kTiles);
     if (scratch.size() < nv + nvt + ng) scratch.resize(nv + nvt + ng);
     float* v = scratch.data();
     float* vt = v + nv;
