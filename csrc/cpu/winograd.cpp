@@ -26,6 +26,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 #include "common/cpu_tuning.h"
@@ -448,7 +449,8 @@ bool conv2d_backward_weight_winograd_f32(const Conv2dShape& s, const float* x, c
   const int64_t chunks = std::clamp<int64_t>(blocks / 4, 1, 8);
   // One P per chunk: keep them (and so the layers this path takes) within 16 MiB.
   if (chunks * 16 * s.K * cpad * int64_t(sizeof(float)) > (int64_t(16) << 20)) return false;
-  std::vector<float> part(size_t(chunks * 16 * s.K * cpad));
+  // Each chunk zeroes its own P (no value-initialisation of the whole buffer first).
+  const std::unique_ptr<float[]> part(new float[size_t(chunks * 16 * s.K * cpad)]);
   parallel_for(chunks, 1, [&](int64_t r0, int64_t r1) {
     thread_local std::vector<float> scratch;
     // V (+16 rows: the transposes read whole 16-channel groups), VT, Gy (+16 rows: a register
@@ -461,7 +463,7 @@ bool conv2d_backward_weight_winograd_f32(const Conv2dShape& s, const float* x, c
     float* gt = vt + nvt;
     Segment seg[kTiles];
     for (int64_t r = r0; r < r1; ++r) {
-      float* p = part.data() + r * 16 * s.K * cpad;
+      float* p = part.get() + r * 16 * s.K * cpad;
       std::fill(p, p + 16 * s.K * cpad, 0.0f);
       const int64_t b_end = blocks * (r + 1) / chunks;
       for (int64_t blk = blocks * r / chunks; blk < b_end; ++blk) {
@@ -477,7 +479,7 @@ bool conv2d_backward_weight_winograd_f32(const Conv2dShape& s, const float* x, c
       }
     }
   });
-  finish_weight_grad(s, cpad, chunks, part.data(), gw);
+  finish_weight_grad(s, cpad, chunks, part.get(), gw);
   return true;
 }
 
