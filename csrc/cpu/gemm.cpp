@@ -424,10 +424,34 @@ template <typename T>
 PYCNN_TARGET_AVX512 T row_sum_avx512(const T* x, int64_t n) { return row_sum_body(x, n); }
 template <typename T>
 T row_sum_generic(const T* x, int64_t n) { return row_sum_body(x, n); }
+
+// out[c0, c1) = sum over rows n of x[n][c] (x: [N, C] rows), rows added in order: vectorised
+// across columns (a per-element row_sum call of length 1 made linear's bias gradient ~1 ms).
+template <typename T>
+PYCNN_ALWAYS_INLINE void column_sums_body(int64_t N, int64_t C, const T* x, int64_t c0, int64_t c1, T* out) {
+  for (int64_t c = c0; c < c1; ++c) out[c] = T(0);
+  for (int64_t n = 0; n < N; ++n) {
+    const T* row = x + n * C;
+    for (int64_t c = c0; c < c1; ++c) out[c] += row[c];
+  }
+}
+template <typename T>
+PYCNN_TARGET_AVX512 void column_sums_avx512(int64_t N, int64_t C, const T* x, int64_t c0, int64_t c1, T* out) {
+  column_sums_body(N, C, x, c0, c1, out);
+}
+template <typename T>
+void column_sums_generic(int64_t N, int64_t C, const T* x, int64_t c0, int64_t c1, T* out) {
+  column_sums_body(N, C, x, c0, c1, out);
+}
 }  // namespace
 
 template <typename T>
 void channel_sum(int64_t N, int64_t C, int64_t S, const T* x, T* out) {
+  if (S == 1) {
+    const auto sums = cpu_has_avx512() ? column_sums_avx512<T> : column_sums_generic<T>;
+    parallel_for(C, 256, [&](int64_t c0, int64_t c1) { sums(N, C, x, c0, c1, out); });
+    return;
+  }
   const auto row_sum = cpu_has_avx512() ? row_sum_avx512<T> : row_sum_generic<T>;
   parallel_for(C, 1, [&](int64_t c0, int64_t c1) {
     for (int64_t c = c0; c < c1; ++c) {
