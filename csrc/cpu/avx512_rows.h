@@ -1,4 +1,4 @@
-// Small AVX-512 float helpers shared by the convolution kernels (conv.cpp, winograd.cpp).
+// Small AVX-512 float helpers of the convolution kernels (conv.cpp, winograd.cpp).
 #pragma once
 #include <algorithm>
 #include <cstdint>
@@ -10,6 +10,12 @@
 
 namespace pycnn::cpu {
 
+// Lanes [lo, hi) of 16 (clamped to [0, 16)).
+inline __mmask16 lane_range(int64_t lo, int64_t hi) {  // integer work only: no target needed
+  lo = std::clamp<int64_t>(lo, 0, 16), hi = std::clamp<int64_t>(hi, lo, 16);
+  return static_cast<__mmask16>(((1u << hi) - 1) & ~((1u << lo) - 1));
+}
+
 // d[u] = src[u + shift] for u in [lo, hi), 0 for the rest of [0, SW): 16 columns per masked
 // load + store (memcpy and two fills cost ~3 calls per 8-float row of an 8x8 map). Masked-off
 // lanes are never read, so their addresses may lie outside x (hence uintptr).
@@ -17,11 +23,9 @@ PYCNN_TARGET_AVX512 inline void stage_row_f32(const float* src, int64_t shift, i
                                               float* d) {
   const uintptr_t base = reinterpret_cast<uintptr_t>(src);
   for (int64_t u = 0; u < SW; u += 16) {
-    const int64_t n = std::min<int64_t>(16, SW - u);
-    const int64_t a = std::clamp<int64_t>(lo - u, 0, 16), b = std::clamp<int64_t>(hi - u, 0, 16);
-    const __mmask16 live = static_cast<__mmask16>(((1u << b) - 1) & ~((1u << a) - 1));
-    const __m512 v = _mm512_maskz_loadu_ps(live, reinterpret_cast<const float*>(base + (u + shift) * int64_t(sizeof(float))));
-    _mm512_mask_storeu_ps(d + u, static_cast<__mmask16>((1u << n) - 1), v);
+    const __m512 v = _mm512_maskz_loadu_ps(lane_range(lo - u, hi - u),
+                                           reinterpret_cast<const float*>(base + (u + shift) * int64_t(sizeof(float))));
+    _mm512_mask_storeu_ps(d + u, lane_range(0, SW - u), v);
   }
 }
 

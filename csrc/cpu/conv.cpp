@@ -553,6 +553,22 @@ bool conv2d_forward_direct_f32(const Conv2dShape& s, const float* x, const float
 
 }  // namespace
 
+// The kernel conv2d_forward runs: the one place that picks it (conv2d_forward_algorithm reports
+// it). The AVX-512 fast paths take float only; everything else is implicit-im2col + GEMM.
+namespace {
+enum class ForwardKernel { winograd, direct, im2col_gemm, pointwise_gemm };
+
+ForwardKernel forward_kernel(const Conv2dShape& s, bool is_float) {
+#if PYCNN_X86_DISPATCH
+  if (is_float && g_winograd && winograd_applies(s)) return ForwardKernel::winograd;
+  if (is_float && g_direct_forward && direct_forward_applies(s)) return ForwardKernel::direct;
+#else
+  (void)is_float;
+#endif
+  return s.is_pointwise() ? ForwardKernel::pointwise_gemm : ForwardKernel::im2col_gemm;
+}
+}  // namespace
+
 // The forward with `slots` one-sample column slots in ws (ws unused, may be null, when the
 // columns are implicit).
 template <typename T>
@@ -563,8 +579,11 @@ void conv2d_forward_slots(const Conv2dShape& s, const T* x, const T* w, const T*
   if (s.N == 0 || s.K == 0 || P == 0) return;
 #if PYCNN_X86_DISPATCH
   if constexpr (std::is_same_v<T, float>) {
-    if (g_winograd && conv2d_forward_winograd_f32(s, x, w, bias, y)) return;
-    if (g_direct_forward && conv2d_forward_direct_f32(s, x, w, bias, y)) return;
+    switch (forward_kernel(s, true)) {
+      case ForwardKernel::winograd: conv2d_forward_winograd_f32(s, x, w, bias, y); return;
+      case ForwardKernel::direct: conv2d_forward_direct_f32(s, x, w, bias, y); return;
+      default: break;
+    }
   }
 #endif
   const bool pointwise = s.is_pointwise();
@@ -647,13 +666,8 @@ void conv2d_forward(const Conv2dShape& s, const T* x, const T* w, const T* bias,
 bool set_conv_winograd(bool enabled) { return g_winograd.exchange(enabled); }
 
 std::string conv2d_forward_algorithm(const Conv2dShape& s, bool is_float) {
-#if PYCNN_X86_DISPATCH
-  if (is_float && g_winograd && winograd_applies(s)) return "winograd";
-  if (is_float && g_direct_forward && direct_forward_applies(s)) return "direct";
-#else
-  (void)is_float;
-#endif
-  return s.is_pointwise() ? "pointwise_gemm" : "im2col_gemm";
+  static const char* const names[] = {"winograd", "direct", "im2col_gemm", "pointwise_gemm"};
+  return names[int(forward_kernel(s, is_float))];
 }
 
 // Stride 1, one group: the input gradient is a forward conv of gy with the kernel transposed

@@ -104,20 +104,14 @@ std::vector<float> transform_weights(const Conv2dShape& s, const float* w) {
   return u;
 }
 
-PYCNN_TARGET_AVX512 PYCNN_ALWAYS_INLINE __mmask16 first_lanes(int64_t n) {
-  return static_cast<__mmask16>(n >= 16 ? 0xFFFF : (1u << std::max<int64_t>(n, 0)) - 1);
-}
-
-// Lanes [lo, hi) of 16 (clamped).
-PYCNN_TARGET_AVX512 PYCNN_ALWAYS_INLINE __mmask16 lane_range(int64_t lo, int64_t hi) {
-  lo = std::clamp<int64_t>(lo, 0, 16), hi = std::clamp<int64_t>(hi, lo, 16);
-  return static_cast<__mmask16>(((1u << hi) - 1) & ~((1u << lo) - 1));
-}
-
 // The segments of a block that fill lanes [16 v, 16 v + 16): [first, last).
 struct LaneGroup {
   int64_t first, last;
   bool one_row() const { return last - first == 1; }
+  // The group's lanes that hold tiles (all 16 but in a block's last, partial vector).
+  __mmask16 tile_lanes(const Segment* seg) const {
+    return lane_range(0, seg[last - 1].lane % 16 + seg[last - 1].count);
+  }
 };
 
 int64_t lane_groups(const Segment* seg, int64_t nseg, LaneGroup* groups) {
@@ -150,6 +144,18 @@ PYCNN_TARGET_AVX512 RowPicker row_picker(const Segment& sg, int64_t width, int64
   return r;
 }
 
+// ph[j] (j < phases) takes, in this segment's lanes, column phase j of the row that starts at
+// `row` (its column 0): two masked loads, then one permute per phase.
+template <int phases>
+PYCNN_TARGET_AVX512 PYCNN_ALWAYS_INLINE void pick_phases(const RowPicker& pk, const float* row, __m512* ph) {
+  // Masked-off lanes are never read, so the addresses may lie outside the tensor (hence uintptr).
+  const float* r = reinterpret_cast<const float*>(reinterpret_cast<uintptr_t>(row) + pk.col0 * int64_t(sizeof(float)));
+  const __m512 a = _mm512_maskz_loadu_ps(pk.load[0], r), b = _mm512_maskz_loadu_ps(pk.load[1], r + 16);
+#pragma GCC unroll 4
+  for (int j = 0; j < phases; ++j)
+    ph[j] = _mm512_mask_mov_ps(ph[j], pk.lanes, _mm512_permutex2var_ps(a, _mm512_add_epi32(pk.idx, _mm512_set1_epi32(j)), b));
+}
+
 // V[xi][c][lane] = (B^T d B)[xi] for the tiles of one block, channels [0, C).
 // Per 16-lane vector of tiles and input row i: the row's 4 column phases (tile tw reads columns
 // 2tw + j - pw, j = 0..3) as even-index picks from masked loads straight from x, then B^T along
@@ -171,7 +177,7 @@ PYCNN_TARGET_AVX512 void transform_input(const Conv2dShape& s, const float* x, c
     for (int j = 0; j < 4; ++j)
       for (int u = 0; u < 2; ++u) m[j][u] = lane_range(-(col0 + j + 16 * u), s.W - (col0 + j + 16 * u));
     for (int64_t q = grp.first; q < grp.last && !wide; ++q) pick[q - grp.first] = row_picker(seg[q], s.W, s.pw);
-    const __mmask16 store = lane_range(0, seg[grp.last - 1].lane % 16 + seg[grp.last - 1].count);
+    const __mmask16 store = grp.tile_lanes(seg);
     for (int64_t c = 0; c < s.C; ++c) {
       __m512 hr[4][4];  // B^T along input row i, phase j
 #pragma GCC unroll 4
@@ -199,15 +205,7 @@ PYCNN_TARGET_AVX512 void transform_input(const Conv2dShape& s, const float* x, c
             const Segment& sg = seg[q];
             const int64_t h = 2 * sg.th - s.ph + i;
             if (h < 0 || h >= s.H) continue;
-            const RowPicker& pk = pick[q - grp.first];
-            const uintptr_t r = reinterpret_cast<uintptr_t>(x + (sg.n * s.C + c) * plane + h * s.W) +
-                                pk.col0 * int64_t(sizeof(float));
-            const __m512 a = _mm512_maskz_loadu_ps(pk.load[0], reinterpret_cast<const float*>(r));
-            const __m512 b = _mm512_maskz_loadu_ps(pk.load[1], reinterpret_cast<const float*>(r) + 16);
-#pragma GCC unroll 4
-            for (int j = 0; j < 4; ++j)
-              ph[j] = _mm512_mask_mov_ps(ph[j], pk.lanes,
-                                         _mm512_permutex2var_ps(a, _mm512_add_epi32(pk.idx, _mm512_set1_epi32(j)), b));
+            pick_phases<4>(pick[q - grp.first], x + (sg.n * s.C + c) * plane + h * s.W, ph);
           }
         }
         hr[i][0] = _mm512_sub_ps(ph[0], ph[2]);
@@ -251,7 +249,7 @@ PYCNN_TARGET_AVX512 void gemm_tile(int64_t C, const float* a, const float* v, fl
 // d[0..n) = src[0..n), n <= 64.
 PYCNN_TARGET_AVX512 PYCNN_ALWAYS_INLINE void copy_short(const float* src, int64_t n, float* d) {
   for (int64_t u = 0; u < n; u += 16) {
-    const __mmask16 m = first_lanes(n - u);
+    const __mmask16 m = lane_range(0, n - u);
     _mm512_mask_storeu_ps(d + u, m, _mm512_maskz_loadu_ps(m, src + u));
   }
 }
@@ -321,27 +319,21 @@ namespace {
 // columns placed in its lanes by permutes, then A g A^T in registers.
 PYCNN_TARGET_AVX512 void transform_grad(const Conv2dShape& s, const float* gy, const Segment* seg, int64_t nseg,
                                         float* gt) {
-  const int64_t P = s.OH * s.OW, xi_stride = s.K * kTiles;
+  const int64_t xi_stride = s.K * kTiles;
   LaneGroup groups[kTiles / 16];
   const int64_t ng = lane_groups(seg, nseg, groups);
   RowPicker pick[16];
   for (int64_t gi = 0; gi < ng; ++gi) {
     const LaneGroup& grp = groups[gi];
     for (int64_t q = grp.first; q < grp.last; ++q) pick[q - grp.first] = row_picker(seg[q], s.OW, 0);
-    const __mmask16 store = lane_range(0, seg[grp.last - 1].lane % 16 + seg[grp.last - 1].count);
+    const __mmask16 store = grp.tile_lanes(seg);
     for (int64_t k = 0; k < s.K; ++k) {
       __m512 g[2][2];  // output row, column of each tile's 2x2 block of gy
       g[0][0] = g[0][1] = g[1][0] = g[1][1] = _mm512_setzero_ps();
       for (int64_t q = grp.first; q < grp.last; ++q) {
         const Segment& sg = seg[q];
-        const RowPicker& pk = pick[q - grp.first];
-        for (int64_t row = 0; row < 2 && 2 * sg.th + row < s.OH; ++row) {
-          const float* r = gy + (sg.n * s.K + k) * P + (2 * sg.th + row) * s.OW + pk.col0;
-          const __m512 a = _mm512_maskz_loadu_ps(pk.load[0], r), b = _mm512_maskz_loadu_ps(pk.load[1], r + 16);
-          for (int j = 0; j < 2; ++j)
-            g[row][j] = _mm512_mask_mov_ps(g[row][j], pk.lanes,
-                                           _mm512_permutex2var_ps(a, _mm512_add_epi32(pk.idx, _mm512_set1_epi32(j)), b));
-        }
+        for (int64_t row = 0; row < 2 && 2 * sg.th + row < s.OH; ++row)
+          pick_phases<2>(pick[q - grp.first], gy + ((sg.n * s.K + k) * s.OH + 2 * sg.th + row) * s.OW, g[row]);
       }
       const __m512 zero = _mm512_setzero_ps();
       // A g: rows (g0, g0 + g1, g0 - g1, -g1) of the 2-row block; then the same along each row.

@@ -15,7 +15,8 @@ bool winograd_applies(const Conv2dShape& s);
 bool conv2d_forward_winograd_f32(const Conv2dShape& s, const float* x, const float* w, const float* bias /*nullable*/,
                                  float* y);
 // gw = the weight gradient (sum over the batch) under the same conditions, with 8+ input
-// channels, while its per-chunk partial sums fit in 16 MiB; returns false, writing nothing, when not.
+// channels, while one chunk's partial sums fit in 4 MiB and all chunks' in 16 MiB; returns
+// false, writing nothing, when not.
 bool conv2d_backward_weight_winograd_f32(const Conv2dShape& s, const float* x, const float* gy, float* gw);
 
 }  // namespace pycnn::cpu

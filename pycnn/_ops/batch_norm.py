@@ -180,7 +180,7 @@ def _batch_norm(x: Tensor, running_mean: Optional[Tensor], running_var: Optional
                 running_var.mul_(1.0 - momentum).add_(var, alpha=momentum * n / (n - 1))
     else:
         y, mean, invstd, _ = native.run("batch_norm_forward", x, running_mean, running_var, weight, bias,
-                                                                False, eps)
+                                        False, eps)
     return y, mean, invstd
 
 

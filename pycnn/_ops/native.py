@@ -73,7 +73,7 @@ def workspace(like: torch.Tensor, per_sample: int, batch: int) -> torch.Tensor:
 # autograd costs ~100 us of Python glue per forward + backward (measured: linear on 1x1 tensors,
 # 153 us against 48 for torch.nn.functional.linear), more than small layers spend in their
 # kernels. So `run` calls the op's own Python body directly (and, when a gradient is wanted, an
-# autograd.Function with the op's own setup_context and backward: 55 us) whenever that cannot be
+# autograd.Function with the op's own setup_context and backward: ~85 us) whenever that cannot be
 # told apart: plain eager tensors on cpu/cuda, nothing tracing, no torch function or dispatch
 # mode, no profiler. Same body, same kernels, same results (tests/test_fast_path.py).
 
@@ -94,20 +94,36 @@ def custom_op(name: str):
 
 def register_autograd(name: str, backward, setup_context) -> None:
     """torch.library.register_autograd for op `name`, and the same formula as the autograd.Function
-    of its fast path (once differentiable: like the op, whose backward op has no gradient)."""
+    of its fast path."""
     torch.library.register_autograd(f"pycnn::{name}", backward, setup_context=setup_context)
     body = _BODIES[name]
 
     def forward(ctx, *args):
         # The forward(ctx, ...) form: with a separate setup_context, Function.apply binds the
-        # arguments through inspect.signature on every call (~30 us, measured).
+        # arguments through inspect.signature on every call (~35 us, measured).
         output = body(*args)
         setup_context(ctx, args, output)
         return output
 
+    def backward_once(ctx, *grads):
+        # Like the custom op, whose backward op has no gradient formula: under create_graph the
+        # gradients come out requiring grad and differentiating them raises. The native kernels
+        # would otherwise return tensors cut from the graph (a gradient penalty silently losing
+        # its dependence on the saved inputs). torch's once_differentiable looks at the incoming
+        # gradients only, not at the saved tensors, so it is not enough here.
+        with torch.no_grad():
+            outputs = backward(ctx, *grads)
+        if not torch.is_grad_enabled() or not any(
+                isinstance(t, torch.Tensor) and t.requires_grad for t in (*grads, *ctx.saved_tensors)):
+            return outputs
+        error = torch._C._functions.DelayedError(
+            f"pycnn::{name}: no double backward (its backward op has no gradient formula)".encode(), len(outputs))
+        marked = [None if t is None else t.detach().requires_grad_(True) for t in outputs]
+        return error(*marked)
+
     _FUNCTIONS[name] = type(f"{name}_function", (torch.autograd.Function,), {
         "forward": staticmethod(forward),
-        "backward": staticmethod(torch.autograd.function.once_differentiable(backward)),
+        "backward": staticmethod(backward_once),
     })
 
 
