@@ -25,13 +25,19 @@ PYBIND11_MODULE(_C, m) {
   m.def("get_num_threads", &get_num_threads);
   m.def("set_num_threads", &set_num_threads, nogil);
   m.def("threading_backend", &threading_backend);
+  // The kernel target: chosen here, at import (PYCNN_CPU_ISA naming a target this build or this
+  // CPU lacks raises, so `import pycnn` fails with that message instead of crashing later).
+  cpu::select_isa();
+  m.def("cpu_isa", [] { return std::string(cpu::kernels().isa); });
+  m.def("available_isas", &cpu::available_isas);
+  m.def("set_cpu_isa", &cpu::set_cpu_isa, "Test-only: switch every kernel to another available target; returns the previous one");
 
   m.def("gemm", [](int dt, bool ta, bool tb, int64_t M, int64_t N, int64_t K, double alpha,
                    uintptr_t A, int64_t lda, uintptr_t B, int64_t ldb, double beta, uintptr_t C,
                    int64_t ldc) {
     dispatch(dt, "gemm", [&](auto tag) {
       PYCNN_T;
-      cpu::gemm<T>(ta, tb, M, N, K, T(alpha), p<T>(A), lda, p<T>(B), ldb, T(beta), p<T>(C), ldc);
+      cpu::ops<T>().gemm(ta, tb, M, N, K, T(alpha), p<T>(A), lda, p<T>(B), ldb, T(beta), p<T>(C), ldc);
     });
   }, nogil);
   m.def("gemm_reference", [](int dt, bool ta, bool tb, int64_t M, int64_t N, int64_t K, double alpha,
@@ -39,12 +45,11 @@ PYBIND11_MODULE(_C, m) {
                              int64_t ldc) {
     dispatch(dt, "gemm_reference", [&](auto tag) {
       PYCNN_T;
-      cpu::gemm_reference<T>(ta, tb, M, N, K, T(alpha), p<T>(A), lda, p<T>(B), ldb, T(beta), p<T>(C), ldc);
+      cpu::ops<T>().gemm_reference(ta, tb, M, N, K, T(alpha), p<T>(A), lda, p<T>(B), ldb, T(beta), p<T>(C), ldc);
     });
   }, nogil);
-  m.def("gemm_select_kernel", &cpu::gemm_select_kernel);
   m.def("channel_sum", [](int dt, int64_t N, int64_t C, int64_t S, uintptr_t x, uintptr_t out) {
-    dispatch(dt, "channel_sum", [&](auto tag) { PYCNN_T; cpu::channel_sum<T>(N, C, S, p<T>(x), p<T>(out)); });
+    dispatch(dt, "channel_sum", [&](auto tag) { PYCNN_T; cpu::ops<T>().channel_sum(N, C, S, p<T>(x), p<T>(out)); });
   }, nogil);
 
   m.def("conv2d_forward", [](int dt, std::vector<int64_t> shape, uintptr_t x, uintptr_t w,
@@ -52,11 +57,11 @@ PYBIND11_MODULE(_C, m) {
     auto s = Conv2dShape::from(shape);
     dispatch(dt, "conv2d", [&](auto tag) {
       PYCNN_T;
-      cpu::conv2d_forward<T>(s, p<T>(x), p<T>(w), p<T>(b), p<T>(y), p<T>(ws), ws_elems);
+      cpu::ops<T>().conv2d_forward(s, p<T>(x), p<T>(w), p<T>(b), p<T>(y), p<T>(ws), ws_elems);
     });
   }, nogil);
   m.def("conv2d_forward_algorithm", [](int dt, std::vector<int64_t> shape) {
-    return cpu::conv2d_forward_algorithm(Conv2dShape::from(shape), dt == kFloat32);
+    return std::string(cpu::kernels().conv2d_forward_algorithm(Conv2dShape::from(shape), dt == kFloat32));
   });
   m.def("set_conv_winograd", &cpu::set_conv_winograd);
   m.def("conv2d_backward_input", [](int dt, std::vector<int64_t> shape, uintptr_t gy, uintptr_t w,
@@ -64,7 +69,7 @@ PYBIND11_MODULE(_C, m) {
     auto s = Conv2dShape::from(shape);
     dispatch(dt, "conv2d_backward_input", [&](auto tag) {
       PYCNN_T;
-      cpu::conv2d_backward_input<T>(s, p<T>(gy), p<T>(w), p<T>(gx), p<T>(ws), ws_elems);
+      cpu::ops<T>().conv2d_backward_input(s, p<T>(gy), p<T>(w), p<T>(gx), p<T>(ws), ws_elems);
     });
   }, nogil);
   m.def("conv2d_backward_weight", [](int dt, std::vector<int64_t> shape, uintptr_t x, uintptr_t gy,
@@ -72,7 +77,7 @@ PYBIND11_MODULE(_C, m) {
     auto s = Conv2dShape::from(shape);
     dispatch(dt, "conv2d_backward_weight", [&](auto tag) {
       PYCNN_T;
-      cpu::conv2d_backward_weight<T>(s, p<T>(x), p<T>(gy), p<T>(gw), p<T>(gb), p<T>(ws), ws_elems);
+      cpu::ops<T>().conv2d_backward_weight(s, p<T>(x), p<T>(gy), p<T>(gw), p<T>(gb), p<T>(ws), ws_elems);
     });
   }, nogil);
 
@@ -81,7 +86,7 @@ PYBIND11_MODULE(_C, m) {
     auto s = Conv2dShape::from(shape);
     dispatch(dt, "depthwise_conv2d", [&](auto tag) {
       PYCNN_T;
-      cpu::depthwise_conv2d_forward<T>(s, p<T>(x), p<T>(w), p<T>(b), p<T>(y));
+      cpu::ops<T>().depthwise_conv2d_forward(s, p<T>(x), p<T>(w), p<T>(b), p<T>(y));
     });
   }, nogil);
   m.def("depthwise_conv2d_backward_input", [](int dt, std::vector<int64_t> shape, uintptr_t gy,
@@ -89,7 +94,7 @@ PYBIND11_MODULE(_C, m) {
     auto s = Conv2dShape::from(shape);
     dispatch(dt, "depthwise_conv2d_backward_input", [&](auto tag) {
       PYCNN_T;
-      cpu::depthwise_conv2d_backward_input<T>(s, p<T>(gy), p<T>(w), p<T>(gx));
+      cpu::ops<T>().depthwise_conv2d_backward_input(s, p<T>(gy), p<T>(w), p<T>(gx));
     });
   }, nogil);
   m.def("depthwise_conv2d_backward_weight", [](int dt, std::vector<int64_t> shape, uintptr_t x,
@@ -97,7 +102,7 @@ PYBIND11_MODULE(_C, m) {
     auto s = Conv2dShape::from(shape);
     dispatch(dt, "depthwise_conv2d_backward_weight", [&](auto tag) {
       PYCNN_T;
-      cpu::depthwise_conv2d_backward_weight<T>(s, p<T>(x), p<T>(gy), p<T>(gw), p<T>(gb));
+      cpu::ops<T>().depthwise_conv2d_backward_weight(s, p<T>(x), p<T>(gy), p<T>(gw), p<T>(gb));
     });
   }, nogil);
 
@@ -106,7 +111,7 @@ PYBIND11_MODULE(_C, m) {
     auto s = Pool2dShape::from(shape);
     dispatch(dt, "max_pool2d", [&](auto tag) {
       PYCNN_T;
-      cpu::max_pool2d_forward<T>(s, p<T>(x), p<T>(y), p<int64_t>(idx));
+      cpu::ops<T>().max_pool2d_forward(s, p<T>(x), p<T>(y), p<int64_t>(idx));
     });
   }, nogil);
   m.def("max_pool2d_backward", [](int dt, std::vector<int64_t> shape, uintptr_t gy, uintptr_t idx,
@@ -114,21 +119,21 @@ PYBIND11_MODULE(_C, m) {
     auto s = Pool2dShape::from(shape);
     dispatch(dt, "max_pool2d_backward", [&](auto tag) {
       PYCNN_T;
-      cpu::max_pool2d_backward<T>(s, p<T>(gy), p<int64_t>(idx), p<T>(gx));
+      cpu::ops<T>().max_pool2d_backward(s, p<T>(gy), p<int64_t>(idx), p<T>(gx));
     });
   }, nogil);
   m.def("max_unpool2d_forward", [](int dt, int64_t planes, int64_t in_size, int64_t out_size,
                                    uintptr_t x, uintptr_t idx, uintptr_t y) {
     return dispatch(dt, "max_unpool2d", [&](auto tag) {
       PYCNN_T;
-      return cpu::max_unpool2d_forward<T>(planes, in_size, out_size, p<T>(x), p<int64_t>(idx), p<T>(y));
+      return cpu::ops<T>().max_unpool2d_forward(planes, in_size, out_size, p<T>(x), p<int64_t>(idx), p<T>(y));
     });
   }, nogil);
   m.def("max_unpool2d_backward", [](int dt, int64_t planes, int64_t in_size, int64_t out_size,
                                     uintptr_t gy, uintptr_t idx, uintptr_t gx) {
     dispatch(dt, "max_unpool2d_backward", [&](auto tag) {
       PYCNN_T;
-      cpu::max_unpool2d_backward<T>(planes, in_size, out_size, p<T>(gy), p<int64_t>(idx), p<T>(gx));
+      cpu::ops<T>().max_unpool2d_backward(planes, in_size, out_size, p<T>(gy), p<int64_t>(idx), p<T>(gx));
     });
   }, nogil);
 
@@ -136,7 +141,7 @@ PYBIND11_MODULE(_C, m) {
                                uintptr_t mean, uintptr_t var) {
     dispatch(dt, "batch_norm", [&](auto tag) {
       PYCNN_T;
-      cpu::batch_norm_stats<T>(N, C, S, p<T>(x), p<T>(mean), p<T>(var));
+      cpu::ops<T>().batch_norm_stats(N, C, S, p<T>(x), p<T>(mean), p<T>(var));
     });
   }, nogil);
   m.def("batch_norm_apply", [](int dt, int64_t N, int64_t C, int64_t S, uintptr_t x,
@@ -144,7 +149,7 @@ PYBIND11_MODULE(_C, m) {
                                uintptr_t y) {
     dispatch(dt, "batch_norm", [&](auto tag) {
       PYCNN_T;
-      cpu::batch_norm_apply<T>(N, C, S, p<T>(x), p<T>(mean), p<T>(invstd), p<T>(w), p<T>(b), p<T>(y));
+      cpu::ops<T>().batch_norm_apply(N, C, S, p<T>(x), p<T>(mean), p<T>(invstd), p<T>(w), p<T>(b), p<T>(y));
     });
   }, nogil);
   m.def("batch_norm_backward", [](int dt, int64_t N, int64_t C, int64_t S, uintptr_t x,
@@ -152,7 +157,7 @@ PYBIND11_MODULE(_C, m) {
                                   bool training, uintptr_t gx, uintptr_t gw, uintptr_t gb) {
     dispatch(dt, "batch_norm_backward", [&](auto tag) {
       PYCNN_T;
-      cpu::batch_norm_backward<T>(N, C, S, p<T>(x), p<T>(gy), p<T>(mean), p<T>(invstd), p<T>(w),
+      cpu::ops<T>().batch_norm_backward(N, C, S, p<T>(x), p<T>(gy), p<T>(mean), p<T>(invstd), p<T>(w),
                                   training, p<T>(gx), p<T>(gw), p<T>(gb));
     });
   }, nogil);
@@ -161,14 +166,14 @@ PYBIND11_MODULE(_C, m) {
                              uintptr_t b, uintptr_t y) {
     dispatch(dt, "linear", [&](auto tag) {
       PYCNN_T;
-      cpu::linear_forward<T>(M, N, K, p<T>(x), p<T>(w), p<T>(b), p<T>(y));
+      cpu::ops<T>().linear_forward(M, N, K, p<T>(x), p<T>(w), p<T>(b), p<T>(y));
     });
   }, nogil);
   m.def("linear_backward", [](int dt, int64_t M, int64_t N, int64_t K, uintptr_t x, uintptr_t w,
                               uintptr_t gy, uintptr_t gx, uintptr_t gw, uintptr_t gb) {
     dispatch(dt, "linear_backward", [&](auto tag) {
       PYCNN_T;
-      cpu::linear_backward<T>(M, N, K, p<T>(x), p<T>(w), p<T>(gy), p<T>(gx), p<T>(gw), p<T>(gb));
+      cpu::ops<T>().linear_backward(M, N, K, p<T>(x), p<T>(w), p<T>(gy), p<T>(gx), p<T>(gw), p<T>(gb));
     });
   }, nogil);
 }

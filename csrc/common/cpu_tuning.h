@@ -1,9 +1,7 @@
-// Two small CPU helpers shared by the memory-bound kernels (batchnorm, depthwise).
+// Two small CPU helpers shared by the memory-bound kernels (batchnorm, depthwise, pool).
 //
-// 1. ISA variants. The wheel is built for baseline x86-64 (SSE2), but the hot inner loops are
-//    worth 4x more lanes on AVX-512 machines. A kernel body is written once as an
-//    always-inline template; thin wrappers compile it under `PYCNN_TARGET_AVX512` and under the
-//    default target, and `cpu_has_avx512()` (checked once) picks one at run time.
+// 1. Independent partial sums (fold_lanes): reductions the compiler vectorises for each target
+//    without -ffast-math (the kernels are compiled once per target, see simd/vec.h).
 // 2. Huge pages for large fresh outputs. Outputs come from torch's allocator; a 32 MiB tensor
 //    is a fresh mmap whose first touch costs one page fault per 4 KiB page: measured ~16 ms per
 //    32 MiB on the dev VM, as much as the kernel itself. MADV_HUGEPAGE on the 2 MiB-aligned part
@@ -19,33 +17,9 @@
 #include <sys/mman.h>
 #endif
 
-#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
-#define PYCNN_X86_DISPATCH 1
-#define PYCNN_TARGET_AVX512 \
-  __attribute__((target("avx512f,avx512vl,avx512dq,avx2,fma,prefer-vector-width=512")))
 #define PYCNN_ALWAYS_INLINE inline __attribute__((always_inline))
-#else
-#define PYCNN_X86_DISPATCH 0
-#define PYCNN_TARGET_AVX512
-#define PYCNN_ALWAYS_INLINE inline
-#endif
 
 namespace pycnn {
-
-inline bool cpu_has_avx512() {
-#if PYCNN_X86_DISPATCH
-  // PYCNN_CPU_BASELINE=1 forces the portable build of the kernels (to test it on any machine).
-  static const bool has = [] {
-    const char* v = std::getenv("PYCNN_CPU_BASELINE");
-    if (v && std::strcmp(v, "1") == 0) return false;
-    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
-           __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("fma");
-  }();
-  return has;
-#else
-  return false;
-#endif
-}
 
 inline void advise_huge_pages(void* data, size_t bytes) {
 #if defined(__linux__) && defined(MADV_HUGEPAGE)

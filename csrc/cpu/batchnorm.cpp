@@ -27,8 +27,9 @@
 #include "common/cpu_tuning.h"
 #include "common/parallel.h"
 #include "cpu/kernels.h"
+#include "simd/vec.h"
 
-namespace pycnn::cpu {
+namespace pycnn::cpu::PYCNN_ISA {
 namespace {
 
 constexpr int64_t kBlock = 4096;        // 16 KiB of float: the variance's second pass hits L1
@@ -38,7 +39,7 @@ constexpr int64_t kGrainElems = 1 << 15;  // elements a thread should get before
 constexpr int64_t kGroupBytes = 64 << 10;
 
 
-// ---- block kernels: one body each, compiled for AVX-512 and for the baseline target -------
+// ---- block kernels: plain loops the compiler vectorises for each target ------------------
 
 template <typename T>
 PYCNN_ALWAYS_INLINE void block_moments_body(const T* x, int64_t n, T* mean_out, T* m2_out) {
@@ -100,11 +101,9 @@ PYCNN_ALWAYS_INLINE void block_grad_input_body(const T* x, const T* gy, int64_t 
   }
 }
 
-#define PYCNN_BN_VARIANT(name, params, args)                                   \
-  template <typename T>                                                         \
-  PYCNN_TARGET_AVX512 void name##_avx512 params { name##_body<T> args; }        \
-  template <typename T>                                                         \
-  void name##_generic params { name##_body<T> args; }
+#define PYCNN_BN_VARIANT(name, params, args) \
+  template <typename T>            \
+  void name params { name##_body<T> args; }
 
 PYCNN_BN_VARIANT(block_moments, (const T* x, int64_t n, T* mean, T* m2), (x, n, mean, m2))
 PYCNN_BN_VARIANT(block_grad_sums, (const T* x, const T* gy, int64_t n, T mean, T* sg, T* sgx),
@@ -127,11 +126,8 @@ struct BlockKernels {
 template <typename T>
 const BlockKernels<T>& block_kernels() {
   static const BlockKernels<T> k =
-      cpu_has_avx512()
-          ? BlockKernels<T>{block_moments_avx512<T>, block_grad_sums_avx512<T>,
-                            block_affine_avx512<T>, block_grad_input_avx512<T>}
-          : BlockKernels<T>{block_moments_generic<T>, block_grad_sums_generic<T>,
-                            block_affine_generic<T>, block_grad_input_generic<T>};
+     BlockKernels<T>{block_moments<T>, block_grad_sums<T>,
+                            block_affine<T>, block_grad_input<T>};
   return k;
 }
 
@@ -462,4 +458,4 @@ PYCNN_INSTANTIATE(float)
 PYCNN_INSTANTIATE(double)
 #undef PYCNN_INSTANTIATE
 
-}  // namespace pycnn::cpu
+}  // namespace pycnn::cpu::PYCNN_ISA

@@ -31,28 +31,20 @@
 #include <type_traits>
 #include <vector>
 
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-#include <immintrin.h>
-#endif
-
 #include "common/cpu_tuning.h"
 #include "common/parallel.h"
 #include "cpu/kernels.h"
 #include "cpu/gemm_custom.h"
-#include "cpu/avx512_rows.h"
 #include "cpu/winograd.h"
+#include "simd/vec.h"
 
-namespace pycnn::cpu {
+namespace pycnn::cpu::PYCNN_ISA {
 namespace {
 
 // Experiment switch (kept on: measured faster); off = the explicit im2col path.
 constexpr bool g_implicit_im2col = true;
 // Direct forward (conv2d_forward_direct_f32) where it applies; off = the implicit-im2col GEMM.
 constexpr bool g_direct_forward = true;
-// Winograd F(2x2, 3x3) (winograd.cpp) for the 3x3 stride-1 convs it takes, forward and weight
-// gradient (and so the input gradient through the forward). A run-time switch
-// (set_conv_winograd) so that tests can compare it with the direct and dot kernels it replaces.
-std::atomic<bool> g_winograd{true};
 
 int64_t ceil_div_nonneg(int64_t a, int64_t b) { return a <= 0 ? 0 : (a + b - 1) / b; }
 
@@ -132,7 +124,7 @@ void im2col_row(const Conv2dShape& s, const T* x, int64_t r, int64_t pa, int64_t
   }
 }
 
-#if PYCNN_X86_DISPATCH
+#if PYCNN_LEGACY_AVX512  // being ported to simd/vec.h
 // The forward packer's hot case (float, horizontal stride 1 or 2) with AVX-512 masked loads: the
 // columns [j0, j1) of col rows [p0, p0 + kc) straight into the GEMM's NR-column panels. Each
 // piece (within one output row and one panel, <= 16 pixels) is one masked load + one masked
@@ -279,7 +271,7 @@ void for_samples(int64_t N, int64_t slots, T* ws, int64_t per_sample, F&& sample
 }
 
 
-#if PYCNN_X86_DISPATCH
+#if PYCNN_LEGACY_AVX512  // being ported to simd/vec.h
 // ---- Weight gradient as dot products (float, AVX-512) ----------------------------------------
 // gw[k][r] = sum over samples n and pixels p of gy[n][k][p] * col_n[r][p]: both operands are
 // contiguous along the reduction index p, so instead of transposing the columns into GEMM panels
@@ -411,7 +403,7 @@ void weight_grad_dot_f32(const Conv2dShape& s, const float* x, const float* gy, 
 }
 #endif
 
-#if PYCNN_X86_DISPATCH
+#if PYCNN_LEGACY_AVX512  // being ported to simd/vec.h
 // ---- Direct forward (float, AVX-512, stride 1, one group) ------------------------------------
 // y[k][p] = bias[k] + sum over col rows r = (c, i, j) of w[k][r] * x[c][oh + i*dh - ph][ow + j*dw - pw],
 // with the B vectors (16 output pixels) loaded straight from a staging copy of the input rows a
@@ -559,8 +551,8 @@ namespace {
 enum class ForwardKernel { winograd, direct, im2col_gemm, pointwise_gemm };
 
 ForwardKernel forward_kernel(const Conv2dShape& s, bool is_float) {
-#if PYCNN_X86_DISPATCH
-  if (is_float && g_winograd && winograd_applies(s)) return ForwardKernel::winograd;
+#if PYCNN_LEGACY_AVX512  // being ported to simd/vec.h
+  if (is_float && conv_winograd_enabled() && winograd_applies(s)) return ForwardKernel::winograd;
   if (is_float && g_direct_forward && direct_forward_applies(s)) return ForwardKernel::direct;
 #else
   (void)is_float;
@@ -577,7 +569,7 @@ void conv2d_forward_slots(const Conv2dShape& s, const T* x, const T* w, const T*
   const int64_t P = s.OH * s.OW, G = s.groups, Kg = s.K_per_group();
   const int64_t rows = s.col_rows();
   if (s.N == 0 || s.K == 0 || P == 0) return;
-#if PYCNN_X86_DISPATCH
+#if PYCNN_LEGACY_AVX512  // being ported to simd/vec.h
   if constexpr (std::is_same_v<T, float>) {
     switch (forward_kernel(s, true)) {
       case ForwardKernel::winograd: conv2d_forward_winograd_f32(s, x, w, bias, y); return;
@@ -611,7 +603,7 @@ void conv2d_forward_slots(const Conv2dShape& s, const T* x, const T* w, const T*
         // Columns packed straight from x: panel rows are col rows r, panel columns pixels.
         const T* xg = xs + g * s.C_per_group() * s.H * s.W;
         PackBPanel<T> pack = [&](int64_t j0, int64_t j1, int64_t p0, int64_t kc, int NR, T* out) {
-#if PYCNN_X86_DISPATCH
+#if PYCNN_LEGACY_AVX512  // being ported to simd/vec.h
           if constexpr (std::is_same_v<T, float>) {
             if (s.sw <= 2 && cpu_has_avx512()) {
               pack_im2col_f32_avx512(s, xg, j0, j1, p0, kc, NR, out);
@@ -663,9 +655,7 @@ void conv2d_forward(const Conv2dShape& s, const T* x, const T* w, const T* bias,
   conv2d_forward_slots(s, x, w, bias, y, ws, slots);
 }
 
-bool set_conv_winograd(bool enabled) { return g_winograd.exchange(enabled); }
-
-std::string conv2d_forward_algorithm(const Conv2dShape& s, bool is_float) {
+const char* conv2d_forward_algorithm(const Conv2dShape& s, bool is_float) {
   static const char* const names[] = {"winograd", "direct", "im2col_gemm", "pointwise_gemm"};
   return names[int(forward_kernel(s, is_float))];
 }
@@ -681,7 +671,7 @@ bool conv2d_backward_input_as_forward(const Conv2dShape& s, const T* gy, const T
   if constexpr (!std::is_same_v<T, float>) {
     return false;
   } else {
-#if PYCNN_X86_DISPATCH
+#if PYCNN_LEGACY_AVX512  // being ported to simd/vec.h
     const int64_t ph2 = (s.kh - 1) * s.dh - s.ph, pw2 = (s.kw - 1) * s.dw - s.pw;
     if (!g_implicit_im2col || !cpu_has_avx512() || s.groups != 1 || s.sh != 1 || s.sw != 1 || s.is_pointwise() ||
         ph2 < 0 || pw2 < 0)
@@ -694,7 +684,7 @@ bool conv2d_backward_input_as_forward(const Conv2dShape& s, const T* gy, const T
     t.C = s.K, t.H = s.OH, t.W = s.OW;
     t.K = s.C, t.OH = s.H, t.OW = s.W;
     t.ph = ph2, t.pw = pw2;
-    if ((s.C < 16 || s.K < 16) && !(g_winograd && winograd_applies(t))) return false;
+    if ((s.C < 16 || s.K < 16) && !(conv_winograd_enabled() && winograd_applies(t))) return false;
     const int64_t taps = s.kh * s.kw;
     std::vector<float> wt(size_t(s.C * s.K * taps));  // w'[c][k][i'][j'] = w[k][c][kh-1-i'][kw-1-j']
     for (int64_t k = 0; k < s.K; ++k)
@@ -770,9 +760,9 @@ void conv2d_backward_weight(const Conv2dShape& s, const T* x, const T* gy, T* gw
   const bool pointwise = s.is_pointwise();
   const int64_t taps = s.kh * s.kw;
   const int threads = get_num_threads();
-#if PYCNN_X86_DISPATCH
+#if PYCNN_LEGACY_AVX512  // being ported to simd/vec.h
   if constexpr (std::is_same_v<T, float>) {
-    if (g_winograd && conv2d_backward_weight_winograd_f32(s, x, gy, gw)) return;
+    if (conv_winograd_enabled() && conv2d_backward_weight_winograd_f32(s, x, gy, gw)) return;
     if (G == 1 && cpu_has_avx512()) {
       // Dot-product form (see weight_grad_dot_f32), taken whatever the thread count so that the
       // result does not depend on it; each thread owns a run of input channels (gw columns).
@@ -806,7 +796,7 @@ void conv2d_backward_weight(const Conv2dShape& s, const T* x, const T* gy, T* gw
         }
         // Implicit im2col: op(B)[p][r] = col[r0 + r][p], panel column jj is col row r0 + j0 + jj.
         PackBPanel<T> pack = [&](int64_t j0, int64_t j1, int64_t p0, int64_t kc, int NR, T* out) {
-#if PYCNN_X86_DISPATCH
+#if PYCNN_LEGACY_AVX512  // being ported to simd/vec.h
           if constexpr (std::is_same_v<T, float>) {
             if (NR % 16 == 0 && NR <= 32 && cpu_has_avx512()) {
               pack_im2col_transposed<float>(s, xs, r0, j0, j1, p0, kc, NR, out);
@@ -843,4 +833,4 @@ void conv2d_backward_weight(const Conv2dShape& s, const T* x, const T* gy, T* gw
 PYCNN_INSTANTIATE(float)
 PYCNN_INSTANTIATE(double)
 
-}  // namespace pycnn::cpu
+}  // namespace pycnn::cpu::PYCNN_ISA

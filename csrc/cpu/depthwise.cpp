@@ -31,8 +31,9 @@
 #include "common/cpu_tuning.h"
 #include "common/parallel.h"
 #include "cpu/kernels.h"
+#include "simd/vec.h"
 
-namespace pycnn::cpu {
+namespace pycnn::cpu::PYCNN_ISA {
 namespace {
 
 constexpr int64_t kGrainElems = 1 << 14;
@@ -281,11 +282,9 @@ PYCNN_ALWAYS_INLINE void weight_grad_strided_body(const Conv2dShape& s, const T*
   out[s.kh * s.kw] = sum_row(gyp, s.OH * s.OW);
 }
 
-#define PYCNN_DW_VARIANT(name, params, args)                               \
-  template <typename T>                                                     \
-  PYCNN_TARGET_AVX512 void name##_avx512 params { name##_body<T> args; }    \
-  template <typename T>                                                     \
-  void name##_generic params { name##_body<T> args; }
+#define PYCNN_DW_VARIANT(name, params, args) \
+  template <typename T>            \
+  void name params { name##_body<T> args; }
 
 PYCNN_DW_VARIANT(correlate, (const Correlation<T>& c, T init, bool accumulate), (c, init, accumulate))
 PYCNN_DW_VARIANT(forward_plane_strided, (const Conv2dShape& s, const T* x, const T* w, T b, T* y),
@@ -314,13 +313,9 @@ struct PlaneKernels {
 template <typename T>
 const PlaneKernels<T>& plane_kernels() {
   static const PlaneKernels<T> k =
-      cpu_has_avx512()
-          ? PlaneKernels<T>{correlate_avx512<T>, forward_plane_strided_avx512<T>,
-                            backward_input_plane_strided_avx512<T>,
-                            weight_grad_unit_stride_avx512<T>, weight_grad_strided_avx512<T>}
-          : PlaneKernels<T>{correlate_generic<T>, forward_plane_strided_generic<T>,
-                            backward_input_plane_strided_generic<T>,
-                            weight_grad_unit_stride_generic<T>, weight_grad_strided_generic<T>};
+     PlaneKernels<T>{correlate<T>, forward_plane_strided<T>,
+                            backward_input_plane_strided<T>,
+                            weight_grad_unit_stride<T>, weight_grad_strided<T>};
   return k;
 }
 
@@ -502,4 +497,4 @@ PYCNN_INSTANTIATE(float)
 PYCNN_INSTANTIATE(double)
 #undef PYCNN_INSTANTIATE
 
-}  // namespace pycnn::cpu
+}  // namespace pycnn::cpu::PYCNN_ISA

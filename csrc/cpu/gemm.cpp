@@ -1,5 +1,7 @@
 // GEMM: C = alpha * op(A) @ op(B) + beta * C, packed and cache-blocked (Goto/BLIS scheme) around
-// a register-blocked micro-kernel picked at run time: AVX-512, AVX2+FMA, or portable C++.
+// a register-blocked micro-kernel written once over the vector layer (csrc/simd/vec.h), its
+// register tile chosen per target: AVX-512 12x32 floats (32 registers of 16), AVX2 6x16 (16 of
+// 8), NEON 8x12 (32 of 4), generic 4x8 (SSE2: 16 of 4).
 //
 // Napkin math (this dev machine: AMD EPYC Zen 4, 2 cores, ~3.5 GHz boost):
 //   Zen 4 has two 256-bit FMA pipes; a 512-bit FMA occupies both, so one core retires
@@ -31,17 +33,13 @@
 #include <stdexcept>
 #include <string>
 
-#if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
-#define PYCNN_GEMM_X86 1
-#include <immintrin.h>
-#endif
-
 #include "common/cpu_tuning.h"
 #include "common/parallel.h"
 #include "cpu/kernels.h"
 #include "cpu/gemm_custom.h"
+#include "simd/vec.h"
 
-namespace pycnn::cpu {
+namespace pycnn::cpu::PYCNN_ISA {
 namespace {
 
 // c (an MR x NR tile, row stride ldc) = alpha * a_panel @ b_panel + beta * c; beta == 0: c not
@@ -54,126 +52,42 @@ struct KernelChoice {
   MicroKernel<T> fn;
   int mr, nr;             // register tile
   int64_t mc, kc, nc;     // cache blocks (mc a multiple of mr, nc of nr)
-  const char* name;
 };
 
-// ---- portable micro-kernel: plain loops the compiler vectorises with the baseline ISA -------
-template <typename T, int MR, int NR>
-void microkernel_portable(int64_t kc, const T* a, const T* b, T* c, int64_t ldc, T alpha, T beta) {
-  T acc[MR][NR] = {};
-  for (int64_t k = 0; k < kc; ++k, a += MR, b += NR)
-    for (int i = 0; i < MR; ++i)
-      for (int j = 0; j < NR; ++j) acc[i][j] += a[i] * b[j];
+// MR rows x NV vectors of C held in registers across the whole k loop: per k step NV loads of
+// B and MR broadcasts of A feed MR * NV FMAs.
+template <typename T, int MR, int NV>
+void microkernel(int64_t kc, const T* a, const T* b, T* c, int64_t ldc, T alpha, T beta) {
+  constexpr int L = kLanesOf<T>;
+  vec<T> acc[MR][NV];
+#pragma GCC unroll 16
   for (int i = 0; i < MR; ++i)
-    for (int j = 0; j < NR; ++j)
-      c[i * ldc + j] = beta == T(0) ? alpha * acc[i][j] : alpha * acc[i][j] + beta * c[i * ldc + j];
-}
-
-#ifdef PYCNN_GEMM_X86
-// ---- SIMD micro-kernels. One generic body over a small vector-ops struct per ISA; every
-// function carries its ISA's target attribute, so the rest of the library stays baseline. ----
-#define PYCNN_AVX512 __attribute__((target("avx512f")))
-#define PYCNN_AVX2 __attribute__((target("avx2,fma")))
-#define PYCNN_INLINE inline __attribute__((always_inline))
-
-template <typename T> struct Avx512;
-template <> struct Avx512<float> {
-  using V = __m512;
-  static constexpr int lanes = 16;
-  PYCNN_AVX512 static PYCNN_INLINE V zero() { return _mm512_setzero_ps(); }
-  PYCNN_AVX512 static PYCNN_INLINE V set1(float x) { return _mm512_set1_ps(x); }
-  PYCNN_AVX512 static PYCNN_INLINE V load(const float* p) { return _mm512_loadu_ps(p); }
-  PYCNN_AVX512 static PYCNN_INLINE void store(float* p, V v) { _mm512_storeu_ps(p, v); }
-  PYCNN_AVX512 static PYCNN_INLINE V fma(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
-  PYCNN_AVX512 static PYCNN_INLINE V mul(V a, V b) { return _mm512_mul_ps(a, b); }
-};
-template <> struct Avx512<double> {
-  using V = __m512d;
-  static constexpr int lanes = 8;
-  PYCNN_AVX512 static PYCNN_INLINE V zero() { return _mm512_setzero_pd(); }
-  PYCNN_AVX512 static PYCNN_INLINE V set1(double x) { return _mm512_set1_pd(x); }
-  PYCNN_AVX512 static PYCNN_INLINE V load(const double* p) { return _mm512_loadu_pd(p); }
-  PYCNN_AVX512 static PYCNN_INLINE void store(double* p, V v) { _mm512_storeu_pd(p, v); }
-  PYCNN_AVX512 static PYCNN_INLINE V fma(V a, V b, V c) { return _mm512_fmadd_pd(a, b, c); }
-  PYCNN_AVX512 static PYCNN_INLINE V mul(V a, V b) { return _mm512_mul_pd(a, b); }
-};
-template <typename T> struct Avx2;
-template <> struct Avx2<float> {
-  using V = __m256;
-  static constexpr int lanes = 8;
-  PYCNN_AVX2 static PYCNN_INLINE V zero() { return _mm256_setzero_ps(); }
-  PYCNN_AVX2 static PYCNN_INLINE V set1(float x) { return _mm256_set1_ps(x); }
-  PYCNN_AVX2 static PYCNN_INLINE V load(const float* p) { return _mm256_loadu_ps(p); }
-  PYCNN_AVX2 static PYCNN_INLINE void store(float* p, V v) { _mm256_storeu_ps(p, v); }
-  PYCNN_AVX2 static PYCNN_INLINE V fma(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
-  PYCNN_AVX2 static PYCNN_INLINE V mul(V a, V b) { return _mm256_mul_ps(a, b); }
-};
-template <> struct Avx2<double> {
-  using V = __m256d;
-  static constexpr int lanes = 4;
-  PYCNN_AVX2 static PYCNN_INLINE V zero() { return _mm256_setzero_pd(); }
-  PYCNN_AVX2 static PYCNN_INLINE V set1(double x) { return _mm256_set1_pd(x); }
-  PYCNN_AVX2 static PYCNN_INLINE V load(const double* p) { return _mm256_loadu_pd(p); }
-  PYCNN_AVX2 static PYCNN_INLINE void store(double* p, V v) { _mm256_storeu_pd(p, v); }
-  PYCNN_AVX2 static PYCNN_INLINE V fma(V a, V b, V c) { return _mm256_fmadd_pd(a, b, c); }
-  PYCNN_AVX2 static PYCNN_INLINE V mul(V a, V b) { return _mm256_mul_pd(a, b); }
-};
-
-// MR rows x NV vectors of C held in registers across the whole k loop.
-#define PYCNN_MICROKERNEL_BODY(S)                                                             \
-  using V = typename S::V;                                                                    \
-  constexpr int L = S::lanes;                                                                 \
-  V acc[MR][NV];                                                                              \
-  _Pragma("GCC unroll 16") for (int i = 0; i < MR; ++i)                                       \
-      _Pragma("GCC unroll 4") for (int j = 0; j < NV; ++j) acc[i][j] = S::zero();             \
-  for (int64_t k = 0; k < kc; ++k, a += MR, b += NV * L) {                                    \
-    V bv[NV];                                                                                 \
-    _Pragma("GCC unroll 4") for (int j = 0; j < NV; ++j) bv[j] = S::load(b + j * L);          \
-    _Pragma("GCC unroll 16") for (int i = 0; i < MR; ++i) {                                   \
-      V ai = S::set1(a[i]);                                                                   \
-      _Pragma("GCC unroll 4") for (int j = 0; j < NV; ++j) acc[i][j] = S::fma(ai, bv[j], acc[i][j]); \
-    }                                                                                         \
-  }                                                                                           \
-  V va = S::set1(alpha);                                                                      \
-  if (beta == T(0)) {                                                                         \
-    _Pragma("GCC unroll 16") for (int i = 0; i < MR; ++i)                                     \
-        _Pragma("GCC unroll 4") for (int j = 0; j < NV; ++j)                                  \
-            S::store(c + i * ldc + j * L, S::mul(va, acc[i][j]));                             \
-  } else {                                                                                    \
-    V vb = S::set1(beta);                                                                     \
-    _Pragma("GCC unroll 16") for (int i = 0; i < MR; ++i)                                     \
-        _Pragma("GCC unroll 4") for (int j = 0; j < NV; ++j)                                  \
-            S::store(c + i * ldc + j * L,                                                     \
-                     S::fma(va, acc[i][j], S::mul(vb, S::load(c + i * ldc + j * L))));        \
+#pragma GCC unroll 4
+    for (int j = 0; j < NV; ++j) acc[i][j] = zero<T>();
+  for (int64_t k = 0; k < kc; ++k, a += MR, b += NV * L) {
+    vec<T> bv[NV];
+#pragma GCC unroll 4
+    for (int j = 0; j < NV; ++j) bv[j] = load(b + j * L);
+#pragma GCC unroll 16
+    for (int i = 0; i < MR; ++i) {
+      const vec<T> ai = broadcast(a[i]);
+#pragma GCC unroll 4
+      for (int j = 0; j < NV; ++j) acc[i][j] = fma(ai, bv[j], acc[i][j]);
+    }
   }
-
-template <typename T, int MR, int NV>
-PYCNN_AVX512 void microkernel_avx512(int64_t kc, const T* a, const T* b, T* c, int64_t ldc, T alpha, T beta) {
-  PYCNN_MICROKERNEL_BODY(Avx512<T>)
-}
-template <typename T, int MR, int NV>
-PYCNN_AVX2 void microkernel_avx2(int64_t kc, const T* a, const T* b, T* c, int64_t ldc, T alpha, T beta) {
-  PYCNN_MICROKERNEL_BODY(Avx2<T>)
-}
-#undef PYCNN_MICROKERNEL_BODY
-#endif  // PYCNN_GEMM_X86
-
-// Variants: 0 = best the CPU supports, 1 = portable, 2 = AVX2+FMA, 3 = AVX-512 (tests force each).
-std::atomic<int> g_requested_variant{0};
-
-bool cpu_has(int variant) {
-#ifdef PYCNN_GEMM_X86
-  if (variant == 3) return __builtin_cpu_supports("avx512f");
-  if (variant == 2) return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-#endif
-  return variant == 1;
-}
-
-int active_variant() {
-  int v = g_requested_variant.load(std::memory_order_relaxed);
-  if (v != 0 && cpu_has(v)) return v;
-  static const int best = cpu_has(3) ? 3 : cpu_has(2) ? 2 : 1;
-  return v == 0 ? best : std::min(v, best);  // an unsupported request falls to the best below it
+  const vec<T> va = broadcast(alpha);
+  if (beta == T(0)) {
+#pragma GCC unroll 16
+    for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 4
+      for (int j = 0; j < NV; ++j) store(c + i * ldc + j * L, va * acc[i][j]);
+  } else {
+    const vec<T> vb = broadcast(beta);
+#pragma GCC unroll 16
+    for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 4
+      for (int j = 0; j < NV; ++j) store(c + i * ldc + j * L, fma(va, acc[i][j], vb * load(c + i * ldc + j * L)));
+  }
 }
 
 // Fraction of computed rows that are real when M rows are cut into tiles of mr.
@@ -181,18 +95,22 @@ double row_efficiency(int64_t M, int mr) { return double(M) / double((M + mr - 1
 
 template <typename T>
 KernelChoice<T> choose_kernel(int64_t M = 0) {
-  constexpr int f = sizeof(T) == 4;  // float: twice the lanes per vector
-  switch (active_variant()) {
-#ifdef PYCNN_GEMM_X86
-    case 3:
-      // 12x32 loads less per FMA (14 loads : 24 FMAs vs 10 : 16) but wastes rows when M is a
-      // small multiple of 8 (M = 64 output channels: 72 rows computed); take 8x32 then.
-      if (M > 0 && row_efficiency(M, 8) > row_efficiency(M, 12) + 0.03)
-        return {microkernel_avx512<T, 8, 2>, 8, f ? 32 : 16, f ? 192 : 96, f ? 512 : 256, f ? 4096 : 2048, "avx512"};
-      return {microkernel_avx512<T, 12, 2>, 12, f ? 32 : 16, f ? 192 : 96, f ? 512 : 256, f ? 4096 : 2048, "avx512"};
-    case 2: return {microkernel_avx2<T, 6, 2>, 6, f ? 16 : 8, f ? 144 : 72, f ? 512 : 256, f ? 4096 : 2048, "avx2"};
-#endif
-    default: return {microkernel_portable<T, 4, 8>, 4, 8, 64, 256, 2048, "portable"};
+  constexpr int L = kLanesOf<T>;
+  constexpr int f = sizeof(T) == 4;  // float: twice the lanes per vector, half the bytes per k
+  if constexpr (kVectorBytes == 64) {
+    // 12x32 loads less per FMA (14 loads : 24 FMAs vs 10 : 16) but wastes rows when M is a
+    // small multiple of 8 (M = 64 output channels: 72 rows computed); take 8x32 then.
+    if (M > 0 && row_efficiency(M, 8) > row_efficiency(M, 12) + 0.03)
+      return {microkernel<T, 8, 2>, 8, 2 * L, f ? 192 : 96, f ? 512 : 256, f ? 4096 : 2048};
+    return {microkernel<T, 12, 2>, 12, 2 * L, f ? 192 : 96, f ? 512 : 256, f ? 4096 : 2048};
+  } else if constexpr (kVectorBytes == 32) {
+    // 16 registers: 12 accumulators + 2 B vectors + 1 broadcast.
+    return {microkernel<T, 6, 2>, 6, 2 * L, f ? 144 : 72, f ? 512 : 256, f ? 4096 : 2048};
+  } else if constexpr (kRegisters == 32) {
+    // NEON: 24 accumulators + 3 B vectors + broadcasts.
+    return {microkernel<T, 8, 3>, 8, 3 * L, f ? 128 : 64, f ? 512 : 256, f ? 4096 : 2048};
+  } else {
+    return {microkernel<T, 4, 2>, 4, 2 * L, 64, 256, 2048};
   }
 }
 
@@ -344,12 +262,6 @@ void gemm_packed(const KernelChoice<T>& kern, bool trans_a, int64_t M, int64_t N
 
 }  // namespace
 
-std::string gemm_select_kernel(int variant) {
-  if (variant < 0 || variant > 3) throw std::invalid_argument("gemm_select_kernel: variant must be 0..3, got " + std::to_string(variant));
-  g_requested_variant = variant;
-  return choose_kernel<float>().name;
-}
-
 // The plain reference the tests compare the packed path against: one dot product per element.
 template <typename T>
 void gemm_reference(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, T alpha, const T* A,
@@ -420,10 +332,6 @@ PYCNN_ALWAYS_INLINE T row_sum_body(const T* x, int64_t n) {
   for (; i < n; ++i) tail += x[i];
   return fold_lanes(acc) + tail;
 }
-template <typename T>
-PYCNN_TARGET_AVX512 T row_sum_avx512(const T* x, int64_t n) { return row_sum_body(x, n); }
-template <typename T>
-T row_sum_generic(const T* x, int64_t n) { return row_sum_body(x, n); }
 
 // out[c0, c1) = sum over rows n of x[n][c] (x: [N, C] rows), rows added in order: vectorised
 // across columns (a per-element row_sum call of length 1 made linear's bias gradient ~1 ms).
@@ -435,28 +343,18 @@ PYCNN_ALWAYS_INLINE void column_sums_body(int64_t N, int64_t C, const T* x, int6
     for (int64_t c = c0; c < c1; ++c) out[c] += row[c];
   }
 }
-template <typename T>
-PYCNN_TARGET_AVX512 void column_sums_avx512(int64_t N, int64_t C, const T* x, int64_t c0, int64_t c1, T* out) {
-  column_sums_body(N, C, x, c0, c1, out);
-}
-template <typename T>
-void column_sums_generic(int64_t N, int64_t C, const T* x, int64_t c0, int64_t c1, T* out) {
-  column_sums_body(N, C, x, c0, c1, out);
-}
 }  // namespace
 
 template <typename T>
 void channel_sum(int64_t N, int64_t C, int64_t S, const T* x, T* out) {
   if (S == 1) {
-    const auto sums = cpu_has_avx512() ? column_sums_avx512<T> : column_sums_generic<T>;
-    parallel_for(C, 256, [&](int64_t c0, int64_t c1) { sums(N, C, x, c0, c1, out); });
+    parallel_for(C, 256, [&](int64_t c0, int64_t c1) { column_sums_body(N, C, x, c0, c1, out); });
     return;
   }
-  const auto row_sum = cpu_has_avx512() ? row_sum_avx512<T> : row_sum_generic<T>;
   parallel_for(C, 1, [&](int64_t c0, int64_t c1) {
     for (int64_t c = c0; c < c1; ++c) {
       T total = 0;
-      for (int64_t n = 0; n < N; ++n) total += row_sum(x + (n * C + c) * S, S);
+      for (int64_t n = 0; n < N; ++n) total += row_sum_body(x + (n * C + c) * S, S);
       out[c] = total;
     }
   });
@@ -475,4 +373,4 @@ void channel_sum(int64_t N, int64_t C, int64_t S, const T* x, T* out) {
 PYCNN_INSTANTIATE(float)
 PYCNN_INSTANTIATE(double)
 
-}  // namespace pycnn::cpu
+}  // namespace pycnn::cpu::PYCNN_ISA

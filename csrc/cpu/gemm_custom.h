@@ -6,7 +6,7 @@
 #include <cstdint>
 #include <functional>
 
-namespace pycnn::cpu {
+namespace pycnn::cpu::PYCNN_ISA {
 
 // pack(j0, j1, p0, kc, NR, out): the columns [j0, j1) of op(B) (j0 at a panel boundary), rows
 // [p0, p0 + kc), as consecutive panels: column j0 + q*NR + j, row p0 + k goes to
@@ -28,4 +28,4 @@ int64_t gemm_packed_a_size(int64_t M, int64_t K);
 template <typename T>
 void gemm_pack_a(bool trans_a, int64_t M, int64_t K, const T* A, int64_t lda, T* out);
 
-}  // namespace pycnn::cpu
+}  // namespace pycnn::cpu::PYCNN_ISA

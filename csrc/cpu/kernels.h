@@ -1,104 +1,79 @@
-// The CPU kernels: one declaration per entry point, implemented in csrc/cpu/<family>.cpp and
-// bound one-to-one in csrc/bindings.cpp. T is float or double. Pointers marked "nullable" may
-// be null (that output is not wanted, or there is no bias). Outputs are written in full (no
-// caller-side zeroing needed) unless said otherwise.
+// The CPU kernels as the bindings see them: the active target's table of entry points.
+//
+// Every kernel source is compiled once per target (avx512, avx2, neon, generic; see
+// csrc/simd/vec.h), each build in its own namespace pycnn::cpu::<isa>, and exports one
+// KernelTable (csrc/cpu/table.cpp). csrc/cpu/isa.cpp picks the table once, at import: the best
+// target this CPU runs, or the one PYCNN_CPU_ISA names. Callers use ops<T>().conv2d_forward(...).
 #pragma once
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "common/shapes.h"
 
 namespace pycnn::cpu {
 
-// ---- gemm.cpp ---------------------------------------------------------------------------
-// C[M,N] = alpha * op(A) @ op(B) + beta * C, row-major with leading dimensions.
-// op(A) is A[M,K] (lda >= K) or, with trans_a, A[K,M]^T (lda >= M); likewise B.
-// beta == 0 means C is not read (it may hold NaN).
-template <typename T>
-void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, T alpha, const T* A,
-          int64_t lda, const T* B, int64_t ldb, T beta, T* C, int64_t ldc);
-// The same contract computed by plain loops: the reference tests compare gemm against.
-template <typename T>
-void gemm_reference(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, T alpha,
-                    const T* A, int64_t lda, const T* B, int64_t ldb, T beta, T* C, int64_t ldc);
-// Micro-kernel for later gemm calls (tests, benchmarks): 0 = best the CPU supports,
-// 1 = portable, 2 = AVX2+FMA, 3 = AVX-512 (an unsupported one falls back). Returns its name.
-std::string gemm_select_kernel(int variant);
+namespace api {
+#include "cpu/kernel_api.inc"
+}  // namespace api
 
-// out[c] = sum over n < N, s < S of x[n, c, s]   (bias gradients; x is [N, C, S])
+// One target's entry points for one dtype (the signatures of kernel_api.inc).
 template <typename T>
-void channel_sum(int64_t N, int64_t C, int64_t S, const T* x, T* out);
+struct Ops {
+  decltype(&api::gemm<T>) gemm;
+  decltype(&api::gemm_reference<T>) gemm_reference;
+  decltype(&api::channel_sum<T>) channel_sum;
+  decltype(&api::conv2d_forward<T>) conv2d_forward;
+  decltype(&api::conv2d_backward_input<T>) conv2d_backward_input;
+  decltype(&api::conv2d_backward_weight<T>) conv2d_backward_weight;
+  decltype(&api::depthwise_conv2d_forward<T>) depthwise_conv2d_forward;
+  decltype(&api::depthwise_conv2d_backward_input<T>) depthwise_conv2d_backward_input;
+  decltype(&api::depthwise_conv2d_backward_weight<T>) depthwise_conv2d_backward_weight;
+  decltype(&api::max_pool2d_forward<T>) max_pool2d_forward;
+  decltype(&api::max_pool2d_backward<T>) max_pool2d_backward;
+  decltype(&api::max_unpool2d_forward<T>) max_unpool2d_forward;
+  decltype(&api::max_unpool2d_backward<T>) max_unpool2d_backward;
+  decltype(&api::batch_norm_stats<T>) batch_norm_stats;
+  decltype(&api::batch_norm_apply<T>) batch_norm_apply;
+  decltype(&api::batch_norm_backward<T>) batch_norm_backward;
+  decltype(&api::linear_forward<T>) linear_forward;
+  decltype(&api::linear_backward<T>) linear_backward;
+};
 
-// ---- conv.cpp: im2col + GEMM, the batch processed in chunks that fit the workspace ------
-// ws: scratch of ws_elems elements (caller-allocated; at least one sample's column matrix,
-// shape.C * kh * kw * OH * OW elements, unless the conv is pointwise, where it may be empty).
-template <typename T>
-void conv2d_forward(const Conv2dShape& s, const T* x, const T* w, const T* bias /*nullable*/,
-                    T* y, T* ws, int64_t ws_elems);
-// gx = conv2d input gradient (GEMM with w^T, then col2im). Also conv_transpose2d's forward.
-template <typename T>
-void conv2d_backward_input(const Conv2dShape& s, const T* gy, const T* w, T* gx, T* ws,
-                           int64_t ws_elems);
-// gw = sum over the batch of gy @ im2col(x)^T; gb = channel sums of gy.
-template <typename T>
-void conv2d_backward_weight(const Conv2dShape& s, const T* x, const T* gy, T* gw /*nullable*/,
-                            T* gb /*nullable*/, T* ws, int64_t ws_elems);
+struct KernelTable {
+  const char* isa;
+  Ops<float> f32;
+  Ops<double> f64;
+  decltype(&api::conv2d_forward_algorithm) conv2d_forward_algorithm;
+};
 
-// Which kernel conv2d_forward runs for this shape ("winograd", "direct", "im2col_gemm" or
-// "pointwise_gemm"; is_float: float32, where the AVX-512 kernels live). The input gradient of a
-// stride-1 conv runs as such a forward; the weight gradient takes Winograd where the forward does.
-std::string conv2d_forward_algorithm(const Conv2dShape& s, bool is_float);
-// Turns the Winograd kernels on or off (on by default); returns the previous setting.
+// ---- isa.cpp -------------------------------------------------------------------------------
+// The active target's table (chosen on first use; see select_isa).
+const KernelTable& kernels();
+template <typename T>
+const Ops<T>& ops() {
+  if constexpr (sizeof(T) == 4) return kernels().f32;
+  else return kernels().f64;
+}
+// Chooses the target at import: PYCNN_CPU_ISA if set (std::invalid_argument when it names no
+// target, or one this build or this CPU lacks), else the best this CPU runs. Returns its name.
+std::string select_isa();
+// Targets this build has and this CPU runs, lowest first (e.g. {"generic", "avx2"}).
+std::vector<std::string> available_isas();
+// Test-only switch to another available target; returns the previous one's name.
+std::string set_cpu_isa(const std::string& name);
+
+// Winograd kernels on or off for every target (on by default): the tests compare them with the
+// direct and GEMM kernels they replace. Returns the previous setting.
 bool set_conv_winograd(bool enabled);
-
-// ---- depthwise.cpp: direct kernels for groups == C (K = C * multiplier) -------------------
-template <typename T>
-void depthwise_conv2d_forward(const Conv2dShape& s, const T* x, const T* w,
-                              const T* bias /*nullable*/, T* y);
-template <typename T>
-void depthwise_conv2d_backward_input(const Conv2dShape& s, const T* gy, const T* w, T* gx);
-template <typename T>
-void depthwise_conv2d_backward_weight(const Conv2dShape& s, const T* x, const T* gy,
-                                      T* gw /*nullable*/, T* gb /*nullable*/);
-
-// ---- pool.cpp --------------------------------------------------------------------------
-// indices are flat positions h * W + w within each input plane (as torch returns them).
-template <typename T>
-void max_pool2d_forward(const Pool2dShape& s, const T* x, T* y, int64_t* indices);
-template <typename T>
-void max_pool2d_backward(const Pool2dShape& s, const T* gy, const int64_t* indices, T* gx);
-// y[plane, indices[plane, i]] = x[plane, i]; the rest of y is zero. Returns -1 on success,
-// else the position (plane * in_size + i) of the first index outside [0, out_size).
-template <typename T>
-int64_t max_unpool2d_forward(int64_t planes, int64_t in_size, int64_t out_size, const T* x,
-                             const int64_t* indices, T* y);
-template <typename T>
-void max_unpool2d_backward(int64_t planes, int64_t in_size, int64_t out_size, const T* gy,
-                           const int64_t* indices, T* gx);
-
-// ---- batchnorm.cpp: x viewed as [N, C, S] ------------------------------------------------
-// Per-channel mean and biased variance over N and S (numerically stable).
-template <typename T>
-void batch_norm_stats(int64_t N, int64_t C, int64_t S, const T* x, T* mean, T* var);
-// y = (x - mean) * invstd * weight + bias
-template <typename T>
-void batch_norm_apply(int64_t N, int64_t C, int64_t S, const T* x, const T* mean,
-                      const T* invstd, const T* weight /*nullable*/, const T* bias /*nullable*/,
-                      T* y);
-// training == true: mean/invstd are the batch statistics and gx includes their gradient;
-// false (eval): mean/invstd are the running statistics, constants.
-template <typename T>
-void batch_norm_backward(int64_t N, int64_t C, int64_t S, const T* x, const T* gy,
-                         const T* mean, const T* invstd, const T* weight /*nullable*/,
-                         bool training, T* gx /*nullable*/, T* gw /*nullable*/,
-                         T* gb /*nullable*/);
-
-// ---- linear.cpp: x [M, K], w [N, K], y [M, N] -----------------------------------------------
-template <typename T>
-void linear_forward(int64_t M, int64_t N, int64_t K, const T* x, const T* w,
-                    const T* bias /*nullable*/, T* y);
-template <typename T>
-void linear_backward(int64_t M, int64_t N, int64_t K, const T* x, const T* w, const T* gy,
-                     T* gx /*nullable*/, T* gw /*nullable*/, T* gb /*nullable*/);
+bool conv_winograd_enabled();
 
 }  // namespace pycnn::cpu
+
+#if defined(PYCNN_ISA)
+// In a per-target kernel source: the same API, declared in this target's namespace.
+namespace pycnn::cpu::PYCNN_ISA {
+#include "cpu/kernel_api.inc"
+extern const KernelTable table;
+}  // namespace pycnn::cpu::PYCNN_ISA
+#endif

@@ -1,7 +1,8 @@
 // linear: y = x @ w^T + b, all through our GEMM.
 #include "cpu/kernels.h"
+#include "simd/vec.h"
 
-namespace pycnn::cpu {
+namespace pycnn::cpu::PYCNN_ISA {
 
 template <typename T>
 void linear_forward(int64_t M, int64_t N, int64_t K, const T* x, const T* w, const T* bias,
@@ -26,4 +27,4 @@ template void linear_forward<double>(int64_t, int64_t, int64_t, const double*, c
 template void linear_backward<float>(int64_t, int64_t, int64_t, const float*, const float*, const float*, float*, float*, float*);
 template void linear_backward<double>(int64_t, int64_t, int64_t, const double*, const double*, const double*, double*, double*, double*);
 
-}  // namespace pycnn::cpu
+}  // namespace pycnn::cpu::PYCNN_ISA

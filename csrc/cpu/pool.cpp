@@ -8,8 +8,9 @@
 // Two forward variants, selectable for testing (llm.c style) with the environment variable
 // PYCNN_POOL_KERNEL=reference:
 //   reference - one window at a time, exactly torch's scan order and NaN/tie rules;
-//   fast      - the same rules, vectorised with AVX2 for the common 2x2 stride-2 float case;
-//               any other case (and the edges of a ceil_mode output) uses the reference code.
+//   fast      - the same rules, vectorised (simd/vec.h, every target) for the common 2x2
+//               stride-2 case; any other case (and the edges of a ceil_mode output) uses the
+//               reference code.
 //
 // Napkin math for the perf target (float, 32 x 64 x 64 x 64 input, 2x2 stride 2):
 //   forward reads 33.5 MB of x, writes 8.4 MB of y + 16.8 MB of int64 indices (~59 MB);
@@ -30,13 +31,9 @@
 #include "common/cpu_tuning.h"
 #include "common/parallel.h"
 #include "cpu/kernels.h"
+#include "simd/vec.h"
 
-#if defined(__x86_64__) || defined(_M_X64)
-#include <immintrin.h>
-#define PYCNN_POOL_X86 1
-#endif
-
-namespace pycnn::cpu {
+namespace pycnn::cpu::PYCNN_ISA {
 namespace {
 
 // Work per parallel chunk: below this many visited elements a thread hand-off costs more
@@ -100,62 +97,45 @@ bool is_2x2_stride2(const Pool2dShape& s) {
          s.H * s.W < (int64_t(1) << 31);
 }
 
-#ifdef PYCNN_POOL_X86
-bool cpu_has_avx2() {
-  static const bool has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  return has;
-}
-
-// torch's update rule, lane-wise: where v > best or v is NaN, best = v and off = v_off.
-__attribute__((target("avx2,fma"))) inline void take_if_greater_or_nan(__m256 v, __m256i v_off,
-                                                                         __m256& best, __m256& off) {
-  const __m256 wins = _mm256_or_ps(_mm256_cmp_ps(v, best, _CMP_GT_OQ), _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
-  best = _mm256_blendv_ps(best, v, wins);
-  off = _mm256_blendv_ps(off, _mm256_castsi256_ps(v_off), wins);
-}
-
-// 2x2 stride-2 pooling of one float plane, 8 outputs per step. Each output has four
-// candidates, scanned in torch's order (top-left, top-right, bottom-left, bottom-right); the
-// running max starts at the first one, which matches starting at -inf since -inf > -inf is
-// false and a NaN would be taken anyway. Per step: 4 loads, 4 shuffles, 3 x (2 compares,
-// 2 blends) -- about 2 instructions per input element, well under the memory cost.
-// Outputs whose window crosses the bottom/right edge (ceil_mode) go through pool_window.
-__attribute__((target("avx2,fma"))) void pool_plane_2x2_avx2(const Pool2dShape& s,
-                                                               const float* x, float* y,
-                                                               int64_t* index) {
+// 2x2 stride-2 pooling of one plane, L outputs per step (L = lanes of a vector). Each output
+// has four candidates, scanned in torch's order (top-left, top-right, bottom-left,
+// bottom-right); the running max starts at the first one, which matches starting at -inf since
+// -inf > -inf is false and a NaN would be taken anyway. Per step: 4 loads, 4 even/odd picks,
+// 3 x (2 compares, 2 selects): about 2 instructions per input element, well under the memory
+// cost. Indices are computed in the lanes' integer type (int32 for float: hence the 2^31 limit
+// of is_2x2_stride2) and widened to int64 on the store. Outputs whose window crosses the
+// bottom/right edge (ceil_mode) go through pool_window.
+template <typename T>
+void pool_plane_2x2(const Pool2dShape& s, const T* x, T* y, int64_t* index) {
+  constexpr int L = kLanesOf<T>;
+  using M = vmask<T>;
+  using I = lane_t<M>;
+  typedef int64_t wide __attribute__((vector_size(L * sizeof(int64_t))));
   const int64_t W = s.W;
   const int64_t full_rows = std::min(s.OH, s.H / 2), full_cols = std::min(s.OW, s.W / 2);
-  const int64_t vec_cols = full_cols - full_cols % 8;
-  const __m256i lane = _mm256_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14);  // 2 * lane: input column
-  // _mm256_shuffle_ps works within 128-bit halves: the de-interleaved vectors hold outputs
-  // in the order 0 1 4 5 2 3 6 7; this permutation puts them back.
-  const __m256i unshuffle = _mm256_setr_epi32(0, 1, 4, 5, 2, 3, 6, 7);
-  const __m256i off_tr = _mm256_set1_epi32(1), off_bl = _mm256_set1_epi32(int(W)),
-                off_br = _mm256_set1_epi32(int(W) + 1);
+  const int64_t vec_cols = full_cols - full_cols % L;
+  const M column = lane_index<T>() * I(2);  // input column of each lane's window, from ow
   for (int64_t oh = 0; oh < full_rows; ++oh) {
-    const float* top = x + 2 * oh * W;
-    const float* bottom = top + W;
-    float* y_row = y + oh * s.OW;
+    const T* top = x + 2 * oh * W;
+    const T* bottom = top + W;
+    T* y_row = y + oh * s.OW;
     int64_t* i_row = index + oh * s.OW;
-    for (int64_t ow = 0; ow < vec_cols; ow += 8) {
-      const __m256 t0 = _mm256_loadu_ps(top + 2 * ow), t1 = _mm256_loadu_ps(top + 2 * ow + 8);
-      const __m256 b0 = _mm256_loadu_ps(bottom + 2 * ow), b1 = _mm256_loadu_ps(bottom + 2 * ow + 8);
-      const __m256 tl = _mm256_shuffle_ps(t0, t1, 0x88), tr = _mm256_shuffle_ps(t0, t1, 0xDD);
-      const __m256 bl = _mm256_shuffle_ps(b0, b1, 0x88), br = _mm256_shuffle_ps(b0, b1, 0xDD);
-      __m256 best = tl;
-      __m256 off = _mm256_setzero_ps();  // offset of the winner from the window's top-left
-      take_if_greater_or_nan(tr, off_tr, best, off);
-      take_if_greater_or_nan(bl, off_bl, best, off);
-      take_if_greater_or_nan(br, off_br, best, off);
-      best = _mm256_permutevar8x32_ps(best, unshuffle);
-      const __m256i win_off = _mm256_permutevar8x32_epi32(_mm256_castps_si256(off), unshuffle);
-      const __m256i flat = _mm256_add_epi32(
-          _mm256_add_epi32(_mm256_set1_epi32(int(2 * oh * W + 2 * ow)), lane), win_off);
-      _mm256_storeu_ps(y_row + ow, best);
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(i_row + ow),
-                          _mm256_cvtepi32_epi64(_mm256_castsi256_si128(flat)));
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(i_row + ow + 4),
-                          _mm256_cvtepi32_epi64(_mm256_extracti128_si256(flat, 1)));
+    for (int64_t ow = 0; ow < vec_cols; ow += L) {
+      const vec<T> t0 = load(top + 2 * ow), t1 = load(top + 2 * ow + L);
+      const vec<T> b0 = load(bottom + 2 * ow), b1 = load(bottom + 2 * ow + L);
+      vec<T> best = even_lanes(t0, t1);
+      M off = M{};  // offset of the winner from the window's top-left
+      auto take = [&](vec<T> v, I v_off) {  // torch's rule: v > best or v is NaN
+        const M wins = (v > best) | (v != v);
+        best = wins ? v : best;
+        off = wins ? M{} + v_off : off;
+      };
+      take(odd_lanes(t0, t1), I(1));
+      take(even_lanes(b0, b1), I(W));
+      take(odd_lanes(b0, b1), I(W + 1));
+      store(y_row + ow, best);
+      const wide flat = __builtin_convertvector(off + column, wide) + (2 * oh * W + 2 * ow);
+      std::memcpy(i_row + ow, &flat, sizeof(flat));
     }
     for (int64_t ow = vec_cols; ow < s.OW; ++ow) pool_window(s, x, oh, ow, y_row + ow, i_row + ow);
   }
@@ -163,7 +143,6 @@ __attribute__((target("avx2,fma"))) void pool_plane_2x2_avx2(const Pool2dShape& 
     for (int64_t ow = 0; ow < s.OW; ++ow)
       pool_window(s, x, oh, ow, y + oh * s.OW + ow, index + oh * s.OW + ow);
 }
-#endif
 
 // Large fresh outputs get MADV_HUGEPAGE (common/cpu_tuning.h) before we write them: on this
 // VM first-touch faults on a 33.5 MB gradient took ~17 ms in 4 KB pages vs ~3 ms in 2 MB pages,
@@ -178,11 +157,7 @@ using PlaneFn = void (*)(const Pool2dShape&, const T*, T*, int64_t*);
 
 template <typename T>
 PlaneFn<T> choose_forward(const Pool2dShape& s) {
-#ifdef PYCNN_POOL_X86
-  if constexpr (std::is_same_v<T, float>) {
-    if (is_2x2_stride2(s) && cpu_has_avx2() && !reference_requested()) return pool_plane_2x2_avx2;
-  }
-#endif
+  if (is_2x2_stride2(s) && !reference_requested()) return pool_plane_2x2<T>;
   return pool_plane_reference<T>;
 }
 
@@ -287,4 +262,4 @@ template int64_t max_unpool2d_forward<double>(int64_t, int64_t, int64_t, const d
 template void max_unpool2d_backward<float>(int64_t, int64_t, int64_t, const float*, const int64_t*, float*);
 template void max_unpool2d_backward<double>(int64_t, int64_t, int64_t, const double*, const int64_t*, double*);
 
-}  // namespace pycnn::cpu
+}  // namespace pycnn::cpu::PYCNN_ISA

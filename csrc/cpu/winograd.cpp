@@ -31,15 +31,12 @@
 
 #include "common/cpu_tuning.h"
 #include "common/parallel.h"
-#include "cpu/avx512_rows.h"
 
-#if PYCNN_X86_DISPATCH
-#include <immintrin.h>
-#endif
+#include "simd/vec.h"
 
-namespace pycnn::cpu {
+namespace pycnn::cpu::PYCNN_ISA {
 
-#if PYCNN_X86_DISPATCH
+#if PYCNN_LEGACY_AVX512  // being ported to simd/vec.h
 namespace {
 
 constexpr int64_t kTiles = 32;  // tiles per block: two 16-lane vectors
@@ -518,9 +515,9 @@ bool conv2d_forward_winograd_f32(const Conv2dShape& s, const float* x, const flo
 }
 
 #else
-bool winograd_applies(const Conv2dShape&) { return false; }
+const char* winograd_forward_kernel(const Conv2dShape&) { return nullptr; }
 bool conv2d_forward_winograd_f32(const Conv2dShape&, const float*, const float*, const float*, float*) { return false; }
 bool conv2d_backward_weight_winograd_f32(const Conv2dShape&, const float*, const float*, float*) { return false; }
 #endif
 
-}  // namespace pycnn::cpu
+}  // namespace pycnn::cpu::PYCNN_ISA

@@ -1,0 +1,285 @@
+// The vector layer every fast CPU kernel is written on, once, for every target.
+//
+// A kernel source (csrc/cpu/*.cpp) is compiled once per target by CMake (pycnn_add_isa in
+// CMakeLists.txt) with PYCNN_ISA set to avx512, avx2, neon or generic. Everything it defines
+// lives in namespace pycnn::cpu::PYCNN_ISA, so the four builds of one template never share a
+// mangled name: the linker cannot keep the AVX-512 copy of a kernel and run it on an AVX2 CPU.
+// csrc/cpu/isa.cpp picks one target's kernel table at import.
+//
+// Why a pragma rather than -mavx2 on the whole file: -m flags would also compile the standard
+// library templates the file instantiates (std::vector, std::sort, std::function...) for that
+// target, and those are weak symbols merged across targets by the linker (checked with objdump:
+// with -mavx2 std::sort's helpers came out as AVX code, with the pragma as baseline code). The
+// pragma below starts after every standard header, so only the kernel code gets the target's
+// instructions. Rule: include this header LAST in a kernel source.
+//
+// The vectors are GCC/Clang vector extensions, `vec<T>` = kVectorBytes / sizeof(T) lanes of T:
+// + - * / compare and ?: work lane-wise; loads and stores go through memcpy (unaligned). A few
+// per-target intrinsics: fma, and loads/stores of a lane range (the zero padding of convs).
+#pragma once
+
+#if !defined(PYCNN_ISA)
+#error "kernel sources are compiled per target: define PYCNN_ISA (avx512, avx2, neon or generic)"
+#endif
+
+#include <algorithm>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <type_traits>
+#include <utility>
+
+#if defined(PYCNN_ISA_AVX512) || defined(PYCNN_ISA_AVX2)
+#include <immintrin.h>
+#elif defined(PYCNN_ISA_NEON)
+#include <arm_neon.h>
+#endif
+
+// ---- the target's instructions, from here to the end of the file ---------------------------
+#if defined(PYCNN_ISA_AVX512)
+#pragma GCC target("avx512f,avx512vl,avx512dq,avx512bw,avx2,fma,bmi,bmi2,prefer-vector-width=512")
+#elif defined(PYCNN_ISA_AVX2)
+#pragma GCC target("avx2,fma,bmi,bmi2")
+#endif
+// neon: baseline on aarch64, no pragma needed. generic: the baseline of the build (SSE2 on x86-64).
+
+#define PYCNN_INLINE inline __attribute__((always_inline))
+
+namespace pycnn::cpu::PYCNN_ISA {
+
+#if defined(PYCNN_ISA_AVX512)
+constexpr int kVectorBytes = 64;
+constexpr int kRegisters = 32;
+constexpr const char* kIsaName = "avx512";
+#elif defined(PYCNN_ISA_AVX2)
+constexpr int kVectorBytes = 32;
+constexpr int kRegisters = 16;
+constexpr const char* kIsaName = "avx2";
+#elif defined(PYCNN_ISA_NEON)
+constexpr int kVectorBytes = 16;
+constexpr int kRegisters = 32;
+constexpr const char* kIsaName = "neon";
+#else
+constexpr int kVectorBytes = 16;
+constexpr int kRegisters = 16;
+constexpr const char* kIsaName = "generic";
+#endif
+
+template <typename T>
+constexpr int kLanesOf = kVectorBytes / int(sizeof(T));
+
+template <typename T>
+struct VecOf;
+template <>
+struct VecOf<float> {
+  typedef float type __attribute__((vector_size(kVectorBytes)));
+  typedef int32_t mask __attribute__((vector_size(kVectorBytes)));
+};
+template <>
+struct VecOf<double> {
+  typedef double type __attribute__((vector_size(kVectorBytes)));
+  typedef int64_t mask __attribute__((vector_size(kVectorBytes)));
+};
+template <typename T>
+using vec = typename VecOf<T>::type;
+// Lane-wise comparison results (all bits set = true) and integer lane indices.
+template <typename T>
+using vmask = typename VecOf<T>::mask;
+// The lane type of a vector (functions that take only vectors deduce it from them).
+template <typename V>
+using lane_t = std::remove_cv_t<std::remove_reference_t<decltype(std::declval<V>()[0])>>;
+
+template <typename T>
+PYCNN_INLINE vec<T> zero() {
+  return vec<T>{};
+}
+template <typename T>
+PYCNN_INLINE vec<T> broadcast(T x) {
+  return vec<T>{} + x;
+}
+template <typename T>
+PYCNN_INLINE vec<T> load(const T* p) {
+  vec<T> v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+template <typename T, typename V>
+PYCNN_INLINE void store(T* p, V v) {
+  static_assert(std::is_same_v<V, vec<T>>, "store: vector and pointer types differ");
+  std::memcpy(p, &v, sizeof(v));
+}
+
+// a * b + c, fused where the target has FMA (one rounding; the generic build rounds twice).
+PYCNN_INLINE vec<float> fma(vec<float> a, vec<float> b, vec<float> c) {
+#if defined(PYCNN_ISA_AVX512)
+  return _mm512_fmadd_ps(a, b, c);
+#elif defined(PYCNN_ISA_AVX2)
+  return _mm256_fmadd_ps(a, b, c);
+#elif defined(PYCNN_ISA_NEON)
+  return vfmaq_f32(c, a, b);
+#else
+  return a * b + c;
+#endif
+}
+PYCNN_INLINE vec<double> fma(vec<double> a, vec<double> b, vec<double> c) {
+#if defined(PYCNN_ISA_AVX512)
+  return _mm512_fmadd_pd(a, b, c);
+#elif defined(PYCNN_ISA_AVX2)
+  return _mm256_fmadd_pd(a, b, c);
+#elif defined(PYCNN_ISA_NEON)
+  return vfmaq_f64(c, a, b);
+#else
+  return a * b + c;
+#endif
+}
+
+// {0, 1, 2, ...}: lane indices, for lane masks built by comparison.
+template <typename T, size_t... I>
+PYCNN_INLINE vmask<T> iota_impl(std::index_sequence<I...>) {
+  return vmask<T>{typename std::remove_reference<decltype(vmask<T>{}[0])>::type(I)...};
+}
+template <typename T>
+PYCNN_INLINE vmask<T> lane_index() {
+  return iota_impl<T>(std::make_index_sequence<kLanesOf<T>>());
+}
+
+// Lanes [lo, hi) of p (p[lo] .. p[hi-1]); the other lanes are 0 and their memory is never read,
+// so p + lane may point outside the tensor for lanes outside the range. lo, hi are clamped to
+// [0, lanes].
+template <typename T>
+PYCNN_INLINE vec<T> load_range(const T* p, int64_t lo, int64_t hi) {
+  constexpr int L = kLanesOf<T>;
+  lo = std::clamp<int64_t>(lo, 0, L);
+  hi = std::clamp<int64_t>(hi, lo, L);
+  if (lo == 0 && hi == L) return load(p);
+#if defined(PYCNN_ISA_AVX512)
+  const auto m = static_cast<uint32_t>(((uint64_t(1) << hi) - 1) & ~((uint64_t(1) << lo) - 1));
+  const uintptr_t a = reinterpret_cast<uintptr_t>(p);  // lanes off the mask are not dereferenced
+  if constexpr (sizeof(T) == 4) return _mm512_maskz_loadu_ps(__mmask16(m), reinterpret_cast<const float*>(a));
+  else return _mm512_maskz_loadu_pd(__mmask8(m), reinterpret_cast<const double*>(a));
+#elif defined(PYCNN_ISA_AVX2)
+  using I = lane_t<vmask<T>>;
+  const vmask<T> idx = lane_index<T>();
+  const vmask<T> m = (idx >= I(lo)) & (idx < I(hi));
+  const uintptr_t a = reinterpret_cast<uintptr_t>(p);
+  if constexpr (sizeof(T) == 4) return _mm256_maskload_ps(reinterpret_cast<const float*>(a), __m256i(m));
+  else return _mm256_maskload_pd(reinterpret_cast<const double*>(a), __m256i(m));
+#else
+  T buf[L] = {};
+  if (hi > lo) std::memcpy(buf + lo, reinterpret_cast<const T*>(reinterpret_cast<uintptr_t>(p) + lo * sizeof(T)),
+                           size_t(hi - lo) * sizeof(T));
+  return load(buf);
+#endif
+}
+
+// p[lane] = v[lane] for lanes [0, n) (clamped); memory past p + n is not touched.
+template <typename T, typename V>
+PYCNN_INLINE void store_first(T* p, V v, int64_t n) {
+  static_assert(std::is_same_v<V, vec<T>>, "store_first: vector and pointer types differ");
+  constexpr int L = kLanesOf<T>;
+  n = std::clamp<int64_t>(n, 0, L);
+  if (n == L) return store(p, v);
+#if defined(PYCNN_ISA_AVX512)
+  const auto m = static_cast<uint32_t>((uint64_t(1) << n) - 1);
+  if constexpr (sizeof(T) == 4) _mm512_mask_storeu_ps(p, __mmask16(m), v);
+  else _mm512_mask_storeu_pd(p, __mmask8(m), v);
+#elif defined(PYCNN_ISA_AVX2)
+  const vmask<T> m = lane_index<T>() < lane_t<vmask<T>>(n);
+  if constexpr (sizeof(T) == 4) _mm256_maskstore_ps(p, __m256i(m), v);
+  else _mm256_maskstore_pd(p, __m256i(m), v);
+#else
+  T buf[L];
+  store(buf, v);
+  std::memcpy(p, buf, size_t(n) * sizeof(T));
+#endif
+}
+
+// The first n lanes of p (the rest 0); never reads past p + n.
+template <typename T>
+PYCNN_INLINE vec<T> load_first(const T* p, int64_t n) {
+  return load_range(p, 0, n);
+}
+
+// Lane-wise select: m ? a : b (m from a comparison of vectors).
+template <typename M, typename V>
+PYCNN_INLINE V select(M m, V a, V b) {
+  return m ? a : b;
+}
+template <typename V>
+PYCNN_INLINE V max(V a, V b) {
+  return a > b ? a : b;
+}
+
+// Sum of the lanes in a fixed order (halves added pairwise), the same on every call.
+template <typename V>
+PYCNN_INLINE lane_t<V> reduce_add(V v) {
+  using T = lane_t<V>;
+  constexpr int L = kLanesOf<T>;
+  T a[L];
+  store(a, v);
+  for (int w = L / 2; w >= 1; w /= 2)
+    for (int i = 0; i < w; ++i) a[i] += a[i + w];
+  return a[0];
+}
+
+// ---- shuffles with compile-time patterns -----------------------------------------------
+// The lanes of the pair (a, b) numbered 0 .. 2L-1 (a first); the result takes lane f(i).
+template <typename T, typename F, size_t... I>
+PYCNN_INLINE vec<T> shuffle2_impl(vec<T> a, vec<T> b, std::index_sequence<I...>) {
+  using E = typename std::remove_reference<decltype(vmask<T>{}[0])>::type;
+  constexpr vmask<T> idx = {E(F::at(I))...};
+#if defined(__clang__)
+  return __builtin_shufflevector(a, b, F::at(I)...);
+#else
+  return __builtin_shuffle(a, b, idx);
+#endif
+}
+struct EvenPattern { static constexpr int at(size_t i) { return int(2 * i); } };
+struct OddPattern { static constexpr int at(size_t i) { return int(2 * i + 1); } };
+template <int L>
+struct InterleaveLoPattern { static constexpr int at(size_t i) { return int(i / 2 + (i % 2) * L); } };
+template <int L>
+struct InterleaveHiPattern { static constexpr int at(size_t i) { return int(L / 2 + i / 2 + (i % 2) * L); } };
+
+// Even lanes of the pair: {a0, a2, ..., b0, b2, ...} (a row read at stride 2).
+template <typename V>
+PYCNN_INLINE V even_lanes(V a, V b) {
+  using T = lane_t<V>;
+  return shuffle2_impl<T, EvenPattern>(a, b, std::make_index_sequence<kLanesOf<T>>());
+}
+template <typename V>
+PYCNN_INLINE V odd_lanes(V a, V b) {
+  using T = lane_t<V>;
+  return shuffle2_impl<T, OddPattern>(a, b, std::make_index_sequence<kLanesOf<T>>());
+}
+// {a0, b0, a1, b1, ...} for the first half of the lanes, and for the second half.
+template <typename V>
+PYCNN_INLINE V interleave_lo(V a, V b) {
+  using T = lane_t<V>;
+  return shuffle2_impl<T, InterleaveLoPattern<kLanesOf<T>>>(a, b, std::make_index_sequence<kLanesOf<T>>());
+}
+template <typename V>
+PYCNN_INLINE V interleave_hi(V a, V b) {
+  using T = lane_t<V>;
+  return shuffle2_impl<T, InterleaveHiPattern<kLanesOf<T>>>(a, b, std::make_index_sequence<kLanesOf<T>>());
+}
+
+// Lanes [first, first + n) of a row read at stride sw (1 or 2): lane t = row[first + t*sw] for
+// t in [lo, hi), 0 elsewhere; elements outside those lanes are never read (row + first may
+// point outside the tensor). Stride 2 loads the even elements of 2L and compacts them.
+template <typename T>
+PYCNN_INLINE vec<T> load_row_strided(const T* row, int64_t first, int64_t lo, int64_t hi, int64_t sw) {
+  constexpr int L = kLanesOf<T>;
+  const T* p = reinterpret_cast<const T*>(reinterpret_cast<uintptr_t>(row) + first * int64_t(sizeof(T)));
+  if (sw == 1) return load_range(p, lo, hi);
+  // Element 2t lies in the first vector for t < L/2; the odd elements in between may be read
+  // only where they are inside [2 lo, 2 hi - 1) (so never outside the live range).
+  lo = std::clamp<int64_t>(lo, 0, L);
+  hi = std::clamp<int64_t>(hi, lo, L);
+  const vec<T> a = load_range(p, 2 * lo, 2 * hi - 1);
+  const vec<T> b = load_range(reinterpret_cast<const T*>(reinterpret_cast<uintptr_t>(p) + L * sizeof(T)),
+                              2 * lo - L, 2 * hi - 1 - L);
+  return even_lanes(a, b);
+}
+
+}  // namespace pycnn::cpu::PYCNN_ISA
