@@ -470,6 +470,20 @@ def _dtype_name(dt) -> str:
     return str(dt).replace("torch.", "")
 
 
+def cpu_flags() -> str:
+    """The SIMD features of this CPU that matter to the kernels (from /proc/cpuinfo)."""
+    wanted = ("avx2", "fma", "avx512f", "avx512vl", "avx512dq", "avx512bw", "asimd", "sve")
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith(("flags", "Features")):
+                    have = set(line.split(":", 1)[1].split())
+                    return " ".join(w for w in wanted if w in have) or "none of " + " ".join(wanted)
+    except OSError:
+        pass
+    return "unknown"
+
+
 def header_lines(settings: Settings, peaks: Optional[Peaks]) -> List[str]:
     import pycnn
     when = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
@@ -481,6 +495,9 @@ def header_lines(settings: Settings, peaks: Optional[Peaks]) -> List[str]:
         f"device {settings.device}, dtype {_dtype_name(settings.dtype)}"
         + (f", repeat {settings.repeat}" + (" (quick)" if settings.quick else "")),
     ]
+    if not settings.cuda:
+        lines.append(f"CPU target: pycnn {pycnn.cpu_isa()} (of {', '.join(pycnn._C.available_isas())} on this CPU), "
+                     f"torch {torch.backends.cpu.get_cpu_capability()}; CPU flags: {cpu_flags()}")
     if settings.cuda:
         lines.append("CUDA timing with torch.cuda.Event; TF32 disabled for torch's matmul and cuDNN")
     if peaks is not None:

@@ -35,6 +35,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--repeat", type=int, help="timed pairs per case (default 15, --quick 5)")
     p.add_argument("--quick", action="store_true", help="fewer repeats and a time cap per case")
     p.add_argument("--threads", type=int, help="torch (and so pycnn) thread count")
+    p.add_argument("--isa", choices=("avx512", "avx2", "neon", "generic"),
+                   help="pycnn's CPU target (default: the best this CPU runs; see pycnn.cpu_isa())")
     p.add_argument("--markdown", action="store_true", help="print a markdown table (for the README)")
     p.add_argument("--out", metavar="FILE", help="also write the markdown table to FILE")
     p.add_argument("--list", action="store_true", help="list the cases and exit")
@@ -47,7 +49,10 @@ def main(argv=None) -> int:
     if args.repeat is not None and args.repeat < 1:
         print(f"bench: --repeat must be >= 1, got {args.repeat}", file=sys.stderr)
         return 2
-    chosen = bench_cases.select(bench_cases.all_cases(args.device), args.filter)
+    if args.isa:  # before pycnn is imported (cases run in subprocesses see it too)
+        os.environ["PYCNN_CPU_ISA"] = args.isa
+    # Listing and filtering need names only: targets depend on the target, use avx2's here.
+    chosen = bench_cases.select(bench_cases.all_cases(args.device, "avx2"), args.filter)
     if args.list:
         for c in chosen:
             print(f"{c.name:<34} {c.shape}")
@@ -75,6 +80,13 @@ def main(argv=None) -> int:
     except ImportError as e:
         print(f"bench: cannot import pycnn ({e}); build it first (scripts/dev_build.sh)", file=sys.stderr)
         return 1
+    if args.isa and pycnn.cpu_isa() != args.isa:  # pycnn was imported before --isa was read
+        try:
+            pycnn._C.set_cpu_isa(args.isa)
+        except ValueError as e:
+            print(f"bench: --isa {args.isa}: {e}", file=sys.stderr)
+            return 2
+    chosen = bench_cases.select(bench_cases.all_cases(args.device, pycnn.cpu_isa()), args.filter)
     if args.device == "cuda" and not pycnn.cuda_available():
         print("bench: --device cuda, but this pycnn build has no CUDA kernels (pycnn._C_cuda); "
               "rebuild with scripts/dev_build.sh cuda. Nothing to time.")

@@ -1,4 +1,5 @@
-"""The native GEMM (pycnn._C.gemm) against its plain-loop reference and torch, every micro-kernel.
+"""The native GEMM (pycnn._C.gemm) against its plain-loop reference and torch, on every CPU target
+this machine runs (each target has its own micro-kernel and register tile).
 
 Matrices live inside larger buffers so leading dimensions exceed the logical widths; C starts
 as NaN where beta == 0 (the contract says it is then not read).
@@ -19,17 +20,13 @@ def _tol(dtype, K):
     """Rounding of a length-K dot product of unit normals grows ~ eps * K in the worst case."""
     eps = torch.finfo(dtype).eps
     return dict(rtol=100 * eps, atol=4 * eps * (K + 4))
-VARIANTS = {1: "portable", 2: "avx2", 3: "avx512"}
-
-
-@pytest.fixture(params=sorted(VARIANTS), ids=lambda v: VARIANTS[v])
+@pytest.fixture(params=_C.available_isas())
 def variant(request):
-    name = _C.gemm_select_kernel(request.param)
-    if name != VARIANTS[request.param]:
-        _C.gemm_select_kernel(0)
-        pytest.skip(f"this CPU lacks the {VARIANTS[request.param]} micro-kernel")
-    yield name
-    _C.gemm_select_kernel(0)
+    previous = _C.set_cpu_isa(request.param)
+    try:
+        yield request.param
+    finally:
+        _C.set_cpu_isa(previous)
 
 
 def _operands(M, N, K, ta, tb, dtype, pad=(0, 0, 0), gen=None):
@@ -120,7 +117,11 @@ def test_gemm_same_bits_for_any_thread_count():
     assert torch.equal(outs[0], outs[1]) and torch.equal(outs[0], outs[2])
 
 
-def test_gemm_select_kernel_rejects_unknown_variant():
-    with pytest.raises(ValueError, match="0..3"):
-        _C.gemm_select_kernel(7)
-    assert _C.gemm_select_kernel(0) in VARIANTS.values()
+def test_set_cpu_isa_rejects_unknown_and_unavailable_targets():
+    with pytest.raises(ValueError, match="unknown target"):
+        _C.set_cpu_isa("avx9")
+    missing = [n for n in ("generic", "neon", "avx2", "avx512") if n not in _C.available_isas()]
+    for name in missing:
+        with pytest.raises(ValueError, match=name):
+            _C.set_cpu_isa(name)
+    assert _C.cpu_isa() == pycnn.cpu_isa()

@@ -1,7 +1,7 @@
 // pybind11 bindings of the CUDA kernels (module pycnn._C_cuda): the same op names, arguments
 // and dtype codes as the CPU module _C (csrc/bindings.cpp), each with one extra first argument,
 // the CUDA stream to launch on (torch.cuda.current_stream().cuda_stream, an int). CPU-only
-// helpers (threads, gemm_reference, gemm_select_kernel) have no CUDA twin.
+// helpers (threads, gemm_reference, the CPU target switch) have no CUDA twin.
 // Pointers are device pointers; the Python layer (pycnn/_ops/native.py) has checked every size,
 // dtype and device, made inputs contiguous and made the tensors' device current. The kernels
 // only enqueue work (max_unpool2d_forward excepted, see pool.cu), and the GIL is released

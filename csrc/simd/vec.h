@@ -93,9 +93,15 @@ template <typename T>
 PYCNN_INLINE vec<T> zero() {
   return vec<T>{};
 }
+// Every lane = x (a lane-list initialiser: `vec<T>{} + x` would add 0, one more instruction and
+// -0.0 turned into +0.0).
+template <typename T, size_t... I>
+PYCNN_INLINE vec<T> broadcast_impl(T x, std::index_sequence<I...>) {
+  return vec<T>{((void)I, x)...};
+}
 template <typename T>
 PYCNN_INLINE vec<T> broadcast(T x) {
-  return vec<T>{} + x;
+  return broadcast_impl<T>(x, std::make_index_sequence<kLanesOf<T>>());
 }
 template <typename T>
 PYCNN_INLINE vec<T> load(const T* p) {

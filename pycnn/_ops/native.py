@@ -38,6 +38,14 @@ def get_workspace_limit() -> int:
     return _workspace_limit_bytes
 
 
+def cpu_isa() -> str:
+    """The CPU target pycnn's kernels run on: "avx512", "avx2", "neon" or "generic".
+
+    Chosen once at import: the best target this CPU runs, or a lower one named by the
+    environment variable PYCNN_CPU_ISA (naming a target this CPU lacks fails the import)."""
+    return _C.cpu_isa()
+
+
 def cuda_available() -> bool:
     return _C_cuda is not None
 
