@@ -1,0 +1,299 @@
+// pycnn_selftest: every CPU kernel, on every target this CPU runs, against plain reference loops
+// written here (float and double, odd shapes, padding, stride, dilation, groups). No Python and
+// no torch, so it runs natively on each x86 target and under qemu-aarch64 for NEON (CI does both).
+//
+//   pycnn_selftest            all targets this CPU runs
+//   pycnn_selftest avx2       one target
+// Exit status 0 when every comparison passes; each failure prints one line.
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "common/parallel.h"
+#include "cpu/kernels.h"
+
+using pycnn::Conv2dShape;
+using pycnn::Pool2dShape;
+using pycnn::cpu::ops;
+
+namespace {
+
+int g_failures = 0, g_checks = 0;
+
+template <typename T>
+std::vector<T> random_vector(size_t n, uint32_t seed) {
+  std::mt19937 gen(seed);
+  std::normal_distribution<double> d(0.0, 1.0);
+  std::vector<T> v(n);
+  for (auto& x : v) x = T(d(gen));
+  return v;
+}
+
+template <typename T>
+const char* type_name() {
+  return sizeof(T) == 4 ? "float" : "double";
+}
+
+// max |a - b| <= tol * (1 + max |b|): kernels and references sum in different orders.
+template <typename T>
+void expect_close(const std::string& what, const std::vector<T>& got, const std::vector<double>& want) {
+  ++g_checks;
+  double err = 0, scale = 0;
+  for (size_t i = 0; i < want.size(); ++i) {
+    const double e = std::fabs(double(got[i]) - want[i]);
+    err = std::isnan(e) ? INFINITY : std::max(err, e);
+    scale = std::max(scale, std::fabs(want[i]));
+  }
+  const double tol = (sizeof(T) == 4 ? 2e-5 : 1e-12) * (1 + scale);
+  if (!(err <= tol)) {
+    ++g_failures;
+    std::printf("FAIL %s (%s): max error %.3g > %.3g\n", what.c_str(), type_name<T>(), err, tol);
+  }
+}
+
+std::string describe(const Conv2dShape& s) {
+  char b[200];
+  std::snprintf(b, sizeof b, "N%lld C%lld %lldx%lld K%lld k%lldx%lld s%lld,%lld p%lld,%lld d%lld,%lld g%lld",
+                (long long)s.N, (long long)s.C, (long long)s.H, (long long)s.W, (long long)s.K, (long long)s.kh,
+                (long long)s.kw, (long long)s.sh, (long long)s.sw, (long long)s.ph, (long long)s.pw,
+                (long long)s.dh, (long long)s.dw, (long long)s.groups);
+  return b;
+}
+
+// ---- GEMM ----------------------------------------------------------------------------------
+template <typename T>
+void check_gemm(const char* isa) {
+  const int64_t sizes[][3] = {{1, 1, 1}, {7, 13, 5}, {6, 16, 32}, {12, 32, 64}, {37, 41, 600}, {200, 70, 1100}};
+  for (auto& mnk : sizes)
+    for (int ta = 0; ta < 2; ++ta)
+      for (int tb = 0; tb < 2; ++tb) {
+        const int64_t M = mnk[0], N = mnk[1], K = mnk[2];
+        const int64_t lda = (ta ? M : K) + 3, ldb = (tb ? K : N) + 1, ldc = N + 2;
+        const auto A = random_vector<T>(size_t((ta ? K : M) * lda), 1), B = random_vector<T>(size_t((tb ? N : K) * ldb), 2);
+        for (double beta : {0.0, 0.5}) {
+          auto C = random_vector<T>(size_t(M * ldc), 3), R = C;
+          ops<T>().gemm(ta, tb, M, N, K, T(1.5), A.data(), lda, B.data(), ldb, T(beta), C.data(), ldc);
+          ops<T>().gemm_reference(ta, tb, M, N, K, T(1.5), A.data(), lda, B.data(), ldb, T(beta), R.data(), ldc);
+          std::vector<double> want(R.begin(), R.end());
+          char what[120];
+          std::snprintf(what, sizeof what, "%s gemm M%lld N%lld K%lld ta%d tb%d beta%g", isa, (long long)M, (long long)N,
+                        (long long)K, ta, tb, beta);
+          expect_close<T>(what, C, want);
+        }
+      }
+}
+
+// ---- convolution, by its definition --------------------------------------------------------
+template <typename T>
+void reference_conv(const Conv2dShape& s, const std::vector<T>& x, const std::vector<T>& w, const std::vector<T>& gy,
+                    std::vector<double>& y, std::vector<double>& gx, std::vector<double>& gw) {
+  const int64_t Cg = s.C / s.groups, Kg = s.K / s.groups;
+  y.assign(size_t(s.N * s.K * s.OH * s.OW), 0.0);
+  gx.assign(x.size(), 0.0);
+  gw.assign(w.size(), 0.0);
+  for (int64_t n = 0; n < s.N; ++n)
+    for (int64_t k = 0; k < s.K; ++k)
+      for (int64_t oh = 0; oh < s.OH; ++oh)
+        for (int64_t ow = 0; ow < s.OW; ++ow) {
+          const int64_t yi = ((n * s.K + k) * s.OH + oh) * s.OW + ow;
+          for (int64_t c = 0; c < Cg; ++c)
+            for (int64_t i = 0; i < s.kh; ++i)
+              for (int64_t j = 0; j < s.kw; ++j) {
+                const int64_t h = oh * s.sh - s.ph + i * s.dh, v = ow * s.sw - s.pw + j * s.dw;
+                if (h < 0 || h >= s.H || v < 0 || v >= s.W) continue;
+                const int64_t xi = ((n * s.C + (k / Kg) * Cg + c) * s.H + h) * s.W + v;
+                const int64_t wi = ((k * Cg + c) * s.kh + i) * s.kw + j;
+                y[size_t(yi)] += double(x[size_t(xi)]) * double(w[size_t(wi)]);
+                gx[size_t(xi)] += double(gy[size_t(yi)]) * double(w[size_t(wi)]);
+                gw[size_t(wi)] += double(gy[size_t(yi)]) * double(x[size_t(xi)]);
+              }
+        }
+}
+
+Conv2dShape conv_shape(int64_t N, int64_t C, int64_t H, int64_t W, int64_t K, int64_t kh, int64_t kw, int64_t sh,
+                       int64_t sw, int64_t ph, int64_t pw, int64_t dh, int64_t dw, int64_t groups) {
+  Conv2dShape s{N, C, H, W, K, 0, 0, kh, kw, sh, sw, ph, pw, dh, dw, groups};
+  s.OH = (H + 2 * ph - dh * (kh - 1) - 1) / sh + 1;
+  s.OW = (W + 2 * pw - dw * (kw - 1) - 1) / sw + 1;
+  return s;
+}
+
+template <typename T>
+void check_conv(const char* isa, const Conv2dShape& s, uint32_t seed) {
+  const auto x = random_vector<T>(size_t(s.N * s.C * s.H * s.W), seed);
+  const auto w = random_vector<T>(size_t(s.K * s.C_per_group() * s.kh * s.kw), seed + 1);
+  const auto gy = random_vector<T>(size_t(s.N * s.K * s.OH * s.OW), seed + 2);
+  std::vector<double> ry, rgx, rgw;
+  reference_conv(s, x, w, gy, ry, rgx, rgw);
+  std::vector<T> ws(size_t(std::max<int64_t>(1, s.N * s.C * s.kh * s.kw * s.OH * s.OW)));
+  std::vector<T> y(ry.size()), gx(x.size()), gw(w.size()), gb(size_t(s.K));
+  const bool depthwise = s.groups == s.C && s.groups > 1;
+  const std::string d = std::string(isa) + " conv " + describe(s);
+  if (depthwise) {
+    ops<T>().depthwise_conv2d_forward(s, x.data(), w.data(), nullptr, y.data());
+    ops<T>().depthwise_conv2d_backward_input(s, gy.data(), w.data(), gx.data());
+    ops<T>().depthwise_conv2d_backward_weight(s, x.data(), gy.data(), gw.data(), gb.data());
+    expect_close<T>(d + " depthwise forward", y, ry);
+    expect_close<T>(d + " depthwise input grad", gx, rgx);
+    expect_close<T>(d + " depthwise weight grad", gw, rgw);
+  }
+  ops<T>().conv2d_forward(s, x.data(), w.data(), nullptr, y.data(), ws.data(), int64_t(ws.size()));
+  ops<T>().conv2d_backward_input(s, gy.data(), w.data(), gx.data(), ws.data(), int64_t(ws.size()));
+  ops<T>().conv2d_backward_weight(s, x.data(), gy.data(), gw.data(), gb.data(), ws.data(), int64_t(ws.size()));
+  const char* algo = pycnn::cpu::kernels().conv2d_forward_algorithm(s, sizeof(T) == 4);
+  expect_close<T>(d + " forward (" + algo + ")", y, ry);
+  expect_close<T>(d + " input grad", gx, rgx);
+  expect_close<T>(d + " weight grad", gw, rgw);
+  std::vector<double> rgb(size_t(s.K), 0.0);
+  for (int64_t n = 0; n < s.N; ++n)
+    for (int64_t k = 0; k < s.K; ++k)
+      for (int64_t p = 0; p < s.OH * s.OW; ++p) rgb[size_t(k)] += gy[size_t((n * s.K + k) * s.OH * s.OW + p)];
+  expect_close<T>(d + " bias grad", gb, rgb);
+}
+
+template <typename T>
+void check_convs(const char* isa) {
+  const Conv2dShape shapes[] = {
+      // Winograd shapes (3x3 stride 1, 4+ channels): tiles, partial tiles, tiny maps
+      conv_shape(2, 16, 8, 8, 16, 3, 3, 1, 1, 1, 1, 1, 1, 1),
+      conv_shape(3, 8, 7, 5, 9, 3, 3, 1, 1, 1, 1, 1, 1, 1),
+      conv_shape(2, 12, 17, 19, 20, 3, 3, 1, 1, 0, 0, 1, 1, 1),
+      conv_shape(1, 8, 2, 3, 8, 3, 3, 1, 1, 2, 2, 1, 1, 1),
+      conv_shape(2, 33, 13, 21, 17, 3, 3, 1, 1, 1, 1, 1, 1, 1),
+      // direct / implicit-im2col shapes
+      conv_shape(2, 1, 28, 28, 6, 5, 5, 1, 1, 0, 0, 1, 1, 1),
+      conv_shape(2, 3, 11, 23, 5, 3, 3, 1, 1, 1, 1, 2, 2, 1),
+      conv_shape(2, 5, 9, 37, 7, 3, 3, 2, 2, 1, 1, 1, 1, 1),
+      conv_shape(2, 16, 16, 16, 32, 3, 3, 2, 2, 1, 1, 1, 1, 1),
+      conv_shape(2, 16, 10, 10, 20, 1, 1, 1, 1, 0, 0, 1, 1, 1),
+      conv_shape(2, 16, 10, 10, 20, 1, 1, 2, 2, 0, 0, 1, 1, 1),
+      conv_shape(2, 6, 9, 8, 9, 3, 2, 2, 1, 1, 2, 1, 2, 3),
+      conv_shape(2, 4, 16, 16, 6, 2, 2, 2, 2, 0, 0, 1, 1, 2),
+      conv_shape(1, 2, 13, 11, 3, 5, 4, 3, 3, 2, 1, 1, 2, 1),
+      conv_shape(2, 20, 12, 12, 20, 3, 3, 1, 1, 1, 1, 1, 1, 1),
+      // depthwise (groups == C)
+      conv_shape(2, 6, 15, 17, 6, 3, 3, 1, 1, 1, 1, 1, 1, 6),
+      conv_shape(2, 4, 15, 17, 8, 3, 3, 2, 2, 1, 1, 1, 1, 4),
+  };
+  uint32_t seed = 10;
+  for (const Conv2dShape& s : shapes) check_conv<T>(isa, s, seed += 3);
+}
+
+// ---- pooling, batch norm, linear -------------------------------------------------------------
+template <typename T>
+void check_pool(const char* isa) {
+  const Pool2dShape shapes[] = {
+      {3, 8, 8, 4, 4, 2, 2, 2, 2, 0, 0, 1, 1},        {2, 9, 37, 4, 18, 2, 2, 2, 2, 0, 0, 1, 1},
+      {2, 16, 34, 8, 17, 2, 2, 2, 2, 0, 0, 1, 1},     {2, 11, 13, 6, 7, 3, 3, 2, 2, 1, 1, 1, 1},
+      {2, 12, 12, 5, 5, 3, 3, 2, 2, 1, 1, 1, 1},
+  };
+  for (const Pool2dShape& s : shapes) {
+    auto x = random_vector<T>(size_t(s.planes * s.H * s.W), 7);
+    for (size_t i = 0; i < x.size(); i += 5) x[i] = x[i + 1 < x.size() ? i + 1 : i];  // ties
+    std::vector<T> y(size_t(s.planes * s.OH * s.OW));
+    std::vector<int64_t> idx(y.size());
+    ops<T>().max_pool2d_forward(s, x.data(), y.data(), idx.data());
+    std::vector<double> want(y.size());
+    bool index_ok = true;
+    for (int64_t p = 0; p < s.planes; ++p)
+      for (int64_t oh = 0; oh < s.OH; ++oh)
+        for (int64_t ow = 0; ow < s.OW; ++ow) {
+          double best = -INFINITY;
+          int64_t arg = -1;
+          for (int64_t i = 0; i < s.kh; ++i)
+            for (int64_t j = 0; j < s.kw; ++j) {
+              const int64_t h = oh * s.sh - s.ph + i * s.dh, v = ow * s.sw - s.pw + j * s.dw;
+              if (h < 0 || h >= s.H || v < 0 || v >= s.W) continue;
+              const double e = x[size_t((p * s.H + h) * s.W + v)];
+              if (arg < 0 || e > best) best = e, arg = h * s.W + v;
+            }
+          const size_t o = size_t((p * s.OH + oh) * s.OW + ow);
+          want[o] = best;
+          index_ok = index_ok && idx[o] == arg;
+        }
+    char what[120];
+    std::snprintf(what, sizeof what, "%s max_pool2d %lldx%lld k%lld s%lld", isa, (long long)s.H, (long long)s.W,
+                  (long long)s.kh, (long long)s.sh);
+    expect_close<T>(what, y, want);
+    ++g_checks;
+    if (!index_ok) ++g_failures, std::printf("FAIL %s (%s): indices differ\n", what, type_name<T>());
+  }
+}
+
+template <typename T>
+void check_batch_norm(const char* isa) {
+  const int64_t N = 3, C = 5, S = 37;
+  const auto x = random_vector<T>(size_t(N * C * S), 21);
+  std::vector<T> mean(C), var(C), invstd(C), y(x.size());
+  ops<T>().batch_norm_stats(N, C, S, x.data(), mean.data(), var.data());
+  std::vector<double> rmean(C, 0.0), rvar(C, 0.0), ry(x.size());
+  for (int64_t c = 0; c < C; ++c) {
+    for (int64_t n = 0; n < N; ++n)
+      for (int64_t i = 0; i < S; ++i) rmean[c] += x[size_t((n * C + c) * S + i)];
+    rmean[c] /= double(N * S);
+    for (int64_t n = 0; n < N; ++n)
+      for (int64_t i = 0; i < S; ++i) rvar[c] += std::pow(x[size_t((n * C + c) * S + i)] - rmean[c], 2);
+    rvar[c] /= double(N * S);
+    invstd[c] = T(1 / std::sqrt(rvar[c] + 1e-5));
+    for (int64_t n = 0; n < N; ++n)
+      for (int64_t i = 0; i < S; ++i)
+        ry[size_t((n * C + c) * S + i)] = (x[size_t((n * C + c) * S + i)] - double(mean[c])) * double(invstd[c]);
+  }
+  ops<T>().batch_norm_apply(N, C, S, x.data(), mean.data(), invstd.data(), nullptr, nullptr, y.data());
+  expect_close<T>(std::string(isa) + " batch_norm mean", mean, rmean);
+  expect_close<T>(std::string(isa) + " batch_norm var", var, rvar);
+  expect_close<T>(std::string(isa) + " batch_norm apply", y, ry);
+}
+
+template <typename T>
+void check_linear(const char* isa) {
+  const int64_t M = 9, N = 13, K = 35;
+  const auto x = random_vector<T>(size_t(M * K), 31), w = random_vector<T>(size_t(N * K), 32);
+  const auto b = random_vector<T>(size_t(N), 33);
+  std::vector<T> y(size_t(M * N));
+  ops<T>().linear_forward(M, N, K, x.data(), w.data(), b.data(), y.data());
+  std::vector<double> want(y.size());
+  for (int64_t i = 0; i < M; ++i)
+    for (int64_t j = 0; j < N; ++j) {
+      double acc = b[size_t(j)];
+      for (int64_t k = 0; k < K; ++k) acc += double(x[size_t(i * K + k)]) * double(w[size_t(j * K + k)]);
+      want[size_t(i * N + j)] = acc;
+    }
+  expect_close<T>(std::string(isa) + " linear", y, want);
+}
+
+template <typename T>
+void check_all(const char* isa) {
+  check_gemm<T>(isa);
+  check_convs<T>(isa);
+  check_pool<T>(isa);
+  check_batch_norm<T>(isa);
+  check_linear<T>(isa);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::vector<std::string> isas = argc > 1 ? std::vector<std::string>(argv + 1, argv + argc)
+                                           : pycnn::cpu::available_isas();
+  pycnn::set_num_threads(2);
+  for (const std::string& isa : isas) {
+    try {
+      pycnn::cpu::set_cpu_isa(isa);
+    } catch (const std::exception& e) {
+      std::printf("FAIL %s\n", e.what());
+      ++g_failures;
+      continue;
+    }
+    const int before = g_failures;
+    check_all<float>(isa.c_str());
+    check_all<double>(isa.c_str());
+    std::printf("%s: %s\n", isa.c_str(), g_failures == before ? "ok" : "FAILED");
+  }
+  std::printf("%d checks, %d failures\n", g_checks, g_failures);
+  return g_failures == 0 ? 0 : 1;
+}

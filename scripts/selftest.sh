@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# The C++ kernel self-test (csrc/cpu/selftest.cpp): every fast kernel against plain reference
+# loops, float and double, on every target the CPU runs. No Python, no torch.
+#   scripts/selftest.sh            native build, every target this CPU runs
+#   scripts/selftest.sh aarch64    cross-compiled (g++-aarch64-linux-gnu), run under qemu-aarch64:
+#                                  the neon and generic targets
+set -euo pipefail
+cd "$(dirname "$0")/.."
+what=${1:-native}
+if [ "$what" = aarch64 ]; then
+  dir=build/selftest-aarch64
+  extra=(-DCMAKE_TOOLCHAIN_FILE=cmake/aarch64-linux-gnu.cmake)
+  run=(qemu-aarch64 -L /usr/aarch64-linux-gnu)
+else
+  dir=build/selftest
+  extra=()
+  run=()
+fi
+generator=()
+command -v ninja >/dev/null 2>&1 && generator=(-G Ninja)
+cmake -S . -B "$dir" "${generator[@]}" -DCMAKE_BUILD_TYPE=Release -DPYCNN_PYTHON_MODULE=OFF -DPYCNN_SELFTEST=ON \
+  -DPYCNN_CUDA=OFF "${extra[@]}" >/dev/null
+cmake --build "$dir" --target pycnn_selftest >/dev/null
+"${run[@]}" "$dir/pycnn_selftest"
