@@ -206,6 +206,12 @@ def check_float_tensors(op: str, **tensors) -> torch.Tensor:
     Returns the first tensor, whose dtype and device the others follow.
     """
     ref_name, ref = next((k, v) for k, v in tensors.items() if v is not None)
+    # The common case first, in attribute reads that cost ~0.2 us each (t.device builds a
+    # torch.device: ~1 us, and this check runs on every call): all on the CPU, one float dtype.
+    dtype = ref.dtype
+    if ref.is_cpu and dtype in _DTYPE_CODE and all(
+            t is None or (t.is_cpu and t.dtype is dtype) for t in tensors.values()):
+        return ref
     codes = _DTYPE_CODE if ref.device.type != "cuda" or _C_cuda is None else _CUDA_DTYPE_CODE
     if ref.device.type not in ("cpu", "cuda"):
         raise RuntimeError(f"{op}: {ref_name} is on device {ref.device}; pycnn runs on cpu and cuda")
