@@ -4,7 +4,10 @@
 
 runs both functions on the same inputs in float32 and float64, compares outputs (tensors or
 tuples; integer outputs such as pooling indices must match exactly), then back-propagates the
-same random output gradient through both and compares every input gradient.
+same random output gradient through both and compares every input gradient. That is done twice
+per dtype: once with contiguous output gradients, once with non-contiguous ones (strided,
+transposed views, see noncontiguous_randn), as autograd hands a backward whatever layout the
+next op produced.
 """
 from __future__ import annotations
 
@@ -27,6 +30,20 @@ def _prepare(inputs, dtype, grad, device):
             t = t.to(device)
         prepared.append(t)
     return prepared
+
+
+def noncontiguous_randn(shape, generator, dtype, device="cpu"):
+    """Standard normal values of `shape` as a view that is not contiguous whenever it can be (any
+    dimension > 1): every other element of a buffer twice as large in each dimension, laid out
+    with the dimensions reversed (so also transposed)."""
+    n = len(shape)
+    if n == 0:
+        return torch.randn((), generator=generator, dtype=torch.float64).to(device=device, dtype=dtype)
+    big = torch.randn([2 * s for s in reversed(shape)], generator=generator, dtype=torch.float64)
+    big = big.to(device=device, dtype=dtype)  # cast the dense buffer: .to() on a view could copy it dense
+    view = big[(slice(None, None, 2),) * n].permute(*reversed(range(n)))
+    assert tuple(view.shape) == tuple(shape) and (view.numel() <= 1 or not view.is_contiguous())
+    return view
 
 
 def check_op(our_fn, torch_fn, inputs, grad=None, dtypes=DTYPES, device="cpu", tol=None, seed=0):
@@ -59,17 +76,23 @@ def check_op(our_fn, torch_fn, inputs, grad=None, dtypes=DTYPES, device="cpu", t
         wants = [t for t, g in zip(ours_in, grad) if g]
         if float_outs and wants:
             gen = torch.Generator().manual_seed(seed)
-            seeds = [torch.randn(r.shape, generator=gen, dtype=torch.float64).to(device=device, dtype=dtype)
-                     for _, r in float_outs]
-            ours_grads = torch.autograd.grad([o for o, _ in float_outs], wants, seeds, allow_unused=True)
+            contiguous = [torch.randn(r.shape, generator=gen, dtype=torch.float64).to(device=device, dtype=dtype)
+                          for _, r in float_outs]
+            strided = [noncontiguous_randn(r.shape, gen, dtype, device) for _, r in float_outs]
             ref_wants = [t for t, g in zip(ref_in, grad) if g]
-            ref_grads = torch.autograd.grad([r for _, r in float_outs], ref_wants, seeds, allow_unused=True)
-            for j, (go, gr) in enumerate(zip(ours_grads, ref_grads)):
-                if gr is None:
-                    assert go is None or not go.any(), f"gradient {j}: torch has none, ours is nonzero"
-                    continue
-                assert go is not None, f"gradient {j}: torch has one, ours is None"
-                torch.testing.assert_close(go, gr, **kw, msg=lambda m: f"{dtype} gradient of input {j}: {m}")
+            for layout, seeds in (("contiguous", contiguous), ("non-contiguous", strided)):
+                last = layout == "non-contiguous"
+                ours_grads = torch.autograd.grad([o for o, _ in float_outs], wants, seeds, allow_unused=True,
+                                                 retain_graph=not last)
+                ref_grads = torch.autograd.grad([r for _, r in float_outs], ref_wants, seeds, allow_unused=True,
+                                                retain_graph=not last)
+                for j, (go, gr) in enumerate(zip(ours_grads, ref_grads)):
+                    where = f"{dtype} gradient of input {j} ({layout} output gradient)"
+                    if gr is None:
+                        assert go is None or not go.any(), f"{where}: torch has none, ours is nonzero"
+                        continue
+                    assert go is not None, f"{where}: torch has one, ours is None"
+                    torch.testing.assert_close(go, gr, **kw, msg=lambda m, where=where: f"{where}: {m}")
         if dtype == torch.float64:
             result = ours
     return result

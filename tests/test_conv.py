@@ -125,12 +125,25 @@ def test_conv2d_deterministic_across_thread_counts():
         assert torch.equal(a, c)
 
 
-@settings(max_examples=30, deadline=None)
-@given(n=st.integers(0, 3), cg=st.integers(1, 3), kg=st.integers(1, 3), groups=st.integers(1, 3),
+# Output channels per group: mostly 1-3, sometimes up to 40 (more than one GEMM register tile).
+CHANNELS_PER_GROUP = st.one_of(st.integers(1, 3), st.integers(4, 40))
+# "free": every parameter drawn; "kernel_eq_stride": stride = kernel; "tiled": also no padding,
+# no dilation and an input a whole number of strides (col2im's permutation path).
+STRIDE_MODES = st.sampled_from(["free", "free", "kernel_eq_stride", "tiled"])
+
+
+@settings(max_examples=40, deadline=None)
+@given(n=st.integers(0, 3), cg=st.integers(1, 3), kg=CHANNELS_PER_GROUP, groups=st.integers(1, 3),
        h=st.integers(1, 9), w=st.integers(1, 9), kh=st.integers(1, 4), kw=st.integers(1, 4),
        sh=st.integers(1, 3), sw=st.integers(1, 3), ph=st.integers(0, 2), pw=st.integers(0, 2),
-       dh=st.integers(1, 2), dw=st.integers(1, 2), bias=st.booleans())
-def test_conv2d_property(n, cg, kg, groups, h, w, kh, kw, sh, sw, ph, pw, dh, dw, bias):
+       dh=st.integers(1, 2), dw=st.integers(1, 2), bias=st.booleans(), mode=STRIDE_MODES)
+def test_conv2d_property(n, cg, kg, groups, h, w, kh, kw, sh, sw, ph, pw, dh, dw, bias, mode):
+    if mode != "free":
+        sh, sw = kh, kw
+    if mode == "tiled":
+        ph = pw = 0
+        dh = dw = 1
+        h, w = kh * (1 + h // kh), kw * (1 + w // kw)
     assume(h + 2 * ph >= dh * (kh - 1) + 1 and w + 2 * pw >= dw * (kw - 1) + 1)
     x = torch.randn(n, cg * groups, h, w)
     wt = torch.randn(kg * groups, cg, kh, kw)

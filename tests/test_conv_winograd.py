@@ -9,6 +9,7 @@ import torch.nn.functional as F
 import pycnn
 import pycnn.functional as PF
 from pycnn import _C
+from isa import each_isa  # noqa: F401  (fixture)
 from reference import check_op
 
 
@@ -60,6 +61,41 @@ def test_conv_transpose2d_3x3_stride1_through_winograd():
     # input gradient conv2d's forward, its weight gradient conv2d's weight gradient.
     x, w = torch.randn(3, 16, 9, 12), torch.randn(16, 24, 3, 3)
     check_op(PF.conv_transpose2d, F.conv_transpose2d, [x, w, torch.randn(24), 1, 1])
+
+
+# Shapes along the Winograd kernels' edges. They run on every CPU (checked against torch through
+# whatever kernel takes them) and assert a Winograd kernel took them where one exists.
+# (N, C, H, W), K, padding, bias
+EDGE_CASES = [
+    ((1, 4, 5, 7), 4, 0, True),        # 3x5 output: the last tile row and column half outside
+    ((1, 4, 1, 1), 8, 1, False),       # 1x1 output: one tile, three quarters unused
+    ((2, 8, 2, 3), 4, 1, True),        # 2x3 output: smaller than a tile row pair
+    ((1, 8, 4, 5), 17, 0, False),      # 2x3 output without padding
+    ((3, 16, 3, 3), 16, 0, True),      # 1x1 output without padding
+    ((9, 16, 7, 9), 8, 1, False),      # many samples, odd maps
+    ((1, 17, 6, 6), 17, 2, True),      # 17 channels (off the 8/16 tiles), padding 2
+    ((2, 17, 9, 4), 64, 1, True),
+    ((1, 64, 5, 5), 64, 1, False),
+    ((4, 64, 3, 2), 16, 2, True),      # 5x4 output from a 3x2 input
+    ((12, 8, 3, 5), 8, 0, True),       # 1x3 outputs: blocks of tiles span many images
+    ((1, 16, 33, 35), 4, 1, False),    # 17 x 18 tiles: rows split across vectors and blocks
+    ((5, 4, 2, 2), 17, 2, False),
+    ((2, 64, 1, 1), 4, 1, True),
+    ((40, 8, 2, 3), 8, 1, False),      # 80 tiles from 40 images: the last block partial
+]
+
+
+@pytest.mark.parametrize("x_shape,K,padding,bias", EDGE_CASES)
+def test_winograd_edge_shapes_match_torch(each_isa, x_shape, K, padding, bias):
+    algorithm = _algorithm(x_shape, K, padding)
+    assert algorithm.startswith("winograd") or algorithm in ("direct", "im2col_gemm"), algorithm
+    if _algorithm((1, 8, 8, 8), 8, 1).startswith("winograd"):  # this CPU (and ISA) has Winograd
+        assert algorithm.startswith("winograd"), algorithm
+    g = torch.Generator().manual_seed(sum(x_shape) + K + padding)
+    x = torch.randn(*x_shape, generator=g)
+    w = torch.randn(K, x_shape[1], 3, 3, generator=g)
+    b = torch.randn(K, generator=g) if bias else None
+    check_op(PF.conv2d, F.conv2d, [x, w, b, 1, padding])
 
 
 def _forward_and_grads(x, w, b, padding):

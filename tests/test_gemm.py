@@ -11,7 +11,9 @@ import torch
 from hypothesis import given, settings, strategies as st
 
 import pycnn
+import pycnn.functional as PF
 from pycnn import _C
+from reference import check_op
 
 CODE = {torch.float32: _C.FLOAT32, torch.float64: _C.FLOAT64}
 
@@ -125,3 +127,75 @@ def test_set_cpu_isa_rejects_unknown_and_unavailable_targets():
         with pytest.raises(ValueError, match=name):
             _C.set_cpu_isa(name)
     assert _C.cpu_isa() == pycnn.cpu_isa()
+
+
+# ---- tiles and cache blocks, against torch -------------------------------------------------------
+# Register tiles (MR x NR): portable 4 x 8, AVX2 6 x 16 (float) / 6 x 8, AVX-512 12 or 8 x 32 / x 16.
+# Cache blocks: k blocks of KC = 512 (float) / 256 (double), made even; row blocks of MC = 64..192;
+# column blocks of NC = 4096 (float) / 2048 (double).
+TILE_SIZES = [
+    (96, 96, 64),      # full tiles for every MR (4, 6, 8, 12) and NR (8, 16, 32)
+    (48, 32, 7),
+    (37, 41, 19),      # edge tiles in both directions for every kernel
+    (97, 95, 5),       # one row / column past the full tiles
+    (11, 7, 3),        # smaller than one tile
+    (25, 50, 30),
+]
+BLOCK_SIZES = [
+    (13, 17, 513),     # two k blocks (float), three (double)
+    (29, 23, 1100),    # three k blocks (float), five (double): accumulation onto C across blocks
+    (200, 37, 33),     # M > 192: more than one row block for every kernel
+    (389, 19, 17),     # several row blocks, the last one ragged
+    (3, 4100, 9),      # N > 4096: two column blocks (float), three (double)
+    (7, 8300, 5),      # three column blocks (float), five (double)
+]
+
+
+def _check_against_torch(ta, tb, M, N, K, dtype, pad, alphas_betas, seed):
+    gen = torch.Generator().manual_seed(seed)
+    A, B, C = _operands(M, N, K, ta, tb, dtype, pad=pad, gen=gen)
+    for alpha, beta in alphas_betas:
+        ours = C.clone()
+        if beta == 0:
+            ours[:, :N] = float("nan")  # not read when beta == 0
+        _run(_C.gemm, ta, tb, M, N, K, alpha, A, B, beta, ours)
+        torch.testing.assert_close(ours[:, :N], _expected(ta, tb, M, N, K, alpha, A, B, beta, C), **_tol(dtype, K),
+                                   msg=lambda m: f"alpha={alpha} beta={beta}: {m}")
+        assert torch.equal(ours[:, N:], C[:, N:]), "wrote past N into C's padding columns"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("M,N,K", TILE_SIZES + BLOCK_SIZES)
+def test_gemm_tiles_and_blocks_match_torch(variant, dtype, M, N, K):
+    # beta == 0 (C not read: NaN there) and beta != 0, each with alpha != 1; every transpose.
+    alphas_betas = [(1.0, 0.0), (0.5, 1.0), (-2.0, 0.25)] if (M, N, K) in TILE_SIZES else [(0.5, 0.0), (-2.0, 0.25)]
+    for i, (ta, tb) in enumerate(itertools.product([False, True], repeat=2)):
+        _check_against_torch(ta, tb, M, N, K, dtype, (2 + i, 5 - i, 3), alphas_betas, seed=M + N + K + i)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("ta,tb", [(False, False), (True, True)])
+def test_gemm_all_blocks_at_once_match_torch(variant, dtype, ta, tb):
+    # More than one row, column and k block in the same call: C's blocks accumulate over k
+    # blocks at every (row block, column block), with ld > dims everywhere.
+    M, N, K = (197, 4099, 520) if dtype == torch.float32 else (101, 2053, 261)
+    _check_against_torch(ta, tb, M, N, K, dtype, (1, 3, 2), [(-2.0, 0.25)], seed=1)
+
+
+# (batch M, in features K, out features N). The forward is a GEMM of (M, N, K), the input
+# gradient (M, K, N), the weight gradient (N, K, M).
+LINEAR_SHAPES = [
+    (96, 64, 96),      # full tiles everywhere
+    (37, 19, 41),      # edge tiles everywhere
+    (200, 1100, 13),   # forward: 2 row blocks, 3 k blocks; input gradient: 2 row blocks
+    (3, 300, 4100),    # forward: 2 column blocks (3 in double); input gradient: 8+ k blocks;
+                       # weight gradient: 4100 rows, 20+ row blocks
+]
+
+
+@pytest.mark.parametrize("M,K,N", LINEAR_SHAPES)
+def test_linear_tiles_and_blocks_match_torch(variant, M, K, N):
+    g = torch.Generator().manual_seed(M + K + N)
+    x, w, b = torch.randn(M, K, generator=g), torch.randn(N, K, generator=g), torch.randn(N, generator=g)
+    tol = {dt: _tol(dt, max(M, K, N)) for dt in (torch.float32, torch.float64)}
+    check_op(PF.linear, torch.nn.functional.linear, [x, w, b], tol=tol)

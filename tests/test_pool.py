@@ -6,6 +6,7 @@ import torch.nn.functional as F
 from hypothesis import assume, given, settings, strategies as st
 
 import pycnn.functional as PF
+from isa import each_isa  # noqa: F401  (fixture)
 from reference import check_op, gradcheck
 
 NAN = float("nan")
@@ -364,3 +365,34 @@ def test_max_unpool2d_first_invalid_index_is_reported():
 def test_max_unpool2d_op_bad_output_size():
     with pytest.raises(ValueError, match=r"max_unpool2d: output_size must be positive, got \(0, 8\)"):
         torch.ops.pycnn.max_unpool2d(Y, IDX, [0, 8])
+
+
+# ---- the 2x2 stride-2 vector loop (8 outputs per step, scalar tail and ceil_mode edges) --------
+
+SPECIAL = torch.tensor([NAN, -math.inf, math.inf, 0.0, -0.0, 1.0, -1.0, 1.0])
+
+
+def _mixed_planes(n, c, h, w, seed):
+    """Planes of three kinds, cycling: distinct normals; small integers and signed zeros (ties);
+    NaN, +-inf, and ties among them (whole windows of -inf included)."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n * c, h, w, generator=g)
+    for p in range(n * c):
+        if p % 3 == 1:
+            x[p] = torch.randint(-2, 3, (h, w), generator=g).float()
+            x[p][torch.rand(h, w, generator=g) < 0.2] = -0.0
+        elif p % 3 == 2:
+            x[p] = SPECIAL[torch.randint(0, len(SPECIAL), (h, w), generator=g)]
+            x[p, :2, :4] = -math.inf   # the first two windows all -inf
+    return x.reshape(n, c, h, w)
+
+
+@pytest.mark.parametrize("width", range(2, 41))
+def test_max_pool2d_2x2_vector_loop(each_isa, monkeypatch, width):
+    # Widths 2..40: no full vector (< 16), exactly one or two (16, 32), vectors plus odd tails;
+    # heights 2..8 odd and even; 1..5 channels. Values, exact indices and the backward vs torch.
+    monkeypatch.delenv("PYCNN_POOL_KERNEL", raising=False)  # the fast kernel
+    c, h = 1 + width % 5, 2 + (3 * width) % 7
+    x = _mixed_planes(2, c, h, width, seed=width)
+    for ceil in (False, True):
+        check_op(*pool_fns(True, kernel_size=2, stride=2, padding=0, ceil_mode=ceil), [x])

@@ -125,12 +125,11 @@ def test_plot_conventions(tmp_path):
 
 
 def _pycnn_report_model():
-    models = pytest.importorskip("pycnn.models")
-    try:
-        model = models.get("lenet5", in_channels=1, num_classes=3, image_size=8)
-        model(torch.zeros(1, 1, 8, 8))
-    except (NotImplementedError, AttributeError, RuntimeError) as e:
-        pytest.skip(f"pycnn lenet5 does not run yet: {e}")
+    # No skip when the model fails to run: a broken pycnn kernel must fail the tests using it.
+    import pycnn.models as models
+
+    model = models.get("lenet5", in_channels=1, num_classes=3, image_size=8)
+    model(torch.zeros(1, 1, 8, 8))
     return model
 
 
@@ -153,7 +152,6 @@ def test_report_section_has_every_method(tmp_path):
 
 
 def test_pycnn_viz_command(tmp_path, capsys):
-    pytest.importorskip("pycnn.train")
     import pycnn.train as T
     from pycnn.viz.cli import main_viz
 

@@ -117,13 +117,12 @@ def test_hooks_removed_when_the_objective_fails():
 
 
 def test_pycnn_model_class_model_and_dream():
-    models = pytest.importorskip("pycnn.models")
+    # No skip when the model fails to run: a broken pycnn kernel must fail this test.
+    import pycnn.models as models
+
     torch.manual_seed(0)
-    try:
-        model = models.get("simple_cnn", in_channels=1, num_classes=3, image_size=8, width=4)
-        model(torch.zeros(1, 1, 8, 8))
-    except (NotImplementedError, AttributeError, RuntimeError, TypeError) as e:
-        pytest.skip(f"pycnn simple_cnn does not run yet: {e}")
+    model = models.get("simple_cnn", in_channels=1, num_classes=3, image_size=8, width=4)
+    model(torch.zeros(1, 1, 8, 8))
     img, hist = class_model(model, 1, shape=(1, 8, 8), steps=15, jitter=0, return_history=True)
     assert hist[-1] > hist[0]
     conv = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)][-1]
