@@ -93,9 +93,12 @@ template <typename T>
 PYCNN_INLINE vec<T> zero() {
   return vec<T>{};
 }
+// x - 0 (not 0 + x): x - (+0) == x for every x, -0 included, so the compiler drops the
+// subtraction and emits one broadcast (from memory where x is loaded); 0 + x turns -0 into +0,
+// so it stayed an add before every broadcast (a scalar add per FMA row in the GEMM kernels).
 template <typename T>
 PYCNN_INLINE vec<T> broadcast(T x) {
-  return vec<T>{} + x;
+  return x - vec<T>{};
 }
 template <typename T>
 PYCNN_INLINE vec<T> load(const T* p) {
