@@ -4,8 +4,12 @@
 //   forward        y_g  [Kg, P]        = W_g [Kg, Cg*kh*kw] @ col_g [Cg*kh*kw, P]
 //   input grad     col_g               = W_g^T @ gy_g, then col2im(col) -> gx
 //   weight grad    gW_g               += gy_g @ col_g^T          (summed over the batch)
-// Float forward with AVX-512, stride 1, one group (every ResNet 3x3 stride-1 layer, and through
-// it the stride-1 input gradient): no GEMM panels at all, see conv2d_forward_direct_f32.
+// Float (every target, written once over simd/vec.h; double keeps the plain GEMM path above as
+// the reference): forward_kernel picks Winograd (winograd.cpp) where it takes the shape, else the
+// direct kernel for stride 1 and one group (every ResNet 3x3 stride-1 layer, and through it the
+// stride-1 input gradient; conv2d_forward_direct_f32: no GEMM panels at all), else the GEMM with
+// vectorised implicit im2col (pack_im2col_vec). The float weight gradient with one group is a
+// batch of dot products (weight_grad_dot) instead of a GEMM over transposed columns.
 // col is im2col(x) for one sample: all groups stacked, C*kh*kw rows of P columns. The forward
 // and the weight gradient never write it: their GEMMs pack B straight from x (implicit im2col,
 // gemm_custom.h), so each x value goes once into the packed panels instead of through a column
@@ -622,10 +626,11 @@ bool conv2d_backward_input_as_forward(const Conv2dShape& s, const T* gy, const T
   } else {
     const int64_t ph2 = (s.kh - 1) * s.dh - s.ph, pw2 = (s.kw - 1) * s.dw - s.pw;
     if (s.groups != 1 || s.sh != 1 || s.sw != 1 || s.is_pointwise() || ph2 < 0 || pw2 < 0) return false;
-    // Measured (2 threads): few input channels (the forward's GEMM rows: 1 or 3 rows in 8-row
-    // tiles, K*taps = 25..48 deep) 2-5x slower. (8x8 maps were ~10% slower through the
-    // implicit-im2col GEMM; the direct forward made them faster: 64ch 8x8 N32 2.06 -> 1.75 ms.)
-    // Shapes the Winograd forward takes (4+ channels) always qualify: 8ch 32x32 N32 ~0.2x torch.
+    // Measured (AVX2, 1 thread, N32 / N64, ratio to torch, input gradient as forward vs GEMM +
+    // col2im): 16ch 32x32 0.60-0.66 vs 1.01, 32ch 16x16 1.08-1.31 vs 1.42, 64ch 8x8 1.42 vs 1.11
+    // (noise +-30% on this shared VM), but few channels on either side lose: 1 -> 6 5x5 1.32 vs
+    // 0.41-0.48, 6 -> 16 5x5 3.34 vs 1.58 (the direct tile pads 1 or 6 output rows to 4 or 6 and
+    // the taps run over 6 channels). Shapes the Winograd forward takes always qualify.
     Conv2dShape t = s;
     t.C = s.K, t.H = s.OH, t.W = s.OW;
     t.K = s.C, t.OH = s.H, t.OW = s.W;
