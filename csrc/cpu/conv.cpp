@@ -269,13 +269,13 @@ void im2col_vec(const Conv2dShape& s, const float* x, int64_t C, float* col) {
 // contiguous along the reduction index p, so instead of transposing the columns into GEMM panels
 // (one float per cache line of the panel) each output is an L-lane dot product along p, reduced
 // to a scalar at the end. A KT x RT tile keeps KT x RT accumulators and loads KT + RT vectors per
-// KT * RT FMAs (kDotTile: 4 x 4 with 32 registers, 3 x 3 with 16). The lanes run over a group of
+// KT * RT FMAs (kDotK x kDotR: 4 x 4 with 32 registers, 4 x 3 with 16). The lanes run over a group of
 // samples (dot_group: ns * P ~ 512) before the reduction, so small maps do not spend more on
 // reductions than on FMAs.
 // Determinism: every gw element goes through the same arithmetic (lane l sums p = l mod L in
 // order over the group's samples, then reduce_add's fixed fold, then += in group order) whatever
 // the tile it sits in or the thread that computes it.
-constexpr int kDotTile = kRegisters >= 32 ? 4 : 3;
+constexpr int kDotK = 4, kDotR = kRegisters >= 32 ? 4 : 3;
 
 template <int KT, int RT>
 void dot_tile(int64_t ns, int64_t P, const float* gy, int64_t gy_sample_stride, const float* col,
@@ -308,15 +308,15 @@ void dot_tile(int64_t ns, int64_t P, const float* gy, int64_t gy_sample_stride, 
 
 using DotTileFn = void (*)(int64_t, int64_t, const float*, int64_t, const float*, int64_t, float*, int64_t, bool);
 template <int KT, int... R>
-constexpr std::array<DotTileFn, kDotTile> dot_row(std::integer_sequence<int, R...>) {
+constexpr std::array<DotTileFn, kDotR> dot_row(std::integer_sequence<int, R...>) {
   return {dot_tile<KT, R + 1>...};
 }
 template <int... K>
-constexpr std::array<std::array<DotTileFn, kDotTile>, kDotTile> dot_table(std::integer_sequence<int, K...>) {
-  return {dot_row<K + 1>(std::make_integer_sequence<int, kDotTile>())...};
+constexpr std::array<std::array<DotTileFn, kDotR>, kDotK> dot_table(std::integer_sequence<int, K...>) {
+  return {dot_row<K + 1>(std::make_integer_sequence<int, kDotR>())...};
 }
 // dot_tiles[kt - 1][rt - 1]: the kt x rt tile (edges of K and of the column rows).
-constexpr auto dot_tiles = dot_table(std::make_integer_sequence<int, kDotTile>());
+constexpr auto dot_tiles = dot_table(std::make_integer_sequence<int, kDotK>());
 
 // Samples reduced per lane fold: ~512 pixels of lanes (fixed by P alone: thread-count proof).
 int64_t dot_group(int64_t P) { return std::max<int64_t>(1, 512 / std::max<int64_t>(P, 1)); }
@@ -345,13 +345,13 @@ void weight_grad_dot(const Conv2dShape& s, const float* x, const float* gy, floa
     }
     const float* g0 = gy + n0 * s.K * P;
     // gy rows in blocks of ~16 KB (L1-resident while every column-row tile streams past them).
-    const int64_t kblock = std::max<int64_t>(kDotTile, (4096 / std::max<int64_t>(ns * P, 1)) / kDotTile * kDotTile);
+    const int64_t kblock = std::max<int64_t>(kDotK, (4096 / std::max<int64_t>(ns * P, 1)) / kDotK * kDotK);
     for (int64_t kb = 0; kb < s.K; kb += kblock) {
       const int64_t ke = std::min(s.K, kb + kblock);
-      for (int64_t rr = 0; rr < nrows; rr += kDotTile) {
-        const int64_t rt = std::min<int64_t>(kDotTile, nrows - rr);
-        for (int64_t k = kb; k < ke; k += kDotTile) {
-          const int64_t kt = std::min<int64_t>(kDotTile, ke - k);
+      for (int64_t rr = 0; rr < nrows; rr += kDotR) {
+        const int64_t rt = std::min<int64_t>(kDotR, nrows - rr);
+        for (int64_t k = kb; k < ke; k += kDotK) {
+          const int64_t kt = std::min<int64_t>(kDotK, ke - k);
           dot_tiles[kt - 1][rt - 1](ns, P, g0 + k * P, s.K * P, col + rr * P, col_stride, gw + k * rows + r0 + rr,
                                     rows, n0 == 0);
         }
