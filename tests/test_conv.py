@@ -225,7 +225,10 @@ KERNEL_CASES = [
     ((2, 20, 10, 16), (24, 3, 3), 1, 1, (2, 1), True, "direct"),     # 24 outputs, width a lane multiple
     ((3, 6, 14, 14), (16, 5, 5), 1, 0, 1, True, "direct"),           # LeNet conv2
     ((2, 3, 9, 75), (5, 3, 3), 2, 1, 1, True, "im2col_gemm"),        # stride 2, rows of 38 > 2 vectors
-    ((2, 4, 10, 67), (6, 3, 3), (1, 2), 3, 1, True, "im2col_gemm"),  # stride (1, 2), padding > reach
+    ((2, 3, 11, 128), (4, 2, 2), 2, 0, 1, True, "direct"),           # stride 2, rows of 64: direct
+    ((2, 3, 12, 135), (5, 5, 4), 2, 1, (2, 3), True, "direct"),      # stride 2 with dilation: phases
+    ((2, 3, 12, 128), (5, 3, 3), (3, 1), 1, 1, True, "direct"),      # vertical stride 3
+    ((2, 4, 10, 66), (6, 3, 3), (1, 2), 3, 1, True, "im2col_gemm"),  # stride (1, 2), padding > reach
     ((2, 6, 9, 11), (4, 2, 2), 2, 0, 1, True, "im2col_gemm"),        # kernel == stride (conv_transpose)
     ((2, 5, 13, 35), (5, 3, 3), 3, 1, 2, True, "im2col_gemm"),       # stride 3: the scalar packer
     ((2, 8, 15, 15), (12, 1, 1), 2, 0, 1, True, "im2col_gemm"),      # 1x1 stride-2 shortcut
@@ -265,6 +268,7 @@ def test_conv2d_kernels_on_every_target(cpu_isa, x_shape, w_shape, stride, paddi
     ((5, 16, 12, 12), (16, 3, 3), 1, 1, 1),   # direct forward, input gradient as a forward, dot weight gradient
     ((4, 6, 13, 21), (5, 3, 3), 2, 1, 1),     # stride 2: vectorised packer, col2im, dot weight gradient
     ((3, 5, 9, 10), (7, 3, 3), 1, 3, 2),      # dilation, padding past the reach
+    ((2, 4, 8, 128), (6, 2, 2), 2, 0, 1),     # stride-2 direct forward
 ])
 def test_conv2d_kernels_bitwise_across_thread_counts(cpu_isa, x_shape, w_shape, stride, padding, dilation):
     x, w, b = _tensors(x_shape, w_shape, 1, True, torch.Generator().manual_seed(7))

@@ -412,16 +412,18 @@ void direct_tile(int64_t C, int64_t cstride, int64_t taps, const int64_t* off, c
   }
 }
 
-// d[u] = src[u + shift] for u in [lo, hi), 0 for the rest of [0, SW): a masked load and store
-// per L columns (memcpy and two fills cost ~3 calls per 8-float row of an 8x8 map).
-void stage_row(const float* src, int64_t shift, int64_t lo, int64_t hi, int64_t SW, float* d) {
-  for (int64_t u = 0; u < SW; u += L) store_first(d + u, load_range(offset_ptr(src, u + shift), lo - u, hi - u), SW - u);
+// d[u] = src[u*sw + off] for u in [lo, hi), 0 for the rest of [0, SW) (sw 1 or 2): a masked
+// load (stride 2: two and a compaction) and store per L columns (memcpy and two fills cost ~3
+// calls per 8-float row of an 8x8 map).
+void stage_row(const float* src, int64_t off, int64_t lo, int64_t hi, int64_t SW, int64_t sw, float* d) {
+  for (int64_t u = 0; u < SW; u += L) store_first(d + u, load_row_strided(src, u * sw + off, lo - u, hi - u, sw), SW - u);
 }
 
-// Where the direct forward applies: stride 1, one group, not pointwise (its thresholds: see
-// forward_kernel).
+// Where the direct forward applies: one group, not pointwise, and stride 1, or any vertical
+// stride with horizontal stride 1 or 2 where output rows are whole vectors (the rows layout of
+// conv2d_forward_direct). Where it pays: see forward_kernel.
 bool direct_forward_applies(const Conv2dShape& s) {
-  return s.groups == 1 && s.sh == 1 && s.sw == 1 && !s.is_pointwise();
+  return s.groups == 1 && !s.is_pointwise() && ((s.sh == 1 && s.sw == 1) || (s.sw <= 2 && s.OW % L == 0));
 }
 
 template <int MR>
@@ -433,20 +435,24 @@ void conv2d_forward_direct(const Conv2dShape& s, const float* x, const float* w,
   std::vector<float> wp(size_t(mblocks * rows * MR), 0.0f);
   for (int64_t k = 0; k < s.K; ++k)
     for (int64_t r = 0; r < rows; ++r) wp[size_t(((k / MR) * rows + r) * MR + k % MR)] = w[k * rows + r];
-  // Two staging layouts for a band of output rows [oh0, oh1) (R = band + (kh-1)*dh input rows):
-  //  rows:    OW % L == 0. stage[c][q][u] = x[c][oh0 - ph + q][u - pw], SW = OW + (kw-1)*dw
-  //           columns: each x row once, its padding once; a vector never crosses an output row.
-  //  shifted: other OW. kw copies shifted by j*dw, each exactly OW wide:
+  // Two staging layouts for a band of output rows [oh0, oh1), which reads the R = (band-1)*sh +
+  // (kh-1)*dh + 1 input rows from oh0*sh - ph:
+  //  rows:    OW % L == 0. sw copies (column phases) stage[c][f][q][u] = x[c][oh0*sh - ph + q][u*sw + f - pw],
+  //           SW = OW + (kw-1)*dw / sw columns: each x row once (split by phase), its padding
+  //           once; tap j reads phase j*dw % sw from column ow + j*dw / sw, and a vector never
+  //           crosses an output row.
+  //  shifted: other OW (stride 1 only). kw copies shifted by j*dw, each exactly OW wide:
   //           stage[c][j][q][ow] = x[c][oh0 - ph + q][ow + j*dw - pw], so L consecutive output
   //           pixels (crossing output rows) are L consecutive floats at every tap.
   // The band grows while the staging stays under ~48 KB (L1 + a little; read once per MR block).
   const bool shifted = s.OW % L != 0;
-  const int64_t SW = shifted ? s.OW : s.OW + (s.kw - 1) * s.dw;
-  const int64_t copies = shifted ? s.kw : 1;
+  const int64_t SW = shifted ? s.OW : s.OW + (s.kw - 1) * s.dw / s.sw;
+  const int64_t copies = shifted ? s.kw : s.sw;
+  auto rows_for = [&](int64_t b) { return (b - 1) * s.sh + (s.kh - 1) * s.dh + 1; };
   // Channel copies an odd number of cache lines apart: a power-of-two stride put every 4th
   // channel in the same L1 sets.
   auto cstride_for = [&](int64_t b) {
-    const int64_t lines = (copies * (b + (s.kh - 1) * s.dh) * SW + 15) / 16;
+    const int64_t lines = (copies * rows_for(b) * SW + 15) / 16;
     return (lines | 1) * 16;
   };
   // Rows layout: at least NV*L pixels per band where the rows are shorter (a full tile).
@@ -456,7 +462,7 @@ void conv2d_forward_direct(const Conv2dShape& s, const float* x, const float* w,
   if (shifted && s.C * cstride_for(s.OH) * 4 <= 64 * 1024) band = s.OH;  // whole small maps
   band = std::min(band, s.OH);
   const int64_t bands = (s.OH + band - 1) / band;
-  const int64_t R = band + (s.kh - 1) * s.dh;
+  const int64_t R = rows_for(band);
   const int64_t cstride = cstride_for(band);
   const int64_t plane = s.H * s.W;
   parallel_for(s.N * bands, 1, [&](int64_t t0, int64_t t1) {
@@ -468,16 +474,16 @@ void conv2d_forward_direct(const Conv2dShape& s, const float* x, const float* w,
       const int64_t n = task / bands, oh0 = (task % bands) * band;
       const int64_t oh1 = std::min(s.OH, oh0 + band);
       const float* xs = x + n * s.C * plane;
-      const int64_t rq = oh1 - oh0 + (s.kh - 1) * s.dh;
+      const int64_t rq = rows_for(oh1 - oh0);
       for (int64_t c = 0; c < s.C; ++c)
         for (int64_t jc = 0; jc < copies; ++jc) {
-          // Staged column u reads input column u + shift; live where that lies in [0, W).
-          const int64_t shift = shifted ? jc * s.dw - s.pw : -s.pw;
-          const int64_t u_lo = std::clamp<int64_t>(-shift, 0, SW), u_hi = std::clamp<int64_t>(s.W - shift, u_lo, SW);
+          // Staged column u reads input column u*sw + off; live where that lies in [0, W).
+          const int64_t off = shifted ? jc * s.dw - s.pw : jc - s.pw;
+          const ColumnRange live_u = valid_columns(off, s.W, s.sw, SW);
           for (int64_t q = 0; q < rq; ++q) {
-            const int64_t h = oh0 - s.ph + q;
+            const int64_t h = oh0 * s.sh - s.ph + q;
             const bool live = h >= 0 && h < s.H;
-            stage_row(live ? xs + c * plane + h * s.W : xs, shift, live ? u_lo : 0, live ? u_hi : 0, SW,
+            stage_row(live ? xs + c * plane + h * s.W : xs, off, live ? live_u.lo : 0, live ? live_u.hi : 0, SW, s.sw,
                       stage.data() + c * cstride + (jc * R + q) * SW);
           }
         }
@@ -489,8 +495,8 @@ void conv2d_forward_direct(const Conv2dShape& s, const float* x, const float* w,
           const int64_t ohl = pv / s.OW, ow = pv % s.OW;
           for (int64_t i = 0; i < s.kh; ++i)
             for (int64_t j = 0; j < s.kw; ++j)
-              off[NV * (i * s.kw + j) + v] =
-                  shifted ? (j * R + i * s.dh) * SW + pv : (ohl + i * s.dh) * SW + ow + j * s.dw;
+              off[NV * (i * s.kw + j) + v] = shifted ? (j * R + i * s.dh) * SW + pv
+                                                     : (j * s.dw % s.sw * R + ohl * s.sh + i * s.dh) * SW + ow + j * s.dw / s.sw;
         }
         float* ys = y + n * s.K * P + oh0 * s.OW + p0;
         for (int64_t mb = 0; mb < mblocks; ++mb)
@@ -511,17 +517,25 @@ void conv2d_forward_direct_f32(const Conv2dShape& s, const float* x, const float
     conv2d_forward_direct<kDirectMRLarge>(s, x, w, bias, y);
 }
 
-}  // namespace
+// Where the direct forward beats the implicit-im2col GEMM. Measured (AVX2, 1 thread, CPU time,
+// GFLOP/s direct vs GEMM, noise +-30% on this shared VM): stride 1 always, e.g. 3 -> 16 32x32
+// 22-26 vs 12-18, 16 -> 16 32x32 25-42 vs 20-23, 32 -> 32 16x16 53-58 vs 35-37, 64 -> 64 8x8
+// 54-59 vs 46-47, 6 -> 16 5x5 10x10 18-25 vs 8-13 (1 -> 6 5x5 28x28 even). Horizontal stride 2
+// only for rows of 2 tiles or more: 32 -> 64 2x2 s2 64x64 (conv_transpose2d's input gradient,
+// OW 32) 32-37 vs 26-31, but 16 -> 32 3x3 s2 (OW 16) 23-29 vs 21-26, 32 -> 64 3x3 s2 (OW 8)
+// 26 vs 37-41, 1x1 s2 4-9 vs 6-24 (one tap: the staging is as much work as the FMAs).
+bool direct_forward_pays(const Conv2dShape& s) {
+  return (s.sh == 1 && s.sw == 1) || (s.OW >= 2 * kDirectNV * L && s.kh * s.kw > 1);
+}
 
 // The kernel conv2d_forward runs: the one place that picks it (conv2d_forward_algorithm reports
 // it). Winograd where winograd.cpp takes the shape, else the direct kernel where it applies and
 // pays, else implicit-im2col GEMM (pointwise: x is the column matrix). Double: GEMM only.
-namespace {
 enum class ForwardKernel { winograd, direct, im2col_gemm, pointwise_gemm };
 
 ForwardKernel forward_kernel(const Conv2dShape& s, bool is_float) {
   if (is_float && winograd_forward_kernel(s)) return ForwardKernel::winograd;
-  if (is_float && direct_forward_applies(s)) return ForwardKernel::direct;
+  if (is_float && direct_forward_applies(s) && direct_forward_pays(s)) return ForwardKernel::direct;
   return s.is_pointwise() ? ForwardKernel::pointwise_gemm : ForwardKernel::im2col_gemm;
 }
 }  // namespace
