@@ -23,7 +23,8 @@
 // parallelism. The weight gradient (groups == 1, C >= threads) gives each thread a run of input
 // channels, i.e. its own columns of gW, and each thread walks the whole batch in order: one
 // parallel region per call, and every gW element is summed in the same order whatever the
-// thread count (per-thread partial sums over samples would change the rounding with it). Other
+// thread count (per-thread partial sums over samples would change the rounding with it); the
+// float dot-product form splits the same way, whatever C and the thread count. Other
 // weight gradients go sample by sample with the parallelism inside im2col and the GEMM. col2im
 // is a scatter, but each input channel plane belongs to one thread and is summed in a fixed
 // order: deterministic.
@@ -200,14 +201,9 @@ void for_samples(int64_t N, int64_t slots, T* ws, int64_t per_sample, F&& sample
 // (double stays on the plain im2col + GEMM path above: the reference they are tested against.)
 constexpr int L = kLanesOf<float>;
 
-// A pointer `off` elements from p that may lie outside the tensor: only lanes inside a
-// load_range / load_row_strided range are dereferenced.
-inline const float* offset_ptr(const float* p, int64_t off) {
-  return reinterpret_cast<const float*>(reinterpret_cast<uintptr_t>(p) + off * int64_t(sizeof(float)));
-}
-
-// d[0, n) = output columns [ow, ow + n) (n <= L) of one im2col row piece: x's input row `row`
-// (nullptr: a padding row) read at first + t*sw, zero outside the valid columns [lo, hi).
+// d[0, n) = output columns [ow, ow + n) (n <= L) of one im2col row: lane t is x's input row
+// `row` (nullptr: a padding row) at column (ow + t)*sw + off, zero outside the valid columns.
+// Lanes outside them are never read (row + first may point outside x).
 inline void im2col_piece(const float* row, int64_t sw, int64_t off, ColumnRange valid, int64_t ow, int64_t n,
                          float* d) {
   if (!row) return store_first(d, zero<float>(), n);
