@@ -6,8 +6,9 @@
 //   weight grad    gW_g               += gy_g @ col_g^T          (summed over the batch)
 // Float (every target, written once over simd/vec.h; double keeps the plain GEMM path above as
 // the reference): forward_kernel picks Winograd (winograd.cpp) where it takes the shape, else the
-// direct kernel for stride 1 and one group (every ResNet 3x3 stride-1 layer, and through it the
-// stride-1 input gradient; conv2d_forward_direct_f32: no GEMM panels at all), else the GEMM with
+// direct kernel for one group and stride 1 (every ResNet 3x3 stride-1 layer, and through it the
+// stride-1 input gradient) or horizontal stride 2 on long rows (conv_transpose2d 2x2 s2's input
+// gradient) (conv2d_forward_direct_f32: no GEMM panels at all), else the GEMM with
 // vectorised implicit im2col (pack_im2col_vec). The float weight gradient with one group is a
 // batch of dot products (weight_grad_dot) instead of a GEMM over transposed columns.
 // col is im2col(x) for one sample: all groups stacked, C*kh*kw rows of P columns. The forward
@@ -203,7 +204,7 @@ constexpr int L = kLanesOf<float>;
 
 // d[0, n) = output columns [ow, ow + n) (n <= L) of one im2col row: lane t is x's input row
 // `row` (nullptr: a padding row) at column (ow + t)*sw + off, zero outside the valid columns.
-// Lanes outside them are never read (row + first may point outside x).
+// Lanes outside them are never read (row + ow*sw + off may point outside x).
 inline void im2col_piece(const float* row, int64_t sw, int64_t off, ColumnRange valid, int64_t ow, int64_t n,
                          float* d) {
   if (!row) return store_first(d, zero<float>(), n);
