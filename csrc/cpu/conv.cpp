@@ -380,9 +380,12 @@ constexpr int kDirectMRSmall = 4;
 constexpr int kDirectMRLarge = kRegisters >= 32 ? 8 : 6;
 
 template <int MR>
-void direct_tile(int64_t C, int64_t cstride, int64_t taps, const int64_t* off, const float* stage, const float* a,
+void direct_tile(int64_t C, int64_t cstride, int64_t taps, const int64_t* tap_off, const int64_t* pix_off,
+                 const float* stage, const float* a,
                  const float* bias, int64_t mrows, float* y, int64_t ldy, int64_t npix) {
   constexpr int NV = kDirectNV;
+  int64_t pix[NV];  // in registers: one offset load per tap, not NV
+  for (int v = 0; v < NV; ++v) pix[v] = pix_off[v];
   vec<float> acc[MR][NV];
 #pragma GCC unroll 8
   for (int m = 0; m < MR; ++m)
@@ -392,7 +395,7 @@ void direct_tile(int64_t C, int64_t cstride, int64_t taps, const int64_t* off, c
     for (int64_t t = 0; t < taps; ++t, a += MR) {
       vec<float> b[NV];
 #pragma GCC unroll 4
-      for (int v = 0; v < NV; ++v) b[v] = load(stage + off[NV * t + v]);
+      for (int v = 0; v < NV; ++v) b[v] = load(stage + tap_off[t] + pix[v]);
 #pragma GCC unroll 8
       for (int m = 0; m < MR; ++m) {
         const vec<float> av = broadcast(a[m]);
@@ -469,7 +472,12 @@ void conv2d_forward_direct(const Conv2dShape& s, const float* x, const float* w,
     thread_local std::vector<float> stage;
     // + NV*L: the shifted layout's last vector may read past the band's pixels (never stored).
     if (stage.size() < size_t(s.C * cstride + NV * L)) stage.resize(size_t(s.C * cstride + NV * L));
-    std::vector<int64_t> off(size_t(NV * taps));
+    // Vector v of a tile at tap (i, j) reads stage + tap_off[i*kw + j] + pix_off[v].
+    std::vector<int64_t> tap_off(static_cast<size_t>(taps));
+    for (int64_t i = 0; i < s.kh; ++i)
+      for (int64_t j = 0; j < s.kw; ++j)
+        tap_off[i * s.kw + j] = shifted ? (j * R + i * s.dh) * SW : (j * s.dw % s.sw * R + i * s.dh) * SW + j * s.dw / s.sw;
+    int64_t pix_off[NV];
     for (int64_t task = t0; task < t1; ++task) {
       const int64_t n = task / bands, oh0 = (task % bands) * band;
       const int64_t oh1 = std::min(s.OH, oh0 + band);
@@ -492,15 +500,11 @@ void conv2d_forward_direct(const Conv2dShape& s, const float* x, const float* w,
         for (int64_t v = 0; v < NV; ++v) {
           // A vector past the band's pixels re-reads the first one (its lanes are never stored).
           const int64_t pv = p0 + L * v < npix ? p0 + L * v : p0;
-          const int64_t ohl = pv / s.OW, ow = pv % s.OW;
-          for (int64_t i = 0; i < s.kh; ++i)
-            for (int64_t j = 0; j < s.kw; ++j)
-              off[NV * (i * s.kw + j) + v] = shifted ? (j * R + i * s.dh) * SW + pv
-                                                     : (j * s.dw % s.sw * R + ohl * s.sh + i * s.dh) * SW + ow + j * s.dw / s.sw;
+          pix_off[v] = shifted ? pv : pv / s.OW * s.sh * SW + pv % s.OW;
         }
         float* ys = y + n * s.K * P + oh0 * s.OW + p0;
         for (int64_t mb = 0; mb < mblocks; ++mb)
-          direct_tile<MR>(s.C, cstride, taps, off.data(), stage.data(), wp.data() + mb * rows * MR,
+          direct_tile<MR>(s.C, cstride, taps, tap_off.data(), pix_off, stage.data(), wp.data() + mb * rows * MR,
                           bias ? bias + mb * MR : nullptr, std::min<int64_t>(MR, s.K - mb * MR), ys + mb * MR * P, P,
                           std::min<int64_t>(L * NV, npix - p0));
       }
