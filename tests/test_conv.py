@@ -219,3 +219,85 @@ def test_conv2d_backward_rejects_wrong_grad_out_shape():
     with pytest.raises(ValueError, match=r"grad_out has shape \(1, 2, 5, 4\)"):
         torch.ops.pycnn.conv2d_backward(torch.randn(1, 2, 5, 4), x, w, [1, 1], [0, 0, 0, 0], [1, 1], 1,
                                         [True, True, True])
+
+
+# ---- the float kernels of every CPU target (csrc/cpu/conv.cpp over simd/vec.h) ----------------
+# Each case: the forward kernel forward_kernel() picks (Winograd switched off: these test the
+# direct and GEMM kernels), checked against torch (forward and every gradient, float32 and
+# float64) on every target this CPU runs. Lane counts are 4 (generic, neon), 8 (avx2) and 16
+# (avx512) floats, so widths that are no multiple of them exercise the masked edges.
+from pycnn import _C
+
+# (N, C, H, W), (K, kh, kw), stride, padding, dilation, bias, expected forward kernel
+KERNEL_CASES = [
+    ((2, 3, 9, 13), (5, 3, 3), 1, 1, 1, True, "direct"),            # odd width, K off every tile
+    ((2, 16, 8, 8), (16, 3, 3), 1, 1, 1, False, "direct"),           # ResNet 8x8 maps
+    ((1, 4, 7, 37), (7, 3, 3), 1, 4, 1, True, "direct"),             # padding 4 > the kernel's reach 2
+    ((2, 5, 11, 19), (6, 3, 3), 1, 2, 2, True, "direct"),            # dilation 2
+    ((2, 3, 12, 29), (4, 5, 5), 1, 0, 1, True, "direct"),            # 5x5, odd width, no padding
+    ((2, 20, 10, 16), (24, 3, 3), 1, 1, (2, 1), True, "direct"),     # 24 outputs, width a lane multiple
+    ((3, 6, 14, 14), (16, 5, 5), 1, 0, 1, True, "direct"),           # LeNet conv2
+    ((2, 3, 9, 75), (5, 3, 3), 2, 1, 1, True, "im2col_gemm"),        # stride 2, rows of 38 > 2 vectors
+    ((2, 3, 11, 128), (4, 2, 2), 2, 0, 1, True, "direct"),           # stride 2, rows of 64: direct
+    ((2, 3, 12, 135), (5, 5, 4), 2, 1, (2, 3), True, "direct"),      # stride 2 with dilation: phases
+    ((2, 3, 12, 128), (5, 3, 3), (3, 1), 1, 1, True, "direct"),      # vertical stride 3
+    ((2, 4, 10, 66), (6, 3, 3), (1, 2), 3, 1, True, "im2col_gemm"),  # stride (1, 2), padding > reach
+    ((2, 6, 9, 11), (4, 2, 2), 2, 0, 1, True, "im2col_gemm"),        # kernel == stride (conv_transpose)
+    ((2, 5, 13, 35), (5, 3, 3), 3, 1, 2, True, "im2col_gemm"),       # stride 3: the scalar packer
+    ((2, 8, 15, 15), (12, 1, 1), 2, 0, 1, True, "im2col_gemm"),      # 1x1 stride-2 shortcut
+    ((2, 8, 7, 9), (12, 1, 1), 1, 0, 1, True, "pointwise_gemm"),
+]
+
+
+def _conv_shape16(x_shape, w_shape, stride, padding, dilation, groups=1):
+    (N, C, H, W), (K, kh, kw) = x_shape, w_shape
+    (sh, sw), (ph, pw), (dh, dw) = (v if isinstance(v, tuple) else (v, v) for v in (stride, padding, dilation))
+    OH = (H + 2 * ph - dh * (kh - 1) - 1) // sh + 1
+    OW = (W + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+    return [N, C, H, W, K, OH, OW, kh, kw, sh, sw, ph, pw, dh, dw, groups]
+
+
+@pytest.fixture(params=_C.available_isas())
+def cpu_isa(request):
+    previous = _C.set_cpu_isa(request.param)
+    winograd = _C.set_conv_winograd(False)
+    try:
+        yield request.param
+    finally:
+        _C.set_conv_winograd(winograd)
+        _C.set_cpu_isa(previous)
+
+
+@pytest.mark.parametrize("x_shape,w_shape,stride,padding,dilation,bias,expected", KERNEL_CASES)
+def test_conv2d_kernels_on_every_target(cpu_isa, x_shape, w_shape, stride, padding, dilation, bias, expected):
+    shape16 = _conv_shape16(x_shape, w_shape, stride, padding, dilation)
+    assert _C.conv2d_forward_algorithm(_C.FLOAT32, shape16) == expected
+    assert _C.conv2d_forward_algorithm(_C.FLOAT64, shape16) in ("im2col_gemm", "pointwise_gemm")
+    x, w, b = _tensors(x_shape, w_shape, 1, bias, torch.Generator().manual_seed(sum(x_shape) + sum(w_shape)))
+    check_op(PF.conv2d, F.conv2d, [x, w, b, stride, padding, dilation, 1])
+
+
+@pytest.mark.parametrize("x_shape,w_shape,stride,padding,dilation", [
+    ((5, 16, 12, 12), (16, 3, 3), 1, 1, 1),   # direct forward, input gradient as a forward, dot weight gradient
+    ((4, 6, 13, 21), (5, 3, 3), 2, 1, 1),     # stride 2: vectorised packer, col2im, dot weight gradient
+    ((3, 5, 9, 10), (7, 3, 3), 1, 3, 2),      # dilation, padding past the reach
+    ((2, 4, 8, 128), (6, 2, 2), 2, 0, 1),     # stride-2 direct forward
+])
+def test_conv2d_kernels_bitwise_across_thread_counts(cpu_isa, x_shape, w_shape, stride, padding, dilation):
+    x, w, b = _tensors(x_shape, w_shape, 1, True, torch.Generator().manual_seed(7))
+    results = []
+    old = torch.get_num_threads()
+    try:
+        for n in (1, 2, 3):
+            torch.set_num_threads(n)
+            pycnn.sync_threads()
+            xs, ws, bs = (t.clone().requires_grad_(True) for t in (x, w, b))
+            y = PF.conv2d(xs, ws, bs, stride, padding, dilation)
+            gy = torch.linspace(-1, 1, y.numel()).view_as(y)
+            results.append((y.detach(), *torch.autograd.grad(y, (xs, ws, bs), gy)))
+    finally:
+        torch.set_num_threads(old)
+        pycnn.sync_threads()
+    for other in results[1:]:
+        for a, c in zip(results[0], other):
+            assert torch.equal(a, c)

@@ -4,8 +4,13 @@
 //   forward        y_g  [Kg, P]        = W_g [Kg, Cg*kh*kw] @ col_g [Cg*kh*kw, P]
 //   input grad     col_g               = W_g^T @ gy_g, then col2im(col) -> gx
 //   weight grad    gW_g               += gy_g @ col_g^T          (summed over the batch)
-// Float forward with AVX-512, stride 1, one group (every ResNet 3x3 stride-1 layer, and through
-// it the stride-1 input gradient): no GEMM panels at all, see conv2d_forward_direct_f32.
+// Float (every target, written once over simd/vec.h; double keeps the plain GEMM path above as
+// the reference): forward_kernel picks Winograd (winograd.cpp) where it takes the shape, else the
+// direct kernel for one group and stride 1 (every ResNet 3x3 stride-1 layer, and through it the
+// stride-1 input gradient) or horizontal stride 2 on long rows (conv_transpose2d 2x2 s2's input
+// gradient) (conv2d_forward_direct_f32: no GEMM panels at all), else the GEMM with
+// vectorised implicit im2col (pack_im2col_vec). The float weight gradient with one group is a
+// batch of dot products (weight_grad_dot) instead of a GEMM over transposed columns.
 // col is im2col(x) for one sample: all groups stacked, C*kh*kw rows of P columns. The forward
 // and the weight gradient never write it: their GEMMs pack B straight from x (implicit im2col,
 // gemm_custom.h), so each x value goes once into the packed panels instead of through a column
@@ -19,12 +24,13 @@
 // parallelism. The weight gradient (groups == 1, C >= threads) gives each thread a run of input
 // channels, i.e. its own columns of gW, and each thread walks the whole batch in order: one
 // parallel region per call, and every gW element is summed in the same order whatever the
-// thread count (per-thread partial sums over samples would change the rounding with it). Other
+// thread count (per-thread partial sums over samples would change the rounding with it); the
+// float dot-product form splits the same way, whatever C and the thread count. Other
 // weight gradients go sample by sample with the parallelism inside im2col and the GEMM. col2im
 // is a scatter, but each input channel plane belongs to one thread and is summed in a fixed
 // order: deterministic.
 #include <algorithm>
-#include <atomic>
+#include <array>
 #include <cstring>
 #include <stdexcept>
 #include <string>
@@ -40,11 +46,6 @@
 
 namespace pycnn::cpu::PYCNN_ISA {
 namespace {
-
-// Experiment switch (kept on: measured faster); off = the explicit im2col path.
-constexpr bool g_implicit_im2col = true;
-// Direct forward (conv2d_forward_direct_f32) where it applies; off = the implicit-im2col GEMM.
-constexpr bool g_direct_forward = true;
 
 int64_t ceil_div_nonneg(int64_t a, int64_t b) { return a <= 0 ? 0 : (a + b - 1) / b; }
 
@@ -124,80 +125,6 @@ void im2col_row(const Conv2dShape& s, const T* x, int64_t r, int64_t pa, int64_t
   }
 }
 
-#if PYCNN_LEGACY_AVX512  // being ported to simd/vec.h
-// The forward packer's hot case (float, horizontal stride 1 or 2) with AVX-512 masked loads: the
-// columns [j0, j1) of col rows [p0, p0 + kc) straight into the GEMM's NR-column panels. Each
-// piece (within one output row and one panel, <= 16 pixels) is one masked load + one masked
-// store; lanes whose input column lies in the padding are masked off (masked-off lanes are
-// never read, so their addresses may point outside x); stride 2 compacts the even floats of a
-// 32-float load (load_row_strided). Produces exactly im2col's values.
-// Why: for the small ResNet maps (OW = 8 or 16) the generic path spends ~20 cycles of set-up
-// and a memcpy call per 8-16 floats, as much time as the GEMM itself (napkin: 64ch 8x8,
-// 576 rows x 8 pieces x ~20 cycles = 92K cycles vs 147K cycles of FMAs per sample).
-PYCNN_TARGET_AVX512 void pack_im2col_f32_avx512(const Conv2dShape& s, const float* x, int64_t j0,
-                                                 int64_t j1, int64_t p0, int64_t kc, int NR, float* out) {
-  const int64_t taps = s.kh * s.kw;
-  const int64_t tail = (j1 - j0) % NR;  // columns of the last panel that are real
-  const int64_t last_panel = (j1 - j0) / NR;
-  for (int64_t k = 0; k < kc; ++k) {
-    const int64_t r = p0 + k;
-    const int64_t c = r / taps, i = (r % taps) / s.kw, j = r % s.kw;
-    const int64_t off = j * s.dw - s.pw;
-    const ColumnRange valid = valid_columns(off, s.W, s.sw, s.OW);
-    const float* plane = x + c * s.H * s.W;
-    int64_t oh = j0 / s.OW, ow = j0 % s.OW, q = 0, col = 0;
-    for (int64_t p = j0; p < j1;) {
-      const int64_t n = std::min(std::min<int64_t>(s.OW - ow, NR - col), std::min<int64_t>(j1 - p, 16));
-      float* d = out + q * NR * kc + k * NR + col;
-      const int64_t h = oh * s.sh - s.ph + i * s.dh;
-      const __mmask16 all = static_cast<__mmask16>((1u << n) - 1);
-      if (h < 0 || h >= s.H) {
-        _mm512_mask_storeu_ps(d, all, _mm512_setzero_ps());
-      } else {
-        const int64_t tlo = std::clamp<int64_t>(valid.lo - ow, 0, n);
-        const int64_t thi = std::clamp<int64_t>(valid.hi - ow, 0, n);
-        _mm512_mask_storeu_ps(d, all, load_row_strided(plane + h * s.W, ow * s.sw + off, tlo, thi, s.sw));
-      }
-      p += n;
-      col += n;
-      if (col == NR) col = 0, ++q;
-      ow += n;
-      if (ow == s.OW) ow = 0, ++oh;
-    }
-    if (tail) std::fill(out + last_panel * NR * kc + k * NR + tail, out + last_panel * NR * kc + (k + 1) * NR, 0.0f);
-  }
-}
-
-// The weight gradient's packer: op(B)[p][r] = col[r0 + r][p] for panel columns [j0, j1) and
-// rows [p0, p0 + kc). The column matrix is read along p (contiguous in x) into a 32 x 128 staging
-// tile in L1, then transposed 16 x 16 in registers into the panels: the scalar version wrote one
-// float per cache line (panel stride NR = 128 bytes) and was ~60% of the weight gradient's time.
-template <typename T>
-void pack_im2col_transposed(const Conv2dShape& s, const T* x, int64_t r0, int64_t j0, int64_t j1, int64_t p0,
-                            int64_t kc, int NR, T* out);
-template <>
-PYCNN_TARGET_AVX512 void pack_im2col_transposed<float>(const Conv2dShape& s, const float* x, int64_t r0,
-                                                        int64_t j0, int64_t j1, int64_t p0, int64_t kc, int NR,
-                                                        float* out) {
-  constexpr int64_t KB = 128, kMaxNR = 32;
-  alignas(64) float stage[kMaxNR * KB];
-  std::memset(stage, 0, sizeof(stage));
-  for (int64_t j = j0; j < j1; j += NR, out += NR * kc) {
-    const int64_t cols_here = std::min<int64_t>(NR, j1 - j);
-    for (int64_t kb = 0; kb < kc; kb += KB) {
-      const int64_t kl = std::min(KB, kc - kb);
-      for (int64_t jj = 0; jj < NR; ++jj) {
-        if (jj < cols_here) im2col_row(s, x, r0 + j + jj, p0 + kb, p0 + kb + kl, stage + jj * KB, 1);
-        else std::memset(stage + jj * KB, 0, sizeof(float) * KB);
-      }
-      for (int64_t t0 = 0; t0 < kl; t0 += 16)
-        for (int64_t half = 0; half < NR; half += 16)
-          transpose16_f32(stage + half * KB + t0, KB, out + (kb + t0) * NR + half, NR, std::min<int64_t>(16, kl - t0));
-    }
-  }
-}
-#endif
-
 // The adjoint of im2col for channels [c0, c1): each gx plane is zeroed, then every column entry
 // is added to the pixel it was read from, in (i, j, oh, ow) order.
 template <typename T>
@@ -271,69 +198,54 @@ void for_samples(int64_t N, int64_t slots, T* ws, int64_t per_sample, F&& sample
 }
 
 
-#if PYCNN_LEGACY_AVX512  // being ported to simd/vec.h
-// ---- Weight gradient as dot products (float, AVX-512) ----------------------------------------
-// gw[k][r] = sum over samples n and pixels p of gy[n][k][p] * col_n[r][p]: both operands are
-// contiguous along the reduction index p, so instead of transposing the columns into GEMM panels
-// (the packing cost as much as the FMAs: 72 x 1024 floats per sample at one float per cache
-// line) each output is a 16-lane dot product along p, reduced to a scalar at the end. A KT x RT
-// tile keeps KT x RT accumulators and loads KT + RT vectors per KT * RT FMAs (4 x 4: 8 loads per
-// 16 FMAs, within Zen 4's one 512-bit load per cycle). Reducing a zmm costs ~8 ops, so for small
-// maps the lanes run over a group of `ns` samples (ns * P ~ 512) before the reduction: 64-pixel
-// maps would otherwise spend more on reductions than on FMAs.
-// Determinism: every gw element goes through the same arithmetic (lane l sums p = l mod 16 in
-// order over the group's samples, then the fixed lane fold, then += in group order) whatever the
-// tile it sits in or the thread that computes it, so the result does not depend on threads.
-template <int KT, int RT>
-PYCNN_TARGET_AVX512 void dot_tile_f32(int64_t ns, int64_t P, const float* gy, int64_t gy_sample_stride,
-                                      const float* col, int64_t col_sample_stride, float* gw, int64_t ldw,
-                                      bool first) {
-  __m512 acc[KT][RT];
-  for (int i = 0; i < KT; ++i)
-    for (int j = 0; j < RT; ++j) acc[i][j] = _mm512_setzero_ps();
-  const int64_t tail = P % 16;
-  const __mmask16 tail_mask = static_cast<__mmask16>((1u << tail) - 1);
-  for (int64_t nl = 0; nl < ns; ++nl) {
-    const float* g = gy + nl * gy_sample_stride;
-    const float* c = col + nl * col_sample_stride;
-    int64_t p = 0;
-    for (; p + 16 <= P; p += 16) {
-      __m512 cv[RT];
-      for (int j = 0; j < RT; ++j) cv[j] = _mm512_loadu_ps(c + j * P + p);
-      for (int i = 0; i < KT; ++i) {
-        const __m512 gv = _mm512_loadu_ps(g + i * P + p);
-        for (int j = 0; j < RT; ++j) acc[i][j] = _mm512_fmadd_ps(gv, cv[j], acc[i][j]);
-      }
-    }
-    if (tail) {
-      __m512 cv[RT];
-      for (int j = 0; j < RT; ++j) cv[j] = _mm512_maskz_loadu_ps(tail_mask, c + j * P + p);
-      for (int i = 0; i < KT; ++i) {
-        const __m512 gv = _mm512_maskz_loadu_ps(tail_mask, g + i * P + p);
-        for (int j = 0; j < RT; ++j) acc[i][j] = _mm512_fmadd_ps(gv, cv[j], acc[i][j]);
-      }
-    }
-  }
-  for (int i = 0; i < KT; ++i)
-    for (int j = 0; j < RT; ++j) {
-      const float v = _mm512_reduce_add_ps(acc[i][j]);
-      float* o = gw + i * ldw + j;
-      *o = first ? v : *o + v;
-    }
+// ---- Float fast paths over the vector layer (simd/vec.h): every target, float only ----------
+// (double stays on the plain im2col + GEMM path above: the reference they are tested against.)
+constexpr int L = kLanesOf<float>;
+
+// d[0, n) = output columns [ow, ow + n) (n <= L) of one im2col row: lane t is x's input row
+// `row` (nullptr: a padding row) at column (ow + t)*sw + off, zero outside the valid columns.
+// Lanes outside them are never read (row + ow*sw + off may point outside x).
+inline void im2col_piece(const float* row, int64_t sw, int64_t off, ColumnRange valid, int64_t ow, int64_t n,
+                         float* d) {
+  if (!row) return store_first(d, zero<float>(), n);
+  const int64_t tlo = std::clamp<int64_t>(valid.lo - ow, 0, n), thi = std::clamp<int64_t>(valid.hi - ow, 0, n);
+  store_first(d, load_row_strided(row, ow * sw + off, tlo, thi, sw), n);
 }
 
-using DotTileFn = void (*)(int64_t, int64_t, const float*, int64_t, const float*, int64_t, float*, int64_t, bool);
-template <int KT>
-constexpr DotTileFn dot_tile_row[4] = {dot_tile_f32<KT, 1>, dot_tile_f32<KT, 2>, dot_tile_f32<KT, 3>,
-                                       dot_tile_f32<KT, 4>};
-constexpr const DotTileFn* dot_tiles[4] = {dot_tile_row<1>, dot_tile_row<2>, dot_tile_row<3>, dot_tile_row<4>};
+// The input row of col row (c, i) for output row oh, or nullptr where it lies in the padding.
+inline const float* input_row(const Conv2dShape& s, const float* x, int64_t c, int64_t i, int64_t oh) {
+  const int64_t h = oh * s.sh - s.ph + i * s.dh;
+  return h < 0 || h >= s.H ? nullptr : x + (c * s.H + h) * s.W;
+}
 
-// im2col of channels [0, C) of one sample, float, horizontal stride 1 or 2: the same values as
-// im2col, but each piece of an output row (<= 16 pixels) is one masked load (stride 2: two and a
-// permute) + store instead of a memcpy call or a scalar loop (~20 cycles of set-up per 8 floats
-// on the 8x8 maps; napkin: 64ch 8x8 is 4608 pieces per sample, 46K cycles of memcpy calls vs 74K
-// cycles of FMAs).
-PYCNN_TARGET_AVX512 void im2col_f32_avx512(const Conv2dShape& s, const float* x, int64_t C, float* col) {
+// The forward's implicit-im2col packer (horizontal stride 1 or 2): columns [j0, j1) of col rows
+// [p0, p0 + kc) straight into the GEMM's NR-column panels, one load_row_strided + store_first
+// per piece (<= L pixels within one output row and one panel). Exactly im2col's values.
+// Why: for the small ResNet maps (OW = 8 or 16) the scalar path spends ~20 cycles of set-up and
+// a memcpy call per 8-16 floats, as much time as the GEMM itself.
+void pack_im2col_vec(const Conv2dShape& s, const float* x, int64_t j0, int64_t j1, int64_t p0, int64_t kc, int NR,
+                     float* out) {
+  const int64_t taps = s.kh * s.kw;
+  const int64_t tail = (j1 - j0) % NR, last_panel = (j1 - j0) / NR;
+  for (int64_t k = 0; k < kc; ++k) {
+    const int64_t r = p0 + k;
+    const int64_t c = r / taps, i = (r % taps) / s.kw, j = r % s.kw;
+    const int64_t off = j * s.dw - s.pw;
+    const ColumnRange valid = valid_columns(off, s.W, s.sw, s.OW);
+    int64_t oh = j0 / s.OW, ow = j0 % s.OW, q = 0, col = 0;
+    for (int64_t p = j0; p < j1;) {
+      const int64_t n = std::min({s.OW - ow, int64_t(NR) - col, j1 - p, int64_t(L)});
+      im2col_piece(input_row(s, x, c, i, oh), s.sw, off, valid, ow, n, out + q * NR * kc + k * NR + col);
+      p += n, col += n, ow += n;
+      if (col == NR) col = 0, ++q;
+      if (ow == s.OW) ow = 0, ++oh;
+    }
+    if (tail) std::fill(out + last_panel * NR * kc + k * NR + tail, out + last_panel * NR * kc + (k + 1) * NR, 0.0f);
+  }
+}
+
+// im2col of channels [0, C) of one sample (horizontal stride 1 or 2), L pixels per piece.
+void im2col_vec(const Conv2dShape& s, const float* x, int64_t C, float* col) {
   const int64_t P = s.OH * s.OW;
   for (int64_t c = 0; c < C; ++c)
     for (int64_t i = 0; i < s.kh; ++i)
@@ -342,31 +254,77 @@ PYCNN_TARGET_AVX512 void im2col_f32_avx512(const Conv2dShape& s, const float* x,
         const int64_t off = j * s.dw - s.pw;
         const ColumnRange valid = valid_columns(off, s.W, s.sw, s.OW);
         for (int64_t oh = 0; oh < s.OH; ++oh) {
-          const int64_t h = oh * s.sh - s.ph + i * s.dh;
-          float* d = row + oh * s.OW;
-          const bool inside = h >= 0 && h < s.H;
-          const float* src = x + (c * s.H + std::clamp<int64_t>(h, 0, s.H - 1)) * s.W;
-          for (int64_t ow = 0; ow < s.OW; ow += 16) {
-            const int64_t n = std::min<int64_t>(16, s.OW - ow);
-            const __mmask16 all = static_cast<__mmask16>((1u << n) - 1);
-            if (!inside) {
-              _mm512_mask_storeu_ps(d + ow, all, _mm512_setzero_ps());
-              continue;
-            }
-            const int64_t tlo = std::clamp<int64_t>(valid.lo - ow, 0, n), thi = std::clamp<int64_t>(valid.hi - ow, 0, n);
-            _mm512_mask_storeu_ps(d + ow, all, load_row_strided(src, ow * s.sw + off, tlo, thi, s.sw));
-          }
+          const float* src = input_row(s, x, c, i, oh);
+          for (int64_t ow = 0; ow < s.OW; ow += L)
+            im2col_piece(src, s.sw, off, valid, ow, std::min<int64_t>(L, s.OW - ow), row + oh * s.OW + ow);
         }
       }
 }
 
+// ---- Weight gradient as dot products ----------------------------------------------------------
+// gw[k][r] = sum over samples n and pixels p of gy[n][k][p] * col_n[r][p]: both operands are
+// contiguous along the reduction index p, so instead of transposing the columns into GEMM panels
+// (one float per cache line of the panel) each output is an L-lane dot product along p, reduced
+// to a scalar at the end. A KT x RT tile keeps KT x RT accumulators and loads KT + RT vectors per
+// KT * RT FMAs (kDotK x kDotR: 4 x 4 with 32 registers, 4 x 3 with 16). The lanes run over a group of
+// samples (dot_group: ns * P ~ 512) before the reduction, so small maps do not spend more on
+// reductions than on FMAs.
+// Determinism: every gw element goes through the same arithmetic (lane l sums p = l mod L in
+// order over the group's samples, then reduce_add's fixed fold, then += in group order) whatever
+// the tile it sits in or the thread that computes it.
+constexpr int kDotK = 4, kDotR = kRegisters >= 32 ? 4 : 3;
+
+template <int KT, int RT>
+void dot_tile(int64_t ns, int64_t P, const float* gy, int64_t gy_sample_stride, const float* col,
+              int64_t col_sample_stride, float* gw, int64_t ldw, bool first) {
+  vec<float> acc[KT][RT];
+  for (int i = 0; i < KT; ++i)
+    for (int j = 0; j < RT; ++j) acc[i][j] = zero<float>();
+  for (int64_t nl = 0; nl < ns; ++nl) {
+    const float* g = gy + nl * gy_sample_stride;
+    const float* c = col + nl * col_sample_stride;
+    auto step = [&](int64_t p, int64_t n) {  // pixels [p, p + n), n <= L (the rest zero lanes)
+      vec<float> cv[RT];
+      for (int j = 0; j < RT; ++j) cv[j] = n == L ? load(c + j * P + p) : load_first(c + j * P + p, n);
+      for (int i = 0; i < KT; ++i) {
+        const vec<float> gv = n == L ? load(g + i * P + p) : load_first(g + i * P + p, n);
+        for (int j = 0; j < RT; ++j) acc[i][j] = fma(gv, cv[j], acc[i][j]);
+      }
+    };
+    int64_t p = 0;
+    for (; p + L <= P; p += L) step(p, L);
+    if (p < P) step(p, P - p);
+  }
+  for (int i = 0; i < KT; ++i)
+    for (int j = 0; j < RT; ++j) {
+      const float v = reduce_add(acc[i][j]);
+      float* o = gw + i * ldw + j;
+      *o = first ? v : *o + v;
+    }
+}
+
+using DotTileFn = void (*)(int64_t, int64_t, const float*, int64_t, const float*, int64_t, float*, int64_t, bool);
+template <int KT, int... R>
+constexpr std::array<DotTileFn, kDotR> dot_row(std::integer_sequence<int, R...>) {
+  return {dot_tile<KT, R + 1>...};
+}
+template <int... K>
+constexpr std::array<std::array<DotTileFn, kDotR>, kDotK> dot_table(std::integer_sequence<int, K...>) {
+  return {dot_row<K + 1>(std::make_integer_sequence<int, kDotR>())...};
+}
+// dot_tiles[kt - 1][rt - 1]: the kt x rt tile (edges of K and of the column rows).
+constexpr auto dot_tiles = dot_table(std::make_integer_sequence<int, kDotK>());
+
 // Samples reduced per lane fold: ~512 pixels of lanes (fixed by P alone: thread-count proof).
+// Measured (AVX2, 1 thread, weight gradient GFLOP/s at 512 / 1024 / 2048 pixels): 32ch 16x16
+// 35-37 / 32 / 22-30, 64ch 8x8 33-38 / 30 / 15-27, 6 -> 16 5x5 10x10 13-16 / 14 / 8-14 (the
+// staged columns leave L2); 256 the same as 512 within the noise.
 int64_t dot_group(int64_t P) { return std::max<int64_t>(1, 512 / std::max<int64_t>(P, 1)); }
 
 // gw columns [c0*taps, c1*taps) (input channels [c0, c1), groups == 1) over the whole batch.
-// stage: dot_group(P) * (c1 - c0) * taps * P floats.
-void weight_grad_dot_f32(const Conv2dShape& s, const float* x, const float* gy, float* gw, int64_t c0,
-                         int64_t c1, float* stage) {
+// stage: dot_group(P) * (c1 - c0) * taps * P floats (none for pointwise convs).
+void weight_grad_dot(const Conv2dShape& s, const float* x, const float* gy, float* gw, int64_t c0, int64_t c1,
+                     float* stage) {
   const int64_t P = s.OH * s.OW, taps = s.kh * s.kw, rows = s.col_rows();
   const int64_t r0 = c0 * taps, nrows = (c1 - c0) * taps;
   const int64_t group = dot_group(P);
@@ -381,93 +339,98 @@ void weight_grad_dot_f32(const Conv2dShape& s, const float* x, const float* gy, 
       sub.C = c1 - c0;
       for (int64_t nl = 0; nl < ns; ++nl) {
         const float* xs = x + ((n0 + nl) * s.C + c0) * s.H * s.W;
-        if (s.sw <= 2) im2col_f32_avx512(sub, xs, c1 - c0, stage + nl * col_stride);
+        if (s.sw <= 2) im2col_vec(sub, xs, c1 - c0, stage + nl * col_stride);
         else im2col(sub, xs, 0, c1 - c0, stage + nl * col_stride);
       }
     }
     const float* g0 = gy + n0 * s.K * P;
     // gy rows in blocks of ~16 KB (L1-resident while every column-row tile streams past them).
-    const int64_t kblock = std::max<int64_t>(4, (4096 / std::max<int64_t>(ns * P, 1)) / 4 * 4);
+    const int64_t kblock = std::max<int64_t>(kDotK, (4096 / std::max<int64_t>(ns * P, 1)) / kDotK * kDotK);
     for (int64_t kb = 0; kb < s.K; kb += kblock) {
       const int64_t ke = std::min(s.K, kb + kblock);
-      for (int64_t rr = 0; rr < nrows; rr += 4) {
-        const int rt = int(std::min<int64_t>(4, nrows - rr));
-        for (int64_t k = kb; k < ke; k += 4) {
-          const int kt = int(std::min<int64_t>(4, ke - k));
-          dot_tiles[kt - 1][rt - 1](ns, P, g0 + k * P, s.K * P, col + rr * P, col_stride,
-                                    gw + k * rows + r0 + rr, rows, n0 == 0);
+      for (int64_t rr = 0; rr < nrows; rr += kDotR) {
+        const int64_t rt = std::min<int64_t>(kDotR, nrows - rr);
+        for (int64_t k = kb; k < ke; k += kDotK) {
+          const int64_t kt = std::min<int64_t>(kDotK, ke - k);
+          dot_tiles[kt - 1][rt - 1](ns, P, g0 + k * P, s.K * P, col + rr * P, col_stride, gw + k * rows + r0 + rr,
+                                    rows, n0 == 0);
         }
       }
     }
   }
 }
-#endif
 
-#if PYCNN_LEGACY_AVX512  // being ported to simd/vec.h
-// ---- Direct forward (float, AVX-512, stride 1, one group) ------------------------------------
+// ---- Direct forward (stride 1, one group) -----------------------------------------------------
 // y[k][p] = bias[k] + sum over col rows r = (c, i, j) of w[k][r] * x[c][oh + i*dh - ph][ow + j*dw - pw],
-// with the B vectors (16 output pixels) loaded straight from a staging copy of the input rows a
-// band of output rows reads (layouts: see conv2d_forward_direct_f32): rows copied whole, once
-// per band, the padding written as zeros there, so the micro-kernel needs no masks and there is
-// no packed B panel.
-// Why: with M = 16..64 output channels each packed B vector feeds only M/16 vector FMAs per
-// 8-row tile pass, so implicit-im2col packing (9 copies of every x value, per-16-pixel set-up,
-// a C*9 x P panel: 590 KB per sample at 16ch 32x32, through L2) cost about as much as the FMAs.
-// Here each x value is copied (band + kh - 1) / band times (x kw for the shifted layout).
-// Reading x in place with masked loads was slower (measured 47 vs 85 GFLOP/s, 64ch 32x32):
-// channel planes 4 KB apart alias in L1's sets, so the 3 x C rows a tile walks evicted each other.
-// Measured (1 thread, N32, ms, implicit-im2col GEMM -> direct): 16ch 32x32 2.9 -> 1.7, 32ch
-// 16x16 2.1 -> 1.6, 64ch 8x8 2.1 -> 1.8, 64ch 32x32 28 -> 24.
-// Tile: 8 output channels x 32 pixels (two vectors) = 16 zmm accumulators; per col row 2 loads +
-// 8 broadcasts for 16 FMAs (8 x 48, three vectors, measured ~40% slower; 4 x 64 the same). Each
-// output is summed from its bias over (c, i, j) in order, whatever thread computes it (deterministic).
-constexpr int kDirectMR = 8;
+// with the B vectors (L output pixels) loaded straight from a staging copy of the input rows a
+// band of output rows reads (layouts: see conv2d_forward_direct): rows copied once per band, the
+// padding written as zeros there, so the micro-kernel needs no masks and there is no packed B
+// panel.
+// Why: with M = 16..64 output channels each packed B vector of the GEMM feeds only a few vector
+// FMAs, so implicit-im2col packing (kh*kw copies of every x value, a C*kh*kw x P panel) cost
+// about as much as the FMAs. Here each x value is copied (band + kh - 1) / band times (x kw for
+// the shifted layout). Reading x in place with masked loads was slower (AVX-512: 47 vs 85
+// GFLOP/s, 64ch 32x32: channel planes 4 KB apart alias in L1's sets).
+// Tile: MR output channels x NV = 2 vectors of pixels, MR x 2 accumulators: MR = 8 with 32
+// registers (16 accumulators), 4 or 6 with 16 (whichever pads K less; per col row 2 loads and
+// MR broadcasts for 2 MR FMAs). Each output is summed from its bias over (c, i, j) in order,
+// whatever thread computes it (deterministic).
 constexpr int kDirectNV = 2;
+constexpr int kDirectMRSmall = 4;
+constexpr int kDirectMRLarge = kRegisters >= 32 ? 8 : 6;
 
-template <int NV>
-PYCNN_TARGET_AVX512 void direct_tile_f32(int64_t C, int64_t cstride, int64_t taps, const int64_t* off,
-                                         const float* stage, const float* a, const float* bias, int64_t mrows,
-                                         float* y, int64_t ldy, int64_t npix) {
-  constexpr int MR = kDirectMR;
-  __m512 acc[MR][NV];
+template <int MR>
+void direct_tile(int64_t C, int64_t cstride, int64_t taps, const int64_t* tap_off, const int64_t* pix_off,
+                 const float* stage, const float* a,
+                 const float* bias, int64_t mrows, float* y, int64_t ldy, int64_t npix) {
+  constexpr int NV = kDirectNV;
+  int64_t pix[NV];  // in registers: one offset load per tap, not NV
+  for (int v = 0; v < NV; ++v) pix[v] = pix_off[v];
+  vec<float> acc[MR][NV];
 #pragma GCC unroll 8
   for (int m = 0; m < MR; ++m)
 #pragma GCC unroll 4
-    for (int v = 0; v < NV; ++v) acc[m][v] = _mm512_set1_ps(bias && m < mrows ? bias[m] : 0.0f);
+    for (int v = 0; v < NV; ++v) acc[m][v] = broadcast(bias && m < mrows ? bias[m] : 0.0f);
   for (int64_t c = 0; c < C; ++c, stage += cstride) {
     for (int64_t t = 0; t < taps; ++t, a += MR) {
-      __m512 b[NV];
+      vec<float> b[NV];
 #pragma GCC unroll 4
-      for (int v = 0; v < NV; ++v) b[v] = _mm512_loadu_ps(stage + off[NV * t + v]);
+      for (int v = 0; v < NV; ++v) b[v] = load(stage + tap_off[t] + pix[v]);
 #pragma GCC unroll 8
       for (int m = 0; m < MR; ++m) {
-        const __m512 av = _mm512_set1_ps(a[m]);
+        const vec<float> av = broadcast(a[m]);
 #pragma GCC unroll 4
-        for (int v = 0; v < NV; ++v) acc[m][v] = _mm512_fmadd_ps(av, b[v], acc[m][v]);
+        for (int v = 0; v < NV; ++v) acc[m][v] = fma(av, b[v], acc[m][v]);
       }
     }
   }
-  // npix (1..16*NV): the tile's real pixels; the rest of its vectors are never stored. Unrolled
+  // npix (1 .. L*NV): the tile's real pixels; the rest of its lanes are never stored. Unrolled
   // with a guard: a loop to the run-time mrows would index acc by a variable and push the
   // accumulators out of registers for the whole k loop.
-  __mmask16 sm[NV];
-#pragma GCC unroll 4
-  for (int v = 0; v < NV; ++v) sm[v] = static_cast<__mmask16>((1u << std::clamp<int64_t>(npix - 16 * v, 0, 16)) - 1);
 #pragma GCC unroll 8
   for (int m = 0; m < MR; ++m) {
     if (m >= mrows) break;
 #pragma GCC unroll 4
-    for (int v = 0; v < NV; ++v) _mm512_mask_storeu_ps(y + m * ldy + 16 * v, sm[v], acc[m][v]);
+    for (int v = 0; v < NV; ++v) store_first(y + m * ldy + L * v, acc[m][v], npix - L * v);
   }
 }
 
-bool direct_forward_applies(const Conv2dShape& s) {
-  return cpu_has_avx512() && s.groups == 1 && s.sh == 1 && s.sw == 1 && !s.is_pointwise();
+// d[u] = src[u*sw + off] for u in [lo, hi), 0 for the rest of [0, SW) (sw 1 or 2): a masked
+// load (stride 2: two and a compaction) and store per L columns (memcpy and two fills cost ~3
+// calls per 8-float row of an 8x8 map).
+void stage_row(const float* src, int64_t off, int64_t lo, int64_t hi, int64_t SW, int64_t sw, float* d) {
+  for (int64_t u = 0; u < SW; u += L) store_first(d + u, load_row_strided(src, u * sw + off, lo - u, hi - u, sw), SW - u);
 }
 
-bool conv2d_forward_direct_f32(const Conv2dShape& s, const float* x, const float* w, const float* bias, float* y) {
-  if (!direct_forward_applies(s)) return false;
-  constexpr int MR = kDirectMR;
+// Where the direct forward applies: one group, not pointwise, and stride 1, or any vertical
+// stride with horizontal stride 1 or 2 where output rows are whole vectors (the rows layout of
+// conv2d_forward_direct). Where it pays: see forward_kernel.
+bool direct_forward_applies(const Conv2dShape& s) {
+  return s.groups == 1 && !s.is_pointwise() && ((s.sh == 1 && s.sw == 1) || (s.sw <= 2 && s.OW % L == 0));
+}
+
+template <int MR>
+void conv2d_forward_direct(const Conv2dShape& s, const float* x, const float* w, const float* bias, float* y) {
   constexpr int NV = kDirectNV;
   const int64_t taps = s.kh * s.kw, rows = s.C * taps, P = s.OH * s.OW;
   const int64_t mblocks = (s.K + MR - 1) / MR;
@@ -475,142 +438,149 @@ bool conv2d_forward_direct_f32(const Conv2dShape& s, const float* x, const float
   std::vector<float> wp(size_t(mblocks * rows * MR), 0.0f);
   for (int64_t k = 0; k < s.K; ++k)
     for (int64_t r = 0; r < rows; ++r) wp[size_t(((k / MR) * rows + r) * MR + k % MR)] = w[k * rows + r];
-  // Two staging layouts for a band of output rows [oh0, oh1) (R = band + (kh-1)*dh input rows):
-  //  rows:    OW % 16 == 0. stage[c][q][u] = x[c][oh0 - ph + q][u - pw], SW = OW + (kw-1)*dw
-  //           columns: each x row once, its padding once; a vector never crosses an output row.
-  //  shifted: other OW (the 8x8 maps). kw copies shifted by j*dw, each exactly OW wide:
-  //           stage[c][j][q][ow] = x[c][oh0 - ph + q][ow + j*dw - pw], so 16 consecutive output
-  //           pixels (crossing output rows) are 16 consecutive floats at every tap.
-  // The band grows while the staging stays under ~48 KB (L1 + a little; read MR-block times).
-  const bool shifted = s.OW % 16 != 0;
-  const int64_t SW = shifted ? s.OW : s.OW + (s.kw - 1) * s.dw;
-  const int64_t copies = shifted ? s.kw : 1;
-  // Channel copies an odd number of cache lines apart: a power-of-two stride (240 + 16 = 256
-  // floats at 8x8) put every 4th channel in the same L1 sets.
+  // Two staging layouts for a band of output rows [oh0, oh1), which reads the R = (band-1)*sh +
+  // (kh-1)*dh + 1 input rows from oh0*sh - ph:
+  //  rows:    OW % L == 0. sw copies (column phases) stage[c][f][q][u] = x[c][oh0*sh - ph + q][u*sw + f - pw],
+  //           SW = OW + (kw-1)*dw / sw columns: each x row once (split by phase), its padding
+  //           once; tap j reads phase j*dw % sw from column ow + j*dw / sw, and a vector never
+  //           crosses an output row.
+  //  shifted: other OW (stride 1 only). kw copies shifted by j*dw, each exactly OW wide:
+  //           stage[c][j][q][ow] = x[c][oh0 - ph + q][ow + j*dw - pw], so L consecutive output
+  //           pixels (crossing output rows) are L consecutive floats at every tap.
+  // The band grows while the staging stays under ~48 KB (L1 + a little; read once per MR block).
+  const bool shifted = s.OW % L != 0;
+  const int64_t SW = shifted ? s.OW : s.OW + (s.kw - 1) * s.dw / s.sw;
+  const int64_t copies = shifted ? s.kw : s.sw;
+  auto rows_for = [&](int64_t b) { return (b - 1) * s.sh + (s.kh - 1) * s.dh + 1; };
+  // Channel copies an odd number of cache lines apart: a power-of-two stride put every 4th
+  // channel in the same L1 sets.
   auto cstride_for = [&](int64_t b) {
-    const int64_t lines = (copies * (b + (s.kh - 1) * s.dh) * SW + 15) / 16;
+    const int64_t lines = (copies * rows_for(b) * SW + 15) / 16;
     return (lines | 1) * 16;
   };
-  int64_t band = shifted ? 1 : s.OW % 32 == 0 ? 1 : 2;
+  // Rows layout: at least NV*L pixels per band where the rows are shorter (a full tile).
+  int64_t band = 1;
+  while (!shifted && band * s.OW < NV * L && band < s.OH) band *= 2;
   while (band * 2 <= s.OH && s.C * cstride_for(band * 2) * 4 <= 48 * 1024) band *= 2;
   if (shifted && s.C * cstride_for(s.OH) * 4 <= 64 * 1024) band = s.OH;  // whole small maps
+  band = std::min(band, s.OH);
   const int64_t bands = (s.OH + band - 1) / band;
-  const int64_t R = band + (s.kh - 1) * s.dh;
+  const int64_t R = rows_for(band);
   const int64_t cstride = cstride_for(band);
   const int64_t plane = s.H * s.W;
   parallel_for(s.N * bands, 1, [&](int64_t t0, int64_t t1) {
     thread_local std::vector<float> stage;
-    // +32: the shifted layout's last vector may read past the band's pixels (never stored).
-    if (stage.size() < size_t(s.C * cstride + 32)) stage.resize(size_t(s.C * cstride + 32));
-    std::vector<int64_t> off(size_t(NV * taps));
+    // + NV*L: the shifted layout's last vector may read past the band's pixels (never stored).
+    if (stage.size() < size_t(s.C * cstride + NV * L)) stage.resize(size_t(s.C * cstride + NV * L));
+    // Vector v of a tile at tap (i, j) reads stage + tap_off[i*kw + j] + pix_off[v].
+    std::vector<int64_t> tap_off(static_cast<size_t>(taps));
+    for (int64_t i = 0; i < s.kh; ++i)
+      for (int64_t j = 0; j < s.kw; ++j)
+        tap_off[i * s.kw + j] = shifted ? (j * R + i * s.dh) * SW : (j * s.dw % s.sw * R + i * s.dh) * SW + j * s.dw / s.sw;
+    int64_t pix_off[NV];
     for (int64_t task = t0; task < t1; ++task) {
       const int64_t n = task / bands, oh0 = (task % bands) * band;
       const int64_t oh1 = std::min(s.OH, oh0 + band);
       const float* xs = x + n * s.C * plane;
-      const int64_t rq = oh1 - oh0 + (s.kh - 1) * s.dh;
+      const int64_t rq = rows_for(oh1 - oh0);
       for (int64_t c = 0; c < s.C; ++c)
         for (int64_t jc = 0; jc < copies; ++jc) {
-          // Staged column u reads input column u + shift; live where that lies in [0, W).
-          const int64_t shift = shifted ? jc * s.dw - s.pw : -s.pw;
-          const int64_t u_lo = std::clamp<int64_t>(-shift, 0, SW), u_hi = std::clamp<int64_t>(s.W - shift, u_lo, SW);
+          // Staged column u reads input column u*sw + off; live where that lies in [0, W).
+          const int64_t off = shifted ? jc * s.dw - s.pw : jc - s.pw;
+          const ColumnRange live_u = valid_columns(off, s.W, s.sw, SW);
           for (int64_t q = 0; q < rq; ++q) {
-            const int64_t h = oh0 - s.ph + q;
-            const bool row_live = h >= 0 && h < s.H;
-            stage_row_f32(row_live ? xs + c * plane + h * s.W : xs, shift, row_live ? u_lo : 0, row_live ? u_hi : 0,
-                          SW, stage.data() + c * cstride + (jc * R + q) * SW);
+            const int64_t h = oh0 * s.sh - s.ph + q;
+            const bool live = h >= 0 && h < s.H;
+            stage_row(live ? xs + c * plane + h * s.W : xs, off, live ? live_u.lo : 0, live ? live_u.hi : 0, SW, s.sw,
+                      stage.data() + c * cstride + (jc * R + q) * SW);
           }
         }
       const int64_t npix = (oh1 - oh0) * s.OW;
-      for (int64_t p0 = 0; p0 < npix; p0 += 16 * NV) {
+      for (int64_t p0 = 0; p0 < npix; p0 += L * NV) {
         for (int64_t v = 0; v < NV; ++v) {
           // A vector past the band's pixels re-reads the first one (its lanes are never stored).
-          const int64_t pv = p0 + 16 * v < npix ? p0 + 16 * v : p0;
-          const int64_t ohl = pv / s.OW, ow = pv % s.OW;
-          for (int64_t i = 0; i < s.kh; ++i)
-            for (int64_t j = 0; j < s.kw; ++j)
-              off[NV * (i * s.kw + j) + v] = shifted ? (j * R + i * s.dh) * SW + pv : (ohl + i * s.dh) * SW + ow + j * s.dw;
+          const int64_t pv = p0 + L * v < npix ? p0 + L * v : p0;
+          pix_off[v] = shifted ? pv : pv / s.OW * s.sh * SW + pv % s.OW;
         }
         float* ys = y + n * s.K * P + oh0 * s.OW + p0;
-        for (int64_t mb = 0; mb < mblocks; ++mb) {
-          const int64_t mrows = std::min<int64_t>(MR, s.K - mb * MR);
-          direct_tile_f32<NV>(s.C, cstride, taps, off.data(), stage.data(), wp.data() + mb * rows * MR,
-                          bias ? bias + mb * MR : nullptr, mrows, ys + mb * MR * P, P, std::min<int64_t>(16 * NV, npix - p0));
-        }
+        for (int64_t mb = 0; mb < mblocks; ++mb)
+          direct_tile<MR>(s.C, cstride, taps, tap_off.data(), pix_off, stage.data(), wp.data() + mb * rows * MR,
+                          bias ? bias + mb * MR : nullptr, std::min<int64_t>(MR, s.K - mb * MR), ys + mb * MR * P, P,
+                          std::min<int64_t>(L * NV, npix - p0));
       }
     }
   });
-  return true;
 }
-#endif
 
-}  // namespace
+// The direct forward with the register tile that pads K least (ties: the larger tile).
+void conv2d_forward_direct_f32(const Conv2dShape& s, const float* x, const float* w, const float* bias, float* y) {
+  auto padded = [&](int64_t mr) { return (s.K + mr - 1) / mr * mr; };
+  if (padded(kDirectMRSmall) < padded(kDirectMRLarge))
+    conv2d_forward_direct<kDirectMRSmall>(s, x, w, bias, y);
+  else
+    conv2d_forward_direct<kDirectMRLarge>(s, x, w, bias, y);
+}
+
+// Where the direct forward beats the implicit-im2col GEMM. Measured (AVX2, 1 thread, CPU time,
+// GFLOP/s direct vs GEMM, noise +-30% on this shared VM): stride 1 always, e.g. 3 -> 16 32x32
+// 22-26 vs 12-18, 16 -> 16 32x32 25-42 vs 20-23, 32 -> 32 16x16 53-58 vs 35-37, 64 -> 64 8x8
+// 54-59 vs 46-47, 6 -> 16 5x5 10x10 18-25 vs 8-13 (1 -> 6 5x5 28x28 even). Horizontal stride 2
+// only for rows of 2 tiles or more: 32 -> 64 2x2 s2 64x64 (conv_transpose2d's input gradient,
+// OW 32) 32-37 vs 26-31, but 16 -> 32 3x3 s2 (OW 16) 23-29 vs 21-26, 32 -> 64 3x3 s2 (OW 8)
+// 26 vs 37-41, 1x1 s2 4-9 vs 6-24 (one tap: the staging is as much work as the FMAs).
+bool direct_forward_pays(const Conv2dShape& s) {
+  return (s.sh == 1 && s.sw == 1) || (s.OW >= 2 * kDirectNV * L && s.kh * s.kw > 1);
+}
 
 // The kernel conv2d_forward runs: the one place that picks it (conv2d_forward_algorithm reports
-// it). The AVX-512 fast paths take float only; everything else is implicit-im2col + GEMM.
-namespace {
+// it). Winograd where winograd.cpp takes the shape, else the direct kernel where it applies and
+// pays, else implicit-im2col GEMM (pointwise: x is the column matrix). Double: GEMM only.
 enum class ForwardKernel { winograd, direct, im2col_gemm, pointwise_gemm };
 
 ForwardKernel forward_kernel(const Conv2dShape& s, bool is_float) {
-#if PYCNN_LEGACY_AVX512  // being ported to simd/vec.h
-  if (is_float && conv_winograd_enabled() && winograd_applies(s)) return ForwardKernel::winograd;
-  if (is_float && g_direct_forward && direct_forward_applies(s)) return ForwardKernel::direct;
-#else
-  (void)is_float;
-#endif
+  if (is_float && winograd_forward_kernel(s)) return ForwardKernel::winograd;
+  if (is_float && direct_forward_applies(s) && direct_forward_pays(s)) return ForwardKernel::direct;
   return s.is_pointwise() ? ForwardKernel::pointwise_gemm : ForwardKernel::im2col_gemm;
 }
 }  // namespace
 
-// The forward with `slots` one-sample column slots in ws (ws unused, may be null, when the
-// columns are implicit).
+// The forward with `slots` one-sample column slots in ws (unused, may be null: the columns of
+// the GEMM kernels are implicit).
 template <typename T>
 void conv2d_forward_slots(const Conv2dShape& s, const T* x, const T* w, const T* bias, T* y, T* ws,
                           int64_t slots) {
   const int64_t P = s.OH * s.OW, G = s.groups, Kg = s.K_per_group();
   const int64_t rows = s.col_rows();
   if (s.N == 0 || s.K == 0 || P == 0) return;
-#if PYCNN_LEGACY_AVX512  // being ported to simd/vec.h
   if constexpr (std::is_same_v<T, float>) {
     switch (forward_kernel(s, true)) {
-      case ForwardKernel::winograd: conv2d_forward_winograd_f32(s, x, w, bias, y); return;
+      case ForwardKernel::winograd:
+        if (conv2d_forward_winograd_f32(s, x, w, bias, y)) return;
+        break;
       case ForwardKernel::direct: conv2d_forward_direct_f32(s, x, w, bias, y); return;
       default: break;
     }
   }
-#endif
   const bool pointwise = s.is_pointwise();
   // Implicit im2col (columns built inside the GEMM's B packing) unless the conv is pointwise.
-  const bool implicit = !pointwise && g_implicit_im2col;
-  const int64_t per_sample = pointwise || implicit ? 0 : s.C * s.kh * s.kw * P;
+  const bool implicit = !pointwise;
   // The weight is the GEMM's A for every sample: pack it once per call (per group).
   const int64_t wpacked_per_group = implicit ? gemm_packed_a_size<T>(Kg, rows) : 0;
   std::vector<T> wpacked(size_t(wpacked_per_group * G));
   for (int64_t g = 0; g < G && implicit; ++g)
     gemm_pack_a<T>(false, Kg, rows, w + g * Kg * rows, rows, wpacked.data() + g * wpacked_per_group);
 
-  auto sample = [&](int64_t n, T* col, bool inner_parallel) {
+  auto sample = [&](int64_t n, T*, bool) {
     const T* xs = x + n * s.C * s.H * s.W;
     T* ys = y + n * s.K * P;
-    if (!pointwise && !implicit) {
-      if (inner_parallel)
-        parallel_for(s.C, 1, [&](int64_t c0, int64_t c1) { im2col(s, xs, c0, c1, col); });
-      else
-        im2col(s, xs, 0, s.C, col);
-    }
-    const T* cols = pointwise ? xs : col;
     for (int64_t g = 0; g < G; ++g) {
       if (implicit) {
         // Columns packed straight from x: panel rows are col rows r, panel columns pixels.
         const T* xg = xs + g * s.C_per_group() * s.H * s.W;
         PackBPanel<T> pack = [&](int64_t j0, int64_t j1, int64_t p0, int64_t kc, int NR, T* out) {
-#if PYCNN_LEGACY_AVX512  // being ported to simd/vec.h
           if constexpr (std::is_same_v<T, float>) {
-            if (s.sw <= 2 && cpu_has_avx512()) {
-              pack_im2col_f32_avx512(s, xg, j0, j1, p0, kc, NR, out);
-              return;
-            }
+            if (s.sw <= 2) return pack_im2col_vec(s, xg, j0, j1, p0, kc, NR, out);
           }
-#endif
           // One im2col row segment [j0, j1) per k row (into an L1-resident staging row), then
           // cut into the panels: per-call set-up once per row, not once per row and panel.
           constexpr int64_t kStage = 4096;
@@ -632,7 +602,7 @@ void conv2d_forward_slots(const Conv2dShape& s, const T* x, const T* w, const T*
         gemm_custom_b<T>(false, Kg, P, rows, T(1), w + g * Kg * rows, rows, pack, T(0), ys + g * Kg * P, P,
                          wpacked.data() + g * wpacked_per_group);
       } else {
-        gemm<T>(false, false, Kg, P, rows, T(1), w + g * Kg * rows, rows, cols + g * rows * P, P, T(0),
+        gemm<T>(false, false, Kg, P, rows, T(1), w + g * Kg * rows, rows, xs + g * rows * P, P, T(0),
                 ys + g * Kg * P, P);
       }
     }
@@ -644,7 +614,7 @@ void conv2d_forward_slots(const Conv2dShape& s, const T* x, const T* w, const T*
       }
     }
   };
-  for_samples(s.N, slots, ws, per_sample, sample);
+  for_samples(s.N, slots, ws, 0, sample);
 }
 
 template <typename T>
@@ -657,7 +627,8 @@ void conv2d_forward(const Conv2dShape& s, const T* x, const T* w, const T* bias,
 
 const char* conv2d_forward_algorithm(const Conv2dShape& s, bool is_float) {
   static const char* const names[] = {"winograd", "direct", "im2col_gemm", "pointwise_gemm"};
-  return names[int(forward_kernel(s, is_float))];
+  const ForwardKernel k = forward_kernel(s, is_float);
+  return k == ForwardKernel::winograd ? winograd_forward_kernel(s) : names[int(k)];
 }
 
 // Stride 1, one group: the input gradient is a forward conv of gy with the kernel transposed
@@ -671,20 +642,18 @@ bool conv2d_backward_input_as_forward(const Conv2dShape& s, const T* gy, const T
   if constexpr (!std::is_same_v<T, float>) {
     return false;
   } else {
-#if PYCNN_LEGACY_AVX512  // being ported to simd/vec.h
     const int64_t ph2 = (s.kh - 1) * s.dh - s.ph, pw2 = (s.kw - 1) * s.dw - s.pw;
-    if (!g_implicit_im2col || !cpu_has_avx512() || s.groups != 1 || s.sh != 1 || s.sw != 1 || s.is_pointwise() ||
-        ph2 < 0 || pw2 < 0)
-      return false;
-    // Measured (2 threads): few input channels (the forward's GEMM rows: 1 or 3 rows in 8-row
-    // tiles, K*taps = 25..48 deep) 2-5x slower. (8x8 maps were ~10% slower through the
-    // implicit-im2col GEMM; the direct forward made them faster: 64ch 8x8 N32 2.06 -> 1.75 ms.)
-    // Shapes the Winograd forward takes (4+ channels) always qualify: 8ch 32x32 N32 ~0.2x torch.
+    if (s.groups != 1 || s.sh != 1 || s.sw != 1 || s.is_pointwise() || ph2 < 0 || pw2 < 0) return false;
+    // Measured (AVX2, 1 thread, N32 / N64, ratio to torch, input gradient as forward vs GEMM +
+    // col2im): 16ch 32x32 0.60-0.66 vs 1.01, 32ch 16x16 1.08-1.31 vs 1.42, 64ch 8x8 1.42 vs 1.11
+    // (noise +-30% on this shared VM), but few channels on either side lose: 1 -> 6 5x5 1.32 vs
+    // 0.41-0.48, 6 -> 16 5x5 3.34 vs 1.58 (the direct tile pads 1 or 6 output rows to 4 or 6 and
+    // the taps run over 6 channels). Shapes the Winograd forward takes always qualify.
     Conv2dShape t = s;
     t.C = s.K, t.H = s.OH, t.W = s.OW;
     t.K = s.C, t.OH = s.H, t.OW = s.W;
     t.ph = ph2, t.pw = pw2;
-    if ((s.C < 16 || s.K < 16) && !(conv_winograd_enabled() && winograd_applies(t))) return false;
+    if ((s.C < 16 || s.K < 16) && winograd_forward_kernel(t) == nullptr) return false;
     const int64_t taps = s.kh * s.kw;
     std::vector<float> wt(size_t(s.C * s.K * taps));  // w'[c][k][i'][j'] = w[k][c][kh-1-i'][kw-1-j']
     for (int64_t k = 0; k < s.K; ++k)
@@ -692,9 +661,6 @@ bool conv2d_backward_input_as_forward(const Conv2dShape& s, const T* gy, const T
         for (int64_t q = 0; q < taps; ++q) wt[(c * s.K + k) * taps + q] = w[(k * s.C + c) * taps + (taps - 1 - q)];
     conv2d_forward_slots<float>(t, gy, wt.data(), nullptr, gx, nullptr, t.N);
     return true;
-#else
-    return false;
-#endif
   }
 }
 
@@ -760,10 +726,9 @@ void conv2d_backward_weight(const Conv2dShape& s, const T* x, const T* gy, T* gw
   const bool pointwise = s.is_pointwise();
   const int64_t taps = s.kh * s.kw;
   const int threads = get_num_threads();
-#if PYCNN_LEGACY_AVX512  // being ported to simd/vec.h
   if constexpr (std::is_same_v<T, float>) {
     if (conv_winograd_enabled() && conv2d_backward_weight_winograd_f32(s, x, gy, gw)) return;
-    if (G == 1 && cpu_has_avx512()) {
+    if (G == 1) {
       // Dot-product form (see weight_grad_dot_f32), taken whatever the thread count so that the
       // result does not depend on it; each thread owns a run of input channels (gw columns).
       parallel_for(s.C, 1, [&](int64_t c0, int64_t c1) {
@@ -772,12 +737,11 @@ void conv2d_backward_weight(const Conv2dShape& s, const T* x, const T* gy, T* gw
         thread_local std::vector<float> stage;
         const size_t need = s.is_pointwise() ? 0 : size_t(std::min(dot_group(P), s.N) * (c1 - c0) * taps * P);
         if (stage.size() < need) stage.resize(need);
-        weight_grad_dot_f32(s, x, gy, gw, c0, c1, stage.data());
+        weight_grad_dot(s, x, gy, gw, c0, c1, stage.data());
       });
       return;
     }
   }
-#endif
   if (G == 1 && s.C >= threads && threads > 1) {
     // Each thread owns a run of input channels, i.e. the gw columns [c0*taps, c1*taps), and walks
     // the whole batch for them: im2col of its channels into its rows of the one-sample workspace,
@@ -796,14 +760,6 @@ void conv2d_backward_weight(const Conv2dShape& s, const T* x, const T* gy, T* gw
         }
         // Implicit im2col: op(B)[p][r] = col[r0 + r][p], panel column jj is col row r0 + j0 + jj.
         PackBPanel<T> pack = [&](int64_t j0, int64_t j1, int64_t p0, int64_t kc, int NR, T* out) {
-#if PYCNN_LEGACY_AVX512  // being ported to simd/vec.h
-          if constexpr (std::is_same_v<T, float>) {
-            if (NR % 16 == 0 && NR <= 32 && cpu_has_avx512()) {
-              pack_im2col_transposed<float>(s, xs, r0, j0, j1, p0, kc, NR, out);
-              return;
-            }
-          }
-#endif
           for (int64_t j = j0; j < j1; j += NR, out += NR * kc) {
             const int64_t cols_here = std::min<int64_t>(NR, j1 - j);
             for (int64_t jj = 0; jj < cols_here; ++jj) im2col_row(s, xs, r0 + j + jj, p0, p0 + kc, out + jj, NR);
