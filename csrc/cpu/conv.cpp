@@ -551,11 +551,9 @@ namespace {
 enum class ForwardKernel { winograd, direct, im2col_gemm, pointwise_gemm };
 
 ForwardKernel forward_kernel(const Conv2dShape& s, bool is_float) {
+  if (is_float && winograd_forward_kernel(s)) return ForwardKernel::winograd;
 #if PYCNN_LEGACY_AVX512  // being ported to simd/vec.h
-  if (is_float && conv_winograd_enabled() && winograd_applies(s)) return ForwardKernel::winograd;
   if (is_float && g_direct_forward && direct_forward_applies(s)) return ForwardKernel::direct;
-#else
-  (void)is_float;
 #endif
   return s.is_pointwise() ? ForwardKernel::pointwise_gemm : ForwardKernel::im2col_gemm;
 }
@@ -569,10 +567,12 @@ void conv2d_forward_slots(const Conv2dShape& s, const T* x, const T* w, const T*
   const int64_t P = s.OH * s.OW, G = s.groups, Kg = s.K_per_group();
   const int64_t rows = s.col_rows();
   if (s.N == 0 || s.K == 0 || P == 0) return;
+  if constexpr (std::is_same_v<T, float>) {
+    if (conv2d_forward_winograd_f32(s, x, w, bias, y)) return;
+  }
 #if PYCNN_LEGACY_AVX512  // being ported to simd/vec.h
   if constexpr (std::is_same_v<T, float>) {
     switch (forward_kernel(s, true)) {
-      case ForwardKernel::winograd: conv2d_forward_winograd_f32(s, x, w, bias, y); return;
       case ForwardKernel::direct: conv2d_forward_direct_f32(s, x, w, bias, y); return;
       default: break;
     }
@@ -657,7 +657,9 @@ void conv2d_forward(const Conv2dShape& s, const T* x, const T* w, const T* bias,
 
 const char* conv2d_forward_algorithm(const Conv2dShape& s, bool is_float) {
   static const char* const names[] = {"winograd", "direct", "im2col_gemm", "pointwise_gemm"};
-  return names[int(forward_kernel(s, is_float))];
+  const ForwardKernel kernel = forward_kernel(s, is_float);
+  if (kernel == ForwardKernel::winograd) return winograd_forward_kernel(s);  // "winograd" or "winograd4x4"
+  return names[int(kernel)];
 }
 
 // Stride 1, one group: the input gradient is a forward conv of gy with the kernel transposed
@@ -671,6 +673,21 @@ bool conv2d_backward_input_as_forward(const Conv2dShape& s, const T* gy, const T
   if constexpr (!std::is_same_v<T, float>) {
     return false;
   } else {
+    // Winograd-shaped input gradients: the Winograd forward of gy with the flipped kernel.
+    if (s.groups == 1 && s.sh == 1 && s.sw == 1 && s.kh == 3 && s.kw == 3 && s.dh == 1 && s.dw == 1 &&
+        s.ph <= 2 && s.pw <= 2) {
+      Conv2dShape t = s;
+      t.C = s.K, t.H = s.OH, t.W = s.OW;
+      t.K = s.C, t.OH = s.H, t.OW = s.W;
+      t.ph = 2 - s.ph, t.pw = 2 - s.pw;
+      if (winograd_forward_kernel(t)) {
+        std::vector<float> wt(size_t(s.C * s.K * 9));  // w'[c][k][i'][j'] = w[k][c][2-i'][2-j']
+        for (int64_t k = 0; k < s.K; ++k)
+          for (int64_t c = 0; c < s.C; ++c)
+            for (int64_t q = 0; q < 9; ++q) wt[(c * s.K + k) * 9 + q] = w[(k * s.C + c) * 9 + (8 - q)];
+        return conv2d_forward_winograd_f32(t, gy, wt.data(), nullptr, gx);
+      }
+    }
 #if PYCNN_LEGACY_AVX512  // being ported to simd/vec.h
     const int64_t ph2 = (s.kh - 1) * s.dh - s.ph, pw2 = (s.kw - 1) * s.dw - s.pw;
     if (!g_implicit_im2col || !cpu_has_avx512() || s.groups != 1 || s.sh != 1 || s.sw != 1 || s.is_pointwise() ||
@@ -684,7 +701,7 @@ bool conv2d_backward_input_as_forward(const Conv2dShape& s, const T* gy, const T
     t.C = s.K, t.H = s.OH, t.W = s.OW;
     t.K = s.C, t.OH = s.H, t.OW = s.W;
     t.ph = ph2, t.pw = pw2;
-    if ((s.C < 16 || s.K < 16) && !(conv_winograd_enabled() && winograd_applies(t))) return false;
+    if ((s.C < 16 || s.K < 16) && !winograd_forward_kernel(t)) return false;
     const int64_t taps = s.kh * s.kw;
     std::vector<float> wt(size_t(s.C * s.K * taps));  // w'[c][k][i'][j'] = w[k][c][kh-1-i'][kw-1-j']
     for (int64_t k = 0; k < s.K; ++k)
@@ -760,9 +777,11 @@ void conv2d_backward_weight(const Conv2dShape& s, const T* x, const T* gy, T* gw
   const bool pointwise = s.is_pointwise();
   const int64_t taps = s.kh * s.kw;
   const int threads = get_num_threads();
+  if constexpr (std::is_same_v<T, float>) {
+    if (conv2d_backward_weight_winograd_f32(s, x, gy, gw)) return;
+  }
 #if PYCNN_LEGACY_AVX512  // being ported to simd/vec.h
   if constexpr (std::is_same_v<T, float>) {
-    if (conv_winograd_enabled() && conv2d_backward_weight_winograd_f32(s, x, gy, gw)) return;
     if (G == 1 && cpu_has_avx512()) {
       // Dot-product form (see weight_grad_dot_f32), taken whatever the thread count so that the
       // result does not depend on it; each thread owns a run of input channels (gw columns).
