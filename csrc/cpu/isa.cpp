@@ -67,6 +67,7 @@ const std::vector<Target>& targets() {
 
 std::atomic<const KernelTable*> g_active{nullptr};
 std::atomic<bool> g_winograd{true};
+std::atomic<bool> g_winograd4x4{false};
 
 const KernelTable& choose(const std::string& name) {
   for (const Target& t : targets()) {
@@ -133,5 +134,7 @@ std::string set_cpu_isa(const std::string& name) {
 
 bool set_conv_winograd(bool enabled) { return g_winograd.exchange(enabled); }
 bool conv_winograd_enabled() { return g_winograd.load(std::memory_order_relaxed); }
+bool set_conv_winograd4x4(bool enabled) { return g_winograd4x4.exchange(enabled); }
+bool conv_winograd4x4_enabled() { return g_winograd4x4.load(std::memory_order_relaxed); }
 
 }  // namespace pycnn::cpu

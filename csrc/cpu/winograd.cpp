@@ -364,7 +364,7 @@ bool winograd_shape(const Conv2dShape& s) {
 // F(4x4) where its saved multiplies pay for its larger transforms and edge waste: see
 // winograd_forward_kernel.
 bool use_f4x4(const Conv2dShape& s) {
-  return s.OH >= 12 && s.OW >= 12 && s.C >= 16 && s.K >= 16;
+  return conv_winograd4x4_enabled() && s.OH >= 12 && s.OW >= 12 && s.C >= 16 && s.K >= 16;
 }
 
 template <int R>
