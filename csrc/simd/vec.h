@@ -93,9 +93,15 @@ template <typename T>
 PYCNN_INLINE vec<T> zero() {
   return vec<T>{};
 }
+// Every lane x. (Not `vec<T>{} + x`: without -ffast-math 0 + x is not x for x = -0, so GCC
+// kept a scalar add before each broadcast, in the GEMM inner loops too, and -0 became +0.)
+template <typename T, size_t... I>
+PYCNN_INLINE vec<T> broadcast_impl(T x, std::index_sequence<I...>) {
+  return vec<T>{((void)I, x)...};
+}
 template <typename T>
 PYCNN_INLINE vec<T> broadcast(T x) {
-  return vec<T>{} + x;
+  return broadcast_impl<T>(x, std::make_index_sequence<kLanesOf<T>>());
 }
 template <typename T>
 PYCNN_INLINE vec<T> load(const T* p) {
