@@ -35,7 +35,6 @@
 #include <cstdint>
 #include <memory>
 #include <vector>
-#include <cstdlib>
 
 #include "common/parallel.h"
 #include "cpu/kernels.h"
@@ -93,21 +92,40 @@ int64_t block_segments(const TileGrid& g, int64_t first_tile, int64_t bt, Segmen
   return nseg;
 }
 
+// One vector load of a row piece: lanes [lo, hi) (clamped to [0, L)); `full` when that is every
+// lane (a plain load), none when lo >= hi (no memory touched). Worked out once per segment,
+// outside the channel loop.
+struct LoadSpec {
+  int64_t lo, hi;
+  bool full, none;
+  LoadSpec() = default;
+  LoadSpec(int64_t l, int64_t h) : lo(std::clamp<int64_t>(l, 0, L)), hi(std::clamp<int64_t>(h, 0, L)) {
+    full = lo == 0 && hi == L;
+    none = lo >= hi;
+  }
+};
+PYCNN_INLINE V load_spec(const float* p, const LoadSpec& ls) {
+  if (ls.full) return load(p);
+  if (ls.none) return zero<float>();
+  return load_range(p, ls.lo, ls.hi);
+}
+
 // Where one segment reads a row's column phases. Lane l (of its L-lane vector, l in [l0, l0 +
 // count)) of phase j is column R (tw0 + l - l0) + j - pad = base + R l + j. Run u (u = 0: phases
-// 0..R-1, u = 1: phases R, R+1) loads R vectors at base + u R, elements [lo[u], hi[u]): those of
-// the segment's lanes whose column lies inside [0, width).
+// 0..R-1, u = 1: phases R, R+1) loads R vectors at base + u R, elements [lo, hi): those of the
+// segment's lanes whose column lies inside [0, width).
 template <int R>
 struct PhaseReader {
-  int64_t base, lo[2], hi[2];
+  int64_t base;
+  LoadSpec ld[2][R];  // run u, vector v
   PhaseReader() = default;
   PhaseReader(const Segment& sg, int64_t width, int64_t pad) {
     const int64_t l0 = sg.lane % L;
     base = R * (sg.tw0 - l0) - pad;
     for (int u = 0; u < 2; ++u) {
       const int64_t b = base + u * R;
-      lo[u] = std::max<int64_t>(R * l0, -b);
-      hi[u] = std::min<int64_t>(R * (l0 + sg.count), width - b);
+      const int64_t lo = std::max<int64_t>(R * l0, -b), hi = std::min<int64_t>(R * (l0 + sg.count), width - b);
+      for (int v = 0; v < R; ++v) ld[u][v] = LoadSpec(lo - v * L, hi - v * L);
     }
   }
 };
@@ -121,15 +139,14 @@ PYCNN_INLINE void read_phases(const PhaseReader<R>& pr, const float* row, bool a
 #pragma GCC unroll 2
   for (int u = 0; u < (NP > R ? 2 : 1); ++u) {
     const float* p = shifted(row, pr.base + u * R);
-    const int64_t lo = pr.lo[u], hi = pr.hi[u];
     if constexpr (R == 2) {
-      const V a = load_range(p, lo, hi), b = load_range(shifted(p, L), lo - L, hi - L);
+      const V a = load_spec(p, pr.ld[u][0]), b = load_spec(shifted(p, L), pr.ld[u][1]);
       out[2 * u] = even_lanes(a, b);
       out[2 * u + 1] = odd_lanes(a, b);
     } else {
-      const V a = load_range(p, lo, hi), b = load_range(shifted(p, L), lo - L, hi - L);
-      const V c = load_range(shifted(p, 2 * L), lo - 2 * L, hi - 2 * L);
-      const V d = load_range(shifted(p, 3 * L), lo - 3 * L, hi - 3 * L);
+      const V a = load_spec(p, pr.ld[u][0]), b = load_spec(shifted(p, L), pr.ld[u][1]);
+      const V c = load_spec(shifted(p, 2 * L), pr.ld[u][2]);
+      const V d = load_spec(shifted(p, 3 * L), pr.ld[u][3]);
       const V e0 = even_lanes(a, b), o0 = odd_lanes(a, b), e1 = even_lanes(c, d), o1 = odd_lanes(c, d);
       out[4 * u] = even_lanes(e0, e1);      // columns 4l (+ 4 u)
       out[4 * u + 1] = even_lanes(o0, o1);  // 4l + 1
@@ -208,20 +225,37 @@ void transform_input(const Conv2dShape& s, const float* x, const Segment* seg, i
   for (int64_t gi = 0; gi < ng; ++gi) {
     const LaneGroup grp = groups[gi];
     for (int64_t q = grp.first; q < grp.last; ++q) readers[q - grp.first] = PhaseReader<R>(seg[q], s.W, s.pw);
+    // One segment (maps at least L tiles wide): its rows' validity once, outside the channels.
+    const bool single = grp.last - grp.first == 1;
+    bool row_ok[T];
+    for (int i = 0; i < T; ++i) {
+      const int64_t h = single ? R * seg[grp.first].th - s.ph + i : 0;
+      row_ok[i] = h >= 0 && h < s.H;
+    }
+    const float* x0 = single ? x + seg[grp.first].n * s.C * plane + (R * seg[grp.first].th - s.ph) * s.W : nullptr;
     for (int64_t c = 0; c < s.C; ++c) {
       V hr[T][T];  // B^T along input row i of the tiles, phase j
 #pragma GCC unroll 6
       for (int i = 0; i < T; ++i) {
         V ph[T];
+        if (single) {
+          if (row_ok[i]) {
+            read_phases<R, T>(readers[0], shifted(x0, c * plane + i * s.W), false, ph);
+          } else {
 #pragma GCC unroll 6
-        for (int j = 0; j < T; ++j) ph[j] = zero<float>();
-        bool add = false;
-        for (int64_t q = grp.first; q < grp.last; ++q) {
-          const Segment& sg = seg[q];
-          const int64_t h = R * sg.th - s.ph + i;
-          if (h < 0 || h >= s.H) continue;
-          read_phases<R, T>(readers[q - grp.first], x + (sg.n * s.C + c) * plane + h * s.W, add, ph);
-          add = true;
+            for (int j = 0; j < T; ++j) ph[j] = zero<float>();
+          }
+        } else {
+#pragma GCC unroll 6
+          for (int j = 0; j < T; ++j) ph[j] = zero<float>();
+          bool add = false;
+          for (int64_t q = grp.first; q < grp.last; ++q) {
+            const Segment& sg = seg[q];
+            const int64_t h = R * sg.th - s.ph + i;
+            if (h < 0 || h >= s.H) continue;
+            read_phases<R, T>(readers[q - grp.first], x + (sg.n * s.C + c) * plane + h * s.W, add, ph);
+            add = true;
+          }
         }
         input_1d<R>(ph, hr[i]);
       }
@@ -388,14 +422,13 @@ void forward(const Conv2dShape& s, const float* x, const float* w, const float* 
     Segment seg[kMaxTiles];
     for (int64_t blk = b0; blk < b1; ++blk) {
       const int64_t nseg = block_segments(grid, blk * bt, bt, seg);
-      static const int skip = getenv("WSKIP") ? atoi(getenv("WSKIP")) : 0;
-      if (!(skip & 1)) transform_input<R>(s, x, seg, nseg, bt, v);
-      if (!(skip & 2)) for (int64_t xi = 0; xi < NX; ++xi)
+      transform_input<R>(s, x, seg, nseg, bt, v);
+      for (int64_t xi = 0; xi < NX; ++xi)
         for (int64_t mb = 0; mb < mblocks; ++mb)
           for (int64_t nb = 0; nb < bt; nb += kNV * L)
             gemm_tile(s.C, u.data() + (xi * mblocks + mb) * s.C * kMR, v + xi * s.C * bt + nb, bt,
                       mt + (xi * kpad + mb * kMR) * bt + nb, bt);
-      if (!(skip & 4)) transform_output<R>(s, mt, kpad, bt, bias, seg, nseg, y);
+      transform_output<R>(s, mt, kpad, bt, bias, seg, nseg, y);
     }
   });
 }
