@@ -396,10 +396,12 @@ bool winograd_shape(const Conv2dShape& s) {
          s.C >= kMinChannels && s.K >= kMinChannels;
 }
 
-// F(4x4) where its saved multiplies pay for its larger transforms and edge waste: see
-// winograd_forward_kernel.
+// F(4x4) where its saved multiplies pay for its larger transforms and edge waste (see
+// winograd_forward_kernel), when switched on (conv_winograd4x4_mode: off by default).
 bool use_f4x4(const Conv2dShape& s) {
-  return conv_winograd4x4_enabled() && s.OH >= 12 && s.OW >= 12 && s.C >= 16 && s.K >= 16;
+  const int mode = conv_winograd4x4_mode();
+  if (mode == 2) return true;
+  return mode == 1 && s.OH >= 12 && s.OW >= 12 && s.C >= 16 && s.K >= 16;
 }
 
 template <int R>
