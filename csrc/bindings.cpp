@@ -64,6 +64,8 @@ PYBIND11_MODULE(_C, m) {
     return std::string(cpu::kernels().conv2d_forward_algorithm(Conv2dShape::from(shape), dt == kFloat32));
   });
   m.def("set_conv_winograd", &cpu::set_conv_winograd);
+  m.def("set_conv_winograd4x4", &cpu::set_conv_winograd4x4,
+        "Winograd F(4x4, 3x3): 0 off (default), 1 where the size rule picks it, 2 for every Winograd shape (tests); returns the previous mode");
   m.def("conv2d_backward_input", [](int dt, std::vector<int64_t> shape, uintptr_t gy, uintptr_t w,
                                     uintptr_t gx, uintptr_t ws, int64_t ws_elems) {
     auto s = Conv2dShape::from(shape);

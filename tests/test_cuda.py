@@ -347,7 +347,8 @@ def test_mixed_devices_raise():
 def test_module_exports_the_cpu_op_names():
     from pycnn import _C, _C_cuda
     cpu_only = {"get_num_threads", "set_num_threads", "threading_backend", "gemm_reference",
-                "conv2d_forward_algorithm", "set_conv_winograd", "cpu_isa", "available_isas", "set_cpu_isa"}
+                "conv2d_forward_algorithm", "set_conv_winograd", "set_conv_winograd4x4", "cpu_isa",
+                "available_isas", "set_cpu_isa"}
     names = {n for n in dir(_C) if not n.startswith("_")} - cpu_only
     missing = names - set(dir(_C_cuda))
     assert not missing, f"_C_cuda lacks {sorted(missing)}"

@@ -1,5 +1,6 @@
 // Picks the kernel target once, at import: the best one this CPU runs, or PYCNN_CPU_ISA's.
 // Compiled for the baseline only (it runs before anyone knows what the CPU has).
+#include <algorithm>
 #include <atomic>
 #include <cstdlib>
 #include <stdexcept>
@@ -67,6 +68,7 @@ const std::vector<Target>& targets() {
 
 std::atomic<const KernelTable*> g_active{nullptr};
 std::atomic<bool> g_winograd{true};
+std::atomic<int> g_winograd4x4{0};
 
 const KernelTable& choose(const std::string& name) {
   for (const Target& t : targets()) {
@@ -133,5 +135,7 @@ std::string set_cpu_isa(const std::string& name) {
 
 bool set_conv_winograd(bool enabled) { return g_winograd.exchange(enabled); }
 bool conv_winograd_enabled() { return g_winograd.load(std::memory_order_relaxed); }
+int set_conv_winograd4x4(int mode) { return g_winograd4x4.exchange(std::clamp(mode, 0, 2)); }
+int conv_winograd4x4_mode() { return g_winograd4x4.load(std::memory_order_relaxed); }
 
 }  // namespace pycnn::cpu

@@ -67,6 +67,11 @@ std::string set_cpu_isa(const std::string& name);
 // direct and GEMM kernels they replace. Returns the previous setting.
 bool set_conv_winograd(bool enabled);
 bool conv_winograd_enabled();
+// Winograd F(4x4, 3x3): 0 off (the default: its float32 error is several times torch's, see
+// csrc/cpu/winograd.cpp), 1 for the shapes the size rule gives it (winograd_forward_kernel),
+// 2 for every Winograd shape (tests of its edge cases). Returns the previous mode.
+int set_conv_winograd4x4(int mode);
+int conv_winograd4x4_mode();
 
 }  // namespace pycnn::cpu
 

@@ -1,27 +1,34 @@
-// Winograd F(2x2, 3x3) (Lavin & Gray, "Fast Algorithms for Convolutional Neural Networks", 2016).
+// Winograd F(2x2, 3x3) and F(4x4, 3x3) (Lavin & Gray, "Fast Algorithms for Convolutional Neural
+// Networks", 2016), written once over simd/vec.h for every target.
 //
-// A 2x2 block of outputs of a 3x3 convolution is computed from the 4x4 input tile d under it:
-//     y = A^T [ (G g G^T) (.) (B^T d B) ] A          (.) = elementwise, per input channel summed
-// so the 36 multiply-adds per 2x2 outputs and channel pair become 16 (2.25x fewer). The sum over
-// input channels happens in the transformed domain, where it is 16 independent GEMMs, one per
-// position xi of the 4x4 tile:  M[xi][k][t] = sum_c U[xi][k][c] * V[xi][c][t]  (t = tile).
+// An R x R block of outputs of a 3x3 convolution is computed from the T x T input tile d under
+// it (T = R + 2):   y = A^T [ (G g G^T) (.) (B^T d B) ] A     (.) = elementwise, summed over
+// input channels in the transformed domain, where it is T*T independent GEMMs, one per position
+// xi of the tile:  M[xi][k][t] = sum_c U[xi][k][c] * V[xi][c][t]   (t = tile).
+// F(2x2): 16 multiplies per 4 outputs and channel pair instead of 36 (2.25x fewer):
 //     B^T = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1]   G = [1 0 0; .5 .5 .5; .5 -.5 .5; 0 0 1]
 //     A^T = [1 1 1 0; 0 1 -1 -1]
-// All transform entries are 0, +-1 or +-0.5, so the rounding error stays close to the direct
-// sum's (measured: ~2e-7 of the output's largest value, like torch's float32 kernels); the
-// larger F(4x4, 3x3) tiles save more multiplies but their transforms (entries up to 5) lose
-// more float32 accuracy.
+// F(4x4): 36 per 16 outputs instead of 144 (4x fewer), larger transforms:
+//     B^T = [4 0 -5 0 1 0; 0 -4 -4 1 1 0; 0 4 -4 -1 1 0; 0 -2 -1 2 1 0; 0 2 -1 -2 1 0; 0 4 0 -5 0 1]
+//     G = [1/4 0 0; -1/6 -1/6 -1/6; -1/6 1/6 -1/6; 1/24 1/12 1/6; 1/24 -1/12 1/6; 0 0 1]
+//     A^T = [1 1 1 1 1 0; 0 1 -1 2 -2 0; 0 1 1 4 4 0; 0 1 -1 8 -8 1]
+// F(2x2)'s entries are 0, +-1, +-0.5: its rounding error stays close to the direct sum's.
+// F(4x4)'s (up to 8 in A, 5 in B) lose more float32 accuracy; tests/test_conv_winograd.py
+// bounds both against torch's own float32 error (see the accuracy test there for the numbers).
 //
-// Work is split in blocks of kTiles tiles, numbered over the whole batch in raster order (tile t
-// = (n, th, tw), outputs rows 2th..2th+1, columns 2tw..2tw+1); a block is a list of segments,
-// runs of tiles from one tile row. Per block, on one thread, everything stays in L2:
-//   1. input transform  x -> V[16][C][kTiles]   (rows read with masked loads, split into even/odd
-//                                                 columns for the horizontal pass, then the vertical)
-//   2. 16 GEMMs          U[xi] (K x C) @ V[xi] -> M[16][K][kTiles]   (8 x 32 register tiles)
-//   3. output transform  M -> y (+ bias), interleaving the two columns of each tile back.
-// Odd output sizes: the last tile row / column reads zero padding and its extra outputs are not
-// stored. Each output is computed by one fixed sequence of operations whatever thread runs its
-// block, so results do not depend on the thread count.
+// Layout: tiles in vector lanes. Work is split in blocks of `bt` tiles (a multiple of the
+// vector's L lanes), numbered over the whole batch in raster order (tile t = (n, th, tw), output
+// rows R th.., columns R tw..); a block is a list of segments, runs of tiles from one tile row,
+// each within one L-lane vector. Per block, on one thread, everything stays in L2:
+//   1. input transform  x -> V[xi][C][bt]: per row of the tile, the T column phases of the
+//      segment's tiles from load_range (zero padding and tensor edges: lanes outside the row are
+//      never read) and even/odd lane picks, B^T along the row, then B^T down the T rows
+//   2. T*T GEMMs         U[xi] (K x C) @ V[xi] -> M[xi][Kpad][bt]   (kMR x 2 vector register tiles)
+//   3. output transform  M -> y (+ bias), interleaving each tile's R columns back.
+// Lanes of no tile (a partial last block) hold zeros in V. Odd output sizes: the last tile row /
+// column reads zero padding and its extra outputs are not stored. Each output is computed by
+// one fixed sequence of operations whatever thread runs its block, so results do not depend on
+// the thread count.
 #include "cpu/winograd.h"
 
 #include <algorithm>
@@ -29,383 +36,542 @@
 #include <memory>
 #include <vector>
 
-#include "common/cpu_tuning.h"
 #include "common/parallel.h"
+#include "cpu/kernels.h"
 
 #include "simd/vec.h"
 
 namespace pycnn::cpu::PYCNN_ISA {
-
-#if PYCNN_LEGACY_AVX512  // being ported to simd/vec.h
 namespace {
 
-constexpr int64_t kTiles = 32;  // tiles per block: two 16-lane vectors
-constexpr int64_t kMR = 8;      // output channels per GEMM register tile (8 x 2 vectors = 16 zmm)
+using V = vec<float>;
+constexpr int L = kLanesOf<float>;
+// GEMM register tile: kMR output channels x kNV vectors of tiles (accumulators kMR * kNV, plus
+// kNV loads and a broadcast): 6 x 2 on 16-register targets (15 registers), 12 x 2 on 32.
+constexpr int kNV = 2;
+constexpr int kMR = kRegisters >= 32 ? 12 : 6;
+// Tiles per forward block: at least two vectors (one register tile); 16 on 4-lane targets.
+constexpr int64_t kBlockTiles = std::max<int64_t>(kNV * L, 16);
+// Tiles per weight-gradient block (the reduction length of its per-block GEMMs).
+constexpr int64_t kGradTiles = std::max<int64_t>(2 * L, 32);
+constexpr int64_t kMaxTiles = std::max(kBlockTiles, kGradTiles);
 // Below this many input or output channels the transforms cost more than the multiplies they
-// save. Measured (1 thread, N32, forward ms, Winograd vs direct): 3 -> 16 channels 32x32 0.45 vs
-// 0.39; 4 -> 16 0.44 vs 0.47; 16 -> 4 0.66 vs 0.92; 4 -> 4 16x16 0.09 vs 0.12.
+// save (measured on AVX-512 with the previous F(2x2) kernel: 3 -> 16 channels 32x32 slower than
+// direct, 4 -> 16 faster).
 constexpr int64_t kMinChannels = 4;
-// The weight gradient puts input channels in the vector lanes (16 per tile): with 4 of them it
-// was slower than the dot-product kernel (4 -> 16 32x32: 1.16 vs 0.71 ms), with 8 faster
-// (8 -> 8 8x8: 0.11 vs 0.16 ms).
+// The weight gradient puts input channels in the vector lanes: with 4 of them slower than the
+// dot-product kernel, with 8 faster (measured with the previous AVX-512 kernel).
 constexpr int64_t kMinGradChannels = 8;
+
+// p + e elements, as an address only (it may lie outside the tensor: load_range never reads the
+// lanes outside its range).
+PYCNN_INLINE const float* shifted(const float* p, int64_t e) {
+  return reinterpret_cast<const float*>(reinterpret_cast<uintptr_t>(p) + e * int64_t(sizeof(float)));
+}
 
 struct TileGrid {
   int64_t per_row, rows, per_image, total;
-  explicit TileGrid(const Conv2dShape& s)
-      : per_row((s.OW + 1) / 2), rows((s.OH + 1) / 2), per_image(per_row * rows), total(s.N * per_row * rows) {}
+  TileGrid(const Conv2dShape& s, int64_t R)
+      : per_row((s.OW + R - 1) / R), rows((s.OH + R - 1) / R), per_image(per_row * rows), total(s.N * per_row * rows) {}
 };
 
 // Tiles [lane, lane + count) of a block are tiles [tw0, tw0 + count) of tile row th of sample n.
-// A segment stays within one 16-lane vector (the transforms work a vector at a time).
 struct Segment {
   int64_t n, th, tw0, count, lane;
 };
 
-int64_t block_segments(const TileGrid& g, int64_t first_tile, Segment* seg) {
+int64_t block_segments(const TileGrid& g, int64_t first_tile, int64_t bt, Segment* seg) {
   int64_t nseg = 0;
-  for (int64_t lane = 0; lane < kTiles && first_tile + lane < g.total;) {
+  for (int64_t lane = 0; lane < bt && first_tile + lane < g.total;) {
     const int64_t t = first_tile + lane, n = t / g.per_image, rem = t % g.per_image;
     const int64_t th = rem / g.per_row, tw0 = rem % g.per_row;
-    const int64_t count = std::min({16 - lane % 16, g.per_row - tw0, g.total - t});
+    const int64_t count = std::min({L - lane % L, g.per_row - tw0, g.total - t});
     seg[nseg++] = {n, th, tw0, count, lane};
     lane += count;
   }
   return nseg;
 }
 
-// U[xi][mb][c][m] = (G w[mb*kMR + m][c] G^T)[xi], zero for output channels past K: the kMR
-// values one GEMM step broadcasts are adjacent. Computed in double (then rounded once).
-std::vector<float> transform_weights(const Conv2dShape& s, const float* w) {
-  const int64_t mblocks = (s.K + kMR - 1) / kMR;
-  std::vector<float> u(size_t(16 * mblocks * s.C * kMR), 0.0f);
-  // Threads over output channels (each k writes its own entries): 512 x 512 channels is 262K
-  // little transforms, milliseconds on one core.
-  parallel_for(s.K, 8, [&](int64_t k0, int64_t k1) {
-  for (int64_t k = k0; k < k1; ++k)
-    for (int64_t c = 0; c < s.C; ++c) {
-      const float* g = w + (k * s.C + c) * 9;
-      double t[4][3];  // G g
-      for (int j = 0; j < 3; ++j) {
-        const double a = g[j], b = g[3 + j], e = g[6 + j];
-        t[0][j] = a, t[1][j] = 0.5 * (a + b + e), t[2][j] = 0.5 * (a - b + e), t[3][j] = e;
-      }
-      for (int i = 0; i < 4; ++i) {
-        const double a = t[i][0], b = t[i][1], e = t[i][2];
-        const double row[4] = {a, 0.5 * (a + b + e), 0.5 * (a - b + e), e};  // (G g) G^T
-        for (int j = 0; j < 4; ++j)
-          u[size_t((((i * 4 + j) * mblocks + k / kMR) * s.C + c) * kMR + k % kMR)] = float(row[j]);
-      }
-    }
-  });
-  return u;
+// One vector load of a row piece: lanes [lo, hi) (clamped to [0, L)); `full` when that is every
+// lane (a plain load), none when lo >= hi (no memory touched). Worked out once per segment,
+// outside the channel loop. A partial range whose whole vector lies inside the tensor is a plain
+// load with the other lanes zeroed by a select (AVX2's masked load, vmaskmovps, took a quarter
+// of the forward's time on AMD Zen); only at the tensor's ends does it take load_range.
+struct LoadSpec {
+  int64_t lo, hi;
+  bool full, none;
+  vmask<float> keep;
+  LoadSpec() = default;
+  LoadSpec(int64_t l, int64_t h) : lo(std::clamp<int64_t>(l, 0, L)), hi(std::clamp<int64_t>(h, 0, L)) {
+    full = lo == 0 && hi == L;
+    none = lo >= hi;
+    const vmask<float> idx = lane_index<float>();
+    keep = (idx >= int32_t(lo)) & (idx < int32_t(hi));
+  }
+};
+// The tensor a reader reads: [begin, end) as addresses.
+struct Bounds {
+  uintptr_t begin, end;
+};
+PYCNN_INLINE V load_spec(const float* p, const LoadSpec& ls, const Bounds& b) {
+  if (ls.full) return load(p);
+  if (ls.none) return zero<float>();
+  const uintptr_t a = reinterpret_cast<uintptr_t>(p);
+  if (a >= b.begin && a + sizeof(V) <= b.end) return select(ls.keep, load(p), zero<float>());
+  return load_range(p, ls.lo, ls.hi);
 }
 
-// The segments of a block that fill lanes [16 v, 16 v + 16): [first, last).
-struct LaneGroup {
-  int64_t first, last;
-  bool one_row() const { return last - first == 1; }
-  // The group's lanes that hold tiles (all 16 but in a block's last, partial vector).
-  __mmask16 tile_lanes(const Segment* seg) const {
-    return lane_range(0, seg[last - 1].lane % 16 + seg[last - 1].count);
+// Where one segment reads a row's column phases. Lane l (of its L-lane vector, l in [l0, l0 +
+// count)) of phase j is column R (tw0 + l - l0) + j - pad = base + R l + j. Run u (u = 0: phases
+// 0..R-1, u = 1: phases R, R+1) loads R vectors at base + u R, elements [lo, hi): those of the
+// segment's lanes whose column lies inside [0, width).
+template <int R>
+struct PhaseReader {
+  int64_t base;
+  LoadSpec ld[2][R];  // run u, vector v
+  PhaseReader() = default;
+  PhaseReader(const Segment& sg, int64_t width, int64_t pad) {
+    const int64_t l0 = sg.lane % L;
+    base = R * (sg.tw0 - l0) - pad;
+    for (int u = 0; u < 2; ++u) {
+      const int64_t b = base + u * R;
+      const int64_t lo = std::max<int64_t>(R * l0, -b), hi = std::min<int64_t>(R * (l0 + sg.count), width - b);
+      for (int v = 0; v < R; ++v) ld[u][v] = LoadSpec(lo - v * L, hi - v * L);
+    }
   }
 };
 
-int64_t lane_groups(const Segment* seg, int64_t nseg, LaneGroup* groups) {
-  int64_t ng = 0;
+// ph[j] (+)= phase j of the row (its column 0 at `row`) in the segment's lanes, j < NP
+// (NP = R + 2, or R for the gradient's halo-free 2x2 blocks). add: accumulate into ph (a vector
+// shared by several segments) rather than assign.
+template <int R, int NP>
+PYCNN_INLINE void read_phases(const PhaseReader<R>& pr, const Bounds& bd, const float* row, bool add, V* ph) {
+  V out[R + 2];
+#pragma GCC unroll 2
+  for (int u = 0; u < (NP > R ? 2 : 1); ++u) {
+    const float* p = shifted(row, pr.base + u * R);
+    if constexpr (R == 2) {
+      const V a = load_spec(p, pr.ld[u][0], bd), b = load_spec(shifted(p, L), pr.ld[u][1], bd);
+      out[2 * u] = even_lanes(a, b);
+      out[2 * u + 1] = odd_lanes(a, b);
+    } else {
+      const V a = load_spec(p, pr.ld[u][0], bd), b = load_spec(shifted(p, L), pr.ld[u][1], bd);
+      const V c = load_spec(shifted(p, 2 * L), pr.ld[u][2], bd);
+      const V d = load_spec(shifted(p, 3 * L), pr.ld[u][3], bd);
+      const V e0 = even_lanes(a, b), o0 = odd_lanes(a, b), e1 = even_lanes(c, d), o1 = odd_lanes(c, d);
+      out[4 * u] = even_lanes(e0, e1);      // columns 4l (+ 4 u)
+      out[4 * u + 1] = even_lanes(o0, o1);  // 4l + 1
+      if (u == 0) {
+        out[2] = odd_lanes(e0, e1);  // 4l + 2
+        out[3] = odd_lanes(o0, o1);  // 4l + 3
+      }
+    }
+  }
+#pragma GCC unroll 6
+  for (int j = 0; j < NP; ++j) ph[j] = add ? ph[j] + out[j] : out[j];
+}
+
+// r = B^T d (T = R + 2 values).
+template <int R>
+PYCNN_INLINE void input_1d(const V* d, V* r) {
+  if constexpr (R == 2) {
+    r[0] = d[0] - d[2];
+    r[1] = d[1] + d[2];
+    r[2] = d[2] - d[1];
+    r[3] = d[1] - d[3];
+  } else {
+    const V m4 = broadcast(-4.0f), m5 = broadcast(-5.0f), p4 = broadcast(4.0f);
+    const V t0 = fma(m4, d[2], d[4]), t1 = fma(m4, d[1], d[3]);  // d4 - 4 d2, d3 - 4 d1
+    const V t2 = d[4] - d[2], t3 = (d[3] - d[1]) + (d[3] - d[1]);  // d4 - d2, 2 (d3 - d1)
+    r[0] = fma(p4, d[0], fma(m5, d[2], d[4]));
+    r[1] = t0 + t1;
+    r[2] = t0 - t1;
+    r[3] = t2 + t3;
+    r[4] = t2 - t3;
+    r[5] = fma(p4, d[1], fma(m5, d[3], d[5]));
+  }
+}
+
+// o = A^T m (R values from T).
+template <int R>
+PYCNN_INLINE void output_1d(const V* m, V* o) {
+  if constexpr (R == 2) {
+    o[0] = (m[0] + m[1]) + m[2];
+    o[1] = (m[1] - m[2]) - m[3];
+  } else {
+    const V a = m[1] + m[2], b = m[1] - m[2], c = m[3] + m[4], d = m[3] - m[4];
+    o[0] = (m[0] + a) + c;
+    o[1] = fma(broadcast(2.0f), d, b);
+    o[2] = fma(broadcast(4.0f), c, a);
+    o[3] = fma(broadcast(8.0f), d, b) + m[5];
+  }
+}
+
+// The segments [first, last) of a block that fill lanes [L g, L g + L) (first == last: none).
+struct LaneGroup {
+  int64_t first, last;
+};
+
+int64_t lane_groups(const Segment* seg, int64_t nseg, int64_t bt, LaneGroup* groups) {
+  const int64_t ng = bt / L;
+  for (int64_t g = 0; g < ng; ++g) groups[g] = {0, 0};
   for (int64_t q = 0; q < nseg; ++q) {
-    if (q == 0 || seg[q].lane / 16 != seg[q - 1].lane / 16) groups[ng++] = {q, q};
-    groups[ng - 1].last = q + 1;
+    LaneGroup& grp = groups[seg[q].lane / L];
+    if (grp.first == grp.last) grp.first = q;
+    grp.last = q + 1;
   }
   return ng;
 }
 
-// Where one segment's tiles read their 4 column phases j: x columns col0 + 2 t' + j for its
-// t'-th tile. The columns [col0, col0 + 32) come in two masked loads (the masks are the zero
-// padding); phase j of the segment's lanes is then one permute of those two vectors.
-struct RowPicker {
-  int64_t col0;
-  __mmask16 load[2], lanes;
-  __m512i idx;  // lane l: 2 (l - first lane) (+ j for phase j)
-};
-
-PYCNN_TARGET_AVX512 RowPicker row_picker(const Segment& sg, int64_t width, int64_t col_pad) {
-  RowPicker r;
-  r.col0 = 2 * sg.tw0 - col_pad;
-  r.load[0] = lane_range(-r.col0, width - r.col0);
-  r.load[1] = lane_range(-r.col0 - 16, width - r.col0 - 16);
-  const int64_t l0 = sg.lane % 16;
-  r.lanes = lane_range(l0, l0 + sg.count);
-  r.idx = _mm512_sub_epi32(_mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30),
-                           _mm512_set1_epi32(int(2 * l0)));
-  return r;
-}
-
-// ph[j] (j < phases) takes, in this segment's lanes, column phase j of the row that starts at
-// `row` (its column 0): two masked loads, then one permute per phase.
-template <int phases>
-PYCNN_TARGET_AVX512 PYCNN_ALWAYS_INLINE void pick_phases(const RowPicker& pk, const float* row, __m512* ph) {
-  // Masked-off lanes are never read, so the addresses may lie outside the tensor (hence uintptr).
-  const float* r = reinterpret_cast<const float*>(reinterpret_cast<uintptr_t>(row) + pk.col0 * int64_t(sizeof(float)));
-  const __m512 a = _mm512_maskz_loadu_ps(pk.load[0], r), b = _mm512_maskz_loadu_ps(pk.load[1], r + 16);
-#pragma GCC unroll 4
-  for (int j = 0; j < phases; ++j)
-    ph[j] = _mm512_mask_mov_ps(ph[j], pk.lanes, _mm512_permutex2var_ps(a, _mm512_add_epi32(pk.idx, _mm512_set1_epi32(j)), b));
-}
-
-// V[xi][c][lane] = (B^T d B)[xi] for the tiles of one block, channels [0, C).
-// Per 16-lane vector of tiles and input row i: the row's 4 column phases (tile tw reads columns
-// 2tw + j - pw, j = 0..3) as even-index picks from masked loads straight from x, then B^T along
-// the row; then B^T down the 4 rows, in registers, and the 16 results stored to V. A vector of
-// one tile row (maps 32+ wide) picks each phase from its own two loads; a vector of several
-// short rows (16x16 and 8x8 maps) loads each row once and places its tiles with masked permutes.
-PYCNN_TARGET_AVX512 void transform_input(const Conv2dShape& s, const float* x, const Segment* seg, int64_t nseg,
-                                         float* v) {
-  const int64_t plane = s.H * s.W, xi_stride = s.C * kTiles;
-  LaneGroup groups[kTiles / 16];
-  const int64_t ng = lane_groups(seg, nseg, groups);
-  RowPicker pick[16];
+// V[xi][c][lane] = (B^T d B)[xi] for the tiles of one block (lanes of no tile: 0), channels
+// [0, C).
+template <int R>
+void transform_input(const Conv2dShape& s, const float* x, const Segment* seg, int64_t nseg, int64_t bt,
+                     float* v) {
+  constexpr int T = R + 2;
+  const int64_t plane = s.H * s.W, xi_stride = s.C * bt;
+  const Bounds bd{reinterpret_cast<uintptr_t>(x), reinterpret_cast<uintptr_t>(x + s.N * s.C * plane)};
+  LaneGroup groups[kMaxTiles / 4];
+  const int64_t ng = lane_groups(seg, nseg, bt, groups);
+  PhaseReader<R> readers[L];
   for (int64_t gi = 0; gi < ng; ++gi) {
-    const LaneGroup& grp = groups[gi];
-    const Segment& s0 = seg[grp.first];
-    const bool wide = grp.one_row() && s0.count == 16;  // 34 columns: one load pair per phase
-    __mmask16 m[4][2];  // wide: phase j, vector: lanes whose column lies inside [0, W)
-    const int64_t col0 = 2 * s0.tw0 - s.pw;
-    for (int j = 0; j < 4; ++j)
-      for (int u = 0; u < 2; ++u) m[j][u] = lane_range(-(col0 + j + 16 * u), s.W - (col0 + j + 16 * u));
-    for (int64_t q = grp.first; q < grp.last && !wide; ++q) pick[q - grp.first] = row_picker(seg[q], s.W, s.pw);
-    const __mmask16 store = grp.tile_lanes(seg);
+    const LaneGroup grp = groups[gi];
+    for (int64_t q = grp.first; q < grp.last; ++q) readers[q - grp.first] = PhaseReader<R>(seg[q], s.W, s.pw);
+    // One segment (maps at least L tiles wide): its rows' validity once, outside the channels.
+    const bool single = grp.last - grp.first == 1;
+    bool row_ok[T];
+    for (int i = 0; i < T; ++i) {
+      const int64_t h = single ? R * seg[grp.first].th - s.ph + i : 0;
+      row_ok[i] = h >= 0 && h < s.H;
+    }
+    const float* x0 = single ? x + seg[grp.first].n * s.C * plane + (R * seg[grp.first].th - s.ph) * s.W : nullptr;
     for (int64_t c = 0; c < s.C; ++c) {
-      __m512 hr[4][4];  // B^T along input row i, phase j
-#pragma GCC unroll 4
-      for (int i = 0; i < 4; ++i) {
-        __m512 ph[4];
-        if (wide) {
-          const int64_t h = 2 * s0.th - s.ph + i;
-          if (h < 0 || h >= s.H) {
-            hr[i][0] = hr[i][1] = hr[i][2] = hr[i][3] = _mm512_setzero_ps();
-            continue;
-          }
-          // Masked-off lanes are never read, so the addresses may lie outside x (hence uintptr).
-          const uintptr_t r = reinterpret_cast<uintptr_t>(x + (s0.n * s.C + c) * plane + h * s.W) +
-                              col0 * int64_t(sizeof(float));
-          const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-#pragma GCC unroll 4
-          for (int j = 0; j < 4; ++j) {
-            const float* p = reinterpret_cast<const float*>(r + j * sizeof(float));
-            ph[j] = _mm512_permutex2var_ps(_mm512_maskz_loadu_ps(m[j][0], p), even,
-                                           _mm512_maskz_loadu_ps(m[j][1], p + 16));
+      V hr[T][T];  // B^T along input row i of the tiles, phase j
+#pragma GCC unroll 6
+      for (int i = 0; i < T; ++i) {
+        V ph[T];
+        if (single) {
+          if (row_ok[i]) {
+            read_phases<R, T>(readers[0], bd, shifted(x0, c * plane + i * s.W), false, ph);
+          } else {
+#pragma GCC unroll 6
+            for (int j = 0; j < T; ++j) ph[j] = zero<float>();
           }
         } else {
-          ph[0] = ph[1] = ph[2] = ph[3] = _mm512_setzero_ps();
+#pragma GCC unroll 6
+          for (int j = 0; j < T; ++j) ph[j] = zero<float>();
+          bool add = false;
           for (int64_t q = grp.first; q < grp.last; ++q) {
             const Segment& sg = seg[q];
-            const int64_t h = 2 * sg.th - s.ph + i;
+            const int64_t h = R * sg.th - s.ph + i;
             if (h < 0 || h >= s.H) continue;
-            pick_phases<4>(pick[q - grp.first], x + (sg.n * s.C + c) * plane + h * s.W, ph);
+            read_phases<R, T>(readers[q - grp.first], bd, x + (sg.n * s.C + c) * plane + h * s.W, add, ph);
+            add = true;
           }
         }
-        hr[i][0] = _mm512_sub_ps(ph[0], ph[2]);
-        hr[i][1] = _mm512_add_ps(ph[1], ph[2]);
-        hr[i][2] = _mm512_sub_ps(ph[2], ph[1]);
-        hr[i][3] = _mm512_sub_ps(ph[1], ph[3]);
+        input_1d<R>(ph, hr[i]);
       }
-      float* d = v + c * kTiles + 16 * gi;
-#pragma GCC unroll 4
-      for (int j = 0; j < 4; ++j) {
-        _mm512_mask_storeu_ps(d + j * xi_stride, store, _mm512_sub_ps(hr[0][j], hr[2][j]));
-        _mm512_mask_storeu_ps(d + (4 + j) * xi_stride, store, _mm512_add_ps(hr[1][j], hr[2][j]));
-        _mm512_mask_storeu_ps(d + (8 + j) * xi_stride, store, _mm512_sub_ps(hr[2][j], hr[1][j]));
-        _mm512_mask_storeu_ps(d + (12 + j) * xi_stride, store, _mm512_sub_ps(hr[1][j], hr[3][j]));
+      float* d = v + c * bt + L * gi;
+#pragma GCC unroll 6
+      for (int j = 0; j < T; ++j) {
+        V col[T], out[T];
+#pragma GCC unroll 6
+        for (int i = 0; i < T; ++i) col[i] = hr[i][j];
+        input_1d<R>(col, out);
+#pragma GCC unroll 6
+        for (int i = 0; i < T; ++i) store(d + (i * T + j) * xi_stride, out[i]);
       }
     }
   }
 }
 
-// m[r][0..kTiles) = sum_c a[c][r] * v[c][0..kTiles) for r < kMR: one 8 x 32 register tile.
-PYCNN_TARGET_AVX512 void gemm_tile(int64_t C, const float* a, const float* v, float* m) {
-  __m512 acc[kMR][2];
-#pragma GCC unroll 8
-  for (int r = 0; r < kMR; ++r) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
-  for (int64_t c = 0; c < C; ++c, a += kMR, v += kTiles) {
-    const __m512 b0 = _mm512_loadu_ps(v), b1 = _mm512_loadu_ps(v + 16);
-#pragma GCC unroll 8
+// m[r][0 .. kNV L) = sum_c a[c][r] * v[c][0 .. kNV L) for r < kMR: one register tile.
+void gemm_tile(int64_t C, const float* a, const float* v, int64_t ldv, float* m, int64_t ldm) {
+  V acc[kMR][kNV];
+#pragma GCC unroll 12
+  for (int r = 0; r < kMR; ++r)
+#pragma GCC unroll 2
+    for (int u = 0; u < kNV; ++u) acc[r][u] = zero<float>();
+  for (int64_t c = 0; c < C; ++c, a += kMR, v += ldv) {
+    V b[kNV];
+#pragma GCC unroll 2
+    for (int u = 0; u < kNV; ++u) b[u] = load(v + u * L);
+#pragma GCC unroll 12
     for (int r = 0; r < kMR; ++r) {
-      const __m512 av = _mm512_set1_ps(a[r]);
-      acc[r][0] = _mm512_fmadd_ps(av, b0, acc[r][0]);
-      acc[r][1] = _mm512_fmadd_ps(av, b1, acc[r][1]);
+      const V av = broadcast(a[r]);
+#pragma GCC unroll 2
+      for (int u = 0; u < kNV; ++u) acc[r][u] = fma(av, b[u], acc[r][u]);
     }
   }
-#pragma GCC unroll 8
-  for (int r = 0; r < kMR; ++r) {
-    _mm512_storeu_ps(m + r * kTiles, acc[r][0]);
-    _mm512_storeu_ps(m + r * kTiles + 16, acc[r][1]);
-  }
+#pragma GCC unroll 12
+  for (int r = 0; r < kMR; ++r)
+#pragma GCC unroll 2
+    for (int u = 0; u < kNV; ++u) store(m + r * ldm + u * L, acc[r][u]);
 }
 
-// d[0..n) = src[0..n), n <= 64.
-PYCNN_TARGET_AVX512 PYCNN_ALWAYS_INLINE void copy_short(const float* src, int64_t n, float* d) {
-  for (int64_t u = 0; u < n; u += 16) {
-    const __mmask16 m = lane_range(0, n - u);
-    _mm512_mask_storeu_ps(d + u, m, _mm512_maskz_loadu_ps(m, src + u));
-  }
+// U[xi][mb][c][m] = (G w[mb*kMR + m][c] G^T)[xi], zero for output channels past K: the kMR
+// values one GEMM step broadcasts are adjacent. Computed in double, then rounded once.
+template <int R>
+std::vector<float> transform_weights(const Conv2dShape& s, const float* w, int64_t mblocks) {
+  constexpr int T = R + 2;
+  static constexpr double G2[4][3] = {{1, 0, 0}, {0.5, 0.5, 0.5}, {0.5, -0.5, 0.5}, {0, 0, 1}};
+  static constexpr double G4[6][3] = {{1.0 / 4, 0, 0},
+                                      {-1.0 / 6, -1.0 / 6, -1.0 / 6},
+                                      {-1.0 / 6, 1.0 / 6, -1.0 / 6},
+                                      {1.0 / 24, 1.0 / 12, 1.0 / 6},
+                                      {1.0 / 24, -1.0 / 12, 1.0 / 6},
+                                      {0, 0, 1}};
+  const double(*G)[3] = R == 2 ? G2 : G4;
+  std::vector<float> u(size_t(T * T * mblocks * s.C * kMR), 0.0f);
+  // Threads over output channels (each k writes its own entries).
+  parallel_for(s.K, 8, [&](int64_t k0, int64_t k1) {
+    for (int64_t k = k0; k < k1; ++k)
+      for (int64_t c = 0; c < s.C; ++c) {
+        const float* g = w + (k * s.C + c) * 9;
+        double t[T][3];  // G g
+        for (int i = 0; i < T; ++i)
+          for (int j = 0; j < 3; ++j) t[i][j] = G[i][0] * g[j] + G[i][1] * g[3 + j] + G[i][2] * g[6 + j];
+        for (int i = 0; i < T; ++i)
+          for (int j = 0; j < T; ++j) {
+            const double e = t[i][0] * G[j][0] + t[i][1] * G[j][1] + t[i][2] * G[j][2];  // (G g) G^T
+            u[size_t((((i * T + j) * mblocks + k / kMR) * s.C + c) * kMR + k % kMR)] = float(e);
+          }
+      }
+  });
+  return u;
 }
 
-// y tiles of one block from M[16][Kpad][kTiles] (Kpad = K rounded up to kMR), + bias.
-PYCNN_TARGET_AVX512 void transform_output(const Conv2dShape& s, const float* mt, int64_t kpad, const float* bias,
-                                          const Segment* seg, int64_t nseg, float* y) {
-  // Tile l's two outputs of a row sit at [2l, 2l + 1] of out[row]: the rows as y stores them.
-  alignas(64) float out[2][2 * kTiles];
-  const __m512i lo_idx = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
-  const __m512i hi_idx = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
-  const int64_t xi_stride = kpad * kTiles;
+// d[0 .. n) = src[0 .. n) (src readable up to a whole vector past n).
+PYCNN_INLINE void copy_short(const float* src, int64_t n, float* d) {
+  for (int64_t u = 0; u < n; u += L) store_first(d + u, load(src + u), n - u);
+}
+
+// y tiles of one block from M[xi][Kpad][bt], + bias.
+template <int R>
+void transform_output(const Conv2dShape& s, const float* mt, int64_t kpad, int64_t bt, const float* bias,
+                      const Segment* seg, int64_t nseg, float* y) {
+  constexpr int T = R + 2;
+  // Row r of tile l's outputs at out[r][R l ..]: the rows as y stores them (+ L: copy_short
+  // reads whole vectors).
+  alignas(64) float out[R][R * kMaxTiles + L];
+  const int64_t xi_stride = kpad * bt;
   const int64_t lanes = seg[nseg - 1].lane + seg[nseg - 1].count;
   for (int64_t k = 0; k < s.K; ++k) {
-    const __m512 b = _mm512_set1_ps(bias ? bias[k] : 0.0f);
-    for (int64_t l = 0; l < lanes; l += 16) {
-      const float* m = mt + k * kTiles + l;
-      __m512 col0[4], col1[4];  // A^T applied along each tile row i: (m_i0 + m_i1 + m_i2, m_i1 - m_i2 - m_i3)
-#pragma GCC unroll 4
-      for (int i = 0; i < 4; ++i) {
-        const __m512 m0 = _mm512_loadu_ps(m + (i * 4 + 0) * xi_stride), m1 = _mm512_loadu_ps(m + (i * 4 + 1) * xi_stride);
-        const __m512 m2 = _mm512_loadu_ps(m + (i * 4 + 2) * xi_stride), m3 = _mm512_loadu_ps(m + (i * 4 + 3) * xi_stride);
-        col0[i] = _mm512_add_ps(_mm512_add_ps(m0, m1), m2);
-        col1[i] = _mm512_sub_ps(_mm512_sub_ps(m1, m2), m3);
+    const V b = broadcast(bias ? bias[k] : 0.0f);
+    for (int64_t l = 0; l < lanes; l += L) {
+      const float* m = mt + k * bt + l;
+      V rows[T][R];  // A^T along each tile row i
+#pragma GCC unroll 6
+      for (int i = 0; i < T; ++i) {
+        V mi[T];
+#pragma GCC unroll 6
+        for (int j = 0; j < T; ++j) mi[j] = load(m + (i * T + j) * xi_stride);
+        output_1d<R>(mi, rows[i]);
       }
-      const __m512 y00 = _mm512_add_ps(_mm512_add_ps(_mm512_add_ps(col0[0], col0[1]), col0[2]), b);
-      const __m512 y01 = _mm512_add_ps(_mm512_add_ps(_mm512_add_ps(col1[0], col1[1]), col1[2]), b);
-      const __m512 y10 = _mm512_add_ps(_mm512_sub_ps(_mm512_sub_ps(col0[1], col0[2]), col0[3]), b);
-      const __m512 y11 = _mm512_add_ps(_mm512_sub_ps(_mm512_sub_ps(col1[1], col1[2]), col1[3]), b);
-      _mm512_store_ps(out[0] + 2 * l, _mm512_permutex2var_ps(y00, lo_idx, y01));
-      _mm512_store_ps(out[0] + 2 * l + 16, _mm512_permutex2var_ps(y00, hi_idx, y01));
-      _mm512_store_ps(out[1] + 2 * l, _mm512_permutex2var_ps(y10, lo_idx, y11));
-      _mm512_store_ps(out[1] + 2 * l + 16, _mm512_permutex2var_ps(y10, hi_idx, y11));
+      V yv[R][R];  // output row r, column q
+#pragma GCC unroll 4
+      for (int q = 0; q < R; ++q) {
+        V col[T], o[R];
+#pragma GCC unroll 6
+        for (int i = 0; i < T; ++i) col[i] = rows[i][q];
+        output_1d<R>(col, o);
+#pragma GCC unroll 4
+        for (int r = 0; r < R; ++r) yv[r][q] = o[r] + b;
+      }
+#pragma GCC unroll 4
+      for (int r = 0; r < R; ++r) {
+        float* o = out[r] + R * l;
+        if constexpr (R == 2) {
+          store(o, interleave_lo(yv[r][0], yv[r][1]));
+          store(o + L, interleave_hi(yv[r][0], yv[r][1]));
+        } else {
+          const V e = interleave_lo(yv[r][0], yv[r][2]), f = interleave_lo(yv[r][1], yv[r][3]);
+          const V g = interleave_hi(yv[r][0], yv[r][2]), h = interleave_hi(yv[r][1], yv[r][3]);
+          store(o, interleave_lo(e, f));
+          store(o + L, interleave_hi(e, f));
+          store(o + 2 * L, interleave_lo(g, h));
+          store(o + 3 * L, interleave_hi(g, h));
+        }
+      }
     }
     for (int64_t q = 0; q < nseg; ++q) {
       const Segment& sg = seg[q];
-      const int64_t ncols = std::min(2 * sg.count, s.OW - 2 * sg.tw0);
-      float* d = y + ((sg.n * s.K + k) * s.OH + 2 * sg.th) * s.OW + 2 * sg.tw0;
-      copy_short(out[0] + 2 * sg.lane, ncols, d);
-      if (2 * sg.th + 1 < s.OH) copy_short(out[1] + 2 * sg.lane, ncols, d + s.OW);
+      const int64_t ncols = std::min(R * sg.count, s.OW - R * sg.tw0);
+      float* d = y + ((sg.n * s.K + k) * s.OH + R * sg.th) * s.OW + R * sg.tw0;
+      for (int64_t r = 0; r < R && R * sg.th + r < s.OH; ++r) copy_short(out[r] + R * sg.lane, ncols, d + r * s.OW);
     }
   }
 }
 
-}  // namespace
-
-bool winograd_applies(const Conv2dShape& s) {
-  return cpu_has_avx512() && s.groups == 1 && s.kh == 3 && s.kw == 3 && s.sh == 1 && s.sw == 1 && s.dh == 1 &&
-         s.dw == 1 && s.C >= kMinChannels && s.K >= kMinChannels;
+bool winograd_shape(const Conv2dShape& s) {
+  return s.groups == 1 && s.kh == 3 && s.kw == 3 && s.sh == 1 && s.sw == 1 && s.dh == 1 && s.dw == 1 &&
+         s.C >= kMinChannels && s.K >= kMinChannels;
 }
 
-namespace {
+// F(4x4) where its saved multiplies pay for its larger transforms and edge waste (see
+// winograd_forward_kernel), when switched on (conv_winograd4x4_mode: off by default).
+bool use_f4x4(const Conv2dShape& s) {
+  const int mode = conv_winograd4x4_mode();
+  if (mode == 2) return true;
+  return mode == 1 && s.OH >= 12 && s.OW >= 12 && s.C >= 16 && s.K >= 16;
+}
 
-// ---- weight gradient ------------------------------------------------------------------------
+template <int R>
+void forward(const Conv2dShape& s, const float* x, const float* w, const float* bias, float* y) {
+  constexpr int NX = (R + 2) * (R + 2);
+  const TileGrid grid(s, R);
+  if (grid.total == 0) return;
+  const int64_t mblocks = (s.K + kMR - 1) / kMR, kpad = mblocks * kMR;
+  const std::vector<float> u = transform_weights<R>(s, w, mblocks);
+  const int64_t bt = kBlockTiles;
+  const int64_t blocks = (grid.total + bt - 1) / bt;
+  parallel_for(blocks, 1, [&](int64_t b0, int64_t b1) {
+    // Per thread, kept across calls (a fresh buffer per call is page faults and a zero fill).
+    // Every element is rewritten per block before it is read.
+    thread_local std::vector<float> scratch;
+    const size_t need = size_t(NX * (s.C + kpad) * bt);
+    if (scratch.size() < need) scratch.resize(need);
+    float* v = scratch.data();
+    float* mt = v + NX * s.C * bt;
+    Segment seg[kMaxTiles];
+    for (int64_t blk = b0; blk < b1; ++blk) {
+      const int64_t nseg = block_segments(grid, blk * bt, bt, seg);
+      transform_input<R>(s, x, seg, nseg, bt, v);
+      for (int64_t xi = 0; xi < NX; ++xi)
+        for (int64_t mb = 0; mb < mblocks; ++mb)
+          for (int64_t nb = 0; nb < bt; nb += kNV * L)
+            gemm_tile(s.C, u.data() + (xi * mblocks + mb) * s.C * kMR, v + xi * s.C * bt + nb, bt,
+                      mt + (xi * kpad + mb * kMR) * bt + nb, bt);
+      transform_output<R>(s, mt, kpad, bt, bias, seg, nseg, y);
+    }
+  });
+}
+
+// ---- weight gradient (F(2x2)) ---------------------------------------------------------------
 // With U = G w G^T the forward is linear in U, so dL/dU[xi] = sum over tiles of
 // (A gy_t A^T)[xi] * V_t[xi] and dL/dw = G^T dL/dU G:
 //   1. per block: V as in the forward, and Gy[xi][k][lane] = (A g A^T)[xi] for the 2x2 block g
-//      of gy under each tile (A = [1 0; 1 1; 1 -1; 0 -1]); V is transposed to VT[xi][lane][c]
+//      of gy under each tile (A = [1 0; 1 1; 1 -1; 0 -1]); V transposed to VT[xi][lane][c]
 //   2. P[xi][k][c] += sum over the block's tiles of Gy[xi][k][t] * VT[xi][t][c]: a GEMM with
-//      the tiles as its reduction, 8 k x 32 c register tiles (c in lanes, Gy broadcast)
-//   3. once, in double: gw[k][c] = G^T P[.][k][c] G.
+//      the tiles as its reduction (c in lanes, Gy broadcast)
+//   3. once: gw[k][c] = G^T P[.][k][c] G.
 // The batch's blocks are cut into a fixed number of chunks (from the shape alone), each summed
 // into its own P, and the chunks are added in order: the result does not depend on threads.
 
-// Gy[xi][k][lane] for the tiles of one block (gy outside the output reads as 0). Per 16-lane
-// vector: each segment's two gy rows (2 tiles x 2 columns) in masked loads, the even and odd
-// columns placed in its lanes by permutes, then A g A^T in registers.
-PYCNN_TARGET_AVX512 void transform_grad(const Conv2dShape& s, const float* gy, const Segment* seg, int64_t nseg,
-                                        float* gt) {
-  const int64_t xi_stride = s.K * kTiles;
-  LaneGroup groups[kTiles / 16];
-  const int64_t ng = lane_groups(seg, nseg, groups);
-  RowPicker pick[16];
+// Gy[xi][k][lane] for the tiles of one block (gy outside the output reads as 0; lanes of no
+// tile: 0).
+void transform_grad(const Conv2dShape& s, const float* gy, const Segment* seg, int64_t nseg, int64_t bt, float* gt) {
+  const int64_t xi_stride = s.K * bt;
+  const Bounds bd{reinterpret_cast<uintptr_t>(gy), reinterpret_cast<uintptr_t>(gy + s.N * s.K * s.OH * s.OW)};
+  LaneGroup groups[kMaxTiles / 4];
+  const int64_t ng = lane_groups(seg, nseg, bt, groups);
+  PhaseReader<2> readers[L];
   for (int64_t gi = 0; gi < ng; ++gi) {
-    const LaneGroup& grp = groups[gi];
-    for (int64_t q = grp.first; q < grp.last; ++q) pick[q - grp.first] = row_picker(seg[q], s.OW, 0);
-    const __mmask16 store = grp.tile_lanes(seg);
+    const LaneGroup grp = groups[gi];
+    for (int64_t q = grp.first; q < grp.last; ++q) readers[q - grp.first] = PhaseReader<2>(seg[q], s.OW, 0);
     for (int64_t k = 0; k < s.K; ++k) {
-      __m512 g[2][2];  // output row, column of each tile's 2x2 block of gy
-      g[0][0] = g[0][1] = g[1][0] = g[1][1] = _mm512_setzero_ps();
+      V g[2][2];  // output row, column of each tile's 2x2 block of gy
+      g[0][0] = g[0][1] = g[1][0] = g[1][1] = zero<float>();
       for (int64_t q = grp.first; q < grp.last; ++q) {
         const Segment& sg = seg[q];
         for (int64_t row = 0; row < 2 && 2 * sg.th + row < s.OH; ++row)
-          pick_phases<2>(pick[q - grp.first], gy + ((sg.n * s.K + k) * s.OH + 2 * sg.th + row) * s.OW, g[row]);
+          read_phases<2, 2>(readers[q - grp.first], bd, gy + ((sg.n * s.K + k) * s.OH + 2 * sg.th + row) * s.OW, true,
+                            g[row]);
       }
-      const __m512 zero = _mm512_setzero_ps();
+      const V z = zero<float>();
       // A g: rows (g0, g0 + g1, g0 - g1, -g1) of the 2-row block; then the same along each row.
-      const __m512 rows[4][2] = {{g[0][0], g[0][1]},
-                                 {_mm512_add_ps(g[0][0], g[1][0]), _mm512_add_ps(g[0][1], g[1][1])},
-                                 {_mm512_sub_ps(g[0][0], g[1][0]), _mm512_sub_ps(g[0][1], g[1][1])},
-                                 {_mm512_sub_ps(zero, g[1][0]), _mm512_sub_ps(zero, g[1][1])}};
-      float* d = gt + k * kTiles + 16 * gi;
+      const V rows[4][2] = {{g[0][0], g[0][1]},
+                            {g[0][0] + g[1][0], g[0][1] + g[1][1]},
+                            {g[0][0] - g[1][0], g[0][1] - g[1][1]},
+                            {z - g[1][0], z - g[1][1]}};
+      float* d = gt + k * bt + L * gi;
 #pragma GCC unroll 4
       for (int i = 0; i < 4; ++i) {
-        const __m512 a = rows[i][0], b = rows[i][1];
-        _mm512_mask_storeu_ps(d + (i * 4 + 0) * xi_stride, store, a);
-        _mm512_mask_storeu_ps(d + (i * 4 + 1) * xi_stride, store, _mm512_add_ps(a, b));
-        _mm512_mask_storeu_ps(d + (i * 4 + 2) * xi_stride, store, _mm512_sub_ps(a, b));
-        _mm512_mask_storeu_ps(d + (i * 4 + 3) * xi_stride, store, _mm512_sub_ps(zero, b));
+        const V a = rows[i][0], b = rows[i][1];
+        store(d + (i * 4 + 0) * xi_stride, a);
+        store(d + (i * 4 + 1) * xi_stride, a + b);
+        store(d + (i * 4 + 2) * xi_stride, a - b);
+        store(d + (i * 4 + 3) * xi_stride, z - b);
       }
     }
   }
 }
 
-// p[r][0..16*CV) += sum over t < kTiles of gt[r * kTiles + t] * vt[t * ldv + 0..16*CV), r < rows.
-template <int CV>
-PYCNN_TARGET_AVX512 void grad_tile(const float* gt, const float* vt, int64_t ldv, int64_t rows, float* p, int64_t ldp) {
-  constexpr int KR = 16 / CV;  // 16 accumulators
-  __m512 acc[KR][CV];
+// dst[j][i] = src[i][j], i, j < L (log2 L rounds of interleaving rows i and i + L/2: each moves
+// one bit of the row index into the column index).
+PYCNN_INLINE void transpose_block(const float* src, int64_t lds, float* dst, int64_t ldd) {
+  V r[L];
 #pragma GCC unroll 16
-  for (int r = 0; r < KR; ++r)
-#pragma GCC unroll 2
-    for (int v = 0; v < CV; ++v) acc[r][v] = _mm512_setzero_ps();
-  for (int64_t t = 0; t < kTiles; ++t, vt += ldv) {
-    __m512 b[CV];
-#pragma GCC unroll 2
-    for (int v = 0; v < CV; ++v) b[v] = _mm512_loadu_ps(vt + 16 * v);
-#pragma GCC unroll 16
-    for (int r = 0; r < KR; ++r) {
-      const __m512 a = _mm512_set1_ps(gt[r * kTiles + t]);
-#pragma GCC unroll 2
-      for (int v = 0; v < CV; ++v) acc[r][v] = _mm512_fmadd_ps(a, b[v], acc[r][v]);
+  for (int i = 0; i < L; ++i) r[i] = load(src + i * lds);
+#pragma GCC unroll 4
+  for (int w = 1; w < L; w *= 2) {
+    V t[L];
+#pragma GCC unroll 8
+    for (int i = 0; i < L / 2; ++i) {
+      t[2 * i] = interleave_lo(r[i], r[i + L / 2]);
+      t[2 * i + 1] = interleave_hi(r[i], r[i + L / 2]);
     }
+#pragma GCC unroll 16
+    for (int i = 0; i < L; ++i) r[i] = t[i];
   }
 #pragma GCC unroll 16
+  for (int i = 0; i < L; ++i) store(dst + i * ldd, r[i]);
+}
+
+// p[r][0 .. CV L) += sum over t < bt of gt[r * bt + t] * vt[t * ldv + 0 .. CV L), r < rows.
+template <int CV>
+void grad_tile(const float* gt, int64_t bt, const float* vt, int64_t ldv, int64_t rows, float* p, int64_t ldp) {
+  constexpr int KR = (kRegisters - 4) / CV;  // 12 (24) accumulators
+  V acc[KR][CV];
+#pragma GCC unroll 28
+  for (int r = 0; r < KR; ++r)
+#pragma GCC unroll 2
+    for (int v = 0; v < CV; ++v) acc[r][v] = zero<float>();
+  for (int64_t t = 0; t < bt; ++t, vt += ldv) {
+    V b[CV];
+#pragma GCC unroll 2
+    for (int v = 0; v < CV; ++v) b[v] = load(vt + L * v);
+#pragma GCC unroll 28
+    for (int r = 0; r < KR; ++r) {
+      const V a = broadcast(gt[r * bt + t]);
+#pragma GCC unroll 2
+      for (int v = 0; v < CV; ++v) acc[r][v] = fma(a, b[v], acc[r][v]);
+    }
+  }
+#pragma GCC unroll 28
   for (int r = 0; r < KR; ++r) {
     if (r >= rows) break;
 #pragma GCC unroll 2
     for (int v = 0; v < CV; ++v) {
-      float* o = p + r * ldp + 16 * v;
-      _mm512_storeu_ps(o, _mm512_add_ps(_mm512_loadu_ps(o), acc[r][v]));
+      float* o = p + r * ldp + L * v;
+      store(o, load(o) + acc[r][v]);
     }
   }
 }
+constexpr int kGradRows2 = (kRegisters - 4) / 2, kGradRows1 = kRegisters - 4;
 
 // P[xi] += Gy[xi] @ V[xi]^T for one block (vt: scratch for the transposed V).
-PYCNN_TARGET_AVX512 void accumulate_grad(const Conv2dShape& s, int64_t cpad, const float* v, float* vt, const float* gt,
-                                         float* p) {
+void accumulate_grad(const Conv2dShape& s, int64_t cpad, int64_t bt, const float* v, float* vt, const float* gt,
+                     float* p) {
   for (int64_t xi = 0; xi < 16; ++xi) {
-    for (int64_t c = 0; c < s.C; c += 16)
-      for (int64_t t = 0; t < kTiles; t += 16)
-        transpose16_f32(v + (xi * s.C + c) * kTiles + t, kTiles, vt + (xi * kTiles + t) * cpad + c, cpad, 16);
-    const float* vx = vt + xi * kTiles * cpad;
-    const float* gx = gt + xi * s.K * kTiles;
+    for (int64_t c = 0; c < s.C; c += L)
+      for (int64_t t = 0; t < bt; t += L)
+        transpose_block(v + (xi * s.C + c) * bt + t, bt, vt + t * cpad + c, cpad);
+    const float* gx = gt + xi * s.K * bt;
     float* px = p + xi * s.K * cpad;
     int64_t c = 0;
-    for (; c + 32 <= cpad; c += 32)
-      for (int64_t k = 0; k < s.K; k += 8)
-        grad_tile<2>(gx + k * kTiles, vx + c, cpad, std::min<int64_t>(8, s.K - k), px + k * cpad + c, cpad);
-    for (; c < cpad; c += 16)
-      for (int64_t k = 0; k < s.K; k += 16)
-        grad_tile<1>(gx + k * kTiles, vx + c, cpad, std::min<int64_t>(16, s.K - k), px + k * cpad + c, cpad);
+    for (; c + 2 * L <= cpad; c += 2 * L)
+      for (int64_t k = 0; k < s.K; k += kGradRows2)
+        grad_tile<2>(gx + k * bt, bt, vt + c, cpad, std::min<int64_t>(kGradRows2, s.K - k), px + k * cpad + c, cpad);
+    for (; c < cpad; c += L)
+      for (int64_t k = 0; k < s.K; k += kGradRows1)
+        grad_tile<1>(gx + k * bt, bt, vt + c, cpad, std::min<int64_t>(kGradRows1, s.K - k), px + k * cpad + c, cpad);
   }
 }
 
-// gw rows [k0, k1) from the summed P (see below).
-PYCNN_TARGET_AVX512 void finish_rows(const Conv2dShape& s, int64_t cpad, const float* part, int64_t k0, int64_t k1,
-                                     float* gw) {
-  std::vector<float> out(size_t(9 * s.C));
+// gw rows [k0, k1) from the summed P: gw[k][c] = G^T P[.][k][c] G,
+// G^T = [1 .5 .5 0; 0 .5 -.5 0; 0 .5 .5 1].
+void finish_rows(const Conv2dShape& s, int64_t cpad, const float* part, int64_t k0, int64_t k1, float* gw) {
   for (int64_t k = k0; k < k1; ++k) {
     const float* pk = part + k * cpad;
     auto P = [&](int i, int j, int64_t c) { return pk[(i * 4 + j) * s.K * cpad + c]; };
@@ -417,107 +583,85 @@ PYCNN_TARGET_AVX512 void finish_rows(const Conv2dShape& s, int64_t cpad, const f
         q[1][j] = 0.5f * (P(1, j, c) - P(2, j, c));
         q[2][j] = mid + P(3, j, c);
       }
+      float* o = gw + (k * s.C + c) * 9;
       for (int a = 0; a < 3; ++a) {
         const float mid = 0.5f * (q[a][1] + q[a][2]);
-        out[size_t((a * 3 + 0) * s.C + c)] = q[a][0] + mid;
-        out[size_t((a * 3 + 1) * s.C + c)] = 0.5f * (q[a][1] - q[a][2]);
-        out[size_t((a * 3 + 2) * s.C + c)] = mid + q[a][3];
+        o[a * 3 + 0] = q[a][0] + mid;
+        o[a * 3 + 1] = 0.5f * (q[a][1] - q[a][2]);
+        o[a * 3 + 2] = mid + q[a][3];
       }
     }
-    for (int64_t c = 0; c < s.C; ++c)
-      for (int t = 0; t < 9; ++t) gw[(k * s.C + c) * 9 + t] = out[size_t(t * s.C + c)];
   }
-}
-
-// gw[k][c] = G^T P[.][k][c] G, P the chunks' sum (added in chunk order, into chunk 0),
-// G^T = [1 .5 .5 0; 0 .5 -.5 0; 0 .5 .5 1]. Vectorised over c.
-PYCNN_TARGET_AVX512 void finish_weight_grad(const Conv2dShape& s, int64_t cpad, int64_t chunks, float* part, float* gw) {
-  const int64_t per_chunk = 16 * s.K * cpad;
-  for (int64_t r = 1; r < chunks; ++r)
-    for (int64_t e = 0; e < per_chunk; ++e) part[e] += part[r * per_chunk + e];
-  parallel_for(s.K, 8, [&](int64_t k0, int64_t k1) { finish_rows(s, cpad, part, k0, k1, gw); });
 }
 
 }  // namespace
 
-bool conv2d_backward_weight_winograd_f32(const Conv2dShape& s, const float* x, const float* gy, float* gw) {
-  if (!winograd_applies(s) || s.C < kMinGradChannels) return false;
-  const TileGrid grid(s);
-  const int64_t blocks = (grid.total + kTiles - 1) / kTiles;
-  const int64_t cpad = (s.C + 15) / 16 * 16;
-  const int64_t chunks = std::clamp<int64_t>(blocks / 4, 1, 8);
-  // Every block adds into its chunk's P (16 K x C matrices), so P must stay near the core: with
-  // 512 x 512 channels (16 MiB) this path was 1.0-1.6x the dot-product kernel, with 256 x 256
-  // (4 MiB) 0.46-1.0x, with 128 x 128 and below ~0.45x (measured, N 2-32, 7x7 to 56x56 maps).
-  // All chunks' P together stay within 16 MiB.
-  const int64_t p_bytes = 16 * s.K * cpad * int64_t(sizeof(float));
-  if (p_bytes > (int64_t(4) << 20) || chunks * p_bytes > (int64_t(16) << 20)) return false;
-  // Each chunk zeroes its own P (no value-initialisation of the whole buffer first).
-  const std::unique_ptr<float[]> part(new float[size_t(chunks * 16 * s.K * cpad)]);
-  parallel_for(chunks, 1, [&](int64_t r0, int64_t r1) {
-    thread_local std::vector<float> scratch;
-    // V (+16 rows: the transposes read whole 16-channel groups), VT, Gy (+16 rows: a register
-    // tile reads all its 8 or 16 rows of Gy, also those past K, whose sums are never stored).
-    const size_t nv = size_t((16 * s.C + 16) * kTiles), nvt = size_t(16 * kTiles * cpad);
-    const size_t ng = size_t((16 * s.K + 16) * kTiles);
-    if (scratch.size() < nv + nvt + ng) scratch.resize(nv + nvt + ng);
-    float* v = scratch.data();
-    float* vt = v + nv;
-    float* gt = vt + nvt;
-    Segment seg[kTiles];
-    for (int64_t r = r0; r < r1; ++r) {
-      float* p = part.get() + r * 16 * s.K * cpad;
-      std::fill(p, p + 16 * s.K * cpad, 0.0f);
-      const int64_t b_end = blocks * (r + 1) / chunks;
-      for (int64_t blk = blocks * r / chunks; blk < b_end; ++blk) {
-        const int64_t nseg = block_segments(grid, blk * kTiles, seg);
-        // A partial block (the last): lanes of no tile must hold zeros in both operands.
-        if (seg[nseg - 1].lane + seg[nseg - 1].count < kTiles) {
-          std::fill(v, v + nv, 0.0f);
-          std::fill(gt, gt + ng, 0.0f);
-        }
-        transform_input(s, x, seg, nseg, v);
-        transform_grad(s, gy, seg, nseg, gt);
-        accumulate_grad(s, cpad, v, vt, gt, p);
-      }
-    }
-  });
-  finish_weight_grad(s, cpad, chunks, part.get(), gw);
-  return true;
+// F(2x2) everywhere the shape qualifies. F(4x4) only when switched on (its float32 error measured
+// 7-10x torch's on ResNet layers, F(2x2)'s 0.3-0.5x): then where the maps are at least 12x12 and
+// both channel counts at least 16. Measured (AVX2, 2 threads, N32, forward, F(4x4) vs F(2x2) on a
+// shared, loaded machine): 64ch 32x32 26.5 vs 35.8 ms, 32ch 16x16 1.18 vs 1.71, 16ch 32x32 1.33
+// vs 2.04; 8x8 maps gave no reliable difference there, so they keep F(2x2).
+const char* winograd_forward_kernel(const Conv2dShape& s) {
+  if (!conv_winograd_enabled() || !winograd_shape(s)) return nullptr;
+  return use_f4x4(s) ? "winograd4x4" : "winograd";
 }
 
 bool conv2d_forward_winograd_f32(const Conv2dShape& s, const float* x, const float* w, const float* bias, float* y) {
-  if (!winograd_applies(s)) return false;
-  const TileGrid grid(s);
-  if (grid.total == 0) return true;
-  const int64_t mblocks = (s.K + kMR - 1) / kMR, kpad = mblocks * kMR;
-  const std::vector<float> u = transform_weights(s, w);
-  const int64_t blocks = (grid.total + kTiles - 1) / kTiles;
-  parallel_for(blocks, 1, [&](int64_t b0, int64_t b1) {
-    // Per thread, kept across calls (a fresh buffer per call is page faults and a zero fill).
-    thread_local std::vector<float> scratch;
-    const size_t need = size_t(16 * (s.C + kpad) * kTiles);
-    if (scratch.size() < need) scratch.resize(need);
-    float* v = scratch.data();
-    float* mt = v + 16 * s.C * kTiles;
-    Segment seg[kTiles];
-    for (int64_t blk = b0; blk < b1; ++blk) {
-      const int64_t nseg = block_segments(grid, blk * kTiles, seg);
-      transform_input(s, x, seg, nseg, v);
-      for (int64_t xi = 0; xi < 16; ++xi)
-        for (int64_t mb = 0; mb < mblocks; ++mb)
-          gemm_tile(s.C, u.data() + (xi * mblocks + mb) * s.C * kMR, v + xi * s.C * kTiles,
-                    mt + (xi * kpad + mb * kMR) * kTiles);
-      transform_output(s, mt, kpad, bias, seg, nseg, y);
-    }
-  });
+  const char* kernel = winograd_forward_kernel(s);
+  if (!kernel) return false;
+  if (kernel[8] == '4') forward<4>(s, x, w, bias, y);
+  else forward<2>(s, x, w, bias, y);
   return true;
 }
 
-#else
-const char* winograd_forward_kernel(const Conv2dShape&) { return nullptr; }
-bool conv2d_forward_winograd_f32(const Conv2dShape&, const float*, const float*, const float*, float*) { return false; }
-bool conv2d_backward_weight_winograd_f32(const Conv2dShape&, const float*, const float*, float*) { return false; }
-#endif
+bool conv2d_backward_weight_winograd_f32(const Conv2dShape& s, const float* x, const float* gy, float* gw) {
+  if (!conv_winograd_enabled() || !winograd_shape(s) || s.C < kMinGradChannels) return false;
+  const TileGrid grid(s, 2);
+  if (grid.total == 0) return false;
+  const int64_t bt = kGradTiles;
+  const int64_t blocks = (grid.total + bt - 1) / bt;
+  const int64_t cpad = (s.C + L - 1) / L * L;
+  const int64_t chunks = std::clamp<int64_t>(blocks / 4, 1, 8);
+  // Every block adds into its chunk's P (16 K x C matrices), so P must stay near the core: with
+  // 512 x 512 channels (16 MiB) this path was 1.0-1.6x the dot-product kernel, with 256 x 256
+  // (4 MiB) 0.46-1.0x, with 128 x 128 and below ~0.45x (measured with the previous AVX-512
+  // kernel, N 2-32, 7x7 to 56x56 maps). All chunks' P together stay within 16 MiB.
+  const int64_t p_elems = 16 * s.K * cpad;
+  const int64_t p_bytes = p_elems * int64_t(sizeof(float));
+  if (p_bytes > (int64_t(4) << 20) || chunks * p_bytes > (int64_t(16) << 20)) return false;
+  // Each chunk zeroes its own P (no value-initialisation of the whole buffer first).
+  const std::unique_ptr<float[]> part(new float[size_t(chunks * p_elems)]);
+  parallel_for(chunks, 1, [&](int64_t r0, int64_t r1) {
+    thread_local std::vector<float> scratch;
+    // V (+L rows: the transposes read whole L-channel groups), VT, Gy (+kGradRows1 rows: a
+    // register tile reads all its rows of Gy, also those past K, whose sums are never stored).
+    // The padding rows are zeroed once; everything else is rewritten per block.
+    const size_t nv = size_t((16 * s.C + L) * bt), nvt = size_t(bt * cpad);
+    const size_t ng = size_t((16 * s.K + kGradRows1) * bt);
+    if (scratch.size() < nv + nvt + ng) scratch.assign(nv + nvt + ng, 0.0f);
+    float* v = scratch.data();
+    float* vt = v + nv;
+    float* gt = vt + nvt;
+    std::fill(v + 16 * s.C * bt, v + nv, 0.0f);
+    std::fill(gt + 16 * s.K * bt, gt + ng, 0.0f);
+    Segment seg[kMaxTiles];
+    for (int64_t r = r0; r < r1; ++r) {
+      float* p = part.get() + r * p_elems;
+      std::fill(p, p + p_elems, 0.0f);
+      const int64_t b_end = blocks * (r + 1) / chunks;
+      for (int64_t blk = blocks * r / chunks; blk < b_end; ++blk) {
+        const int64_t nseg = block_segments(grid, blk * bt, bt, seg);
+        transform_input<2>(s, x, seg, nseg, bt, v);
+        transform_grad(s, gy, seg, nseg, bt, gt);
+        accumulate_grad(s, cpad, bt, v, vt, gt, p);
+      }
+    }
+  });
+  float* sum = part.get();
+  for (int64_t r = 1; r < chunks; ++r)
+    for (int64_t e = 0; e < p_elems; ++e) sum[e] += sum[r * p_elems + e];
+  parallel_for(s.K, 8, [&](int64_t k0, int64_t k1) { finish_rows(s, cpad, sum, k0, k1, gw); });
+  return true;
+}
 
 }  // namespace pycnn::cpu::PYCNN_ISA
