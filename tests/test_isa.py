@@ -74,7 +74,7 @@ def test_kernel_tests_pass_on_every_target(name, tmp_path):
     files = [str(ROOT / "tests" / f) for f in KERNEL_TESTS]
     # cwd outside the source tree, config from the repository: the child imports the same pycnn
     # this process did (the installed one, or the tree's on PYTHONPATH in development).
-    cmd = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "-c", str(ROOT / "pyproject.toml"),
+    cmd = [sys.executable, "-m", "pytest", "-x", "-p", "no:cacheprovider", "-c", str(ROOT / "pyproject.toml"),
            "--rootdir", str(ROOT), *files]
     r = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=1800,
                        env={**os.environ, "PYCNN_CPU_ISA": name, "PYCNN_ISA_MATRIX_CHILD": "1"})
