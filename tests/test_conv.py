@@ -6,6 +6,7 @@ from hypothesis import assume, given, settings, strategies as st
 import pycnn
 import pycnn.functional as PF
 from pycnn._ops import native
+from isa import use_isa
 from reference import check_op, gradcheck
 
 # (N, C, H, W), (K, kh, kw), stride, padding, dilation, groups, bias
@@ -259,13 +260,13 @@ def _conv_shape16(x_shape, w_shape, stride, padding, dilation, groups=1):
 
 @pytest.fixture(params=_C.available_isas())
 def cpu_isa(request):
-    previous = _C.set_cpu_isa(request.param)
+    """Every target, Winograd off (these cases test the kernels Winograd would replace)."""
     winograd = _C.set_conv_winograd(False)
     try:
-        yield request.param
+        with use_isa(request.param):
+            yield request.param
     finally:
         _C.set_conv_winograd(winograd)
-        _C.set_cpu_isa(previous)
 
 
 @pytest.mark.parametrize("x_shape,w_shape,stride,padding,dilation,bias,expected", KERNEL_CASES)

@@ -22,13 +22,7 @@ def _tol(dtype, K):
     """Rounding of a length-K dot product of unit normals grows ~ eps * K in the worst case."""
     eps = torch.finfo(dtype).eps
     return dict(rtol=100 * eps, atol=4 * eps * (K + 4))
-@pytest.fixture(params=_C.available_isas())
-def variant(request):
-    previous = _C.set_cpu_isa(request.param)
-    try:
-        yield request.param
-    finally:
-        _C.set_cpu_isa(previous)
+from isa import each_isa  # noqa: E402,F401  (fixture: every CPU target this machine runs)
 
 
 def _operands(M, N, K, ta, tb, dtype, pad=(0, 0, 0), gen=None):
@@ -62,7 +56,7 @@ SIZES = [(1, 1, 1), (13, 17, 19), (12, 32, 7), (37, 5, 300), (200, 7, 3), (5, 41
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("ta,tb", list(itertools.product([False, True], repeat=2)))
 @pytest.mark.parametrize("M,N,K", SIZES)
-def test_gemm_matches_reference(variant, dtype, ta, tb, M, N, K):
+def test_gemm_matches_reference(each_isa, dtype, ta, tb, M, N, K):
     gen = torch.Generator().manual_seed(M * 1000 + N * 10 + K)
     A, B, C = _operands(M, N, K, ta, tb, dtype, pad=(3, 1, 2), gen=gen)
     for alpha, beta in [(1.0, 0.0), (0.5, 1.0), (-2.0, 0.25)]:
@@ -166,7 +160,7 @@ def _check_against_torch(ta, tb, M, N, K, dtype, pad, alphas_betas, seed):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
 @pytest.mark.parametrize("M,N,K", TILE_SIZES + BLOCK_SIZES)
-def test_gemm_tiles_and_blocks_match_torch(variant, dtype, M, N, K):
+def test_gemm_tiles_and_blocks_match_torch(each_isa, dtype, M, N, K):
     # beta == 0 (C not read: NaN there) and beta != 0, each with alpha != 1; every transpose.
     alphas_betas = [(1.0, 0.0), (0.5, 1.0), (-2.0, 0.25)] if (M, N, K) in TILE_SIZES else [(0.5, 0.0), (-2.0, 0.25)]
     for i, (ta, tb) in enumerate(itertools.product([False, True], repeat=2)):
@@ -175,7 +169,7 @@ def test_gemm_tiles_and_blocks_match_torch(variant, dtype, M, N, K):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
 @pytest.mark.parametrize("ta,tb", [(False, False), (True, True)])
-def test_gemm_all_blocks_at_once_match_torch(variant, dtype, ta, tb):
+def test_gemm_all_blocks_at_once_match_torch(each_isa, dtype, ta, tb):
     # More than one row, column and k block in the same call: C's blocks accumulate over k
     # blocks at every (row block, column block), with ld > dims everywhere.
     M, N, K = (197, 4099, 520) if dtype == torch.float32 else (101, 2053, 261)
@@ -194,7 +188,7 @@ LINEAR_SHAPES = [
 
 
 @pytest.mark.parametrize("M,K,N", LINEAR_SHAPES)
-def test_linear_tiles_and_blocks_match_torch(variant, M, K, N):
+def test_linear_tiles_and_blocks_match_torch(each_isa, M, K, N):
     g = torch.Generator().manual_seed(M + K + N)
     x, w, b = torch.randn(M, K, generator=g), torch.randn(N, K, generator=g), torch.randn(N, generator=g)
     tol = {dt: _tol(dt, max(M, K, N)) for dt in (torch.float32, torch.float64)}
