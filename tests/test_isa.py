@@ -7,6 +7,7 @@ kernel test files in a subprocess for each other target this machine can execute
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -21,8 +22,10 @@ ALL_TARGETS = ("generic", "neon", "avx2", "avx512")
 
 
 def _python(code, **env):
+    # cwd outside the source tree: `python -c` puts cwd first on sys.path, and the tree's pycnn/
+    # has no compiled modules (CI tests the installed package).
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
-                          env={**os.environ, **env})
+                          cwd=tempfile.gettempdir(), env={**os.environ, **env})
 
 
 def test_cpu_isa_is_an_available_target():
