@@ -103,3 +103,22 @@ def gradcheck(fn, inputs, **kw):
     prepared = [t.detach().double().clone().requires_grad_(True) if isinstance(t, torch.Tensor) and t.is_floating_point()
                 else t for t in inputs]
     return torch.autograd.gradcheck(fn, prepared, **kw)
+
+
+def assert_same_bits_across_threads(fn, counts=(1, 2, 3)):
+    """fn() (a tuple of tensors) at each torch thread count gives bitwise-equal results; the
+    thread count is restored afterwards."""
+    import pycnn
+    old = torch.get_num_threads()
+    results = []
+    try:
+        for n in counts:
+            torch.set_num_threads(n)
+            pycnn.sync_threads()
+            results.append(fn())
+    finally:
+        torch.set_num_threads(old)
+        pycnn.sync_threads()
+    for n, other in zip(counts[1:], results[1:]):
+        for i, (a, c) in enumerate(zip(results[0], other)):
+            assert torch.equal(a, c), f"result {i} at {n} threads differs from {counts[0]} thread(s)"

@@ -7,7 +7,7 @@ import pycnn
 import pycnn.functional as PF
 from pycnn._ops import native
 from isa import use_isa
-from reference import check_op, gradcheck
+from reference import assert_same_bits_across_threads, check_op, gradcheck
 
 # (N, C, H, W), (K, kh, kw), stride, padding, dilation, groups, bias
 CASES = [
@@ -286,19 +286,11 @@ def test_conv2d_kernels_on_every_target(cpu_isa, x_shape, w_shape, stride, paddi
 ])
 def test_conv2d_kernels_bitwise_across_thread_counts(cpu_isa, x_shape, w_shape, stride, padding, dilation):
     x, w, b = _tensors(x_shape, w_shape, 1, True, torch.Generator().manual_seed(7))
-    results = []
-    old = torch.get_num_threads()
-    try:
-        for n in (1, 2, 3):
-            torch.set_num_threads(n)
-            pycnn.sync_threads()
-            xs, ws, bs = (t.clone().requires_grad_(True) for t in (x, w, b))
-            y = PF.conv2d(xs, ws, bs, stride, padding, dilation)
-            gy = torch.linspace(-1, 1, y.numel()).view_as(y)
-            results.append((y.detach(), *torch.autograd.grad(y, (xs, ws, bs), gy)))
-    finally:
-        torch.set_num_threads(old)
-        pycnn.sync_threads()
-    for other in results[1:]:
-        for a, c in zip(results[0], other):
-            assert torch.equal(a, c)
+
+    def run():
+        xs, ws, bs = (t.clone().requires_grad_(True) for t in (x, w, b))
+        y = PF.conv2d(xs, ws, bs, stride, padding, dilation)
+        gy = torch.linspace(-1, 1, y.numel()).view_as(y)
+        return (y.detach(), *torch.autograd.grad(y, (xs, ws, bs), gy))
+
+    assert_same_bits_across_threads(run)

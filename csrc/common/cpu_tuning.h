@@ -40,8 +40,8 @@ inline void advise_huge_pages(void* data, size_t bytes) {
 }
 
 
-// Independent partial sums for vectorised reductions: 32 floats or 16 doubles = two AVX-512
-// registers, so the compiler vectorises without -ffast-math and two FMA chains hide the add
+// Independent partial sums for vectorised reductions: 32 floats or 16 doubles (two AVX-512
+// registers, four AVX2 ones), so the compiler vectorises without -ffast-math and two FMA chains hide the add
 // latency. fold_lanes adds them pairwise (compile-time widths: each step is one vector add).
 template <typename T>
 constexpr int kLanes = int(128 / sizeof(T));

@@ -211,10 +211,6 @@ template <typename M, typename V>
 PYCNN_INLINE V select(M m, V a, V b) {
   return m ? a : b;
 }
-template <typename V>
-PYCNN_INLINE V max(V a, V b) {
-  return a > b ? a : b;
-}
 
 // Sum of the lanes in a fixed order (halves added pairwise), the same on every call.
 template <typename V>
