@@ -38,7 +38,7 @@ import torch
 from torch import nn
 
 __all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "describe_model", "describe_data",
-           "class_names", "build_model", "load_weights", "load"]
+           "class_names", "build_model", "load_weights", "load", "model_from_state"]
 
 CHECKPOINT_FORMAT = "pycnn-checkpoint-v2"
 LEGACY_FORMAT = "pycnn-checkpoint-v1"  # the payload itself, no envelope, no checksum
@@ -222,7 +222,11 @@ def load(path: str, model: Optional[nn.Module] = None, map_location="cpu") -> nn
     by ``pycnn.models.get``). CheckpointError, in one line, when the file is missing, damaged, or
     does not fit the model.
     """
-    state = load_checkpoint(path, map_location=map_location)
+    return model_from_state(load_checkpoint(path, map_location=map_location), path, model, map_location)
+
+
+def model_from_state(state: dict, path: str, model: Optional[nn.Module] = None, map_location="cpu") -> nn.Module:
+    """``load`` for a state already read by ``load_checkpoint``."""
     legacy = state.get("format") == LEGACY_FORMAT
     if model is None:
         model = build_model(state, path)
