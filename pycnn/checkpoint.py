@@ -183,18 +183,17 @@ def build_model(state: dict, path: str) -> nn.Module:
     import pycnn.models as M
     from pycnn.nn import normalized
 
-    if state.get("format") == LEGACY_FORMAT:
+    if not state.get("arch"):  # version 1 (or a hand-written state): the model is named in config
         config = state.get("config") or {}
         if "model" not in config:
-            raise CheckpointError(f"{path} does not say which model it holds (a version-1 checkpoint written by "
-                                  "fit from Python): build the model and pass it, pycnn.load(path, model=...)")
+            raise CheckpointError(f"{path} does not say which model it holds: build the model and pass it, "
+                                  "pycnn.load(path, model=...)")
         model = M.get(config["model"], **config.get("model_kwargs", {}))
         norm = config.get("normalize")
         if norm:  # version 1 kept the standardisation beside the model; make it a layer now
             load_weights(model, state["model"], path, f"model {config['model']!r}")
             return normalized(model, norm["mean"], norm["std"])
         return model
-    require(state, path, "arch")
     arch = state["arch"]
     if not isinstance(arch, dict) or not arch.get("name"):
         cls = arch.get("class") if isinstance(arch, dict) else None
@@ -227,10 +226,10 @@ def load(path: str, model: Optional[nn.Module] = None, map_location="cpu") -> nn
 
 def model_from_state(state: dict, path: str, model: Optional[nn.Module] = None, map_location="cpu") -> nn.Module:
     """``load`` for a state already read by ``load_checkpoint``."""
-    legacy = state.get("format") == LEGACY_FORMAT
     if model is None:
         model = build_model(state, path)
-        already = legacy and bool((state.get("config") or {}).get("normalize"))
+        # build_model loads a version-1 model's weights itself (before adding its Normalize layer)
+        already = not state.get("arch") and bool((state.get("config") or {}).get("normalize"))
         if not already:
             load_weights(model, state["model"], path, _model_label(state))
     else:

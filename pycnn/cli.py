@@ -257,11 +257,8 @@ def cmd_train(args) -> int:
 def _evaluation_data(args, state: dict):
     """(name, splits) to evaluate on: the checkpoint's own data, or --data (a name or a folder,
     read at the model's input size and channels)."""
-    from pycnn.checkpoint import LEGACY_FORMAT
-    legacy = state.get("format") == LEGACY_FORMAT
-    config = state.get("config") or {}
-    saved = ({"name": config.get("data"), "options": config.get("data_kwargs", {})} if legacy
-             else state.get("data") or {})
+    config = state.get("config") or {}  # version 1 named its data only there
+    saved = state.get("data") or {"name": config.get("data"), "options": config.get("data_kwargs", {})}
     name = args.data or saved.get("name")
     if not name:
         raise UsageError(f"{args.checkpoint} does not name its data; pass --data NAME or --data FOLDER")

@@ -370,3 +370,23 @@ def test_resume_checks_every_part_of_the_state(digits_run, tmp_path, damage, mat
     T.save_checkpoint(str(tmp_path / "bad" / "last.pt"), state)
     with pytest.raises(T.CheckpointError, match=match):
         T.fit(model, splits.train, epochs=2, lr=0.05, progress=False, resume=str(tmp_path / "bad"))
+
+
+def test_version_1_checkpoints_still_load_but_do_not_resume(digits_run, tmp_path):
+    """Checkpoints written before checksums (the standardisation in config["normalize"])."""
+    import pycnn
+    splits = digits_run[0]
+    torch.manual_seed(1)
+    bare = M.get("linear_classifier", in_channels=1, num_classes=10, image_size=8)
+    mean, std = splits.mean.tolist(), splits.std.tolist()
+    path = str(tmp_path / "last.pt")
+    torch.save({"format": "pycnn-checkpoint-v1", "model": bare.state_dict(), "epoch": 1,
+                "config": {"model": "linear_classifier", "data": "digits",
+                           "model_kwargs": {"in_channels": 1, "num_classes": 10, "image_size": 8},
+                           "normalize": {"mean": mean, "std": std}}}, path)
+    loaded = pycnn.load(path)
+    x = splits.test.tensors[0][:5]
+    torch.testing.assert_close(loaded(x), bare((x - torch.tensor(mean).view(1, -1, 1, 1)) /
+                                               torch.tensor(std).view(1, -1, 1, 1)))
+    with pytest.raises(T.CheckpointError, match="version-1 checkpoint"):
+        T.fit(_digits_model(splits), splits.train, epochs=2, progress=False, resume=path)
