@@ -249,6 +249,8 @@ def test_image_folder_explicit_splits_colour_and_resize(tmp_path):
     assert s.sizes()["test"] == 6 and s.sizes()["train"] + s.sizes()["val"] == 20  # val cut from train/
     assert all(f.startswith("test") for f in s.info["files"]["test"])
     assert s.train.tensors[0].shape[1:] == (3, 8, 8) and s.in_channels == 3
+    first = s.info["files"]["train"][0]  # one image read alone, as a model trained on the folder takes it
+    torch.testing.assert_close(D.load_image(str(tmp_path / first), size=8), s.train.tensors[0][:1])
     grey = D.image_folder(tmp_path, size=(4, 6), grayscale=True)
     assert grey.train.tensors[0].shape[1:] == (1, 4, 6)
 

@@ -7,6 +7,7 @@
 """
 from pycnn.data.datasets import NAMES, Splits, digits, faces, galaxies, galaxy_class_map, get, textures
 from pycnn.data import augment  # noqa: F401
-from pycnn.data.folder import IMAGE_EXTENSIONS, image_folder
+from pycnn.data.folder import IMAGE_EXTENSIONS, image_folder, load_image
 
-__all__ = ["NAMES", "Splits", "digits", "faces", "textures", "galaxies", "galaxy_class_map", "get", "augment", "image_folder", "IMAGE_EXTENSIONS"]
+__all__ = ["NAMES", "Splits", "digits", "faces", "textures", "galaxies", "galaxy_class_map", "get", "augment", "image_folder", "load_image",
+           "IMAGE_EXTENSIONS"]

@@ -21,7 +21,7 @@ from torch.utils.data import TensorDataset
 
 from pycnn.data.datasets import Splits, _channel_stats, _check_seed, _check_size
 
-__all__ = ["image_folder", "IMAGE_EXTENSIONS"]
+__all__ = ["image_folder", "load_image", "IMAGE_EXTENSIONS"]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 SPLIT_FOLDERS = ("train", "val", "test")
@@ -77,7 +77,7 @@ def _read_image(path: str, grey: bool) -> np.ndarray:
                 a = np.asarray(im.convert("L" if grey else "RGB"), dtype=np.float32) / 255.0
                 a = a[None] if grey else a.transpose(2, 0, 1)
     except (OSError, UnidentifiedImageError, ValueError) as e:
-        raise ValueError(f"image_folder: cannot read image {path}: {e}") from None
+        raise ValueError(f"cannot read image {path}: {e}") from None
     return np.ascontiguousarray(a)
 
 
@@ -200,3 +200,16 @@ def image_folder(root: str, size: Optional[int | Tuple[int, int]] = None, graysc
     return Splits(*sets, classes=tuple(classes), task="classification", mean=mean, std=std,
                   info={"source": root, "layout": "split folders" if given else "class folders", "files": files},
                   name=root, options=options)
+
+
+def load_image(path: str, size: Optional[int | Tuple[int, int]] = None, grayscale: bool = False) -> torch.Tensor:
+    """One image file as a batch of one, float32 [1, C, H, W] in [0, 1], read and resized as
+    :func:`image_folder` reads its images (C = 1 when ``grayscale``, else 3): what a model
+    trained on an image folder takes, e.g. ``pycnn.load(path)(load_image("new.png", size=32))``."""
+    size = _check_size("load_image", size)
+    if not os.path.isfile(path):
+        raise ValueError(f"load_image: no such file {path!r}")
+    t = torch.from_numpy(_read_image(path, grey=bool(grayscale)))[None]
+    if size is not None and tuple(t.shape[-2:]) != size:
+        t = F.interpolate(t, size=size, mode="bilinear", align_corners=False, antialias=True).clamp_(0.0, 1.0)
+    return t.contiguous()
