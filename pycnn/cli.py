@@ -171,6 +171,7 @@ def _from_checkpoint(args, state: dict, path: str) -> tuple:
                          "start a new run")
     T.require(state, path, "arch", "data", "config")
     arch, data, config = state["arch"], state["data"], state["config"]
+    defaults = getattr(args, "parser_defaults", {})
     if args.model is None:
         if not arch.get("name"):
             raise UsageError(f"cannot resume {path} here: it holds a model not built by pycnn.models "
@@ -181,12 +182,12 @@ def _from_checkpoint(args, state: dict, path: str) -> tuple:
             raise UsageError(f"cannot resume {path}: it does not name its data; pass --data")
         args.data = data["name"]
     for key in _RESUMED_SETTINGS:
-        if key in config and getattr(args, key) == args.parser_defaults.get(key):
+        if key in config and getattr(args, key) == defaults.get(key):
             setattr(args, key, config[key])
     same_data = args.data == data.get("name") or (_is_folder(args.data) and os.path.abspath(args.data) == data.get("name"))
     model_kwargs = arch.get("kwargs") if args.model == arch.get("name") and not args.model_option else None
     data_kwargs = (data.get("options") if same_data and not args.data_option and args.image_size is None
-                   and args.data_seed == args.parser_defaults.get("data_seed") else None)
+                   and args.data_seed == defaults.get("data_seed") else None)
     return model_kwargs, data_kwargs
 
 
@@ -396,11 +397,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--schedule", default="cosine", choices=["cosine", "step", "constant"])
     t.add_argument("--loss", default="cross_entropy", choices=["cross_entropy", "hinge"])
     t.add_argument("--image-size", type=int, default=None,
-                   help="resize images (digits default 28; textures: the patch size)")
+                   help="resize images (digits default 28; textures: the patch size; a folder: N x N, needed when its images differ in size)")
     t.add_argument("--model-option", action="append", metavar="KEY=VALUE",
                    help="extra model argument, e.g. depth=14 (resnet) or width=8 (unet); repeatable")
     t.add_argument("--data-option", action="append", metavar="KEY=VALUE",
-                   help="extra dataset argument, e.g. n=400 (galaxies); repeatable")
+                   help="extra dataset argument, e.g. n=400 (galaxies), grayscale=True or val=0.2 (a folder); repeatable")
     t.add_argument("--augment", action="store_true",
                    help="random shifts (classification) or flips (segmentation) of each training batch")
     t.add_argument("--seed", type=int, default=0, help="initial weights, shuffling")

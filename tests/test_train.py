@@ -390,3 +390,21 @@ def test_version_1_checkpoints_still_load_but_do_not_resume(digits_run, tmp_path
                                                torch.tensor(std).view(1, -1, 1, 1)))
     with pytest.raises(T.CheckpointError, match="version-1 checkpoint"):
         T.fit(_digits_model(splits), splits.train, epochs=2, progress=False, resume=path)
+
+
+def test_normalize_layer_keeps_layer_names_and_checks_its_input():
+    mean, std = torch.tensor([0.5, 0.2]), torch.tensor([0.25, 2.0])
+    x = torch.rand(3, 2, 4, 4, dtype=torch.float64)
+    norm = pnn.Normalize(mean, std)
+    torch.testing.assert_close(norm(x), (x - mean.double().view(1, 2, 1, 1)) / std.double().view(1, 2, 1, 1))
+    assert norm(x).dtype == torch.float64 and sorted(norm.state_dict()) == ["mean", "std"]
+    lenet = M.get("lenet5", in_channels=1, num_classes=10, image_size=28)
+    wrapped = pnn.normalized(lenet, [0.1], [0.3])
+    assert wrapped.get_submodule("3") is lenet[3]  # Grad-CAM's "3" is still LeNet's second conv
+    assert wrapped.pycnn_spec == dict(lenet.pycnn_spec, normalize=True)
+    unet = pnn.normalized(M.get("unet", in_channels=1, num_classes=2, depth=2, width=4), [0.1], [0.3])
+    assert list(dict(unet.named_children())) == ["normalize", "model"]
+    with pytest.raises(ValueError, match="std must be positive"):
+        pnn.Normalize([0.0], [0.0])
+    with pytest.raises(ValueError, match=r"expected input \[N, 1, ...\]"):
+        wrapped(torch.rand(1, 3, 28, 28))
