@@ -263,6 +263,8 @@ def _evaluation_data(args, state: dict):
     name = args.data or saved.get("name")
     if not name:
         raise UsageError(f"{args.checkpoint} does not name its data; pass --data NAME or --data FOLDER")
+    if _is_folder(name) and os.path.abspath(name) == saved.get("name"):
+        name = saved["name"]  # the training folder: the same splits
     if name == saved.get("name"):
         return name, _get_data(name, dict(saved.get("options") or {}))
     import pycnn.data as D

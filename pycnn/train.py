@@ -464,7 +464,7 @@ def fit(model: nn.Module, train, val=None, *, epochs: int = 10, batch_size: int 
     source = _Source(train, "fit", batch_size, seed, rank, world)
     if source.empty():
         raise ValueError("fit: the training set is empty")
-    if not source.map_style and epochs > 1 and iter(train) is train:
+    if not source.map_style and epochs > 1 and hasattr(train, "__next__"):  # an iterator (a DataLoader is not)
         raise ValueError("fit: train is a one-pass iterator; pass a DataLoader, a Dataset or a list of batches")
     steps_per_epoch = len(source)
     if steps_per_epoch is None and schedule not in (None, "constant", "none"):

@@ -210,6 +210,9 @@ def test_train_on_a_folder_of_pngs_and_load_takes_raw_images(png_folder, tmp_pat
     torch.testing.assert_close(model.normalize.mean, splits.mean)  # the standardisation is in the model
     rc, text, err = run(["evaluate", "--checkpoint", str(out / "last.pt")], capsys)
     assert rc == 0 and f"on {png_folder}/test" in text, err
+    rc, again, err = run(["evaluate", "--checkpoint", str(out / "last.pt"), "--data",
+                          os.path.relpath(png_folder)], capsys)  # the same folder, named another way
+    assert rc == 0 and again.splitlines()[1] == text.splitlines()[1], err
 
 
 def test_runs_without_out_get_their_own_folders(png_folder, tmp_path, monkeypatch, capsys):
