@@ -3,9 +3,12 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
+import pycnn
+import pycnn.train as T
 from pycnn import cli
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -38,8 +41,13 @@ def trained(tmp_path_factory):
 
 def test_train_writes_checkpoints_and_evaluate_reads_them(trained, capsys):
     assert sorted(os.listdir(trained)) == ["best.pt", "last.pt"]
-    state = torch.load(trained / "last.pt", weights_only=True)
+    state = T.load_checkpoint(str(trained / "last.pt"))
     assert state["config"]["model"] == "linear_classifier" and state["epoch"] == 2
+    # self-describing: model name and options, data name, class names, normalisation as a layer
+    assert state["arch"]["name"] == "linear_classifier" and state["arch"]["normalize"] is True
+    assert state["arch"]["kwargs"]["num_classes"] == 10 and state["data"]["name"] == "digits"
+    assert state["classes"] == [str(d) for d in range(10)]
+    assert "normalize.mean" in state["model"] and "normalize" not in state["config"]
     rc, out, err = run(["evaluate", "--checkpoint", str(trained / "last.pt"), "--confusion"], capsys)
     assert rc == 0, err
     assert "linear_classifier on digits/test" in out
@@ -54,19 +62,24 @@ def test_train_segmentation_with_augmentation(tmp_path, capsys):
                         "--batch-size", "8", "--augment", "--out", str(tmp_path), "--quiet"], capsys)
     assert rc == 0, err
     assert "iou" in out
-    config = torch.load(tmp_path / "last.pt", weights_only=True)["config"]
+    config = T.load_checkpoint(str(tmp_path / "last.pt"))["config"]
     assert config["augment"] is True and config["model_kwargs"]["width"] == 4 and config["data_kwargs"]["n"] == 40
     rc, out, err = run(["evaluate", "--checkpoint", str(tmp_path / "last.pt")], capsys)
     assert rc == 0 and "iou" in out, err
 
 
-def test_train_resumes(trained, capsys):
-    rc, out, err = run(["train", "--model", "linear_classifier", "--data", "digits", "--image-size", "8",
-                        "--epochs", "3", "--batch-size", "64", "--lr", "0.05", "--out", str(trained), "--quiet"],
-                       capsys)
+def test_train_resumes_only_when_asked(trained, capsys):
+    again = ["train", "--model", "linear_classifier", "--data", "digits", "--image-size", "8", "--epochs", "3",
+             "--batch-size", "64", "--lr", "0.05", "--out", str(trained), "--quiet"]
+    rc, _, err = run(again, capsys)  # the same folder without --resume: refused, nothing touched
+    assert_one_line_error(rc, err, "already holds a run", "--resume")
+    assert T.load_checkpoint(str(trained / "last.pt"))["epoch"] == 2
+    rc, out, err = run(["train", "--resume", str(trained), "--epochs", "3", "--quiet"], capsys)
     assert rc == 0, err
+    assert "resuming" in out and "epoch 2 of 3 done" in out and "linear_classifier" in out and "lr 0.05" in out
     assert "trained 3 epochs" in out
-    assert torch.load(trained / "last.pt", weights_only=True)["history"]["epochs"][0]["epoch"] == 1
+    state = T.load_checkpoint(str(trained / "last.pt"))
+    assert state["epoch"] == 3 and state["history"]["epochs"][0]["epoch"] == 1
 
 
 @pytest.mark.parametrize("argv,fragments", [
@@ -110,9 +123,11 @@ def test_corrupt_and_foreign_checkpoints(tmp_path, trained, capsys):
 
 def test_argparse_errors_exit_2(capsys):
     with pytest.raises(SystemExit) as e:
-        cli.main(["train", "--model", "lenet5"])  # --data missing
+        cli.main(["train", "--model", "lenet5", "--epochs", "many"])
     assert e.value.code == 2
-    assert "--data" in capsys.readouterr().err
+    assert "--epochs" in capsys.readouterr().err
+    rc, _, err = run(["train", "--model", "lenet5"], capsys)  # --data missing (needed unless --resume)
+    assert_one_line_error(rc, err, "--data")
 
 
 def test_python_dash_m_pycnn_runs_without_traceback(tmp_path):
@@ -157,3 +172,118 @@ def test_demo_writes_report(tmp_path, monkeypatch, capsys):
     # the demo's checkpoints work with `pycnn evaluate`
     rc, out, err = run(["evaluate", "--checkpoint", str(tmp_path / "demo" / "galaxies" / "last.pt")], capsys)
     assert rc == 0 and "iou" in out, err
+
+
+# ---- your own images, runs that never collide, checkpoints that reject damage ----------------
+
+@pytest.fixture(scope="module")
+def png_folder(tmp_path_factory):
+    """Two classes of tiny grey PNGs (a bright bar at the top or at the bottom), 12 each."""
+    from PIL import Image
+    root = tmp_path_factory.mktemp("myimgs")
+    rng = np.random.default_rng(0)
+    for label, name in enumerate(("bottom", "top")):
+        (root / name).mkdir()
+        for i in range(12):
+            a = (rng.random((8, 8)) * 60).astype(np.uint8)
+            a[(0 if name == "top" else 5):(3 if name == "top" else 8)] = 230
+            Image.fromarray(a).save(root / name / f"{i}.png")
+    return root
+
+
+TINY = ["--model", "linear_classifier", "--epochs", "1", "--batch-size", "8", "--lr", "0.1", "--quiet"]
+
+
+def test_train_on_a_folder_of_pngs_and_load_takes_raw_images(png_folder, tmp_path, capsys):
+    out = tmp_path / "run"
+    rc, text, err = run(["train", "--data", str(png_folder), "--out", str(out)] + TINY, capsys)
+    assert rc == 0, err
+    assert "{'train': 16, 'val': 4, 'test': 4}" in text  # 15 % of 12 per class rounds to 2
+    model = pycnn.load(str(out / "last.pt"))
+    assert model.classes == ["bottom", "top"] and not model.training
+    import pycnn.data as D
+    splits = D.image_folder(png_folder)  # raw [0, 1] images, as a user has them
+    x, y = splits.test.tensors
+    assert T.evaluate(model, splits.test)["accuracy"] == pytest.approx(float(text.split("accuracy ")[1].split()[0]),
+                                                                       abs=1e-4)
+    assert model(x).shape == (4, 2)
+    torch.testing.assert_close(model.normalize.mean, splits.mean)  # the standardisation is in the model
+    rc, text, err = run(["evaluate", "--checkpoint", str(out / "last.pt")], capsys)
+    assert rc == 0 and f"on {png_folder}/test" in text, err
+    rc, again, err = run(["evaluate", "--checkpoint", str(out / "last.pt"), "--data",
+                          os.path.relpath(png_folder)], capsys)  # the same folder, named another way
+    assert rc == 0 and again.splitlines()[1] == text.splitlines()[1], err
+
+
+def test_runs_without_out_get_their_own_folders(png_folder, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    base = ["train", "--data", str(png_folder), "--epochs", "1", "--batch-size", "8", "--quiet"]
+    for argv in (["--model", "linear_classifier"], ["--model", "mlp", "--model-option", "hidden=8"],
+                 ["--model", "linear_classifier", "--lr", "0.5"]):
+        rc, _, err = run(base + argv, capsys)
+        assert rc == 0, err
+    folders = sorted(os.listdir(tmp_path / "runs"))
+    assert len(folders) == 3, folders
+    assert sum(f.startswith("linear_classifier-myimgs") for f in folders) == 2 and \
+        sum(f.startswith("mlp-myimgs") for f in folders) == 1
+    lrs = sorted(T.load_checkpoint(str(tmp_path / "runs" / f / "last.pt"))["config"]["lr"] for f in folders)
+    assert lrs == [0.003, 0.003, 0.5]  # the third run trained with its own --lr
+
+
+def test_resume_refuses_another_model_data_or_setting(png_folder, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert run(["train", "--data", str(png_folder), "--out", str(out)] + TINY, capsys)[0] == 0
+    for argv, fragments in [
+        (["--model", "mlp"], ["cannot resume", "linear_classifier", "mlp"]),
+        (["--data", "digits"], ["cannot resume", "digits"]),
+        (["--lr", "0.9"], ["cannot resume", "lr is 0.9 here, 0.1 in the checkpoint"]),
+    ]:
+        rc, _, err = run(["train", "--resume", str(out), "--epochs", "2", "--quiet"] + argv, capsys)
+        assert_one_line_error(rc, err, *fragments)
+    assert T.load_checkpoint(str(out / "last.pt"))["epoch"] == 1
+
+
+def _flip_64_bytes(src, dst, where=0.5):
+    raw = bytearray(src.read_bytes())
+    start = int(len(raw) * where)
+    raw[start:start + 64] = bytes(b ^ 0xFF for b in raw[start:start + 64])
+    dst.write_bytes(bytes(raw))
+
+
+def test_damaged_checkpoints_are_one_line_errors(png_folder, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert run(["train", "--data", str(png_folder), "--out", str(out)] + TINY, capsys)[0] == 0
+    good = out / "last.pt"
+    damaged = tmp_path / "damaged"
+    damaged.mkdir()
+    _flip_64_bytes(good, damaged / "last.pt")  # the middle of the file: inside the optimizer state
+    rc, _, err = run(["evaluate", "--checkpoint", str(damaged / "last.pt")], capsys)
+    assert_one_line_error(rc, err, f"cannot read checkpoint {damaged / 'last.pt'}: checksum mismatch")
+    rc, _, err = run(["train", "--resume", str(damaged), "--epochs", "2", "--quiet"], capsys)
+    assert_one_line_error(rc, err, "checksum mismatch")
+
+    state = T.load_checkpoint(str(good))
+    cases = {
+        "missing key": ({k: v for k, v in state.items() if k != "optimizer"}, "missing key 'optimizer'"),
+        "bad rng": (dict(state, rng=torch.zeros(7, dtype=torch.uint8)), "bad RNG state"),
+        "wrong shapes": (dict(state, model={k: (v[:1] if v.dim() else v) for k, v in state["model"].items()}),
+                         "weights do not fit"),
+    }
+    for name, (bad_state, fragment) in cases.items():
+        folder = tmp_path / name.replace(" ", "_")
+        T.save_checkpoint(str(folder / "last.pt"), {k: v for k, v in bad_state.items() if k != "format"})
+        rc, _, err = run(["train", "--resume", str(folder), "--epochs", "2", "--quiet"], capsys)
+        assert_one_line_error(rc, err, fragment)
+
+
+def test_evaluate_reads_a_checkpoint_written_by_fit_from_python(tmp_path, capsys):
+    import pycnn.data as D
+    import pycnn.models as M
+    import pycnn.nn as pnn
+    splits = D.digits()
+    model = pnn.normalized(M.get("linear_classifier", in_channels=1, num_classes=10, image_size=8),
+                           splits.mean, splits.std)
+    T.fit(model, splits.train, epochs=1, lr=0.05, progress=False, out=str(tmp_path))
+    rc, out, err = run(["evaluate", "--checkpoint", str(tmp_path / "last.pt")], capsys)
+    assert rc == 0, err
+    assert "linear_classifier on digits/test" in out and float(out.split("accuracy ")[1].split()[0]) > 0.8

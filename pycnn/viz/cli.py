@@ -33,20 +33,19 @@ def add_viz_parser(sub) -> argparse.ArgumentParser:
 
 
 def _load_model(path: str, device):
-    import torch
-
-    import pycnn.models as M
+    """The checkpoint's model (raw images in: its standardisation is a layer) and its config."""
     import pycnn.train as T
+    from pycnn.checkpoint import model_from_state
 
     state = T.load_checkpoint(path, map_location="cpu")  # CheckpointError is a ValueError
-    config = state.get("config") or {}
-    if "model" not in config:
-        raise ValueError(f"{path} does not say which model it holds (it was not written by `pycnn train`)")
-    model = M.get(config["model"], **config.get("model_kwargs", {}))
-    try:
-        model.load_state_dict(state["model"])
-    except RuntimeError as e:
-        raise ValueError(f"{path}: weights do not fit model {config['model']!r}: {str(e).splitlines()[0]}") from None
+    model = model_from_state(state, path)
+    config = dict(state.get("config") or {})
+    arch, data = state.get("arch") or {}, state.get("data") or {}
+    if arch.get("name"):  # checkpoints written by fit from Python say it here, not in config
+        config.setdefault("model", arch["name"])
+        config.setdefault("model_kwargs", arch.get("kwargs") or {})
+    if data.get("name"):
+        config["data"], config["data_kwargs"] = data["name"], data.get("options") or {}
     return model.to(device).eval(), config
 
 
@@ -109,11 +108,6 @@ def cmd_viz(args) -> int:
     size = kwargs.get("image_size")
     size = (size, size) if isinstance(size, int) else size
     x, label = _load_image(args.image, config, int(kwargs.get("in_channels", 1)), size)
-    norm = config.get("normalize")
-    if norm:  # `pycnn train` standardised its inputs; explain the model on inputs like those
-        mean = torch.as_tensor(norm["mean"], dtype=torch.float32).view(1, -1, 1, 1)
-        std = torch.as_tensor(norm["std"], dtype=torch.float32).view(1, -1, 1, 1)
-        x = (x - mean) / std
     x = x.to(device)
     convs = conv_like_layers(model)
     layer = args.layer or (convs[-1] if convs else None)
