@@ -27,7 +27,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 __all__ = ["fit", "evaluate", "History", "cross_entropy", "multiclass_hinge_loss", "get_loss", "accuracy",
-           "confusion_matrix", "segmentation_scores", "save_checkpoint", "load_checkpoint", "CheckpointError"]
+           "confusion_matrix", "segmentation_scores", "per_class_scores", "save_checkpoint", "load_checkpoint", "CheckpointError"]
 
 CHECKPOINT_FORMAT = "pycnn-checkpoint-v1"
 
@@ -88,6 +88,18 @@ def segmentation_scores(confusion: Tensor) -> Dict[str, float]:
     iou = (tp / union.clamp_min(1))[fg]
     dice = (2 * tp / (true_count + pred_count).clamp_min(1))[fg]
     return {"iou": float(iou.mean()), "dice": float(dice.mean())}
+
+
+def per_class_scores(confusion: Tensor) -> Dict[str, Tensor]:
+    """Per class (row = true class, column = predicted, as ``confusion_matrix``): precision
+    TP / predicted, recall TP / true, F1 (their harmonic mean, = Dice) and support (true count),
+    float64 [C] each (support int64). A class never predicted (or never present) scores 0."""
+    cm = confusion.double()
+    tp, true_count, pred_count = cm.diag(), cm.sum(1), cm.sum(0)
+    precision = tp / pred_count.clamp_min(1)
+    recall = tp / true_count.clamp_min(1)
+    f1 = 2 * tp / (true_count + pred_count).clamp_min(1)
+    return {"precision": precision, "recall": recall, "f1": f1, "support": confusion.sum(1).long()}
 
 
 # ---- data -----------------------------------------------------------------------------------
