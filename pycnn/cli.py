@@ -283,7 +283,10 @@ def cmd_evaluate(args) -> int:
     import pycnn.data as D
     if data_name not in D.NAMES:
         raise UsageError(f"unknown data {data_name!r}; choose one of: {', '.join(D.NAMES)}")
-    splits = D.get(data_name, **data_kwargs)
+    try:
+        splits = D.get(data_name, **data_kwargs)
+    except TypeError as e:  # --data names another dataset, which takes other options
+        raise UsageError(f"data {data_name!r} with the checkpoint's options {data_kwargs}: {_first_line(e)}") from None
     task = _check_fit(config["model"], splits)
     classes = _check_model_fits_data(args.checkpoint, state, splits, data_name)
     norm = config.get("normalize") or {}

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -257,6 +258,38 @@ def _apply_augment(augment, x: Tensor, y: Tensor, task: str):
     return (out[0], y) if isinstance(out, tuple) else (out, y)
 
 
+class _EpochLine:
+    """Progress where a bar would not work (a log file, a pipe, CI): nothing while the epoch
+    runs, then one line on stderr when it ends, with the bar's last numbers and the time. The
+    subset of tqdm's interface ``fit`` uses."""
+
+    def __init__(self, desc: str, stream=None):
+        self.desc, self.stream, self.postfix, self.t0 = desc, stream, {}, time.perf_counter()
+
+    def set_postfix(self, values: dict) -> None:
+        self.postfix = dict(values)
+
+    def update(self, n: int = 1) -> None:
+        pass
+
+    def close(self) -> None:
+        numbers = "  ".join(f"{k} {v}" for k, v in self.postfix.items())
+        stream = self.stream or sys.stderr
+        print(f"{self.desc}: {numbers}  ({time.perf_counter() - self.t0:.1f} s)", file=stream, flush=True)
+
+
+def _progress(total: int, desc: str):
+    """A tqdm bar on a terminal or in a notebook; one line per epoch anywhere else, where a bar's
+    every redraw would stay in the log (and without tqdm installed)."""
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        return _EpochLine(desc)
+    if sys.stderr.isatty() or "notebook" in tqdm.__module__:
+        return tqdm(total=total, desc=desc, unit="batch", leave=True, dynamic_ncols=True)
+    return _EpochLine(desc)
+
+
 def fit(model: nn.Module, train, val=None, *, epochs: int = 10, batch_size: int = 64,
         optimizer: Union[str, torch.optim.Optimizer, Callable] = "adam", lr: float = 1e-3, momentum: float = 0.9,
         weight_decay: float = 0.0, schedule: Optional[str] = "cosine", warmup_steps: int = 0,
@@ -273,6 +306,7 @@ def fit(model: nn.Module, train, val=None, *, epochs: int = 10, batch_size: int 
     each training batch. out: checkpoint folder (``last.pt``, ``best.pt``); with ``resume`` an
     existing ``last.pt`` there is loaded and training continues after its epoch. config: saved in
     the checkpoint (the CLI stores the model/data names there). max_steps stops early (tests).
+    progress: a tqdm bar on a terminal, one line per epoch on stderr when it is a file or pipe.
     Returns the History (also stored in every checkpoint).
     """
     if epochs < 1:
@@ -322,11 +356,7 @@ def fit(model: nn.Module, train, val=None, *, epochs: int = 10, batch_size: int 
         model.train()
         idx = _epoch_indices(len(train), epoch, seed, rank, world)
         batches = list(idx.split(batch_size))
-        bar = None
-        if show:
-            from tqdm.auto import tqdm
-            bar = tqdm(total=len(batches), desc=f"epoch {epoch + 1}/{epochs}", unit="batch", leave=True,
-                       dynamic_ncols=True)
+        bar = _progress(len(batches), f"epoch {epoch + 1}/{epochs}") if show else None
         loss_sum, seen, correct, cm = 0.0, 0, 0, torch.zeros(num_classes, num_classes, dtype=torch.long)
         done = 0
         for b in batches:
