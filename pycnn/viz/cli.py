@@ -29,7 +29,9 @@ def add_viz_parser(sub) -> argparse.ArgumentParser:
                        formatter_class=HelpFormatter)
     v.add_argument("--checkpoint", required=True, help="a checkpoint written by `pycnn train`")
     v.add_argument("--image", required=True, help="PNG/JPEG, .npy/.pt array, or SPLIT:INDEX of the checkpoint's data")
-    v.add_argument("--method", default="grad_cam", choices=METHODS)
+    v.add_argument("--method", default="grad_cam", choices=METHODS,
+                   help="an attribution map, an adversarial example (fgsm), the filters, feature maps, or an "
+                        "image synthesised for a class or layer")
     v.add_argument("--target", default=None,
                    help="class to explain, by number or name (default: the predicted one)")
     v.add_argument("--layer", default=None,
