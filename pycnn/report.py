@@ -180,7 +180,7 @@ def per_class_text(confusion: torch.Tensor, classes: Sequence[str], unit: str = 
     return "\n".join(lines)
 
 
-def confusion_text(confusion: torch.Tensor, classes: Sequence[str], column_width: int = 8) -> str:
+def confusion_text(confusion: torch.Tensor, classes: Sequence[str], column_width: int = 10) -> str:
     """The confusion matrix with class names on both axes (rows: true class, columns: predicted;
     column headings cut to ``column_width`` characters)."""
     k = confusion.shape[0]

@@ -181,7 +181,9 @@ def test_every_default_is_shown_in_help():
     for name, sub in commands.items():
         text = " ".join(sub.format_help().split())  # argparse wraps lines
         for action in sub._actions:
-            if action.default in (None, False, argparse.SUPPRESS) or not action.option_strings:
+            # (not `in (None, False)`: 0 == False, and --seed 0 needs its default shown)
+            if action.default is None or action.default is False or action.default == argparse.SUPPRESS \
+                    or not action.option_strings:
                 continue
             assert f"default: {action.default})" in text, (name, action.option_strings)
 

@@ -54,7 +54,10 @@ def _load_model(path: str, device):
     config = state.get("config") or {}
     if "model" not in config:
         raise ValueError(f"{path} does not say which model it holds (it was not written by `pycnn train`)")
-    model = M.get(config["model"], **config.get("model_kwargs", {}))
+    try:
+        model = M.get(config["model"], **config.get("model_kwargs", {}))
+    except TypeError as e:  # options this version's model does not take
+        raise ValueError(f"{path}: {e}") from None
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as e:
@@ -224,10 +227,14 @@ def cmd_viz(args) -> int:
         viz.plot.show_image(adv[0], ax=axes[0, 1], title=f"FGSM: now predicted {cls(new)} "
                                                           f"({100 * float(_probabilities(adv_out)[0, new]):.0f}%)")
     elif method == "filters":
-        first = dict(model.named_modules())[layer or convs[0]]
+        chosen = layer or (convs[0] if convs else None)
+        if chosen not in convs:
+            raise ValueError(f"--method filters needs a convolution layer, got {chosen!r}; "
+                             f"convolutions: {', '.join(convs) or 'none'}")
+        first = dict(model.named_modules())[chosen]
         axes[0, 1].imshow(viz.filter_mosaic(first.weight))
         axes[0, 1].set_axis_off()
-        axes[0, 1].set_title(f"filters of {where(layer or convs[0])}", fontsize=9)
+        axes[0, 1].set_title(f"filters of {where(chosen)}", fontsize=9)
     elif method == "activations":
         acts = viz.activations(model, x, layer)
         viz.activation_grid(acts[layer], ax=axes[0, 1], title=f"feature maps of {where(layer)}")
