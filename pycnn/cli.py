@@ -267,7 +267,6 @@ def _check_model_fits_data(checkpoint: str, state: dict, splits, data_name: str)
 
 
 def cmd_evaluate(args) -> int:
-    import torch
     import pycnn.train as T
     device = _device(args.device)
     _threads(args.threads)

@@ -19,7 +19,8 @@ from typing import Callable, List, Optional, Sequence, Tuple
 import torch
 
 __all__ = ["Report", "Section", "Figure", "metrics_table", "plot_training_curves", "plot_confusion_matrix",
-           "plot_segmentations", "per_class_text", "confusion_text", "DEMO_SECTIONS", "register_demo_section", "require_matplotlib"]
+           "plot_segmentations", "per_class_text", "confusion_text", "DEMO_SECTIONS", "register_demo_section",
+           "require_matplotlib"]
 
 
 def require_matplotlib():
@@ -174,7 +175,8 @@ def per_class_text(confusion: torch.Tensor, classes: Sequence[str], unit: str = 
                      f"{float(s['f1'][i]):6.4f}  {int(s['support'][i]):7d}")
     total = int(s["support"].sum())
     weights = s["support"].double() / max(1, total)
-    for label, avg in (("macro avg", lambda t: float(t.mean())), ("weighted avg", lambda t: float((t * weights).sum()))):
+    averages = (("macro avg", lambda t: float(t.mean())), ("weighted avg", lambda t: float((t * weights).sum())))
+    for label, avg in averages:
         lines.append(f"{label:<{w}}  {avg(s['precision']):9.4f}  {avg(s['recall']):6.4f}  {avg(s['f1']):6.4f}  "
                      f"{total:7d}")
     return "\n".join(lines)

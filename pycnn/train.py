@@ -28,7 +28,8 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 __all__ = ["fit", "evaluate", "History", "cross_entropy", "multiclass_hinge_loss", "get_loss", "accuracy",
-           "confusion_matrix", "segmentation_scores", "per_class_scores", "save_checkpoint", "load_checkpoint", "CheckpointError"]
+           "confusion_matrix", "segmentation_scores", "per_class_scores", "save_checkpoint", "load_checkpoint",
+           "CheckpointError"]
 
 CHECKPOINT_FORMAT = "pycnn-checkpoint-v1"
 

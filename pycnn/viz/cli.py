@@ -107,7 +107,8 @@ def _resolve_target(target, class_names, num_outputs: int):
         known = f"; classes: {', '.join(class_names)}" if class_names else " (the checkpoint names no classes)"
         raise ValueError(f"--target {text!r} is not a class number or name{known}")
     if not 0 <= index < num_outputs:
-        raise ValueError(f"--target {index} is out of range: the model has {num_outputs} classes (0..{num_outputs - 1})")
+        raise ValueError(f"--target {index} is out of range: the model has {num_outputs} classes "
+                         f"(0..{num_outputs - 1})")
     return index
 
 

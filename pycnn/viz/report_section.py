@@ -119,7 +119,8 @@ def _sections(out_dir, subdir, model, images, labels, x, n, device, convs, cam_l
             ("guided backprop", A.guided_backprop(model, x, predicted)),
             ("integrated grad.", A.integrated_gradients(model, x, predicted, n_steps=steps(50, 16),
                                                         internal_batch_size=64)),
-            (f"Grad-CAM {layer_text(cam_layer).split(' (')[0]}", A.grad_cam(model, cam_layer, x, predicted, size=tuple(x.shape[-2:]))),
+            (f"Grad-CAM {layer_text(cam_layer).split(' (')[0]}",
+             A.grad_cam(model, cam_layer, x, predicted, size=tuple(x.shape[-2:]))),
             ("occlusion", A.occlusion(model, x, predicted, window=(max(2, x.shape[-2] // 6),) * 2,
                                       stride=max(1, x.shape[-2] // 12))),
         ]
