@@ -1,5 +1,6 @@
 """pycnn.viz features (filter mosaic, activations, top patches, t-SNE) and pycnn.viz.plot."""
 import os
+import re
 
 import numpy as np
 import pytest
@@ -278,6 +279,23 @@ def test_viz_figures_name_classes_and_layers(tmp_path, viz_checkpoint, monkeypat
     assert any(name in titles[0] for name in ("brick", "grass", "gravel")), titles  # the prediction, by name
     if method == "grad_cam":
         assert titles[1].endswith("class grass")
+
+
+def test_viz_class_names_fall_back_to_the_data_set(tmp_path, monkeypatch):
+    # A checkpoint without "classes" (older ones) takes the names of the data set it was trained on.
+    import pycnn.models as models
+    import pycnn.train as T
+
+    model = models.get("lenet5", in_channels=1, num_classes=2, image_size=8)
+    ckpt = str(tmp_path / "faces.pt")
+    T.save_checkpoint(ckpt, {"model": model.state_dict(), "epoch": 0,
+                             "config": {"model": "lenet5", "data": "faces", "data_kwargs": {"size": 8},
+                                        "model_kwargs": {"in_channels": 1, "num_classes": 2, "image_size": 8}}})
+    titles = _titles(monkeypatch)
+    assert _viz(["--checkpoint", ckpt, "--image", "test:0", "--method", "saliency", "--target", "face",
+                 "--out", str(tmp_path / "f.png")]) == 0
+    assert re.fullmatch(r"predicted (non_)?face \(\d+%\), true (non_)?face", titles[0]), titles
+    assert titles[1].endswith("class face"), titles
 
 
 def test_describe_layer():
