@@ -19,7 +19,7 @@ from typing import Callable, List, Optional, Sequence, Tuple
 import torch
 
 __all__ = ["Report", "Section", "Figure", "metrics_table", "plot_training_curves", "plot_confusion_matrix",
-           "plot_segmentations", "per_class_text", "confusion_text", "DEMO_SECTIONS", "register_demo_section",
+           "plot_segmentations", "per_class_text", "per_class_table", "confusion_text", "DEMO_SECTIONS", "register_demo_section",
            "require_matplotlib"]
 
 
@@ -182,6 +182,18 @@ def per_class_text(confusion: torch.Tensor, classes: Sequence[str], unit: str = 
     return "\n".join(lines)
 
 
+def per_class_table(confusion: torch.Tensor, classes: Sequence[str]) -> str:
+    """``per_class_text`` as an HTML table."""
+    from pycnn.train import per_class_scores
+    s = per_class_scores(confusion)
+    names = _names(classes, confusion.shape[0])
+    head = "".join(f"<th>{h}</th>" for h in ("class", "precision", "recall", "F1", "support"))
+    rows = "".join(f"<tr><td>{html.escape(n)}</td>" + "".join(f'<td class="num">{float(s[k][i]):.4f}</td>'
+                                                               for k in ("precision", "recall", "f1"))
+                   + f'<td class="num">{int(s["support"][i])}</td></tr>' for i, n in enumerate(names))
+    return f"<table><tr>{head}</tr>{rows}</table>"
+
+
 def confusion_text(confusion: torch.Tensor, classes: Sequence[str], column_width: int = 10) -> str:
     """The confusion matrix with class names on both axes (rows: true class, columns: predicted;
     column headings cut to ``column_width`` characters)."""
@@ -302,7 +314,9 @@ def _digits_section(results: dict, report: Report):
                           "digits_confusion.png", "Confusion matrix on the test split")]
     table = metrics_table({"test accuracy": r["metrics"]["accuracy"], "test loss": r["metrics"]["loss"],
                            "test images": r["metrics"]["num_samples"]})
-    return Section("Digits classifier (LeNet-5)", text + table, figs)
+    per_class = "<p>Per class, on the test split:</p>" + per_class_table(r["metrics"]["confusion"],
+                                                                         r["splits"].classes)
+    return Section("Digits classifier (LeNet-5)", text + table + per_class, figs)
 
 
 @register_demo_section

@@ -260,6 +260,7 @@ def test_demo_writes_report(tmp_path, monkeypatch, capsys):
             assert f'src="{f}"' in html
             assert (tmp_path / "demo" / f).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "hello from a plug-in section" in html and seen == [["digits", "galaxies"]]
+    assert "<th>precision</th><th>recall</th><th>F1</th>" in html and "<tr><td>9</td>" in html
     assert "report:" in out and "index.html" in out
     # the demo's checkpoints work with `pycnn evaluate`
     rc, out, err = run(["evaluate", "--checkpoint", str(tmp_path / "demo" / "galaxies" / "last.pt")], capsys)
