@@ -274,7 +274,7 @@ class _EpochLine:
         pass
 
     def close(self) -> None:
-        numbers = "  ".join(f"{k} {v}" for k, v in self.postfix.items())
+        numbers = ", ".join(f"{k}={v}" for k, v in self.postfix.items())  # as tqdm writes them
         stream = self.stream or sys.stderr
         print(f"{self.desc}: {numbers}  ({time.perf_counter() - self.t0:.1f} s)", file=stream, flush=True)
 
@@ -403,7 +403,8 @@ def fit(model: nn.Module, train, val=None, *, epochs: int = 10, batch_size: int 
         record["seconds"] = time.perf_counter() - t0
         history.epochs.append(record)
         if bar is not None:
-            shown = {"loss": f"{record['train_loss']:.4f}"}
+            shown = {"loss": f"{record['train_loss']:.4f}",
+                     metric_name: f"{record[f'train_{metric_name}']:.4f}"}
             if "val_loss" in record:
                 shown.update({"val_loss": f"{record['val_loss']:.4f}",
                               f"val_{metric_name}": f"{record[f'val_{metric_name}']:.4f}"})
