@@ -8,7 +8,9 @@
     pycnn viz --checkpoint runs/digits/best.pt --image test:0 --method grad_cam --out fig.png
 
 Bad arguments (unknown model, data or device; a missing or corrupt checkpoint; a model that does
-not fit the data) end with one line on stderr and exit status 2, never a traceback.
+not fit the data; a file that is not an image) end with one line on stderr and exit status 2,
+never a traceback. Anything else is a bug in pycnn and keeps its traceback. ``PYCNN_DEBUG=1``
+shows the traceback of the one-line errors too.
 """
 from __future__ import annotations
 
@@ -27,6 +29,44 @@ _SIZE_KEYWORD = {"digits": "size", "faces": "size", "galaxies": "size", "texture
 
 class UsageError(Exception):
     """A bad command line: reported in one line, exit status 2."""
+
+
+# What a user can cause, reported in one line: a bad command line (UsageError, argparse); a value
+# pycnn's functions refuse (ValueError, with a message naming the value; CheckpointError is one);
+# a file that cannot be read or written (OSError); a missing optional package (ImportError).
+# TypeError is not among them: from the command line it is a bug (the few places where a user's
+# KEY=VALUE option can cause one turn it into a UsageError).
+USER_ERRORS = (UsageError, ValueError, OSError, ImportError)
+
+
+def _debug() -> bool:
+    return os.environ.get("PYCNN_DEBUG", "").strip() not in ("", "0")
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with its errors in one line (argparse prints the whole usage first), exit 2."""
+
+    def error(self, message):
+        if _debug():
+            self.print_usage(sys.stderr)
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """--help shows every option's default, except where there is none (None) or it is a flag's
+    False, or the help text already says it."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "%(default)" in text or action.default is None or action.default is False \
+                or action.default == argparse.SUPPRESS:
+            return text
+        return super()._get_help_string(action)
 
 
 def _device(name: str):
@@ -153,7 +193,10 @@ def _build_model(model_name: str, kwargs: dict, seed: int):
     import torch
     import pycnn.models as M
     torch.manual_seed(seed)  # the initial weights are a function of the seed
-    return M.get(model_name, **kwargs)
+    try:
+        return M.get(model_name, **kwargs)
+    except TypeError as e:  # an unknown --model-option (or one stored in a checkpoint)
+        raise UsageError(_first_line(e)) from None
 
 
 # Settings a resumed run takes from its checkpoint unless the command line changes them (fit
@@ -281,8 +324,40 @@ def _evaluation_data(args, state: dict):
     return name, _get_data(name, kwargs)
 
 
+# `pycnn evaluate` prints the confusion matrix up to this many classes (wider ones on --confusion).
+CONFUSION_MAX_CLASSES = 20
+
+
+def _check_model_fits_data(checkpoint: str, state: dict, splits, data_name: str) -> List[str]:
+    """Refuses data the checkpoint's model cannot be scored on (scores of a 10-class model on
+    2-class data would be a silent, meaningless number); returns the class names."""
+    config, arch = state.get("config") or {}, state.get("arch") or {}
+    kw = arch.get("kwargs") or config.get("model_kwargs") or {}
+    where = f"{checkpoint}: model {arch.get('name') or config.get('model')!r}"
+    names = [str(c) for c in (state.get("classes") or config.get("classes") or [])]
+    data_names = [str(c) for c in splits.classes]
+    if splits.task == "classification":
+        k = int(state.get("num_classes") or kw.get("num_classes") or len(names) or 0)
+        if k and k != len(data_names):
+            raise UsageError(f"{where} has {k} classes but data {data_name!r} has {len(data_names)} "
+                             f"({', '.join(data_names)}); evaluate on data with the model's classes")
+        if names and names != data_names:
+            raise UsageError(f"{where} was trained on classes ({', '.join(names)}) but data {data_name!r} has "
+                             f"({', '.join(data_names)})")
+    in_channels = kw.get("in_channels")
+    if in_channels and int(in_channels) != splits.in_channels:
+        raise UsageError(f"{where} takes {in_channels}-channel images but data {data_name!r} has "
+                         f"{splits.in_channels}")
+    size = kw.get("image_size")
+    if size:
+        size = (size, size) if isinstance(size, int) else tuple(size)
+        if tuple(size) != tuple(splits.image_size):
+            raise UsageError(f"{where} takes {size[0]}x{size[1]} images but data {data_name!r} has "
+                             f"{splits.image_size[0]}x{splits.image_size[1]}")
+    return names or data_names
+
+
 def cmd_evaluate(args) -> int:
-    import torch
     import pycnn.train as T
     from pycnn.checkpoint import model_from_state
     device = _device(args.device)
@@ -295,6 +370,7 @@ def cmd_evaluate(args) -> int:
         task = _check_fit(model_name, splits)
     else:
         task = state.get("task") or ("segment" if splits.task == "segmentation" else "classify")
+    classes = _check_model_fits_data(args.checkpoint, state, splits, data_name)
     model.to(device)
     data = getattr(splits, args.split)
     loss = (state.get("config") or {}).get("loss", "cross_entropy")
@@ -303,9 +379,18 @@ def cmd_evaluate(args) -> int:
                          device=device)
     print(f"{model_name or 'model'} on {data_name}/{args.split} (checkpoint epoch {state.get('epoch')}):")
     _print_metrics("  ", metrics)
-    if task == "classify" and args.confusion:
-        torch.set_printoptions(linewidth=200)
-        print(metrics["confusion"])
+    from pycnn import report as R
+    cm = metrics["confusion"]
+    if task == "segment":  # the mask's pixel classes: 0 is the background
+        classes = list(classes) if len(classes) == cm.shape[0] else ["background", *classes]
+    unit = "pixels" if task == "segment" else "images"
+    print()
+    print(R.per_class_text(cm, classes, unit=unit))
+    if args.confusion or cm.shape[0] <= CONFUSION_MAX_CLASSES:
+        print()
+        print(R.confusion_text(cm, classes))
+    else:
+        print(f"\n(confusion matrix of {cm.shape[0]} classes not shown; --confusion shows it)")
     return 0
 
 
@@ -377,27 +462,30 @@ def cmd_demo(args) -> int:
 # ---- argument parsing -----------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="pycnn", description="Train and evaluate CNNs on pycnn's own kernels.")
-    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    p = ArgumentParser(prog="pycnn", description="Train and evaluate CNNs on pycnn's own kernels.",
+                       epilog="Errors are one line on stderr, exit status 2; PYCNN_DEBUG=1 shows their traceback.")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")  # subcommands are ArgumentParsers too
     sub.required = True
 
     def common(sp):
-        sp.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+        sp.add_argument("--device", default="cpu", help="cpu or cuda")
         sp.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
 
-    t = sub.add_parser("train", help="train a model on a dataset")
+    t = sub.add_parser("train", help="train a model on a dataset", formatter_class=HelpFormatter)
     t.add_argument("--model", default=None, help="linear_classifier, mlp, lenet5, simple_cnn, resnet, "
                                                  "separable_cnn or unet (required unless --resume)")
     t.add_argument("--data", default=None, help="digits, faces, textures, galaxies, or a folder of images with one "
                                                 "subfolder per class (required unless --resume)")
-    t.add_argument("--epochs", type=int, default=10)
-    t.add_argument("--batch-size", type=int, default=64)
-    t.add_argument("--optimizer", default="adam", choices=["adam", "adamw", "sgd"])
-    t.add_argument("--lr", type=float, default=3e-3)
+    t.add_argument("--epochs", type=int, default=10, help="passes over the training split")
+    t.add_argument("--batch-size", type=int, default=64, help="images per step")
+    t.add_argument("--optimizer", default="adam", choices=["adam", "adamw", "sgd"], help="optimizer")
+    t.add_argument("--lr", type=float, default=3e-3, help="peak learning rate")
     t.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
-    t.add_argument("--weight-decay", type=float, default=0.0)
-    t.add_argument("--schedule", default="cosine", choices=["cosine", "step", "constant"])
-    t.add_argument("--loss", default="cross_entropy", choices=["cross_entropy", "hinge"])
+    t.add_argument("--weight-decay", type=float, default=0.0, help="L2 penalty (decoupled for adamw)")
+    t.add_argument("--schedule", default="cosine", choices=["cosine", "step", "constant"],
+                   help="learning-rate schedule, stepped every batch")
+    t.add_argument("--loss", default="cross_entropy", choices=["cross_entropy", "hinge"],
+                   help="cross_entropy (softmax) or hinge (multiclass SVM)")
     t.add_argument("--image-size", type=int, default=None,
                    help="resize images (digits default 28; textures: the patch size; a folder: N x N, needed when its images differ in size)")
     t.add_argument("--model-option", action="append", metavar="KEY=VALUE",
@@ -417,17 +505,22 @@ def build_parser() -> argparse.ArgumentParser:
     # The defaults, so a resumed run can tell which settings the command line changed.
     t.set_defaults(func=cmd_train, parser_defaults={a.dest: a.default for a in t._actions})
 
-    e = sub.add_parser("evaluate", help="evaluate a checkpoint written by `pycnn train`")
-    e.add_argument("--checkpoint", required=True)
-    e.add_argument("--split", default="test", choices=["train", "val", "test"])
+    e = sub.add_parser("evaluate", help="evaluate a checkpoint written by `pycnn train`",
+                       description="Loss and accuracy (IoU and Dice for segmentation), per-class precision, "
+                                   "recall and F1, and the confusion matrix.",
+                       formatter_class=HelpFormatter)
+    e.add_argument("--checkpoint", required=True, help="a checkpoint written by `pycnn train`")
+    e.add_argument("--split", default="test", choices=["train", "val", "test"], help="which split to score")
     e.add_argument("--data", default=None, help="a dataset name or image folder instead of the checkpoint's own")
-    e.add_argument("--confusion", action="store_true", help="print the confusion matrix")
+    e.add_argument("--confusion", action="store_true",
+                   help=f"print the confusion matrix even for more than {CONFUSION_MAX_CLASSES} classes")
     common(e)
     e.set_defaults(func=cmd_evaluate)
 
-    d = sub.add_parser("demo", help="train a digits classifier and a galaxy U-Net, write an HTML report")
+    d = sub.add_parser("demo", help="train a digits classifier and a galaxy U-Net, write an HTML report",
+                       formatter_class=HelpFormatter)
     d.add_argument("--quick", action="store_true", help="smaller runs, about a minute on 2 CPU cores")
-    d.add_argument("--out", default="pycnn-demo", help="report folder (default pycnn-demo)")
+    d.add_argument("--out", default="pycnn-demo", help="report folder")
     d.add_argument("--quiet", action="store_true", help="no progress bars")
     common(d)
     d.set_defaults(func=cmd_demo)
@@ -437,23 +530,26 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: Optional[List[str]] = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)  # argparse itself exits 2 with a one-line error on bad syntax
+def run_command(args) -> int:
+    """Runs a parsed command: USER_ERRORS end in one line on stderr and exit status 2 (their
+    message names the problem; a traceback would add nothing for the user), everything else
+    raises. With PYCNN_DEBUG=1 the one-line errors raise too, traceback and all."""
     try:
         return args.func(args)
-    except UsageError as e:
-        print(f"pycnn {args.command}: error: {e}", file=sys.stderr)
-        return EXIT_USAGE
-    except (ValueError, TypeError, FileNotFoundError, FileExistsError, PermissionError, ImportError) as e:
-        # Raised by the library on bad values (a model argument, a dataset option, a path):
-        # the message names the problem; a traceback would add nothing for the user.
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        print(f"pycnn {args.command}: error: {msg}", file=sys.stderr)
+    except USER_ERRORS as e:
+        if _debug():
+            raise
+        print(f"pycnn {args.command}: error: {_first_line(e)}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print(f"pycnn {args.command}: interrupted", file=sys.stderr)
         return 130
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)  # a bad command line: one line from ArgumentParser.error, exit 2
+    return run_command(args)
 
 
 if __name__ == "__main__":

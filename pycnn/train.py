@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence, Union
@@ -28,8 +29,8 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 __all__ = ["fit", "evaluate", "History", "cross_entropy", "multiclass_hinge_loss", "get_loss", "accuracy",
-           "confusion_matrix", "segmentation_scores", "save_checkpoint", "load_checkpoint", "CheckpointError",
-           "check_run_folder", "new_run_folder"]
+           "confusion_matrix", "segmentation_scores", "per_class_scores", "save_checkpoint", "load_checkpoint",
+           "CheckpointError", "check_run_folder", "new_run_folder"]
 
 # Checkpoints (format, checksum, self-description) live in pycnn.checkpoint; re-exported here.
 from pycnn.checkpoint import (CHECKPOINT_FORMAT, CheckpointError, class_names, describe_data,  # noqa: E402
@@ -93,6 +94,18 @@ def segmentation_scores(confusion: Tensor) -> Dict[str, float]:
     iou = (tp / union.clamp_min(1))[fg]
     dice = (2 * tp / (true_count + pred_count).clamp_min(1))[fg]
     return {"iou": float(iou.mean()), "dice": float(dice.mean())}
+
+
+def per_class_scores(confusion: Tensor) -> Dict[str, Tensor]:
+    """Per class (row = true class, column = predicted, as ``confusion_matrix``): precision
+    TP / predicted, recall TP / true, F1 (their harmonic mean, = Dice) and support (true count),
+    float64 [C] each (support int64). A class never predicted (or never present) scores 0."""
+    cm = confusion.double()
+    tp, true_count, pred_count = cm.diag(), cm.sum(1), cm.sum(0)
+    precision = tp / pred_count.clamp_min(1)
+    recall = tp / true_count.clamp_min(1)
+    f1 = 2 * tp / (true_count + pred_count).clamp_min(1)
+    return {"precision": precision, "recall": recall, "f1": f1, "support": confusion.sum(1).long()}
 
 
 # ---- data -----------------------------------------------------------------------------------
@@ -427,6 +440,38 @@ def _apply_augment(augment, x: Tensor, y: Tensor, task: str):
     return (out[0], y) if isinstance(out, tuple) else (out, y)
 
 
+class _EpochLine:
+    """Progress where a bar would not work (a log file, a pipe, CI): nothing while the epoch
+    runs, then one line on stderr when it ends, with the bar's last numbers and the time. The
+    subset of tqdm's interface ``fit`` uses."""
+
+    def __init__(self, desc: str, stream=None):
+        self.desc, self.stream, self.postfix, self.t0 = desc, stream, {}, time.perf_counter()
+
+    def set_postfix(self, values: dict) -> None:
+        self.postfix = dict(values)
+
+    def update(self, n: int = 1) -> None:
+        pass
+
+    def close(self) -> None:
+        numbers = ", ".join(f"{k}={v}" for k, v in self.postfix.items())  # as tqdm writes them
+        stream = self.stream or sys.stderr
+        print(f"{self.desc}: {numbers}  ({time.perf_counter() - self.t0:.1f} s)", file=stream, flush=True)
+
+
+def _progress(total: int, desc: str):
+    """A tqdm bar on a terminal or in a notebook; one line per epoch anywhere else, where a bar's
+    every redraw would stay in the log (and without tqdm installed)."""
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        return _EpochLine(desc)
+    if sys.stderr.isatty() or "notebook" in tqdm.__module__:
+        return tqdm(total=total, desc=desc, unit="batch", leave=True, dynamic_ncols=True)
+    return _EpochLine(desc)
+
+
 def fit(model: nn.Module, train, val=None, *, epochs: int = 10, batch_size: int = 64,
         optimizer: Union[str, torch.optim.Optimizer, Callable] = "adam", lr: float = 1e-3, momentum: float = 0.9,
         weight_decay: float = 0.0, schedule: Optional[str] = "cosine", warmup_steps: int = 0,
@@ -454,7 +499,8 @@ def fit(model: nn.Module, train, val=None, *, epochs: int = 10, batch_size: int 
     Checkpoints describe themselves (``pycnn.checkpoint``): model name and options when the model
     came from ``pycnn.models.get``, data name and ``classes`` (default: the dataset's ``classes``
     attribute, which pycnn.data's splits carry), and ``config`` (the settings, plus yours).
-    max_steps stops early (tests). Returns the History (also stored in every checkpoint).
+    max_steps stops early (tests). progress: a tqdm bar on a terminal, one line per epoch on stderr
+    when it is a file or pipe. Returns the History (also stored in every checkpoint).
     """
     if epochs < 1:
         raise ValueError(f"fit: epochs must be at least 1, got {epochs}")
@@ -541,11 +587,7 @@ def fit(model: nn.Module, train, val=None, *, epochs: int = 10, batch_size: int 
             break
         t0 = time.perf_counter()
         model.train()
-        bar = None
-        if show:
-            from tqdm.auto import tqdm
-            bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{epochs}", unit="batch", leave=True,
-                       dynamic_ncols=True)
+        bar = _progress(steps_per_epoch, f"epoch {epoch + 1}/{epochs}") if show else None
         loss_sum, seen, correct, cm = 0.0, 0, 0, None
         complete = True
         for x, y in source.batches(epoch):
@@ -599,7 +641,8 @@ def fit(model: nn.Module, train, val=None, *, epochs: int = 10, batch_size: int 
         record["seconds"] = time.perf_counter() - t0
         history.epochs.append(record)
         if bar is not None:
-            shown = {"loss": f"{record['train_loss']:.4f}"}
+            shown = {"loss": f"{record['train_loss']:.4f}",
+                     metric_name: f"{record[f'train_{metric_name}']:.4f}"}
             if "val_loss" in record:
                 shown.update({"val_loss": f"{record['val_loss']:.4f}",
                               f"val_{metric_name}": f"{record[f'val_{metric_name}']:.4f}"})

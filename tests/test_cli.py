@@ -1,5 +1,7 @@
 """The pycnn command: train/evaluate round trip, the demo's report, and one-line errors."""
+import argparse
 import os
+import re
 import subprocess
 import sys
 
@@ -53,7 +55,57 @@ def test_train_writes_checkpoints_and_evaluate_reads_them(trained, capsys):
     assert "linear_classifier on digits/test" in out
     acc = float(out.split("accuracy ")[1].split()[0])
     assert acc > 0.85  # a linear softmax classifier on standardised 8x8 digits: ~0.95
-    assert "tensor(" in out  # the confusion matrix
+    n = int(re.search(r"\((\d+) samples\)", out).group(1))
+    # per-class precision, recall, F1: one row per class, named, then the averages
+    lines = out.splitlines()
+    head = next(i for i, l in enumerate(lines) if l.split()[:4] == ["class", "precision", "recall", "f1"])
+    rows = [l.split() for l in lines[head + 1:head + 11]]
+    assert [r[0] for r in rows] == [str(d) for d in range(10)]
+    assert sum(int(r[4]) for r in rows) == n
+    weighted = next(l for l in lines if l.startswith("weighted avg")).split()
+    assert abs(float(weighted[3]) - acc) < 1e-3  # support-weighted recall is the accuracy
+    # the confusion matrix: labelled rows and columns, not a raw tensor
+    assert "tensor(" not in out
+    top = lines.index("confusion matrix (rows: true class, columns: predicted class)")
+    assert lines[top + 1].split()[-10:] == [str(d) for d in range(10)]
+    matrix = [l.split() for l in lines[top + 2:top + 12]]
+    assert [r[0] for r in matrix] == [str(d) for d in range(10)]
+    counts = [[int(v) for v in r[1:]] for r in matrix]
+    assert sum(map(sum, counts)) == n and abs(sum(counts[i][i] for i in range(10)) / n - acc) < 1e-3
+
+
+def test_per_class_scores_match_scikit_learn():
+    sklearn_metrics = pytest.importorskip("sklearn.metrics")
+    import pycnn.train as T
+    from pycnn import report
+    g = torch.Generator().manual_seed(0)
+    truth, pred = torch.randint(0, 4, (200,), generator=g), torch.randint(0, 4, (200,), generator=g)
+    pred[:5] = 3  # uneven columns
+    cm = T.confusion_matrix(pred, truth, 4)
+    ours = T.per_class_scores(cm)
+    p, r, f, support = sklearn_metrics.precision_recall_fscore_support(truth.numpy(), pred.numpy(), labels=range(4),
+                                                                       zero_division=0)
+    for name, ref in (("precision", p), ("recall", r), ("f1", f), ("support", support)):
+        assert torch.allclose(ours[name].double(), torch.as_tensor(ref).double()), name
+    text = report.per_class_text(cm, ["brick", "grass", "gravel", "moon"])
+    moon = text.splitlines()[4].split()  # after the header line
+    assert moon == ["moon", f"{p[3]:.4f}", f"{r[3]:.4f}", f"{f[3]:.4f}", str(support[3])]
+    never = T.per_class_scores(torch.tensor([[3, 0], [2, 0]]))  # class 1 never predicted nor present
+    assert never["precision"][1] == 0 and never["recall"][1] == 0 and never["f1"][1] == 0
+
+
+def test_evaluate_refuses_data_the_model_does_not_fit(trained, capsys):
+    import pycnn.train as T
+    # a 10-class digits model on 2-class faces used to score 0.10 without a word
+    rc, _, err = run(["evaluate", "--checkpoint", str(trained / "last.pt"), "--data", "faces"], capsys)
+    assert_one_line_error(rc, err, "10 classes", "'faces' has 2", "non_face")
+    # class names stored in a checkpoint must match the data's
+    state = torch.load(trained / "last.pt", weights_only=True)
+    state["classes"] = [f"digit {d}" for d in range(10)]
+    renamed = trained.parent / "renamed.pt"
+    T.save_checkpoint(str(renamed), {k: v for k, v in state.items() if k != "format"})
+    rc, _, err = run(["evaluate", "--checkpoint", str(renamed)], capsys)
+    assert_one_line_error(rc, err, "digit 0", "'digits' has")
 
 
 def test_train_segmentation_with_augmentation(tmp_path, capsys):
@@ -121,13 +173,70 @@ def test_corrupt_and_foreign_checkpoints(tmp_path, trained, capsys):
     assert_one_line_error(rc, err, "not a pycnn checkpoint")
 
 
-def test_argparse_errors_exit_2(capsys):
+@pytest.mark.parametrize("argv,fragment", [
+    (["train", "--model", "lenet5", "--data", "digits", "--epochs", "ten"], "--epochs"),
+    (["viz", "--checkpoint", "x.pt", "--image", "y.png", "--method", "magic"], "--method"),
+    (["nonsense"], "nonsense"),
+])
+def test_argparse_errors_are_one_line_exit_2(argv, fragment, capsys):
     with pytest.raises(SystemExit) as e:
-        cli.main(["train", "--model", "lenet5", "--epochs", "many"])
+        cli.main(argv)
     assert e.value.code == 2
-    assert "--epochs" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and fragment in err, err
+
+
+def test_missing_data_is_one_line_exit_2(capsys):
     rc, _, err = run(["train", "--model", "lenet5"], capsys)  # --data missing (needed unless --resume)
     assert_one_line_error(rc, err, "--data")
+
+
+def test_every_default_is_shown_in_help():
+    parser = cli.build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    assert set(commands) == {"train", "evaluate", "demo", "viz"}
+    for name, sub in commands.items():
+        text = " ".join(sub.format_help().split())  # argparse wraps lines
+        for action in sub._actions:
+            # (not `in (None, False)`: 0 == False, and --seed 0 needs its default shown)
+            if action.default is None or action.default is False or action.default == argparse.SUPPRESS \
+                    or not action.option_strings:
+                continue
+            assert f"default: {action.default})" in text, (name, action.option_strings)
+
+
+def test_pycnn_debug_shows_the_traceback(monkeypatch):
+    monkeypatch.setenv("PYCNN_DEBUG", "1")  # the one-line errors raise: pytest (or Python) shows the traceback
+    with pytest.raises(Exception, match="checkpoint not found"):
+        cli.main(["evaluate", "--checkpoint", "/nonexistent/last.pt"])
+
+
+@pytest.mark.parametrize("bug", [TypeError("unsupported operand"), RuntimeError("shape"), KeyError("x"),
+                                 AttributeError("y")])
+def test_bugs_are_not_turned_into_one_line_errors(bug, monkeypatch):
+    def broken(args):
+        raise bug
+    monkeypatch.setattr(cli, "cmd_evaluate", broken)
+    with pytest.raises(type(bug)):
+        cli.main(["evaluate", "--checkpoint", "x.pt"])
+
+
+def test_progress_is_one_line_per_epoch_when_stderr_is_not_a_terminal(monkeypatch, capsys):
+    pytest.importorskip("tqdm")
+    import pycnn.train as T
+    from torch.utils.data import TensorDataset
+    torch.manual_seed(0)
+    data = TensorDataset(torch.randn(64, 1, 4, 4), torch.arange(64) % 2)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 2))
+    T.fit(model, data, data, epochs=3, batch_size=8, progress=True)  # 8 steps per epoch
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert [l.split(":")[0] for l in lines] == ["epoch 1/3", "epoch 2/3", "epoch 3/3"], err
+    assert "\r" not in err and all("val_accuracy" in l and l.endswith(" s)") for l in lines)
+    # on a terminal: tqdm's bar, redrawn in place
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    T.fit(model, data, None, epochs=1, batch_size=8, progress=True)
+    assert "\r" in capsys.readouterr().err
 
 
 def test_python_dash_m_pycnn_runs_without_traceback(tmp_path):
@@ -168,6 +277,7 @@ def test_demo_writes_report(tmp_path, monkeypatch, capsys):
             assert f'src="{f}"' in html
             assert (tmp_path / "demo" / f).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "hello from a plug-in section" in html and seen == [["digits", "galaxies"]]
+    assert "<th>precision</th><th>recall</th><th>F1</th>" in html and "<tr><td>9</td>" in html
     assert "report:" in out and "index.html" in out
     # the demo's checkpoints work with `pycnn evaluate`
     rc, out, err = run(["evaluate", "--checkpoint", str(tmp_path / "demo" / "galaxies" / "last.pt")], capsys)
