@@ -471,3 +471,44 @@ R = torch.tensor([[0, 1, 1, 5, 5.0]])
 def test_bad_input_raises(call, exc, match):
     with pytest.raises(exc, match=match):
         call()
+
+
+# ---- CUDA: the same results as the CPU kernels (skipped without a GPU and the CUDA build) --------
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available() or not pycnn.cuda_available(),
+                                reason="needs a CUDA GPU and pycnn built with its CUDA module (_C_cuda)")
+
+
+@needs_cuda
+@pytest.mark.parametrize("op", ROI_OPS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_roi_ops_cuda_match_cpu(op, dtype):
+    N, C, H, W = 2, 5, 11, 13
+    x = distinct(N, C, H, W, dtype=dtype)
+    rois = torch.cat([random_rois(30, N, H, W, 0.5, 3.0, seed=8, dtype=dtype),
+                      torch.tensor([[0, NAN, 1, 3, 4], [1, -1e30, 0, 1e30, 5]], dtype=dtype)])
+    results = []
+    for device in ("cpu", "cuda", "cuda"):
+        t = x.to(device).requires_grad_()
+        out = op(t, rois.to(device))
+        gy = torch.linspace(-1, 1, out.numel(), dtype=dtype).reshape(out.shape).to(device)
+        out.backward(gy)
+        results.append((out.detach().cpu(), t.grad.cpu()))
+    tol = 1e-5 if dtype == torch.float32 else 1e-12
+    for a, b in zip(results[0], results[1]):
+        torch.testing.assert_close(b, a, rtol=tol, atol=tol)
+    for a, b in zip(results[1], results[2]):  # deterministic: bitwise the same twice
+        assert torch.equal(a, b)
+
+
+@needs_cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_nms_and_box_iou_cuda_match_cpu(dtype):
+    boxes = random_boxes(300, seed=9, dtype=dtype, grid=2)
+    scores = (torch.randint(0, 50, (300,), generator=torch.Generator().manual_seed(3)) / 50).to(dtype)
+    idxs = torch.randint(0, 5, (300,), generator=torch.Generator().manual_seed(4))
+    for threshold in (0.0, 0.5, 0.9):
+        assert torch.equal(ops.nms(boxes.cuda(), scores.cuda(), threshold).cpu(), ops.nms(boxes, scores, threshold))
+        assert torch.equal(ops.batched_nms(boxes.cuda(), scores.cuda(), idxs.cuda(), threshold).cpu(),
+                           ops.batched_nms(boxes, scores, idxs, threshold))
+    torch.testing.assert_close(ops.box_iou(boxes.cuda(), boxes[:40].cuda()).cpu(), ops.box_iou(boxes, boxes[:40]))

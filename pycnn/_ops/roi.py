@@ -224,8 +224,11 @@ def _nms(boxes: Tensor, scores: Tensor, idxs: Tensor | None, iou_threshold: floa
     sorted_boxes = boxes.detach()[order].contiguous()
     categories = idxs[order].contiguous() if idxs is not None else None
     keep = torch.empty(n, dtype=torch.uint8, device=boxes.device)
-    native.call("nms_sorted", boxes, n, native.ptr(sorted_boxes), native.ptr(categories), float(iou_threshold),
-                native.ptr(keep))
+    args = [n, native.ptr(sorted_boxes), native.ptr(categories), float(iou_threshold), native.ptr(keep)]
+    if boxes.is_cuda:  # the CUDA kernel's overlap bitmask (see csrc/cuda/nms.cu)
+        workspace = torch.empty(native._C_cuda.nms_workspace_words(n), dtype=torch.int64, device=boxes.device)
+        args.append(native.ptr(workspace))
+    native.call("nms_sorted", boxes, *args)
     return order[keep.bool()]
 
 
