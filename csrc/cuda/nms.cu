@@ -27,7 +27,7 @@ __global__ void nms_mask_kernel(int64_t n, int64_t words, const T* __restrict__ 
   if (col_tile < row_tile) return;
   __shared__ T tile[kTile * 4];
   const int64_t col0 = col_tile * kTile;
-  const int cols = int(min<int64_t>(kTile, n - col0));
+  const int cols = int(n - col0 < kTile ? n - col0 : int64_t(kTile));
   if (threadIdx.x < cols)
     for (int e = 0; e < 4; ++e) tile[threadIdx.x * 4 + e] = boxes[(col0 + threadIdx.x) * 4 + e];
   __syncthreads();
