@@ -29,6 +29,24 @@ def _split(x: Tensor) -> Tuple[int, int, int]:
     return x.shape[0], x.shape[1], math.prod(x.shape[2:])
 
 
+def check_eps(op: str, eps: float, training: bool) -> None:
+    """torch's rule: eps > 0 when training (eps = 0 would divide by a zero batch variance), >= 0 otherwise."""
+    if training and not eps > 0:
+        raise ValueError(f"{op}: eps must be positive when training, got {eps}")
+    if not eps >= 0:
+        raise ValueError(f"{op}: eps must be non-negative, got {eps}")
+
+
+def check_running_stats_grad(op: str, running_mean: Optional[Tensor], running_var: Optional[Tensor]) -> None:
+    """Running statistics are buffers: torch refuses ones that require grad (while grad mode is on)."""
+    if not torch.is_grad_enabled():
+        return
+    for name, t in (("running_mean", running_mean), ("running_var", running_var)):
+        if t is not None and t.requires_grad:
+            raise RuntimeError(f"{op}: {name} requires grad; running statistics are buffers, not "
+                               f"differentiable inputs (pass {name}.detach(), or run under torch.no_grad())")
+
+
 def _check(x: Tensor, running_mean: Optional[Tensor], running_var: Optional[Tensor], weight: Optional[Tensor],
            bias: Optional[Tensor], training: bool) -> None:
     native.check_tensor(OP, "input", x)
@@ -169,6 +187,8 @@ def _batch_norm(x: Tensor, running_mean: Optional[Tensor], running_var: Optional
     """(y, save_mean, save_invstd); when training, updates running_mean/running_var in place like
     torch: running = (1 - momentum) * running + momentum * batch (the variance unbiased, n / (n - 1))."""
     _check(x, running_mean, running_var, weight, bias, training)
+    check_eps(OP, eps, training)
+    check_running_stats_grad(OP, running_mean, running_var)
     if training:
         # The running stats are not read in training; passing None keeps them out of autograd.
         y, mean, invstd, var = native.run("batch_norm_forward", x, None, None, weight, bias, True, eps)

@@ -5,6 +5,8 @@ Everything below this module is raw pointers; everything above it is tensors. Ke
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
 from pycnn import _C
@@ -235,6 +237,15 @@ def check_float_tensors(op: str, **tensors) -> torch.Tensor:
 def check_positive(op: str, name: str, values) -> None:
     if any(v <= 0 for v in values):
         raise ValueError(f"{op}: {name} must be positive, got {tuple(values)}")
+
+
+def check_size(op: str, shape, what: str) -> None:
+    """An output (or workspace) that no tensor can hold (2**63 bytes or more) fails here, with the
+    arguments that made it (`what`), rather than deep inside the allocator."""
+    if not all(type(s) is int for s in shape):  # symbolic sizes (torch.compile): checked when real
+        return
+    if math.prod(shape) * 8 >= 2 ** 63:
+        raise ValueError(f"{op}: output shape {tuple(shape)} is too large ({what})")
 
 
 def check_non_negative(op: str, name: str, values) -> None:
