@@ -57,7 +57,7 @@ def _conv_padding(op: str, padding, weight: Tensor, stride, dilation) -> List[in
             raise ValueError(f"{op}: weight must be 4-D, got shape {tuple(weight.shape)}")
         pads = []
         for d, k in zip(dilation, weight.shape[2:]):
-            total = d * (k - 1)
+            total = d * (int(k) - 1)  # int(): under torch.jit.trace a size is a traced value
             pads += [total // 2, total - total // 2]
         return pads
     ph, pw = _pair(op, "padding", padding)
