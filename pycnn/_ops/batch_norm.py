@@ -79,6 +79,7 @@ def batch_norm_forward(x: Tensor, running_mean: Optional[Tensor], running_var: O
                        eps: float) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     """(y, mean, invstd, biased var): batch statistics when training, running ones otherwise."""
     _check(x, running_mean, running_var, weight, bias, training)
+    layout = native.output_format(x)  # y (and the input gradient) keep the input's layout
     x = x.contiguous()
     weight = None if weight is None else weight.contiguous()
     bias = None if bias is None else bias.contiguous()
@@ -97,15 +98,14 @@ def batch_norm_forward(x: Tensor, running_mean: Optional[Tensor], running_var: O
     if y.numel():
         native.call("batch_norm_apply", x, N, C, S, native.ptr(x), native.ptr(mean), native.ptr(invstd),
                     native.ptr(weight), native.ptr(bias), native.ptr(y))
-    return y, mean, invstd, var
+    return native.in_format(y, layout), mean, invstd, var
 
 
 @batch_norm_forward.register_fake
 def _(x, running_mean, running_var, weight, bias, training, eps):
     _check(x, running_mean, running_var, weight, bias, training)
     C = x.shape[1]
-    return (torch.empty_like(x, memory_format=torch.contiguous_format), x.new_empty(C), x.new_empty(C),
-            x.new_empty(C))
+    return native.empty(x, x.shape, native.output_format(x)), x.new_empty(C), x.new_empty(C), x.new_empty(C)
 
 
 def _check_backward(grad_out: Tensor, x: Tensor, weight: Optional[Tensor], mean: Tensor, invstd: Tensor) -> None:
@@ -126,6 +126,7 @@ def batch_norm_backward(grad_out: Tensor, x: Tensor, weight: Optional[Tensor], s
                         save_invstd: Tensor, training: bool, output_mask: List[bool]) -> List[Tensor]:
     """Gradients (input, weight, bias); an unwanted one comes back as an empty tensor."""
     _check_backward(grad_out, x, weight, save_mean, save_invstd)
+    layout = native.output_format(x)
     grad_out, x = grad_out.contiguous(), x.contiguous()
     weight = None if weight is None else weight.contiguous()
     save_mean, save_invstd = save_mean.contiguous(), save_invstd.contiguous()
@@ -137,14 +138,14 @@ def batch_norm_backward(grad_out: Tensor, x: Tensor, weight: Optional[Tensor], s
         native.call("batch_norm_backward", x, N, C, S, native.ptr(x), native.ptr(grad_out), native.ptr(save_mean),
                     native.ptr(save_invstd), native.ptr(weight), bool(training), native.ptr(gx), native.ptr(gw),
                     native.ptr(gb))
-    return [gx, gw, gb]
+    return [native.in_format(gx, layout) if output_mask[0] else gx, gw, gb]
 
 
 @batch_norm_backward.register_fake
 def _(grad_out, x, weight, save_mean, save_invstd, training, output_mask):
     _check_backward(grad_out, x, weight, save_mean, save_invstd)
     C = x.shape[1]
-    return [torch.empty_like(x, memory_format=torch.contiguous_format) if output_mask[0] else x.new_empty(0),
+    return [native.empty(x, x.shape, native.output_format(x)) if output_mask[0] else x.new_empty(0),
             x.new_empty(C) if output_mask[1] else x.new_empty(0),
             x.new_empty(C) if output_mask[2] else x.new_empty(0)]
 

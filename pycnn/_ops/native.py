@@ -186,6 +186,59 @@ def sync_threads() -> None:
     _kernel_threads = n
 
 
+# ---- memory format: the kernels compute in NCHW; outputs take the layout torch would give ---------
+
+_CHANNELS_LAST = {4: torch.channels_last, 5: torch.channels_last_3d}
+
+
+def _strides_like_channels_last(t: torch.Tensor) -> bool:
+    """torch's is_channels_last_strides_2d/3d (what Tensor.suggest_memory_format reads): the
+    strides grow in the order C, W, H, (D,) N, with its tie-breaks for size-1 dimensions."""
+    sizes, strides = t.shape, t.stride()
+    if strides[1] == 0:
+        return False
+    smallest = 0
+    for d in (1, *range(t.dim() - 1, 1, -1), 0):
+        if sizes[d] == 0 or strides[d] < smallest:
+            return False
+        if d == 0 and smallest == strides[1]:  # N111-like: ambiguous, torch says contiguous
+            return False
+        smallest = strides[d] * sizes[d] if sizes[d] > 1 else strides[d]
+    return True
+
+
+def output_format(*tensors) -> torch.memory_format:
+    """The memory format torch gives the outputs of an op on these inputs: channels_last (or
+    channels_last_3d) when any of them is laid out that way (convolutions look at input and
+    weight, the others at their input), else contiguous."""
+    for t in tensors:
+        if t is None:
+            continue
+        cl = _CHANNELS_LAST.get(t.dim())
+        # Two cached flags settle the common case without a walk over the strides: a tensor
+        # contiguous as NCHW but not as NHWC has C before H, W, and so is not channels_last-like.
+        if cl is None or (t.is_contiguous() and not t.is_contiguous(memory_format=cl)):
+            continue
+        if _strides_like_channels_last(t):
+            return cl
+    return torch.contiguous_format
+
+
+def in_format(t: torch.Tensor, memory_format: torch.memory_format) -> torch.Tensor:
+    """A kernel's contiguous result laid out in `memory_format` (a copy when that differs),
+    with exactly the strides torch.empty(..., memory_format=...) gives, as the fakes do."""
+    if memory_format is torch.contiguous_format:
+        return t
+    return torch.empty_like(t, memory_format=memory_format).copy_(t)
+
+
+def empty(like: torch.Tensor, shape, memory_format: torch.memory_format = torch.contiguous_format,
+          dtype=None) -> torch.Tensor:
+    """An output of `shape` on like's device (fake implementations), in `memory_format`."""
+    return torch.empty(tuple(shape), dtype=like.dtype if dtype is None else dtype, device=like.device,
+                       memory_format=memory_format)
+
+
 # ---- checks: every failure is a Python exception naming the op and the value -------------
 
 def check_tensor(op: str, name: str, t, *, dims=None, optional: bool = False) -> None:

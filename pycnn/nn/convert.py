@@ -71,7 +71,8 @@ def summary(model: nn.Module, swapped=()) -> ConversionSummary:
         if isinstance(m, _PYCNN_TYPES):
             on_pycnn.append((name, cls.__name__))
             continue
-        on_torch.append((name, f"{cls.__module__}.{cls.__qualname__}"))
+        public = getattr(nn, cls.__name__, None) is cls  # torch.nn.ReLU, not torch.nn.modules.activation.ReLU
+        on_torch.append((name, f"torch.nn.{cls.__name__}" if public else f"{cls.__module__}.{cls.__qualname__}"))
         base = next((t for t in _TO_PYCNN if isinstance(m, t)), None)
         if base is not None:  # a user's subclass: its forward may differ from the layer's
             not_swapped[name] = f"a subclass of nn.{base.__name__}, kept for its own forward"
