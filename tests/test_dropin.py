@@ -287,3 +287,92 @@ def test_convert_summary_says_what_was_swapped_and_what_stays_on_torch(capsys):
     s = pnn.summary(converted)
     assert s.on_pycnn == (("0", "Conv2d"), ("1", "BatchNorm2d"), ("6", "Linear")) and s.swapped == ()
     assert [name for name, _ in s.on_torch] == ["2", "3", "4", "5"] and list(s.not_swapped) == ["3"]
+
+
+# ---- autocast and reduced-precision inputs --------------------------------------------------
+
+def _dtype_cases():
+    g = torch.Generator().manual_seed(1)
+    r = lambda *s: torch.randn(*s, generator=g)  # noqa: E731
+    x = r(2, 3, 6, 6)
+    p, idx = F.max_pool2d(x, 2, return_indices=True)
+    stats = lambda: (torch.zeros(3), torch.ones(3))  # noqa: E731
+    yield "conv2d", lambda M, x, w, b: M.conv2d(x, w, b, padding=1), [x, r(4, 3, 3, 3), r(4)]
+    yield "depthwise", lambda M, x, w: M.conv2d(x, w, groups=3), [x, r(6, 1, 3, 3)]
+    yield "conv_transpose2d", lambda M, x, w, b: M.conv_transpose2d(x, w, b, stride=2), [x, r(3, 2, 3, 3), r(2)]
+    yield "max_pool2d", lambda M, x: M.max_pool2d(x, 2, return_indices=True), [x]
+    yield "max_unpool2d", lambda M, p: M.max_unpool2d(p, idx, 2), [p]
+    yield "batch_norm", lambda M, x, w, b: M.batch_norm(x, *stats(), w, b, training=True), [x, r(3), r(3)]
+    yield "linear", lambda M, x, w, b: M.linear(x, w, b), [r(5, 6), r(4, 6), r(4)]
+
+
+def _assert_close_at_low_precision(ours, ref):
+    """Within a few roundings of the 8-bit (bfloat16) mantissa, relative to the output's scale:
+    torch rounds inside its reduced-precision kernels, pycnn once at the end."""
+    for o, r in zip(ours, ref):
+        if r.is_floating_point():
+            scale = float(r.detach().float().abs().max()) if r.numel() else 1.0
+            torch.testing.assert_close(o.float(), r.float(), rtol=2e-2, atol=2e-2 * max(scale, 1.0))
+        else:
+            assert torch.equal(o, r)
+
+
+def _run_both(fn, inputs, cast_inputs=None, autocast=None):
+    results = []
+    for M in (PF, F):
+        leaves = [t.clone().requires_grad_() for t in inputs]
+        args = [t.to(cast_inputs) if cast_inputs is not None and t.dim() > 1 else t for t in leaves]
+        with torch.autocast("cpu", dtype=autocast, enabled=autocast is not None):
+            out = fn(M, *args)
+        out = out if isinstance(out, tuple) else (out,)
+        grads = torch.autograd.grad(out[0].float().sum(), leaves)
+        results.append((out, grads))
+    return results
+
+
+@pytest.mark.parametrize("autocast", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("name,fn,inputs", list(_dtype_cases()), ids=[c[0] for c in _dtype_cases()])
+def test_autocast_gives_torchs_dtypes(name, fn, inputs, autocast):
+    """float32 inputs under torch.autocast("cpu"): conv/linear come back in the autocast dtype,
+    max_unpool2d in float32, pooling and batch norm in their input's dtype; gradients in the
+    leaves' dtype. Values within the autocast dtype's rounding of torch's."""
+    (ours, g_ours), (ref, g_ref) = _run_both(fn, inputs, autocast=autocast)
+    assert [o.dtype for o in ours] == [r.dtype for r in ref]
+    _assert_close_at_low_precision(ours, ref)
+    assert [g.dtype for g in g_ours] == [g.dtype for g in g_ref]
+    for a, b in zip(g_ours, g_ref):
+        torch.testing.assert_close(a, b, rtol=5e-2, atol=5e-2)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("name,fn,inputs", list(_dtype_cases()), ids=[c[0] for c in _dtype_cases()])
+def test_reduced_precision_inputs_give_torchs_dtypes(name, fn, inputs, dtype):
+    """bfloat16 / float16 tensors without autocast: computed in float32 by pycnn, returned (and
+    differentiated) in the input's dtype like torch's ops. batch_norm keeps float32 parameters."""
+    cast = lambda t: t.to(dtype) if t.dim() > 1 or name != "batch_norm" else t  # noqa: E731
+    (ours, g_ours), (ref, g_ref) = _run_both(fn, [cast(t) for t in inputs])
+    assert [o.dtype for o in ours] == [r.dtype for r in ref]
+    _assert_close_at_low_precision(ours, ref)
+    assert [g.dtype for g in g_ours] == [g.dtype for g in g_ref]
+
+
+def test_converted_model_under_autocast_matches_torchs_dtype():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.MaxPool2d(2),
+                          nn.Flatten(), nn.Linear(8 * 4 * 4, 5))
+    ours = pnn.convert(model)
+    x = torch.randn(4, 3, 8, 8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y_ours, y_ref = ours(x), model(x)
+    assert y_ours.dtype == y_ref.dtype == torch.bfloat16
+    torch.testing.assert_close(y_ours.float(), y_ref.float(), rtol=5e-2, atol=5e-2)
+    y_ours.float().sum().backward()
+    assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in ours.parameters())
+
+
+def test_mixed_dtypes_are_refused_like_torch():
+    x, w = torch.randn(1, 3, 4, 4, dtype=torch.bfloat16), torch.randn(2, 3, 3, 3)
+    with pytest.raises(RuntimeError):
+        F.conv2d(x, w)
+    with pytest.raises(TypeError, match="conv2d: weight has dtype torch.float32 but the input has torch.bfloat16"):
+        PF.conv2d(x, w)

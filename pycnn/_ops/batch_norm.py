@@ -47,6 +47,17 @@ def check_running_stats_grad(op: str, running_mean: Optional[Tensor], running_va
                                f"differentiable inputs (pass {name}.detach(), or run under torch.no_grad())")
 
 
+def _check_dtypes(op: str, x: Tensor, **params) -> None:
+    """One floating dtype for the input and the parameters, except that (as in torch) float32
+    parameters may go with a bfloat16 / float16 input."""
+    given = {k: t for k, t in params.items() if t is not None}
+    if x.dtype in native._REDUCED and given and all(t.dtype == torch.float32 for t in given.values()):
+        native.check_float_tensors(op, input=x)
+        native.check_float_tensors(op, **given)
+    else:
+        native.check_float_tensors(op, input=x, **given)
+
+
 def _check(x: Tensor, running_mean: Optional[Tensor], running_var: Optional[Tensor], weight: Optional[Tensor],
            bias: Optional[Tensor], training: bool) -> None:
     native.check_tensor(OP, "input", x)
@@ -59,8 +70,7 @@ def _check(x: Tensor, running_mean: Optional[Tensor], running_var: Optional[Tens
         raise ValueError(f"{OP}: running_mean and running_var must either both be None or neither be None")
     if not training and running_mean is None:
         raise ValueError(f"{OP}: running_mean and running_var are required when training=False")
-    native.check_float_tensors(OP, input=x, running_mean=running_mean, running_var=running_var, weight=weight,
-                               bias=bias)
+    _check_dtypes(OP, x, running_mean=running_mean, running_var=running_var, weight=weight, bias=bias)
     C = x.shape[1]
     for name, t in (("running_mean", running_mean), ("running_var", running_var), ("weight", weight),
                     ("bias", bias)):
@@ -115,7 +125,8 @@ def _check_backward(grad_out: Tensor, x: Tensor, weight: Optional[Tensor], mean:
     if x.dim() < 2 or grad_out.shape != x.shape:
         raise ValueError(f"{op}: grad_out shape {tuple(grad_out.shape)} must equal input shape {tuple(x.shape)} "
                          "(rank >= 2)")
-    native.check_float_tensors(op, input=x, grad_out=grad_out, weight=weight, save_mean=mean, save_invstd=invstd)
+    native.check_float_tensors(op, input=x, grad_out=grad_out, save_mean=mean, save_invstd=invstd)
+    _check_dtypes(op, x, weight=weight)
     for name, t in (("weight", weight), ("save_mean", mean), ("save_invstd", invstd)):
         if t is not None and (t.dim() != 1 or t.shape[0] != x.shape[1]):
             raise ValueError(f"{op}: {name} must have shape ({x.shape[1]},), got {tuple(t.shape)}")
