@@ -376,3 +376,22 @@ def test_mixed_dtypes_are_refused_like_torch():
         F.conv2d(x, w)
     with pytest.raises(TypeError, match="conv2d: weight has dtype torch.float32 but the input has torch.bfloat16"):
         PF.conv2d(x, w)
+
+
+def test_opcheck_channels_last_and_bfloat16():
+    """The fake implementations give the same layouts and dtypes as the real ones
+    (torch.compile and export rely on it)."""
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(2, 4, 6, 6, generator=g)
+    w = torch.randn(4, 4, 3, 3, generator=g)
+    fake = ("test_faketensor",)  # fake vs real outputs; the full opcheck (compiling) is in test_compile.py
+    for xx, ww in ((_cl(x), w), (x, _cl(w)), (x.bfloat16(), w.bfloat16())):
+        conv_args = (xx, ww, None, [1, 1], [1, 1, 1, 1], [1, 1], 1)
+        torch.library.opcheck(torch.ops.pycnn.conv2d.default, conv_args, test_utils=fake)
+        gy = torch.ops.pycnn.conv2d(*conv_args)
+        torch.library.opcheck(torch.ops.pycnn.conv2d_backward.default,
+                              (gy, xx, ww, [1, 1], [1, 1, 1, 1], [1, 1], 1, [True, True, True]), test_utils=fake)
+        torch.library.opcheck(torch.ops.pycnn.max_pool2d.default, (xx, [2, 2], [2, 2], [0, 0], [1, 1], False),
+                              test_utils=fake)
+        torch.library.opcheck(torch.ops.pycnn.batch_norm_forward.default, (xx, None, None, None, None, True, 1e-5),
+                              test_utils=fake)
