@@ -74,8 +74,8 @@ def _conv_shape(x: Tensor, weight: Tensor, stride: List[int], padding: List[int]
     if OH < 1 or OW < 1:
         raise ValueError(f"{CONV}: kernel {kh}x{kw} (dilation {tuple(dilation)}) is larger than the padded input "
                          f"{H + top + bottom}x{W + left + right}; output size would be {OH}x{OW}")
-    native.check_size(CONV, (N, K, OH, OW), f"padding {tuple(padding)}, stride {tuple(stride)}")
-    native.check_size(CONV, (C * kh * kw, OH, OW), f"its im2col columns; padding {tuple(padding)}")
+    native.check_size(CONV, (N, K, OH, OW), padding=padding, stride=stride)
+    native.check_size(CONV, (C * kh * kw, OH, OW), padding=padding, stride=stride)  # one sample's columns
     return [N, C, H, W, K, OH, OW, kh, kw, stride[0], stride[1], top, left, dilation[0], dilation[1], groups]
 
 
@@ -239,9 +239,8 @@ def _transpose_shape(x: Tensor, weight: Tensor, stride: List[int], padding: List
     if OH < 1 or OW < 1:
         raise ValueError(f"{CONV_T}: output size would be {OH}x{OW} (input {H}x{W}, kernel {kh}x{kw}, "
                          f"stride {tuple(stride)}, padding {tuple(padding)}); it must be positive")
-    native.check_size(CONV_T, (N, Cout, OH, OW), f"stride {tuple(stride)}, dilation {tuple(dilation)}, "
-                      f"output_padding {tuple(output_padding)}")
-    native.check_size(CONV_T, (Cout * kh * kw, H, W), f"its col2im columns; stride {tuple(stride)}")
+    native.check_size(CONV_T, (N, Cout, OH, OW), stride=stride, dilation=dilation, output_padding=output_padding)
+    native.check_size(CONV_T, (Cout * kh * kw, H, W), stride=stride)  # one sample's columns
     # The conv from the [N, Cout, OH, OW] output back to [N, Cin, H, W].
     return [N, Cout, OH, OW, Cin, H, W, kh, kw, stride[0], stride[1], padding[0], padding[1],
             dilation[0], dilation[1], groups]

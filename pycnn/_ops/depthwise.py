@@ -34,7 +34,7 @@ def _geometry(x: Tensor, weight: Tensor, stride: List[int], padding: List[int],
     if OH < 1 or OW < 1:
         raise ValueError(f"{OP}: output size ({OH}, {OW}) is too small: input {H}x{W}, padding {list(padding)}, "
                          f"kernel {kh}x{kw}, dilation {list(dilation)}, stride {list(stride)}")
-    native.check_size(OP, (x.shape[0], weight.shape[0], OH, OW), f"padding {tuple(padding)}, stride {tuple(stride)}")
+    native.check_size(OP, (x.shape[0], weight.shape[0], OH, OW), padding=padding, stride=stride)
     return OH, OW
 
 

@@ -332,12 +332,12 @@ def check_positive(op: str, name: str, values) -> None:
         raise ValueError(f"{op}: {name} must be positive, got {tuple(values)}")
 
 
-def check_size(op: str, shape, what: str) -> None:
-    """An output (or workspace) that no tensor can hold (2**63 bytes or more) fails here, with the
-    arguments that made it (`what`), rather than deep inside the allocator."""
-    if not all(type(s) is int for s in shape):  # symbolic sizes (torch.compile): checked when real
-        return
-    if math.prod(shape) * 8 >= 2 ** 63:
+def check_size(op: str, shape, **cause) -> None:
+    """An output (or workspace) that no tensor can hold (2**63 bytes or more) fails here, naming
+    the arguments that made it (`cause`, formatted only then), not deep inside the allocator."""
+    numel = math.prod(shape)
+    if type(numel) is int and numel * 8 >= 2 ** 63:  # (symbolic sizes under torch.compile: checked when real)
+        what = ", ".join(f"{k} {tuple(v) if isinstance(v, (list, tuple)) else v}" for k, v in cause.items())
         raise ValueError(f"{op}: output shape {tuple(shape)} is too large ({what})")
 
 
