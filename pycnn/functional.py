@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from pycnn._ops import native
+from pycnn._ops.batch_norm import check_eps as _check_batch_norm_eps
 
 __all__ = ["conv2d", "conv_transpose2d", "max_pool2d", "max_unpool2d", "batch_norm", "linear",
            "depthwise_conv2d"]
@@ -22,7 +23,7 @@ IntPair = Union[int, Sequence[int]]
 
 
 def _pair(op: str, name: str, v) -> Tuple[int, int]:
-    if isinstance(v, bool):
+    if isinstance(v, (bool, str)):
         raise TypeError(f"{op}: {name} must be an int or a pair of ints, got {v!r}")
     if isinstance(v, int):
         return (v, v)
@@ -56,7 +57,7 @@ def _conv_padding(op: str, padding, weight: Tensor, stride, dilation) -> List[in
             raise ValueError(f"{op}: weight must be 4-D, got shape {tuple(weight.shape)}")
         pads = []
         for d, k in zip(dilation, weight.shape[2:]):
-            total = d * (k - 1)
+            total = d * (int(k) - 1)  # int(): under torch.jit.trace a size is a traced value
             pads += [total // 2, total - total // 2]
         return pads
     ph, pw = _pair(op, "padding", padding)
@@ -157,10 +158,19 @@ def batch_norm(input: Tensor, running_mean: Optional[Tensor], running_var: Optio
 
     training=True normalises with the batch statistics and, when running_mean/running_var are
     given, updates them in place with `momentum` (running_var with the unbiased variance).
-    training=False normalises with the running statistics.
+    training=False normalises with the running statistics. As in torch, momentum must be a
+    number (``nn.BatchNorm2d(momentum=None)``'s cumulative average is the module's business),
+    eps must be positive when training (non-negative otherwise), and a 1-D input is accepted
+    only when it is empty.
     """
     op = "batch_norm"
     native.check_tensor(op, "input", input)
+    if isinstance(momentum, bool) or not isinstance(momentum, (int, float)):
+        raise TypeError(f"{op}: momentum must be a float, got {momentum!r} (torch.nn.functional.batch_norm "
+                        "takes a number too; nn.BatchNorm2d(momentum=None) is the cumulative average)")
+    if input.dim() == 1 and input.numel() == 0:  # torch returns an empty result (its OpInfo samples this)
+        _check_batch_norm_eps(op, eps, training)
+        return input.clone()
     if input.dim() < 2:
         raise ValueError(f"{op}: input must have at least 2 dimensions (N, C, ...), got shape {tuple(input.shape)}")
     if training:
@@ -171,21 +181,40 @@ def batch_norm(input: Tensor, running_mean: Optional[Tensor], running_var: Optio
     elif running_mean is None or running_var is None:
         raise ValueError(f"{op}: running_mean and running_var are required when training=False")
     y, _, _ = native.run("batch_norm", input, running_mean, running_var, weight, bias, bool(training),
-                                         0.0 if momentum is None else float(momentum), float(eps))
+                         float(momentum), float(eps))
     return y
 
 
 def linear(input: Tensor, weight: Tensor, bias: Optional[Tensor] = None) -> Tensor:
-    """y = input @ weight^T + bias over the last dimension (any leading dimensions)."""
+    """y = input @ weight^T + bias over the last dimension (any leading dimensions).
+
+    As in torch, bias may be anything that broadcasts to the output's shape (0-d, [1, out], ...)."""
     op = "linear"
     native.check_tensor(op, "input", input)
     if input.dim() == 0:
         raise ValueError(f"{op}: input must have at least 1 dimension, got a scalar")
     native.check_tensor(op, "weight", weight, dims=(1, 2))
     w = weight if weight.dim() == 2 else weight.unsqueeze(0)
-    if input.dim() == 2 and weight.dim() == 2:  # the common case, without the reshapes
+    fused = bias is None or (isinstance(bias, Tensor) and bias.dim() == 1 and bias.shape[0] == w.shape[0])
+    if input.dim() == 2 and weight.dim() == 2 and fused:  # the common case, without the reshapes
         return native.run("linear", input, w, bias)
     lead = input.shape[:-1]
-    y = native.run("linear", input.reshape(-1, input.shape[-1]), w, bias)
-    y = y.reshape(*lead, w.shape[0])
-    return y.squeeze(-1) if weight.dim() == 1 else y
+    out_shape = (*lead, w.shape[0]) if weight.dim() == 2 else tuple(lead)
+    extra = None  # a bias that is not one value per output feature is added after the GEMM
+    if not fused:
+        native.check_tensor(op, "bias", bias)
+        try:
+            broadcasts = torch.broadcast_shapes(bias.shape, out_shape) == torch.Size(out_shape)
+        except RuntimeError:
+            broadcasts = False
+        if not broadcasts:
+            raise ValueError(f"{op}: bias of shape {tuple(bias.shape)} does not broadcast to the output shape "
+                             f"{tuple(out_shape)}")
+        if bias.numel() == 1 or (bias.shape[-1] == w.shape[0] and bias.numel() == w.shape[0]):
+            bias = bias.reshape(-1).expand(w.shape[0])  # [1, out], 0-d, ...: still one value per feature
+        else:
+            bias, extra = None, bias
+    # reshape(-1, K) is ambiguous when K == 0 (no input features): name the row count.
+    y = native.run("linear", input.reshape(math.prod(lead), input.shape[-1]), w, bias)
+    y = y.reshape(out_shape)
+    return y if extra is None else y + extra

@@ -48,7 +48,7 @@ def test_linear_opcheck():
 
 @pytest.mark.parametrize("args,exc,match", [
     ((torch.randn(4, 6), torch.randn(3, 5)), ValueError, "6 features"),
-    ((torch.randn(4, 6), torch.randn(3, 6), torch.randn(4)), ValueError, "bias has 4"),
+    ((torch.randn(4, 6), torch.randn(3, 6), torch.randn(4)), ValueError, r"bias of shape \(4,\) does not broadcast"),
     ((torch.randn(4, 6), torch.randn(3, 6).double()), TypeError, "float64"),
     ((torch.ones(4, 6, dtype=torch.int32), torch.ones(3, 6, dtype=torch.int32)), TypeError, "int32"),
     ((torch.randn(4, 6), torch.randn(2, 3, 6)), ValueError, "weight must be"),

@@ -225,7 +225,7 @@ def test_convert_nested_model_in_place():
     params_before = [id(p) for p in model.parameters()]
     model.bn.eval()  # a mixed-mode model keeps its modes
     ref.bn.eval()
-    out = pnn.convert(model)
+    out = pnn.convert(model, inplace=True)
     assert out is model
     assert [id(p) for p in model.parameters()] == params_before
     assert type(model.conv) is pnn.Conv2d and type(model.bn) is pnn.BatchNorm2d
@@ -246,7 +246,7 @@ def test_convert_nested_model_in_place():
 
 def test_convert_keeps_subclasses_and_converts_top_level():
     m = nn.Sequential(MyConv(1, 1, 1))
-    pnn.convert(m)
+    pnn.convert(m, inplace=True)
     assert type(m[0]) is MyConv
     layer = pnn.convert(nn.Linear(3, 2))
     assert type(layer) is pnn.Linear
@@ -257,7 +257,7 @@ def test_to_torch_inverts_convert():
     model = nn.Sequential(pnn.DepthwiseConv2d(2, 3, padding=1), pnn.BatchNorm2d(2), pnn.SeparableConv2d(2, 3, 3))
     x = torch.randn(2, 2, 7, 7)
     ours = model(x)
-    pnn.to_torch(model)
+    pnn.to_torch(model, inplace=True)
     assert type(model[0]) is nn.Conv2d and type(model[1]) is nn.BatchNorm2d
     assert type(model[2].depthwise) is nn.Conv2d and type(model[2].pointwise) is nn.Conv2d
     model[1].num_batches_tracked.zero_()

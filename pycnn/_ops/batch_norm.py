@@ -29,6 +29,35 @@ def _split(x: Tensor) -> Tuple[int, int, int]:
     return x.shape[0], x.shape[1], math.prod(x.shape[2:])
 
 
+def check_eps(op: str, eps: float, training: bool) -> None:
+    """torch's rule: eps > 0 when training (eps = 0 would divide by a zero batch variance), >= 0 otherwise."""
+    if training and not eps > 0:
+        raise ValueError(f"{op}: eps must be positive when training, got {eps}")
+    if not eps >= 0:
+        raise ValueError(f"{op}: eps must be non-negative, got {eps}")
+
+
+def check_running_stats_grad(op: str, running_mean: Optional[Tensor], running_var: Optional[Tensor]) -> None:
+    """Running statistics are buffers: torch refuses ones that require grad (while grad mode is on)."""
+    if not torch.is_grad_enabled():
+        return
+    for name, t in (("running_mean", running_mean), ("running_var", running_var)):
+        if t is not None and t.requires_grad:
+            raise RuntimeError(f"{op}: {name} requires grad; running statistics are buffers, not "
+                               f"differentiable inputs (pass {name}.detach(), or run under torch.no_grad())")
+
+
+def _check_dtypes(op: str, x: Tensor, **params) -> None:
+    """One floating dtype for the input and the parameters, except that (as in torch) float32
+    parameters may go with a bfloat16 / float16 input."""
+    given = {k: t for k, t in params.items() if t is not None}
+    if x.dtype in native._REDUCED and given and all(t.dtype == torch.float32 for t in given.values()):
+        native.check_float_tensors(op, input=x)
+        native.check_float_tensors(op, **given)
+    else:
+        native.check_float_tensors(op, input=x, **given)
+
+
 def _check(x: Tensor, running_mean: Optional[Tensor], running_var: Optional[Tensor], weight: Optional[Tensor],
            bias: Optional[Tensor], training: bool) -> None:
     native.check_tensor(OP, "input", x)
@@ -41,8 +70,7 @@ def _check(x: Tensor, running_mean: Optional[Tensor], running_var: Optional[Tens
         raise ValueError(f"{OP}: running_mean and running_var must either both be None or neither be None")
     if not training and running_mean is None:
         raise ValueError(f"{OP}: running_mean and running_var are required when training=False")
-    native.check_float_tensors(OP, input=x, running_mean=running_mean, running_var=running_var, weight=weight,
-                               bias=bias)
+    _check_dtypes(OP, x, running_mean=running_mean, running_var=running_var, weight=weight, bias=bias)
     C = x.shape[1]
     for name, t in (("running_mean", running_mean), ("running_var", running_var), ("weight", weight),
                     ("bias", bias)):
@@ -61,6 +89,7 @@ def batch_norm_forward(x: Tensor, running_mean: Optional[Tensor], running_var: O
                        eps: float) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     """(y, mean, invstd, biased var): batch statistics when training, running ones otherwise."""
     _check(x, running_mean, running_var, weight, bias, training)
+    layout = native.output_format(x)  # y (and the input gradient) keep the input's layout
     x = x.contiguous()
     weight = None if weight is None else weight.contiguous()
     bias = None if bias is None else bias.contiguous()
@@ -79,15 +108,14 @@ def batch_norm_forward(x: Tensor, running_mean: Optional[Tensor], running_var: O
     if y.numel():
         native.call("batch_norm_apply", x, N, C, S, native.ptr(x), native.ptr(mean), native.ptr(invstd),
                     native.ptr(weight), native.ptr(bias), native.ptr(y))
-    return y, mean, invstd, var
+    return native.in_format(y, layout), mean, invstd, var
 
 
 @batch_norm_forward.register_fake
 def _(x, running_mean, running_var, weight, bias, training, eps):
     _check(x, running_mean, running_var, weight, bias, training)
     C = x.shape[1]
-    return (torch.empty_like(x, memory_format=torch.contiguous_format), x.new_empty(C), x.new_empty(C),
-            x.new_empty(C))
+    return native.empty(x, x.shape, native.output_format(x)), x.new_empty(C), x.new_empty(C), x.new_empty(C)
 
 
 def _check_backward(grad_out: Tensor, x: Tensor, weight: Optional[Tensor], mean: Tensor, invstd: Tensor) -> None:
@@ -97,7 +125,8 @@ def _check_backward(grad_out: Tensor, x: Tensor, weight: Optional[Tensor], mean:
     if x.dim() < 2 or grad_out.shape != x.shape:
         raise ValueError(f"{op}: grad_out shape {tuple(grad_out.shape)} must equal input shape {tuple(x.shape)} "
                          "(rank >= 2)")
-    native.check_float_tensors(op, input=x, grad_out=grad_out, weight=weight, save_mean=mean, save_invstd=invstd)
+    native.check_float_tensors(op, input=x, grad_out=grad_out, save_mean=mean, save_invstd=invstd)
+    _check_dtypes(op, x, weight=weight)
     for name, t in (("weight", weight), ("save_mean", mean), ("save_invstd", invstd)):
         if t is not None and (t.dim() != 1 or t.shape[0] != x.shape[1]):
             raise ValueError(f"{op}: {name} must have shape ({x.shape[1]},), got {tuple(t.shape)}")
@@ -108,6 +137,7 @@ def batch_norm_backward(grad_out: Tensor, x: Tensor, weight: Optional[Tensor], s
                         save_invstd: Tensor, training: bool, output_mask: List[bool]) -> List[Tensor]:
     """Gradients (input, weight, bias); an unwanted one comes back as an empty tensor."""
     _check_backward(grad_out, x, weight, save_mean, save_invstd)
+    layout = native.output_format(x)
     grad_out, x = grad_out.contiguous(), x.contiguous()
     weight = None if weight is None else weight.contiguous()
     save_mean, save_invstd = save_mean.contiguous(), save_invstd.contiguous()
@@ -119,14 +149,14 @@ def batch_norm_backward(grad_out: Tensor, x: Tensor, weight: Optional[Tensor], s
         native.call("batch_norm_backward", x, N, C, S, native.ptr(x), native.ptr(grad_out), native.ptr(save_mean),
                     native.ptr(save_invstd), native.ptr(weight), bool(training), native.ptr(gx), native.ptr(gw),
                     native.ptr(gb))
-    return [gx, gw, gb]
+    return [native.in_format(gx, layout) if output_mask[0] else gx, gw, gb]
 
 
 @batch_norm_backward.register_fake
 def _(grad_out, x, weight, save_mean, save_invstd, training, output_mask):
     _check_backward(grad_out, x, weight, save_mean, save_invstd)
     C = x.shape[1]
-    return [torch.empty_like(x, memory_format=torch.contiguous_format) if output_mask[0] else x.new_empty(0),
+    return [native.empty(x, x.shape, native.output_format(x)) if output_mask[0] else x.new_empty(0),
             x.new_empty(C) if output_mask[1] else x.new_empty(0),
             x.new_empty(C) if output_mask[2] else x.new_empty(0)]
 
@@ -169,6 +199,8 @@ def _batch_norm(x: Tensor, running_mean: Optional[Tensor], running_var: Optional
     """(y, save_mean, save_invstd); when training, updates running_mean/running_var in place like
     torch: running = (1 - momentum) * running + momentum * batch (the variance unbiased, n / (n - 1))."""
     _check(x, running_mean, running_var, weight, bias, training)
+    check_eps(OP, eps, training)
+    check_running_stats_grad(OP, running_mean, running_var)
     if training:
         # The running stats are not read in training; passing None keeps them out of autograd.
         y, mean, invstd, var = native.run("batch_norm_forward", x, None, None, weight, bias, True, eps)

@@ -74,6 +74,8 @@ def _conv_shape(x: Tensor, weight: Tensor, stride: List[int], padding: List[int]
     if OH < 1 or OW < 1:
         raise ValueError(f"{CONV}: kernel {kh}x{kw} (dilation {tuple(dilation)}) is larger than the padded input "
                          f"{H + top + bottom}x{W + left + right}; output size would be {OH}x{OW}")
+    native.check_size(CONV, (N, K, OH, OW), padding=padding, stride=stride)
+    native.check_size(CONV, (C * kh * kw, OH, OW), padding=padding, stride=stride)  # one sample's columns
     return [N, C, H, W, K, OH, OW, kh, kw, stride[0], stride[1], top, left, dilation[0], dilation[1], groups]
 
 
@@ -87,6 +89,22 @@ def _check_grad_out(op: str, grad_out: Tensor, x: Tensor, expected) -> None:
     native.check_float_tensors(op, input=x, grad_out=grad_out)
     if tuple(grad_out.shape) != tuple(expected):
         raise ValueError(f"{op}: grad_out has shape {tuple(grad_out.shape)}, the output shape is {tuple(expected)}")
+
+
+def _grads_in_format(grads: List[Tensor], output_mask: List[bool], layout) -> List[Tensor]:
+    """(input, weight, bias) gradients: the first two in the layout of the forward's output, as
+    torch gives them (channels_last when the input or the weight was); empty placeholders and
+    the bias gradient as they are."""
+    gx, gw, gb = grads
+    return [native.in_format(gx, layout) if output_mask[0] else gx,
+            native.in_format(gw, layout) if output_mask[1] else gw, gb]
+
+
+def _fake_grads(x: Tensor, weight: Tensor, bias_size, output_mask: List[bool]) -> List[Tensor]:
+    layout = native.output_format(x, weight)
+    return [native.empty(x, x.shape, layout) if output_mask[0] else x.new_empty(0),
+            native.empty(weight, weight.shape, layout) if output_mask[1] else x.new_empty(0),
+            weight.new_empty(bias_size) if output_mask[2] else x.new_empty(0)]
 
 
 def _is_pointwise(shape: List[int]) -> bool:
@@ -117,6 +135,7 @@ def conv2d(x: Tensor, weight: Tensor, bias: Optional[Tensor], stride: List[int],
     _check_common(CONV, x, weight, bias)
     shape = _conv_shape(x, weight, stride, padding, dilation, groups)
     _check_bias(CONV, bias, weight.shape[0])
+    layout = native.output_format(x, weight)  # torch's: channels_last if input or weight is
     x, weight = x.contiguous(), weight.contiguous()
     bias = None if bias is None else bias.contiguous()
     y = x.new_empty(shape[0], shape[4], shape[5], shape[6])
@@ -124,7 +143,7 @@ def conv2d(x: Tensor, weight: Tensor, bias: Optional[Tensor], stride: List[int],
         ws = _workspace(x, shape)
         native.call("conv2d_forward", x, shape, native.ptr(x), native.ptr(weight), native.ptr(bias),
                     native.ptr(y), native.ptr(ws), ws.numel())
-    return y
+    return native.in_format(y, layout)
 
 
 @conv2d.register_fake
@@ -132,7 +151,7 @@ def _(x, weight, bias, stride, padding, dilation, groups):
     _check_common(CONV, x, weight, bias)
     shape = _conv_shape(x, weight, stride, padding, dilation, groups)
     _check_bias(CONV, bias, weight.shape[0])
-    return x.new_empty(shape[0], shape[4], shape[5], shape[6])
+    return native.empty(x, (shape[0], shape[4], shape[5], shape[6]), native.output_format(x, weight))
 
 
 @native.custom_op("conv2d_backward")
@@ -142,13 +161,14 @@ def conv2d_backward(grad_out: Tensor, x: Tensor, weight: Tensor, stride: List[in
     _check_common(CONV, x, weight, None)
     shape = _conv_shape(x, weight, stride, padding, dilation, groups)
     _check_grad_out(CONV, grad_out, x, (shape[0], shape[4], shape[5], shape[6]))
+    layout = native.output_format(x, weight)
     grad_out, x, weight = grad_out.contiguous(), x.contiguous(), weight.contiguous()
     N, K = shape[0], shape[4]
     gx = x.new_empty(x.shape) if output_mask[0] else x.new_empty(0)
     gw = weight.new_empty(weight.shape) if output_mask[1] else x.new_empty(0)
     gb = weight.new_empty(K) if output_mask[2] else x.new_empty(0)
     if grad_out.numel() == 0:  # empty batch or no output channels: the sums are empty
-        return [g.zero_() for g in (gx, gw, gb)]
+        return _grads_in_format([g.zero_() for g in (gx, gw, gb)], output_mask, layout)
     if output_mask[0] and gx.numel():
         ws = _workspace(x, shape)
         native.call("conv2d_backward_input", x, shape, native.ptr(grad_out), native.ptr(weight), native.ptr(gx),
@@ -158,7 +178,7 @@ def conv2d_backward(grad_out: Tensor, x: Tensor, weight: Tensor, stride: List[in
         native.call("conv2d_backward_weight", x, shape, native.ptr(x), native.ptr(grad_out),
                     native.ptr(gw) if output_mask[1] else 0, native.ptr(gb) if output_mask[2] else 0,
                     native.ptr(ws), ws.numel())
-    return [gx, gw, gb]
+    return _grads_in_format([gx, gw, gb], output_mask, layout)
 
 
 @conv2d_backward.register_fake
@@ -166,10 +186,7 @@ def _(grad_out, x, weight, stride, padding, dilation, groups, output_mask):
     _check_common(CONV, x, weight, None)
     shape = _conv_shape(x, weight, stride, padding, dilation, groups)
     _check_grad_out(CONV, grad_out, x, (shape[0], shape[4], shape[5], shape[6]))
-    K = weight.shape[0]
-    return [x.new_empty(x.shape) if output_mask[0] else x.new_empty(0),
-            weight.new_empty(weight.shape) if output_mask[1] else x.new_empty(0),
-            weight.new_empty(K) if output_mask[2] else x.new_empty(0)]
+    return _fake_grads(x, weight, weight.shape[0], output_mask)
 
 
 def _conv_setup_context(ctx, inputs, output):
@@ -222,6 +239,8 @@ def _transpose_shape(x: Tensor, weight: Tensor, stride: List[int], padding: List
     if OH < 1 or OW < 1:
         raise ValueError(f"{CONV_T}: output size would be {OH}x{OW} (input {H}x{W}, kernel {kh}x{kw}, "
                          f"stride {tuple(stride)}, padding {tuple(padding)}); it must be positive")
+    native.check_size(CONV_T, (N, Cout, OH, OW), stride=stride, dilation=dilation, output_padding=output_padding)
+    native.check_size(CONV_T, (Cout * kh * kw, H, W), stride=stride)  # one sample's columns
     # The conv from the [N, Cout, OH, OW] output back to [N, Cin, H, W].
     return [N, Cout, OH, OW, Cin, H, W, kh, kw, stride[0], stride[1], padding[0], padding[1],
             dilation[0], dilation[1], groups]
@@ -234,10 +253,11 @@ def conv_transpose2d(x: Tensor, weight: Tensor, bias: Optional[Tensor], stride: 
     _check_common(CONV_T, x, weight, bias)
     shape = _transpose_shape(x, weight, stride, padding, output_padding, groups, dilation)
     _check_bias(CONV_T, bias, shape[1])
+    layout = native.output_format(x, weight)
     x, weight = x.contiguous(), weight.contiguous()
     y = x.new_empty(shape[0], shape[1], shape[2], shape[3])
     if y.numel() == 0:
-        return y
+        return native.in_format(y, layout)
     if x.shape[1] == 0:  # no input channels: only the bias
         y.zero_()
     else:
@@ -246,7 +266,7 @@ def conv_transpose2d(x: Tensor, weight: Tensor, bias: Optional[Tensor], stride: 
                     native.ptr(ws), ws.numel())
     if bias is not None:
         y.add_(bias.view(1, -1, 1, 1))  # per-channel elementwise glue
-    return y
+    return native.in_format(y, layout)
 
 
 @conv_transpose2d.register_fake
@@ -254,7 +274,7 @@ def _(x, weight, bias, stride, padding, output_padding, groups, dilation):
     _check_common(CONV_T, x, weight, bias)
     shape = _transpose_shape(x, weight, stride, padding, output_padding, groups, dilation)
     _check_bias(CONV_T, bias, shape[1])
-    return x.new_empty(shape[0], shape[1], shape[2], shape[3])
+    return native.empty(x, shape[:4], native.output_format(x, weight))
 
 
 @native.custom_op("conv_transpose2d_backward")
@@ -265,13 +285,14 @@ def conv_transpose2d_backward(grad_out: Tensor, x: Tensor, weight: Tensor, strid
     _check_common(CONV_T, x, weight, None)
     shape = _transpose_shape(x, weight, stride, padding, output_padding, groups, dilation)
     _check_grad_out(CONV_T, grad_out, x, shape[:4])
+    layout = native.output_format(x, weight)
     grad_out, x, weight = grad_out.contiguous(), x.contiguous(), weight.contiguous()
     N, Cout, OH, OW = shape[:4]
     gx = x.new_empty(x.shape) if output_mask[0] else x.new_empty(0)
     gw = weight.new_empty(weight.shape) if output_mask[1] else x.new_empty(0)
     gb = weight.new_empty(Cout) if output_mask[2] else x.new_empty(0)
     if grad_out.numel() == 0:  # empty batch: the sums are empty
-        return [g.zero_() for g in (gx, gw, gb)]
+        return _grads_in_format([g.zero_() for g in (gx, gw, gb)], output_mask, layout)
     if output_mask[0] and gx.numel():
         ws = _workspace(grad_out, shape)
         native.call("conv2d_forward", x, shape, native.ptr(grad_out), native.ptr(weight), 0, native.ptr(gx),
@@ -282,7 +303,7 @@ def conv_transpose2d_backward(grad_out: Tensor, x: Tensor, weight: Tensor, strid
                     native.ptr(ws), ws.numel())
     if output_mask[2]:
         native.call("channel_sum", x, N, Cout, OH * OW, native.ptr(grad_out), native.ptr(gb))
-    return [gx, gw, gb]
+    return _grads_in_format([gx, gw, gb], output_mask, layout)
 
 
 @conv_transpose2d_backward.register_fake
@@ -290,10 +311,7 @@ def _(grad_out, x, weight, stride, padding, output_padding, groups, dilation, ou
     _check_common(CONV_T, x, weight, None)
     shape = _transpose_shape(x, weight, stride, padding, output_padding, groups, dilation)
     _check_grad_out(CONV_T, grad_out, x, shape[:4])
-    Cout = shape[1]
-    return [x.new_empty(x.shape) if output_mask[0] else x.new_empty(0),
-            weight.new_empty(weight.shape) if output_mask[1] else x.new_empty(0),
-            weight.new_empty(Cout) if output_mask[2] else x.new_empty(0)]
+    return _fake_grads(x, weight, shape[1], output_mask)
 
 
 def _transpose_setup_context(ctx, inputs, output):

@@ -34,6 +34,7 @@ def _geometry(x: Tensor, weight: Tensor, stride: List[int], padding: List[int],
     if OH < 1 or OW < 1:
         raise ValueError(f"{OP}: output size ({OH}, {OW}) is too small: input {H}x{W}, padding {list(padding)}, "
                          f"kernel {kh}x{kw}, dilation {list(dilation)}, stride {list(stride)}")
+    native.check_size(OP, (x.shape[0], weight.shape[0], OH, OW), padding=padding, stride=stride)
     return OH, OW
 
 
@@ -69,19 +70,20 @@ def depthwise_conv2d(x: Tensor, weight: Tensor, bias: Optional[Tensor], stride: 
                      dilation: List[int]) -> Tensor:
     """[N, C, H, W] * [K, 1, kh, kw] (+ bias[K]) -> [N, K, OH, OW], groups = C."""
     OH, OW = _check(x, weight, bias, stride, padding, dilation)
+    layout = native.output_format(x, weight)  # torch's: channels_last if input or weight is
     x, weight = x.contiguous(), weight.contiguous()
     bias = None if bias is None else bias.contiguous()
     y = x.new_empty(x.shape[0], weight.shape[0], OH, OW)
     if y.numel():
         native.call("depthwise_conv2d_forward", x, _shape(x, weight, OH, OW, stride, padding, dilation),
                     native.ptr(x), native.ptr(weight), native.ptr(bias), native.ptr(y))
-    return y
+    return native.in_format(y, layout)
 
 
 @depthwise_conv2d.register_fake
 def _(x, weight, bias, stride, padding, dilation):
     OH, OW = _check(x, weight, bias, stride, padding, dilation)
-    return x.new_empty(x.shape[0], weight.shape[0], OH, OW)
+    return native.empty(x, (x.shape[0], weight.shape[0], OH, OW), native.output_format(x, weight))
 
 
 def _check_backward(grad_out, x, weight, stride, padding, dilation) -> Tuple[int, int]:
@@ -99,6 +101,7 @@ def depthwise_conv2d_backward(grad_out: Tensor, x: Tensor, weight: Tensor, strid
                               dilation: List[int], output_mask: List[bool]) -> List[Tensor]:
     """Gradients (input, weight, bias); an unwanted one comes back as an empty tensor."""
     OH, OW = _check_backward(grad_out, x, weight, stride, padding, dilation)
+    layout = native.output_format(x, weight)
     grad_out, x, weight = grad_out.contiguous(), x.contiguous(), weight.contiguous()
     shape = _shape(x, weight, OH, OW, stride, padding, dilation)
     gx = x.new_empty(x.shape) if output_mask[0] else x.new_empty(0)
@@ -111,14 +114,16 @@ def depthwise_conv2d_backward(grad_out: Tensor, x: Tensor, weight: Tensor, strid
         # An empty batch gives zero weight/bias gradients (the kernel writes them).
         native.call("depthwise_conv2d_backward_weight", x, shape, native.ptr(x), native.ptr(grad_out),
                     native.ptr(gw), native.ptr(gb))
-    return [gx, gw, gb]
+    return [native.in_format(gx, layout) if output_mask[0] else gx,
+            native.in_format(gw, layout) if output_mask[1] else gw, gb]
 
 
 @depthwise_conv2d_backward.register_fake
 def _(grad_out, x, weight, stride, padding, dilation, output_mask):
     _check_backward(grad_out, x, weight, stride, padding, dilation)
-    return [x.new_empty(x.shape) if output_mask[0] else x.new_empty(0),
-            weight.new_empty(weight.shape) if output_mask[1] else x.new_empty(0),
+    layout = native.output_format(x, weight)
+    return [native.empty(x, x.shape, layout) if output_mask[0] else x.new_empty(0),
+            native.empty(weight, weight.shape, layout) if output_mask[1] else x.new_empty(0),
             weight.new_empty(weight.shape[0]) if output_mask[2] else x.new_empty(0)]
 
 

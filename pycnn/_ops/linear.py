@@ -62,7 +62,11 @@ def linear_backward(grad_out: Tensor, x: Tensor, weight: Tensor, output_mask: Li
     gb = weight.new_empty(N) if output_mask[2] else x.new_empty(0)
     # An empty reduction (M == 0) must give zeros, which the kernel would not write.
     if M == 0 or K == 0 or N == 0:
-        return [g.zero_() for g in (gx, gw, gb)]
+        for g in (gx, gw, gb):
+            g.zero_()
+        if output_mask[2] and M and N:  # no input features: the bias gradient is still the column sums
+            native.call("channel_sum", x, M, N, 1, native.ptr(grad_out), native.ptr(gb))
+        return [gx, gw, gb]
     native.call("linear_backward", x, M, N, K, native.ptr(x), native.ptr(weight), native.ptr(grad_out),
                 native.ptr(gx), native.ptr(gw), native.ptr(gb))
     return [gx, gw, gb]

@@ -5,6 +5,10 @@ Everything below this module is raw pointers; everything above it is tensors. Ke
 """
 from __future__ import annotations
 
+import functools
+import inspect
+import math
+
 import torch
 
 from pycnn import _C
@@ -15,6 +19,9 @@ except ImportError:  # pragma: no cover - depends on the build
     _C_cuda = None
 
 _DTYPE_CODE = {torch.float32: _C.FLOAT32, torch.float64: _C.FLOAT64}
+# Accepted where the device's kernels lack them (always on CPU): computed in float32, the
+# results rounded back to the input's dtype, which is the dtype torch's ops return.
+_REDUCED = (torch.bfloat16, torch.float16)
 if _C_cuda is not None:
     _CUDA_DTYPE_CODE = dict(_DTYPE_CODE)
     for _name, _dt in (("FLOAT16", torch.float16), ("BFLOAT16", torch.bfloat16)):
@@ -85,6 +92,10 @@ def workspace(like: torch.Tensor, per_sample: int, batch: int) -> torch.Tensor:
 # told apart: plain eager tensors on cpu/cuda, nothing tracing, no torch function or dispatch
 # mode, no profiler. Same body, same kernels, same results (tests/test_fast_path.py).
 
+# Under autocast the dispatcher's Autocast kernels (pycnn/_ops/autocast.py) must see the call.
+_autocast_enabled = getattr(torch._C, "_is_any_autocast_enabled",
+                            lambda: torch.is_autocast_enabled() or torch.is_autocast_cpu_enabled())
+
 _BODIES = {}      # op name -> the undecorated Python body
 _FUNCTIONS = {}   # op name -> autograd.Function for ops with a backward
 _fast_path = True
@@ -95,9 +106,40 @@ _is_wrapped = getattr(torch._C._functorch, "is_functorch_wrapped_tensor", lambda
 def custom_op(name: str):
     """Decorator: torch.library.custom_op("pycnn::<name>") that keeps the body for `run`."""
     def register(fn):
-        _BODIES[name] = fn
-        return torch.library.custom_op(f"pycnn::{name}", fn, mutates_args=())
+        body = computed_in_float32(name, fn)
+        _BODIES[name] = body
+        # The schema from fn itself: its string annotations name types of fn's module.
+        schema = torch.library.infer_schema(fn, mutates_args=())
+        return torch.library.custom_op(f"pycnn::{name}", body, mutates_args=(), schema=schema)
     return register
+
+
+# Ops whose parameters may stay float32 under a bfloat16/float16 input, as torch's batch norm allows.
+_FLOAT32_PARAMETERS = {"batch_norm_forward", "batch_norm_backward"}
+
+
+def computed_in_float32(name: str, fn):
+    """`fn` (an op body whose first argument is the input) made to accept float16/bfloat16 where
+    the kernels lack them: those tensors are computed in float32 and the floating outputs are
+    rounded back to the input's dtype (what torch returns). Tensors of another floating dtype
+    are refused as torch refuses them (batch norm's float32 parameters excepted)."""
+    names = list(inspect.signature(fn).parameters)
+
+    @functools.wraps(fn)
+    def body(*args):
+        first = args[0]
+        dtype = first.dtype
+        if dtype not in _REDUCED or (first.is_cuda and _C_cuda is not None and dtype in _CUDA_DTYPE_CODE):
+            return fn(*args)
+        for i, a in enumerate(args[1:], 1):
+            if (isinstance(a, torch.Tensor) and a.is_floating_point() and a.dtype != dtype
+                    and not (a.dtype == torch.float32 and name in _FLOAT32_PARAMETERS)):
+                raise TypeError(f"{name}: {names[i]} has dtype {a.dtype} but the input has {dtype}")
+        out = fn(*(a.float() if isinstance(a, torch.Tensor) and a.dtype == dtype else a for a in args))
+        if isinstance(out, torch.Tensor):
+            return out.to(dtype)
+        return type(out)(t.to(dtype) if t.is_floating_point() else t for t in out)
+    return body
 
 
 def register_autograd(name: str, backward, setup_context) -> None:
@@ -149,7 +191,7 @@ def set_fast_path(enabled: bool) -> bool:
 
 def fast_path_applies(args) -> bool:
     """Whether a call with these arguments may skip the custom-op dispatch (see above)."""
-    if not _fast_path or torch.compiler.is_compiling() or torch.jit.is_tracing():
+    if not _fast_path or torch.compiler.is_compiling() or torch.jit.is_tracing() or _autocast_enabled():
         return False
     if (torch._C._autograd._profiler_enabled() or torch._C._is_torch_function_mode_enabled()
             or torch._C._len_torch_dispatch_stack()):
@@ -182,6 +224,59 @@ def sync_threads() -> None:
     if _C.get_num_threads() != n:
         _C.set_num_threads(n)
     _kernel_threads = n
+
+
+# ---- memory format: the kernels compute in NCHW; outputs take the layout torch would give ---------
+
+_CHANNELS_LAST = {4: torch.channels_last, 5: torch.channels_last_3d}
+
+
+def _strides_like_channels_last(t: torch.Tensor) -> bool:
+    """torch's is_channels_last_strides_2d/3d (what Tensor.suggest_memory_format reads): the
+    strides grow in the order C, W, H, (D,) N, with its tie-breaks for size-1 dimensions."""
+    sizes, strides = t.shape, t.stride()
+    if strides[1] == 0:
+        return False
+    smallest = 0
+    for d in (1, *range(t.dim() - 1, 1, -1), 0):
+        if sizes[d] == 0 or strides[d] < smallest:
+            return False
+        if d == 0 and smallest == strides[1]:  # N111-like: ambiguous, torch says contiguous
+            return False
+        smallest = strides[d] * sizes[d] if sizes[d] > 1 else strides[d]
+    return True
+
+
+def output_format(*tensors) -> torch.memory_format:
+    """The memory format torch gives the outputs of an op on these inputs: channels_last (or
+    channels_last_3d) when any of them is laid out that way (convolutions look at input and
+    weight, the others at their input), else contiguous."""
+    for t in tensors:
+        if t is None:
+            continue
+        cl = _CHANNELS_LAST.get(t.dim())
+        # Two cached flags settle the common case without a walk over the strides: a tensor
+        # contiguous as NCHW but not as NHWC has C before H, W, and so is not channels_last-like.
+        if cl is None or (t.is_contiguous() and not t.is_contiguous(memory_format=cl)):
+            continue
+        if _strides_like_channels_last(t):
+            return cl
+    return torch.contiguous_format
+
+
+def in_format(t: torch.Tensor, memory_format: torch.memory_format) -> torch.Tensor:
+    """A kernel's contiguous result laid out in `memory_format` (a copy when that differs),
+    with exactly the strides torch.empty(..., memory_format=...) gives, as the fakes do."""
+    if memory_format is torch.contiguous_format:
+        return t
+    return torch.empty_like(t, memory_format=memory_format).copy_(t)
+
+
+def empty(like: torch.Tensor, shape, memory_format: torch.memory_format = torch.contiguous_format,
+          dtype=None) -> torch.Tensor:
+    """An output of `shape` on like's device (fake implementations), in `memory_format`."""
+    return torch.empty(tuple(shape), dtype=like.dtype if dtype is None else dtype, device=like.device,
+                       memory_format=memory_format)
 
 
 # ---- checks: every failure is a Python exception naming the op and the value -------------
@@ -218,8 +313,8 @@ def check_float_tensors(op: str, **tensors) -> torch.Tensor:
     if ref.device.type == "cuda" and _C_cuda is None:
         raise RuntimeError(f"{op}: {ref_name} is on {ref.device}, but this pycnn build has no CUDA "
                            "kernels (rebuild with nvcc on PATH, PYCNN_CUDA=ON)")
-    if ref.dtype not in codes:
-        names = ", ".join(str(d).replace("torch.", "") for d in codes)
+    if ref.dtype not in codes and ref.dtype not in _REDUCED:
+        names = ", ".join(str(d).replace("torch.", "") for d in dict.fromkeys((*codes, *_REDUCED)))
         raise TypeError(f"{op}: {ref_name} has dtype {ref.dtype}; supported: {names}")
     for name, t in tensors.items():
         if t is None or t is ref:
@@ -235,6 +330,15 @@ def check_float_tensors(op: str, **tensors) -> torch.Tensor:
 def check_positive(op: str, name: str, values) -> None:
     if any(v <= 0 for v in values):
         raise ValueError(f"{op}: {name} must be positive, got {tuple(values)}")
+
+
+def check_size(op: str, shape, **cause) -> None:
+    """An output (or workspace) that no tensor can hold (2**63 bytes or more) fails here, naming
+    the arguments that made it (`cause`, formatted only then), not deep inside the allocator."""
+    numel = math.prod(shape)
+    if type(numel) is int and numel * 8 >= 2 ** 63:  # (symbolic sizes under torch.compile: checked when real)
+        what = ", ".join(f"{k} {tuple(v) if isinstance(v, (list, tuple)) else v}" for k, v in cause.items())
+        raise ValueError(f"{op}: output shape {tuple(shape)} is too large ({what})")
 
 
 def check_non_negative(op: str, name: str, values) -> None:

@@ -68,6 +68,7 @@ def max_pool2d(x: Tensor, kernel: List[int], stride: List[int], padding: List[in
                ceil_mode: bool) -> Tuple[Tensor, Tensor]:
     """x [N, C, H, W] -> (max values [N, C, OH, OW], int64 argmax indices h * W + w)."""
     OH, OW = _pool_output_hw(x, kernel, stride, padding, dilation, ceil_mode)
+    layout = native.output_format(x)  # values and indices keep the input's layout, as in torch
     x = x.contiguous()
     N, C, H, W = x.shape
     y = x.new_empty(N, C, OH, OW)
@@ -75,14 +76,15 @@ def max_pool2d(x: Tensor, kernel: List[int], stride: List[int], padding: List[in
     if N:
         native.call("max_pool2d_forward", x, _shape_args(N, C, H, W, OH, OW, kernel, stride, padding, dilation),
                     native.ptr(x), native.ptr(y), native.ptr(indices))
-    return y, indices
+    return native.in_format(y, layout), native.in_format(indices, layout)
 
 
 @max_pool2d.register_fake
 def _(x, kernel, stride, padding, dilation, ceil_mode):
     OH, OW = _pool_output_hw(x, kernel, stride, padding, dilation, ceil_mode)
     N, C = x.shape[:2]
-    return x.new_empty(N, C, OH, OW), x.new_empty(N, C, OH, OW, dtype=torch.int64)
+    layout = native.output_format(x)
+    return native.empty(x, (N, C, OH, OW), layout), native.empty(x, (N, C, OH, OW), layout, torch.int64)
 
 
 def _check_pool_backward(grad_out: Tensor, indices: Tensor, input_hw: List[int]) -> None:
@@ -100,6 +102,8 @@ def max_pool2d_backward(grad_out: Tensor, indices: Tensor, input_hw: List[int], 
                         stride: List[int], padding: List[int], dilation: List[int]) -> Tensor:
     """grad_in [N, C, H, W]: each output gradient added at its argmax (one thread per plane)."""
     _check_pool_backward(grad_out, indices, input_hw)
+    # The input gradient takes the input's layout, which the forward gave its indices.
+    layout = native.output_format(indices)
     grad_out, indices = grad_out.contiguous(), indices.contiguous()
     N, C, OH, OW = grad_out.shape
     H, W = input_hw
@@ -107,13 +111,13 @@ def max_pool2d_backward(grad_out: Tensor, indices: Tensor, input_hw: List[int], 
     if N:
         native.call("max_pool2d_backward", grad_out, _shape_args(N, C, H, W, OH, OW, kernel, stride, padding, dilation),
                     native.ptr(grad_out), native.ptr(indices), native.ptr(gx))
-    return gx
+    return native.in_format(gx, layout)
 
 
 @max_pool2d_backward.register_fake
 def _(grad_out, indices, input_hw, kernel, stride, padding, dilation):
     _check_pool_backward(grad_out, indices, input_hw)
-    return grad_out.new_empty(grad_out.shape[0], grad_out.shape[1], *input_hw)
+    return native.empty(grad_out, (grad_out.shape[0], grad_out.shape[1], *input_hw), native.output_format(indices))
 
 
 def _pool_setup_context(ctx, inputs, output):
@@ -158,6 +162,7 @@ def _check_unpool(x: Tensor, indices: Tensor, output_size: Sequence[int]) -> Non
 def max_unpool2d(x: Tensor, indices: Tensor, output_size: List[int]) -> Tensor:
     """y [N, C, *output_size], zero except y[n, c].flat[indices[n, c, i]] = x[n, c].flat[i]."""
     _check_unpool(x, indices, output_size)
+    layout = native.output_format(x)  # torch: the input's layout (its gradient is contiguous)
     x, indices = x.contiguous(), indices.contiguous()
     N, C, H, W = x.shape
     OH, OW = output_size
@@ -170,13 +175,13 @@ def max_unpool2d(x: Tensor, indices: Tensor, output_size: List[int]) -> Tensor:
             raise ValueError(f"{UNPOOL}: found an invalid max index {value} at position "
                              f"{tuple(int(i) for i in torch.unravel_index(torch.tensor(bad), indices.shape))} "
                              f"(output plane has {OH}x{OW} = {OH * OW} elements)")
-    return y
+    return native.in_format(y, layout)
 
 
 @max_unpool2d.register_fake
 def _(x, indices, output_size):
     _check_unpool(x, indices, output_size)
-    return x.new_empty(x.shape[0], x.shape[1], *output_size)
+    return native.empty(x, (x.shape[0], x.shape[1], *output_size), native.output_format(x))
 
 
 def _check_unpool_backward(grad_out: Tensor, indices: Tensor) -> None:

@@ -2,18 +2,20 @@
 
     import pycnn.nn as pnn
     layer = pnn.Conv2d(3, 16, 3, padding=1)        # same as torch.nn.Conv2d, our kernels
-    model = pnn.convert(torchvision_like_model)    # swap every supported torch layer in place
+    model = pnn.convert(torchvision_like_model)    # a copy with every supported torch layer swapped
+    print(pnn.summary(model))                      # which modules run on pycnn, which on torch
 
 Layers without weights worth rewriting (ReLU, Flatten, Sequential, ...) are torch.nn's own and
 are re-exported here so a model can be written against ``pycnn.nn`` alone.
 """
 from torch.nn import Dropout, Flatten, Identity, Module, ModuleList, ReLU, Sequential  # noqa: F401
 
-from pycnn.nn.convert import convert, to_torch
+from pycnn.nn.convert import ConversionSummary, convert, summary, to_torch
 from pycnn.nn.normalize import Normalize, normalized
 from pycnn.nn.modules import (BatchNorm2d, Conv2d, ConvTranspose2d, DepthwiseConv2d, GlobalAvgPool2d, Linear,
                               MaxPool2d, MaxUnpool2d, SeparableConv2d)
 
 __all__ = ["Conv2d", "ConvTranspose2d", "MaxPool2d", "MaxUnpool2d", "BatchNorm2d", "DepthwiseConv2d",
-           "SeparableConv2d", "Linear", "GlobalAvgPool2d", "convert", "to_torch", "Normalize", "normalized",
+           "SeparableConv2d", "Linear", "GlobalAvgPool2d", "convert", "to_torch", "summary", "ConversionSummary",
+           "Normalize", "normalized",
            "ReLU", "Flatten", "Sequential", "Identity", "Dropout", "Module", "ModuleList"]
