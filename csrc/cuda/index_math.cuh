@@ -162,9 +162,19 @@ struct PoolGeom {
   }
 };
 
-// The max of one window and its flat position h * W + w, exactly as torch picks it: the scan
-// goes row by row, a larger value or any NaN takes over (so the first maximum wins a tie and
-// the last NaN wins over everything), and a window of -inf reports its first in-bounds tap.
+// First tap at or after `start` (negative: in the padding) that is not in the leading padding.
+template <typename I>
+PYCNN_HD I first_tap_not_before_zero(I start, I dil) {
+  return start >= 0 ? start : start + ((-start + dil - 1) / dil) * dil;
+}
+
+// The max of one window and its flat position h * W + w, exactly as torch picks it (on CPU and
+// CUDA alike): the scan goes row by row, a larger value or any NaN takes over (so the first
+// maximum wins a tie and the last NaN wins over everything). The position starts at the first
+// row and column tap past the leading padding, so a window of -inf reports its first in-bounds
+// tap, and a window made only of padding (dilation larger than the input) reports that start
+// position, h0 * W + w0, as torch does, although it lies outside the window (often outside the
+// plane) and its value is -inf.
 template <typename T, typename I>
 PYCNN_HD void max_pool_element(const PoolGeom<I>& g, I idx, const T* x, T* y, int64_t* indices) {
   const I ow = idx % g.OW;
@@ -173,16 +183,16 @@ PYCNN_HD void max_pool_element(const PoolGeom<I>& g, I idx, const T* x, T* y, in
   const I plane = t / g.OH;
   const T* xp = x + plane * g.H * g.W;
   T best = -T(INFINITY);
-  I arg = -1;
+  const I h_start = oh * g.sh - g.ph, w_start = ow * g.sw - g.pw;
+  int64_t arg = int64_t(first_tap_not_before_zero(h_start, g.dh)) * g.W + first_tap_not_before_zero(w_start, g.dw);
   for (I i = 0; i < g.kh; ++i) {
-    const I ih = oh * g.sh - g.ph + i * g.dh;
+    const I ih = h_start + i * g.dh;
     if (ih < 0 || ih >= g.H) continue;
     for (I j = 0; j < g.kw; ++j) {
-      const I iw = ow * g.sw - g.pw + j * g.dw;
+      const I iw = w_start + j * g.dw;
       if (iw < 0 || iw >= g.W) continue;
       const I pos = ih * g.W + iw;
       const T v = xp[pos];
-      if (arg < 0) arg = pos;
       if (v > best || v != v) {
         best = v;
         arg = pos;
@@ -190,7 +200,7 @@ PYCNN_HD void max_pool_element(const PoolGeom<I>& g, I idx, const T* x, T* y, in
     }
   }
   y[idx] = best;
-  indices[idx] = int64_t(arg);
+  indices[idx] = arg;
 }
 
 // gx at flat input index idx = plane * H * W + h * W + w: the sum of gy over the windows whose
