@@ -49,3 +49,53 @@ void emu_clear_failure() {
   pycnn_emu::last_error = cudaSuccess;
 }
 }
+
+// ---- self-test of the barrier and warp model: a check that cannot fail proves nothing ----------
+#include "cuda/common.cuh"
+
+namespace {
+__global__ void selftest_block_sum(double* out) {
+  __shared__ double partial[1024 / 32];
+  const double s = pycnn::cuda::block_sum(double(threadIdx.x), partial);
+  if (threadIdx.x == 0) *out = s;
+}
+__global__ void selftest_divergent_sync(int* out) {
+  if (threadIdx.x < 16) __syncthreads();  // the other threads never arrive
+  out[threadIdx.x] = 1;
+}
+__global__ void selftest_half_warp_shuffle(double* out) {
+  if (threadIdx.x < 16) out[threadIdx.x] = pycnn::cuda::warp_sum(1.0);  // full mask, half the lanes
+}
+__global__ void selftest_missing_sync(int* out) {
+  __shared__ int shared[64];
+  shared[threadIdx.x] = int(threadIdx.x);
+  out[threadIdx.x] = shared[63 - threadIdx.x];  // needs a __syncthreads before the read
+}
+}  // namespace
+
+extern "C" {
+// 0 = the model behaves; otherwise the number of the check that failed.
+int emu_selftest() {
+  double sum = 0;
+  PYCNN_LAUNCH(1, 64, nullptr, selftest_block_sum)(&sum);
+  if (sum != 64 * 63 / 2 || cudaGetLastError() != cudaSuccess) return 1;
+  PYCNN_LAUNCH(1, 1024, nullptr, selftest_block_sum)(&sum);
+  if (sum != 1024.0 * 1023 / 2 || cudaGetLastError() != cudaSuccess) return 2;
+  int flags[64] = {};
+  PYCNN_LAUNCH(1, 32, nullptr, selftest_divergent_sync)(flags);
+  if (cudaGetLastError() != cudaErrorLaunchFailure) return 3;
+  double lanes[32] = {};
+  PYCNN_LAUNCH(1, 32, nullptr, selftest_half_warp_shuffle)(lanes);
+  if (cudaGetLastError() != cudaErrorLaunchFailure) return 4;
+  int got[64] = {};
+  PYCNN_LAUNCH(1, 64, nullptr, selftest_missing_sync)(got);  // the race must show as a wrong value
+  bool all_right = true;
+  for (int t = 0; t < 64; ++t) all_right = all_right && got[t] == 63 - t;
+  if (all_right) return 5;
+  PYCNN_LAUNCH(dim3(1, 65536, 1), 32, nullptr, selftest_block_sum)(&sum);  // grid.y over the limit
+  if (cudaGetLastError() != cudaErrorInvalidConfiguration) return 6;
+  pycnn_emu::failure.clear();
+  pycnn_emu::launches.clear();
+  return 0;
+}
+}

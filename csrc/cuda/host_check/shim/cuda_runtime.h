@@ -1,13 +1,13 @@
 // The host emulator's <cuda_runtime.h>: what csrc/cuda's .cu files use of CUDA, implemented on
-// the CPU, so that g++ compiles the very same kernel and launch code (see ../README in
-// host_check/check.py). "Device" memory is host memory; a stream is ignored (everything runs
-// at once, in order).
+// the CPU, so that g++ compiles the very same kernel and launch code (host_check/check.py
+// builds it). "Device" memory is host memory; streams are ignored (everything runs at once, in
+// order).
 //
 // Execution model: a launch runs its blocks one after another; the threads of a block are
 // cooperative fibers (ucontext) on one OS thread. A fiber runs until it reaches a barrier:
-// __syncthreads waits for every live thread of the block, and each __shfl_down_sync waits for
-// the 32 lanes of its warp twice (all lanes publish, then all read), which is exactly the
-// shuffle's semantics. Rounds alternate the fiber order (forward, then reverse) so that a
+// __syncthreads waits for every thread of the block (one that exited first is an error), and
+// each __shfl_down_sync waits for the 32 lanes of its warp twice (all lanes publish, then all
+// read), which is exactly the shuffle's semantics. Rounds alternate the fiber order (forward, then reverse) so that a
 // missing barrier shows up as a wrong result. Barrier misuse (a __syncthreads some threads
 // skip, a full-mask shuffle with lanes absent or in another barrier) deadlocks the fibers: the
 // emulator detects that and fails the launch (cudaErrorLaunchFailure, message in
@@ -148,6 +148,12 @@ inline bool run_block(unsigned threads) {
       swapcontext(&scheduler, &f.ctx);
       progressed = true;
       if (b.block_waiting > 0 && b.block_waiting == b.live) {  // everyone still running arrived
+        if (b.live != threads) {  // CUDA requires the whole block at a __syncthreads
+          fail(cudaErrorLaunchFailure, "__syncthreads reached by " + std::to_string(b.live) + " of " +
+                                           std::to_string(threads) + " threads (the others exited)");
+          block = nullptr;
+          return false;
+        }
         b.block_waiting = 0;
         for (Fiber& g : b.fibers)
           if (g.state == State::kBlockWait) g.state = State::kRun;
