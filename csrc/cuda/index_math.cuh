@@ -153,20 +153,28 @@ PYCNN_HD T depthwise_weight_term(const ConvGeom<I>& g, I K, I mult, I k, I i, I 
 
 // ---- max pooling over planes of H x W ---------------------------------------------------------
 
-template <typename I>
-struct PoolGeom {
-  I planes, H, W, OH, OW, kh, kw, sh, sw, ph, pw, dh, dw;
-  static PoolGeom from(const Pool2dShape& s) {
-    return {I(s.planes), I(s.H), I(s.W), I(s.OH), I(s.OW), I(s.kh), I(s.kw),
-            I(s.sh), I(s.sw), I(s.ph), I(s.pw), I(s.dh), I(s.dw)};
-  }
-};
-
 // First tap at or after `start` (negative: in the padding) that is not in the leading padding.
 template <typename I>
 PYCNN_HD I first_tap_not_before_zero(I start, I dil) {
   return start >= 0 ? start : start + ((-start + dil - 1) / dil) * dil;
 }
+
+template <typename I>
+struct PoolGeom {
+  I planes, H, W, OH, OW, kh, kw, sh, sw, ph, pw, dh, dw;
+  // Some window's columns all lie in the padding (dilation wider than the input): its index
+  // h0 * W + w0 (see max_pool_element) can alias an in-plane pixel outside the window, which
+  // the CPU kernel and torch's CPU kernel credit with that window's gradient. The gather then
+  // scans every window of the plane so that CUDA does the same.
+  bool dead_columns;
+  static PoolGeom from(const Pool2dShape& s) {
+    bool dead = false;
+    for (int64_t ow = 0; ow < s.OW && !dead; ++ow)
+      dead = first_tap_not_before_zero<int64_t>(ow * s.sw - s.pw, s.dw) >= s.W;
+    return {I(s.planes), I(s.H), I(s.W), I(s.OH), I(s.OW), I(s.kh), I(s.kw),
+            I(s.sh), I(s.sw), I(s.ph), I(s.pw), I(s.dh), I(s.dw), dead};
+  }
+};
 
 // The max of one window and its flat position h * W + w, exactly as torch picks it (on CPU and
 // CUDA alike): the scan goes row by row, a larger value or any NaN takes over (so the first
@@ -218,6 +226,11 @@ PYCNN_HD T max_pool_grad_element(const PoolGeom<I>& g, I idx, const T* gy, const
   const I ow_hi = (w + g.pw) / g.sw < g.OW - 1 ? (w + g.pw) / g.sw : g.OW - 1;
   const I out_base = plane * g.OH * g.OW;
   T sum = T(0);
+  if (g.dead_columns) {  // degenerate geometry (see PoolGeom): every window, in output order
+    for (I o = out_base; o < out_base + g.OH * g.OW; ++o)
+      if (indices[o] == int64_t(pos)) sum += gy[o];
+    return sum;
+  }
   for (I oh = oh_lo; oh <= oh_hi; ++oh)
     for (I ow = ow_lo; ow <= ow_hi; ++ow) {
       const I o = out_base + oh * g.OW + ow;

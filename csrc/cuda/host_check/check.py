@@ -28,7 +28,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 CSRC = os.path.dirname(os.path.dirname(HERE))
 CUDA = os.path.join(CSRC, "cuda")
 CXX = os.environ.get("CXX", "g++")
-KERNEL_FLAGS = ["-std=c++20", "-O1", "-fPIC", "-w", f"-I{os.path.join(HERE, 'shim')}", f"-I{CSRC}"]
+KERNEL_FLAGS = ["-std=c++20", "-O1", "-fPIC", "-w", "-U_FORTIFY_SOURCE", f"-I{os.path.join(HERE, 'shim')}", f"-I{CSRC}"]
 
 
 def _sources():

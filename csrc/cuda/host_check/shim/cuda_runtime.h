@@ -4,7 +4,9 @@
 // order).
 //
 // Execution model: a launch runs its blocks one after another; the threads of a block are
-// cooperative fibers (ucontext) on one OS thread. A fiber runs until it reaches a barrier:
+// cooperative fibers on one OS thread (started with makecontext, switched with _setjmp /
+// _longjmp: no signal-mask system call per switch; built with -U_FORTIFY_SOURCE, whose
+// longjmp check refuses jumps between stacks). A fiber runs until it reaches a barrier:
 // __syncthreads waits for every thread of the block (one that exited first is an error), and
 // each __shfl_down_sync waits for the 32 lanes of its warp twice (all lanes publish, then all
 // read), which is exactly the shuffle's semantics. Rounds alternate the fiber order (forward, then reverse) so that a
@@ -16,6 +18,7 @@
 // Not modelled: timing, the memory model across blocks (blocks never run concurrently here),
 // shared-memory capacity, register limits, anything the GPU compiler does differently.
 #pragma once
+#include <setjmp.h>
 #include <ucontext.h>
 
 #include <cmath>
@@ -85,7 +88,9 @@ inline void fail(cudaError_t err, const std::string& why) {
 
 enum class State { kRun, kBlockWait, kWarpWait, kDone };
 struct Fiber {
-  ucontext_t ctx;
+  ucontext_t start;  // the entry, used once
+  jmp_buf resume;    // where the fiber continues after its last yield
+  bool started = false;
   State state = State::kRun;
   unsigned tid = 0;
 };
@@ -93,28 +98,34 @@ struct Block {
   std::vector<Fiber> fibers;
   unsigned live = 0, block_waiting = 0;
   std::vector<unsigned> warp_waiting;
-  std::vector<uint64_t> slots;  // 32 per warp: the shuffle exchange
+  std::vector<uint64_t> slots;  // 2 x 32 per warp: the shuffle exchange, double buffered
+  std::vector<unsigned> parity;  // per warp: which half the next shuffle uses
 };
 constexpr size_t kStackBytes = 256 << 10;
-inline ucontext_t scheduler;
+inline jmp_buf scheduler;
+inline ucontext_t scheduler_context;  // only for the first switch into each fiber
 inline Block* block = nullptr;
 inline Fiber* current = nullptr;
 inline void (*body)(void*) = nullptr;
 inline void* body_arg = nullptr;
 inline std::vector<std::unique_ptr<char[]>> stacks;
 
-inline void yield() { swapcontext(&current->ctx, &scheduler); }
+inline void yield() {
+  if (_setjmp(current->resume) == 0) _longjmp(scheduler, 1);
+}
 
 inline void fiber_entry() {
   body(body_arg);
   current->state = State::kDone;
   --block->live;
-}  // returns to `scheduler` through uc_link
+  _longjmp(scheduler, 1);  // never returns: the scheduler drops this stack
+}
 
 inline void warp_wait(unsigned warp) {
   current->state = State::kWarpWait;
   if (++block->warp_waiting[warp] == 32) {
     block->warp_waiting[warp] = 0;
+    block->parity[warp] ^= 1u;
     for (unsigned l = 0; l < 32; ++l) block->fibers[warp * 32 + l].state = State::kRun;
   }
   yield();
@@ -126,17 +137,18 @@ inline bool run_block(unsigned threads) {
   b.fibers.resize(threads);
   b.live = threads;
   b.warp_waiting.assign((threads + 31) / 32, 0);
-  b.slots.assign(b.warp_waiting.size() * 32, 0);
+  b.slots.assign(b.warp_waiting.size() * 64, 0);
+  b.parity.assign(b.warp_waiting.size(), 0);
   while (stacks.size() < threads) stacks.emplace_back(new char[kStackBytes]);
   block = &b;
   for (unsigned t = 0; t < threads; ++t) {
     Fiber& f = b.fibers[t];
     f.tid = t;
-    getcontext(&f.ctx);
-    f.ctx.uc_stack.ss_sp = stacks[t].get();
-    f.ctx.uc_stack.ss_size = kStackBytes;
-    f.ctx.uc_link = &scheduler;
-    makecontext(&f.ctx, fiber_entry, 0);
+    getcontext(&f.start);
+    f.start.uc_stack.ss_sp = stacks[t].get();
+    f.start.uc_stack.ss_size = kStackBytes;
+    f.start.uc_link = nullptr;
+    makecontext(&f.start, fiber_entry, 0);
   }
   for (unsigned round = 0; b.live > 0; ++round) {
     bool progressed = false;
@@ -145,7 +157,11 @@ inline bool run_block(unsigned threads) {
       if (f.state != State::kRun) continue;
       current = &f;
       threadIdx = dim3(f.tid, 0, 0);
-      swapcontext(&scheduler, &f.ctx);
+      if (_setjmp(scheduler) == 0) {
+        if (f.started) _longjmp(f.resume, 1);
+        f.started = true;
+        swapcontext(&scheduler_context, &f.start);
+      }
       progressed = true;
       if (b.block_waiting > 0 && b.block_waiting == b.live) {  // everyone still running arrived
         if (b.live != threads) {  // CUDA requires the whole block at a __syncthreads
@@ -243,12 +259,15 @@ inline T __shfl_down_sync(unsigned mask, T v, int delta) {
   if (mask != 0xffffffffu || blockDim.x % 32 != 0)
     fail(cudaErrorLaunchFailure, "__shfl_down_sync with a partial mask or a partial warp (blockDim.x " +
                                      std::to_string(blockDim.x) + ")");
+  // Publish, wait for the warp, read. Two halves of slots alternate: a lane can only write this
+  // half again two shuffles later, after every lane has passed the next shuffle's wait, so all
+  // reads of it are done.
   const unsigned lane = current->tid & 31, warp = current->tid >> 5;
-  std::memcpy(&block->slots[warp * 32 + lane], &v, sizeof(T));
-  warp_wait(warp);  // every lane has published
+  uint64_t* slots = &block->slots[warp * 64 + block->parity[warp] * 32];
+  std::memcpy(&slots[lane], &v, sizeof(T));
+  warp_wait(warp);  // every lane has published (the last one to arrive flips the parity)
   T r = v;
-  if (delta >= 0 && lane + unsigned(delta) < 32) std::memcpy(&r, &block->slots[warp * 32 + lane + delta], sizeof(T));
-  warp_wait(warp);  // every lane has read: the slots may be reused
+  if (delta >= 0 && lane + unsigned(delta) < 32) std::memcpy(&r, &slots[lane + delta], sizeof(T));
   return r;
 }
 
