@@ -79,16 +79,19 @@ def _gemm(emu, ta, tb, M, N, K, alpha, beta, dtype, pad, offset):
     torch.testing.assert_close(Cm.double(), expected, rtol=tol, atol=tol)
 
 
-@pytest.mark.parametrize("device", [1, 3, 2], ids=["largest-tiles", "8-SMs", "smallest-tiles"])
-def test_gemm_every_configuration(emu, device):
+def test_gemm_every_configuration(emu):
+    """Emulated devices with 1, 8 and 2^20 SMs make the launch code pick the largest, middle and
+    smallest tiles: all 20 instances of the kernel (float: 3 tiles, double: 2, x 4 transposes) run."""
     small = [c for c in gpu.GEMM_CASES if c[0] * c[1] <= 20000]  # the 1536^2 cases take minutes here
-    with emu.limits(device=device):
-        for ta in (False, True):
-            for tb in (False, True):
-                for dtype in (torch.float32, torch.float64):
-                    for M, N, K, pad, offset in small:
-                        for alpha, beta in [(1.0, 0.0), (-0.5, 2.0)]:
-                            _gemm(emu, ta, tb, M, N, K, alpha, beta, dtype, pad, offset)
+    for device in (1, 3, 2):
+        with emu.limits(device=device):
+            for ta in (False, True):
+                for tb in (False, True):
+                    for dtype in (torch.float32, torch.float64):
+                        for M, N, K, pad, offset in small:
+                            for alpha, beta in [(1.0, 0.0), (-0.5, 2.0)]:
+                                _gemm(emu, ta, tb, M, N, K, alpha, beta, dtype, pad, offset)
+    assert emu.launches()["instances:gemm_kernel<T, Cfg, TA, TB>"] == 20
     assert emu.failure() == ""
 
 

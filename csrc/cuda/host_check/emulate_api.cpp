@@ -32,13 +32,15 @@ void emu_set_driver(int status, int driver_version) {
   pycnn_emu::forced_status = cudaError_t(status);
   pycnn_emu::driver_version = driver_version;
 }
-// "count<TAB>kernel expression<TAB>kernel signature" per line, then the largest grid.y/z seen.
+// "count<TAB>kernel expression<TAB>kernel signature" per line, then "instances:<kernel>
+// <TAB>distinct template instances launched", then the largest grid.y/z seen.
 const char* emu_launch_report() {
   report.clear();
   for (const auto& [id, n] : pycnn_emu::launches) {
     const size_t space = id.find('\x01');
     report += std::to_string(n) + "\t" + id.substr(0, space) + "\t" + demangle(id.substr(space + 1)) + "\n";
   }
+  for (const auto& [name, set] : pycnn_emu::instances) report += "instances:" + name + "\t" + std::to_string(set.size()) + "\n";
   report += "max_grid_y\t" + std::to_string(pycnn_emu::max_blocks_y) + "\nmax_grid_z\t" +
             std::to_string(pycnn_emu::max_blocks_z) + "\n";
   return report.c_str();
@@ -96,6 +98,7 @@ int emu_selftest() {
   if (cudaGetLastError() != cudaErrorInvalidConfiguration) return 6;
   pycnn_emu::failure.clear();
   pycnn_emu::launches.clear();
+  pycnn_emu::instances.clear();
   return 0;
 }
 }

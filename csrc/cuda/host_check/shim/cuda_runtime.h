@@ -28,6 +28,7 @@
 #include <algorithm>
 #include <map>
 #include <memory>
+#include <set>
 #include <string>
 #include <tuple>
 #include <typeinfo>
@@ -79,6 +80,7 @@ inline int driver_version = 13000;
 inline cudaError_t last_error = cudaSuccess;
 inline std::string failure;                        // first barrier/launch failure, for the report
 inline std::map<std::string, long> launches;       // kernel (name + parameter types) -> launches
+inline std::map<std::string, std::set<const void*>> instances;  // kernel name -> template instances run
 inline long max_blocks_y = 0, max_blocks_z = 0;
 
 inline void fail(cudaError_t err, const std::string& why) {
@@ -209,6 +211,7 @@ struct Launch {
       return;
     }
     ++launches[id];
+    instances[name].insert(reinterpret_cast<const void*>(kernel));
     max_blocks_y = std::max<long>(max_blocks_y, grid.y);
     max_blocks_z = std::max<long>(max_blocks_z, grid.z);
     // Arguments are copied once, as the launch copies them into parameter memory.
