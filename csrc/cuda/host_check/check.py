@@ -28,14 +28,17 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 CSRC = os.path.dirname(os.path.dirname(HERE))
 CUDA = os.path.join(CSRC, "cuda")
 CXX = os.environ.get("CXX", "g++")
-KERNEL_FLAGS = ["-std=c++20", "-O1", "-fPIC", "-w", "-U_FORTIFY_SOURCE", f"-I{os.path.join(HERE, 'shim')}", f"-I{CSRC}"]
+# PYCNN_EMULATOR_FLAGS adds compiler flags, e.g. "-fsanitize=address,undefined" (then run
+# Python with LD_PRELOAD of libasan/libubsan) to check the device code's memory accesses.
+EXTRA = os.environ.get("PYCNN_EMULATOR_FLAGS", "").split()
+KERNEL_FLAGS = EXTRA + ["-std=c++20", "-O1", "-fPIC", "-w", "-U_FORTIFY_SOURCE", f"-I{os.path.join(HERE, 'shim')}", f"-I{CSRC}"]
 
 
 def _sources():
     """(source, flags) to compile: the kernels at -O1 (they do the work), the glue at -O0."""
     import pybind11
     kernels = sorted(f for f in os.listdir(CUDA) if f.endswith(".cu"))
-    glue = ["-std=c++20", "-O0", "-fPIC", "-w", f"-I{CSRC}", f"-I{sysconfig.get_paths()['include']}",
+    glue = EXTRA + ["-std=c++20", "-O0", "-fPIC", "-w", f"-I{CSRC}", f"-I{sysconfig.get_paths()['include']}",
             f"-I{pybind11.get_include()}"]
     out = [(os.path.join(CUDA, f), KERNEL_FLAGS + ["-x", "c++"]) for f in kernels]
     out.append((os.path.join(CUDA, "bindings_cuda.cpp"), glue))
@@ -78,7 +81,7 @@ def build() -> str:
         with ThreadPoolExecutor(max_workers=max(1, os.cpu_count() or 1)) as pool:
             objects = list(pool.map(compile_one, sources))
         out = os.path.join(work, "_C_cuda" + suffix)
-        subprocess.run([CXX, "-shared", "-o", out, *objects], check=True)
+        subprocess.run([CXX, *EXTRA, "-shared", "-o", out, *objects], check=True)
         os.makedirs(target_dir, exist_ok=True)
         os.replace(out, target)  # atomic: concurrent builders agree on the result
     finally:
