@@ -1,5 +1,5 @@
 // Index math of im2col / col2im / depthwise / pooling, as __host__ __device__ functions so the
-// same code the kernels run can be checked on a machine without a GPU (tests/cuda_index_host).
+// same code the kernels run can be checked on a machine without a GPU (csrc/cuda/host_check).
 #pragma once
 #include <cmath>
 #include <cstdint>
