@@ -32,8 +32,8 @@
 namespace pycnn::cuda {
 
 // The CUDA runtime is linked statically (CUDA 13): a driver older than it reports
-// cudaErrorInsufficientDriver on the first call. Python checks this up front (runtime_status in
-// bindings_cuda.cpp); the hint covers calls that reach a kernel anyway.
+// cudaErrorInsufficientDriver on the first call. Python checks this up front (runtime_status,
+// runtime.cu); the hint covers calls that reach a kernel anyway.
 inline std::string driver_hint(cudaError_t err) {
   if (err != cudaErrorInsufficientDriver) return "";
   return " (pycnn's CUDA module is built with the CUDA " + std::to_string(CUDART_VERSION / 1000) +
