@@ -1,12 +1,16 @@
 """The ``pycnn`` command (also ``python -m pycnn``).
 
     pycnn train --model lenet5 --data digits --epochs 10 --out runs/digits
+    pycnn train --model simple_cnn --data ./myimgs --image-size 32     # a folder of your images
+    pycnn train --resume runs/digits --epochs 20                        # continue a run
     pycnn evaluate --checkpoint runs/digits/best.pt
     pycnn demo [--quick]          # trains two models, writes pycnn-demo/index.html
     pycnn viz --checkpoint runs/digits/best.pt --image test:0 --method grad_cam --out fig.png
 
 Bad arguments (unknown model, data or device; a missing or corrupt checkpoint; a model that does
-not fit the data) end with one line on stderr and exit status 2, never a traceback.
+not fit the data; a file that is not an image) end with one line on stderr and exit status 2,
+never a traceback. Anything else is a bug in pycnn and keeps its traceback. ``PYCNN_DEBUG=1``
+shows the traceback of the one-line errors too.
 """
 from __future__ import annotations
 
@@ -25,6 +29,44 @@ _SIZE_KEYWORD = {"digits": "size", "faces": "size", "galaxies": "size", "texture
 
 class UsageError(Exception):
     """A bad command line: reported in one line, exit status 2."""
+
+
+# What a user can cause, reported in one line: a bad command line (UsageError, argparse); a value
+# pycnn's functions refuse (ValueError, with a message naming the value; CheckpointError is one);
+# a file that cannot be read or written (OSError); a missing optional package (ImportError).
+# TypeError is not among them: from the command line it is a bug (the few places where a user's
+# KEY=VALUE option can cause one turn it into a UsageError).
+USER_ERRORS = (UsageError, ValueError, OSError, ImportError)
+
+
+def _debug() -> bool:
+    return os.environ.get("PYCNN_DEBUG", "").strip() not in ("", "0")
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with its errors in one line (argparse prints the whole usage first), exit 2."""
+
+    def error(self, message):
+        if _debug():
+            self.print_usage(sys.stderr)
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """--help shows every option's default, except where there is none (None) or it is a flag's
+    False, or the help text already says it."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "%(default)" in text or action.default is None or action.default is False \
+                or action.default == argparse.SUPPRESS:
+            return text
+        return super()._get_help_string(action)
 
 
 def _device(name: str):
@@ -73,33 +115,44 @@ def _options(pairs: Optional[List[str]], flag: str) -> dict:
     return out
 
 
-def _load_data(name: str, image_size: Optional[int], seed: int, extra: Optional[dict] = None):
+def _is_folder(name: str) -> bool:
+    """--data names a built-in dataset, or else a folder of images (``./digits`` for a folder
+    named like a built-in one)."""
     import pycnn.data as D
-    if name not in D.NAMES:
-        raise UsageError(f"unknown data {name!r}; choose one of: {', '.join(D.NAMES)}")
-    kwargs = dict(_DEFAULT_DATA_KWARGS.get(name, {}))
-    if image_size is not None:
-        kwargs[_SIZE_KEYWORD[name]] = image_size
+    return name not in D.NAMES and os.path.isdir(name)
+
+
+def _load_data(name: str, image_size: Optional[int], seed: int, extra: Optional[dict] = None):
+    kwargs = {}
+    if _is_folder(name):
+        if image_size is not None:
+            kwargs["size"] = image_size
+    else:
+        import pycnn.data as D
+        if name not in D.NAMES:
+            raise UsageError(f"unknown data {name!r}; choose one of: {', '.join(D.NAMES)}, or a folder of images")
+        kwargs.update(_DEFAULT_DATA_KWARGS.get(name, {}))
+        if image_size is not None:
+            kwargs[_SIZE_KEYWORD[name]] = image_size
     kwargs["seed"] = seed
     kwargs.update(extra or {})
+    return _get_data(name, kwargs), kwargs
+
+
+def _get_data(name: str, kwargs: dict):
+    import pycnn.data as D
     try:
-        return D.get(name, **kwargs), kwargs
+        return D.get(name, **kwargs)
     except TypeError as e:  # an unknown --data-option
         raise UsageError(f"data {name!r}: {e}") from None
 
 
-def _standardize(splits, mean=None, std=None):
-    """Splits with images standardised per channel by the training split's mean and std (or the
-    given ones, stored in a checkpoint). Zero-mean, unit-variance inputs train faster and more
-    stably than raw [0, 1] pixels."""
-    import dataclasses
-    import torch
-    from torch.utils.data import TensorDataset
-    mean = torch.as_tensor(splits.mean if mean is None else mean, dtype=torch.float32).view(1, -1, 1, 1)
-    std = torch.as_tensor(splits.std if std is None else std, dtype=torch.float32).clamp_min(1e-6).view(1, -1, 1, 1)
-    parts = {k: TensorDataset((getattr(splits, k).tensors[0] - mean) / std, *getattr(splits, k).tensors[1:])
-             for k in ("train", "val", "test")}
-    return dataclasses.replace(splits, **parts), {"mean": mean.flatten().tolist(), "std": std.flatten().tolist()}
+def _normalized(model, splits):
+    """``model`` behind a Normalize layer with the training split's per-channel mean and std:
+    zero-mean, unit-variance inputs train faster and more stably than raw [0, 1] pixels, and as
+    a layer the standardisation travels with the checkpoint (``pycnn.load`` takes raw images)."""
+    import pycnn.nn as pnn
+    return pnn.normalized(model, splits.mean, splits.std.clamp_min(1e-6))
 
 
 def _augmentation(task: str, image_size, seed: int):
@@ -140,7 +193,45 @@ def _build_model(model_name: str, kwargs: dict, seed: int):
     import torch
     import pycnn.models as M
     torch.manual_seed(seed)  # the initial weights are a function of the seed
-    return M.get(model_name, **kwargs)
+    try:
+        return M.get(model_name, **kwargs)
+    except TypeError as e:  # an unknown --model-option (or one stored in a checkpoint)
+        raise UsageError(_first_line(e)) from None
+
+
+# Settings a resumed run takes from its checkpoint unless the command line changes them (fit
+# then refuses the change in one line: a resumed run keeps its settings).
+_RESUMED_SETTINGS = ("epochs", "batch_size", "optimizer", "lr", "momentum", "weight_decay", "schedule", "loss",
+                     "seed", "augment")
+
+
+def _from_checkpoint(args, state: dict, path: str) -> tuple:
+    """Fills the arguments a resumed run did not give from its checkpoint; returns the saved
+    (model_kwargs, data_kwargs) to reuse when the model and data are the checkpoint's."""
+    import pycnn.train as T
+    if state.get("format") != T.CHECKPOINT_FORMAT:
+        raise UsageError(f"cannot resume from {path}: a version-1 checkpoint (no checksum) cannot be resumed; "
+                         "start a new run")
+    T.require(state, path, "arch", "data", "config")
+    arch, data, config = state["arch"], state["data"], state["config"]
+    defaults = getattr(args, "parser_defaults", {})
+    if args.model is None:
+        if not arch.get("name"):
+            raise UsageError(f"cannot resume {path} here: it holds a model not built by pycnn.models "
+                             f"({arch.get('class')}); resume it from Python with fit(resume=...)")
+        args.model = arch["name"]
+    if args.data is None:
+        if not data.get("name"):
+            raise UsageError(f"cannot resume {path}: it does not name its data; pass --data")
+        args.data = data["name"]
+    for key in _RESUMED_SETTINGS:
+        if key in config and getattr(args, key) == defaults.get(key):
+            setattr(args, key, config[key])
+    same_data = args.data == data.get("name") or (_is_folder(args.data) and os.path.abspath(args.data) == data.get("name"))
+    model_kwargs = arch.get("kwargs") if args.model == arch.get("name") and not args.model_option else None
+    data_kwargs = (data.get("options") if same_data and not args.data_option and args.image_size is None
+                   and args.data_seed == defaults.get("data_seed") else None)
+    return model_kwargs, data_kwargs
 
 
 def _print_metrics(prefix: str, metrics: dict) -> None:
@@ -159,75 +250,147 @@ def cmd_train(args) -> int:
             raise UsageError(f"{flag} must be positive, got {value}")
     if not args.lr > 0:
         raise UsageError(f"--lr must be positive, got {args.lr}")
+    resume_file, saved_model_kwargs, saved_data_kwargs = None, None, None
+    if args.resume:
+        resume_file = T._resume_file(args.resume, None)
+        saved_model_kwargs, saved_data_kwargs = _from_checkpoint(args, T.load_checkpoint(resume_file), resume_file)
+    if args.model is None or args.data is None:
+        raise UsageError("--model and --data are required (unless --resume names a run to continue)")
+    if args.out:
+        T.check_run_folder(args.out, resume_file)  # before the data is loaded: fail fast
     data_options = _options(args.data_option, "--data-option")
     model_options = _options(args.model_option, "--model-option")
-    splits, data_kwargs = _load_data(args.data, args.image_size, args.data_seed, data_options)
+    if saved_data_kwargs is not None:
+        data_kwargs = dict(saved_data_kwargs)
+        splits = _get_data(args.data, data_kwargs)
+    else:
+        splits, data_kwargs = _load_data(args.data, args.image_size, args.data_seed, data_options)
+    data_name = splits.name or args.data  # an image folder is named by its absolute path
     task = _check_fit(args.model, splits)
-    splits, normalize = _standardize(splits)
-    model_kwargs = dict(_model_kwargs(args.model, splits, task), **model_options)
-    model = _build_model(args.model, model_kwargs, args.seed)
-    config = {"model": args.model, "model_kwargs": model_kwargs, "data": args.data, "data_kwargs": data_kwargs,
+    model_kwargs = (dict(saved_model_kwargs) if saved_model_kwargs is not None
+                    else dict(_model_kwargs(args.model, splits, task), **model_options))
+    model = _normalized(_build_model(args.model, model_kwargs, args.seed), splits)
+    out = args.out or (os.path.dirname(os.path.abspath(resume_file)) if resume_file else
+                       T.new_run_folder("runs", args.model, data_name))
+    config = {"model": args.model, "model_kwargs": model_kwargs, "data": data_name, "data_kwargs": data_kwargs,
               "epochs": args.epochs, "batch_size": args.batch_size, "optimizer": args.optimizer, "lr": args.lr,
-              "schedule": args.schedule, "loss": args.loss, "seed": args.seed, "normalize": normalize,
-              "augment": args.augment}
+              "momentum": args.momentum, "weight_decay": args.weight_decay, "schedule": args.schedule,
+              "loss": args.loss, "seed": args.seed, "augment": args.augment}
     n_params = sum(p.numel() for p in model.parameters())
     print(f"training {args.model} ({n_params:,} parameters) on {args.data} {splits.sizes()} for {args.epochs} epochs "
-          f"on {device}; checkpoints in {args.out}")
+          f"on {device}; checkpoints in {out}")
     t0 = time.perf_counter()
     history = T.fit(model, splits.train, splits.val, epochs=args.epochs, batch_size=args.batch_size,
                     optimizer=args.optimizer, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay,
                     schedule=args.schedule, loss=args.loss, task=task, num_classes=model_kwargs["num_classes"],
-                    device=device, out=args.out, resume=not args.no_resume, config=config, seed=args.seed,
+                    device=device, out=out, resume=resume_file, config=config, seed=args.seed,
                     progress=not args.quiet,
                     augment=_augmentation(task, splits.image_size, args.seed) if args.augment else None)
     seconds = time.perf_counter() - t0
     if history.epochs:
         last = history.epochs[-1]
         print(f"trained {last['epoch']} epochs ({last['step']} steps) in {seconds:.1f} s")
-    test = T.evaluate(model, splits.test, task=task, num_classes=model_kwargs["num_classes"], loss=args.loss,
-                      device=device)
-    _print_metrics("test: ", test)
+    if len(splits.test):
+        test = T.evaluate(model, splits.test, task=task, num_classes=model_kwargs["num_classes"], loss=args.loss,
+                          device=device)
+        _print_metrics("test: ", test)
+    print(f"checkpoints: {os.path.join(out, 'last.pt')}, {os.path.join(out, 'best.pt')}")
     return 0
 
 
+def _evaluation_data(args, state: dict):
+    """(name, splits) to evaluate on: the checkpoint's own data, or --data (a name or a folder,
+    read at the model's input size and channels)."""
+    config = state.get("config") or {}  # version 1 named its data only there
+    saved = state.get("data") or {"name": config.get("data"), "options": config.get("data_kwargs", {})}
+    name = args.data or saved.get("name")
+    if not name:
+        raise UsageError(f"{args.checkpoint} does not name its data; pass --data NAME or --data FOLDER")
+    if _is_folder(name) and os.path.abspath(name) == saved.get("name"):
+        name = saved["name"]  # the training folder: the same splits
+    if name == saved.get("name"):
+        return name, _get_data(name, dict(saved.get("options") or {}))
+    import pycnn.data as D
+    arch_kwargs = (state.get("arch") or {}).get("kwargs") or config.get("model_kwargs") or {}
+    size = arch_kwargs.get("image_size")
+    size = list(size) if isinstance(size, (list, tuple)) else size
+    if _is_folder(name):
+        kwargs = {"size": size, "grayscale": arch_kwargs.get("in_channels") == 1}
+    elif name in D.NAMES:
+        square = size[0] if isinstance(size, list) and size[0] == size[1] else size
+        kwargs = {_SIZE_KEYWORD[name]: square} if square is not None else {}
+    else:
+        raise UsageError(f"unknown data {name!r}; choose one of: {', '.join(D.NAMES)}, or a folder of images")
+    return name, _get_data(name, kwargs)
+
+
+# `pycnn evaluate` prints the confusion matrix up to this many classes (wider ones on --confusion).
+CONFUSION_MAX_CLASSES = 20
+
+
+def _check_model_fits_data(checkpoint: str, state: dict, splits, data_name: str) -> List[str]:
+    """Refuses data the checkpoint's model cannot be scored on (scores of a 10-class model on
+    2-class data would be a silent, meaningless number); returns the class names."""
+    config, arch = state.get("config") or {}, state.get("arch") or {}
+    kw = arch.get("kwargs") or config.get("model_kwargs") or {}
+    where = f"{checkpoint}: model {arch.get('name') or config.get('model')!r}"
+    names = [str(c) for c in (state.get("classes") or config.get("classes") or [])]
+    data_names = [str(c) for c in splits.classes]
+    if splits.task == "classification":
+        k = int(state.get("num_classes") or kw.get("num_classes") or len(names) or 0)
+        if k and k != len(data_names):
+            raise UsageError(f"{where} has {k} classes but data {data_name!r} has {len(data_names)} "
+                             f"({', '.join(data_names)}); evaluate on data with the model's classes")
+        if names and names != data_names:
+            raise UsageError(f"{where} was trained on classes ({', '.join(names)}) but data {data_name!r} has "
+                             f"({', '.join(data_names)})")
+    in_channels = kw.get("in_channels")
+    if in_channels and int(in_channels) != splits.in_channels:
+        raise UsageError(f"{where} takes {in_channels}-channel images but data {data_name!r} has "
+                         f"{splits.in_channels}")
+    size = kw.get("image_size")
+    if size:
+        size = (size, size) if isinstance(size, int) else tuple(size)
+        if tuple(size) != tuple(splits.image_size):
+            raise UsageError(f"{where} takes {size[0]}x{size[1]} images but data {data_name!r} has "
+                             f"{splits.image_size[0]}x{splits.image_size[1]}")
+    return names or data_names
+
+
 def cmd_evaluate(args) -> int:
-    import torch
     import pycnn.train as T
+    from pycnn.checkpoint import model_from_state
     device = _device(args.device)
     _threads(args.threads)
-    try:
-        state = T.load_checkpoint(args.checkpoint, map_location="cpu")
-    except T.CheckpointError as e:
-        raise UsageError(str(e)) from None
-    config = state.get("config") or {}
-    if "model" not in config or "data" not in config:
-        raise UsageError(f"{args.checkpoint} does not say which model and data it was trained on "
-                         "(it was not written by `pycnn train`)")
-    data_name = args.data or config["data"]
-    data_kwargs = dict(config.get("data_kwargs", {}))
-    import pycnn.data as D
-    if data_name not in D.NAMES:
-        raise UsageError(f"unknown data {data_name!r}; choose one of: {', '.join(D.NAMES)}")
-    splits = D.get(data_name, **data_kwargs)
-    task = _check_fit(config["model"], splits)
-    norm = config.get("normalize") or {}
-    splits, _ = _standardize(splits, norm.get("mean"), norm.get("std"))
-    model = _build_model(config["model"], config.get("model_kwargs", {}), 0)
-    try:
-        model.load_state_dict(state["model"])
-    except RuntimeError as e:
-        raise UsageError(f"{args.checkpoint}: weights do not fit model {config['model']!r}: "
-                         f"{str(e).splitlines()[0]}") from None
+    state = T.load_checkpoint(args.checkpoint, map_location="cpu")
+    model = model_from_state(state, args.checkpoint)
+    model_name = (state.get("arch") or {}).get("name") or (state.get("config") or {}).get("model")
+    data_name, splits = _evaluation_data(args, state)
+    if model_name:
+        task = _check_fit(model_name, splits)
+    else:
+        task = state.get("task") or ("segment" if splits.task == "segmentation" else "classify")
+    classes = _check_model_fits_data(args.checkpoint, state, splits, data_name)
     model.to(device)
     data = getattr(splits, args.split)
-    loss = config.get("loss", "cross_entropy")
+    loss = (state.get("config") or {}).get("loss", "cross_entropy")
+    loss = loss if loss in ("cross_entropy", "hinge", "svm") else "cross_entropy"
     metrics = T.evaluate(model, data, task=task, num_classes=int(state.get("num_classes") or 0) or None, loss=loss,
                          device=device)
-    print(f"{config['model']} on {data_name}/{args.split} (checkpoint epoch {state.get('epoch')}):")
+    print(f"{model_name or 'model'} on {data_name}/{args.split} (checkpoint epoch {state.get('epoch')}):")
     _print_metrics("  ", metrics)
-    if task == "classify" and args.confusion:
-        torch.set_printoptions(linewidth=200)
-        print(metrics["confusion"])
+    from pycnn import report as R
+    cm = metrics["confusion"]
+    if task == "segment":  # the mask's pixel classes: 0 is the background
+        classes = list(classes) if len(classes) == cm.shape[0] else ["background", *classes]
+    unit = "pixels" if task == "segment" else "images"
+    print()
+    print(R.per_class_text(cm, classes, unit=unit))
+    if args.confusion or cm.shape[0] <= CONFUSION_MAX_CLASSES:
+        print()
+        print(R.confusion_text(cm, classes))
+    else:
+        print(f"\n(confusion matrix of {cm.shape[0]} classes not shown; --confusion shows it)")
     return 0
 
 
@@ -254,18 +417,21 @@ def run_demo_task(name: str, device, quick: bool, out_dir: str, progress: bool =
     data_kwargs = dict(spec["data_kwargs"], seed=seed)
     splits = D.get(name, **data_kwargs)
     task = _check_fit(spec["model"], splits)
-    splits, normalize = _standardize(splits)
     model_kwargs = dict(_model_kwargs(spec["model"], splits, task), **spec.get("model_kwargs", {}))
-    model = _build_model(spec["model"], model_kwargs, seed)
+    model = _normalized(_build_model(spec["model"], model_kwargs, seed), splits)
     config = {"model": spec["model"], "model_kwargs": model_kwargs, "data": name, "data_kwargs": data_kwargs,
               "epochs": spec["epochs"], "batch_size": spec["batch_size"], "optimizer": spec["optimizer"],
               "lr": spec["lr"], "schedule": "cosine", "loss": "cross_entropy", "seed": seed,
-              "normalize": normalize, "image_size": splits.image_size[0], **spec.get("model_kwargs", {})}
+              "image_size": splits.image_size[0], **spec.get("model_kwargs", {})}
+    run_dir = os.path.join(out_dir, name)
+    for old in ("last.pt", "best.pt"):  # the demo folder is the demo's own: a rerun replaces its run
+        if os.path.isfile(os.path.join(run_dir, old)):
+            os.unlink(os.path.join(run_dir, old))
     print(f"[demo] {spec['model']} on {name} {splits.sizes()}, {spec['epochs']} epochs")
     t0 = time.perf_counter()
     history = T.fit(model, splits.train, splits.val, epochs=spec["epochs"], batch_size=spec["batch_size"],
                     optimizer=spec["optimizer"], lr=spec["lr"], task=task, num_classes=model_kwargs["num_classes"],
-                    device=device, out=os.path.join(out_dir, name), resume=False, config=config, seed=seed,
+                    device=device, out=run_dir, config=config, seed=seed,
                     progress=progress)
     seconds = time.perf_counter() - t0
     metrics = T.evaluate(model, splits.test, task=task, num_classes=model_kwargs["num_classes"], device=device)
@@ -296,53 +462,65 @@ def cmd_demo(args) -> int:
 # ---- argument parsing -----------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="pycnn", description="Train and evaluate CNNs on pycnn's own kernels.")
-    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    p = ArgumentParser(prog="pycnn", description="Train and evaluate CNNs on pycnn's own kernels.",
+                       epilog="Errors are one line on stderr, exit status 2; PYCNN_DEBUG=1 shows their traceback.")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")  # subcommands are ArgumentParsers too
     sub.required = True
 
     def common(sp):
-        sp.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+        sp.add_argument("--device", default="cpu", help="cpu or cuda")
         sp.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
 
-    t = sub.add_parser("train", help="train a model on a dataset")
-    t.add_argument("--model", required=True, help="linear_classifier, mlp, lenet5, simple_cnn, resnet, "
-                                                  "separable_cnn or unet")
-    t.add_argument("--data", required=True, help="digits, faces, textures or galaxies")
-    t.add_argument("--epochs", type=int, default=10)
-    t.add_argument("--batch-size", type=int, default=64)
-    t.add_argument("--optimizer", default="adam", choices=["adam", "adamw", "sgd"])
-    t.add_argument("--lr", type=float, default=3e-3)
+    t = sub.add_parser("train", help="train a model on a dataset", formatter_class=HelpFormatter)
+    t.add_argument("--model", default=None, help="linear_classifier, mlp, lenet5, simple_cnn, resnet, "
+                                                 "separable_cnn or unet (required unless --resume)")
+    t.add_argument("--data", default=None, help="digits, faces, textures, galaxies, or a folder of images with one "
+                                                "subfolder per class (required unless --resume)")
+    t.add_argument("--epochs", type=int, default=10, help="passes over the training split")
+    t.add_argument("--batch-size", type=int, default=64, help="images per step")
+    t.add_argument("--optimizer", default="adam", choices=["adam", "adamw", "sgd"], help="optimizer")
+    t.add_argument("--lr", type=float, default=3e-3, help="peak learning rate")
     t.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
-    t.add_argument("--weight-decay", type=float, default=0.0)
-    t.add_argument("--schedule", default="cosine", choices=["cosine", "step", "constant"])
-    t.add_argument("--loss", default="cross_entropy", choices=["cross_entropy", "hinge"])
+    t.add_argument("--weight-decay", type=float, default=0.0, help="L2 penalty (decoupled for adamw)")
+    t.add_argument("--schedule", default="cosine", choices=["cosine", "step", "constant"],
+                   help="learning-rate schedule, stepped every batch")
+    t.add_argument("--loss", default="cross_entropy", choices=["cross_entropy", "hinge"],
+                   help="cross_entropy (softmax) or hinge (multiclass SVM)")
     t.add_argument("--image-size", type=int, default=None,
-                   help="resize images (digits default 28; textures: the patch size)")
+                   help="resize images (digits default 28; textures: the patch size; a folder: N x N, needed when its images differ in size)")
     t.add_argument("--model-option", action="append", metavar="KEY=VALUE",
                    help="extra model argument, e.g. depth=14 (resnet) or width=8 (unet); repeatable")
     t.add_argument("--data-option", action="append", metavar="KEY=VALUE",
-                   help="extra dataset argument, e.g. n=400 (galaxies); repeatable")
+                   help="extra dataset argument, e.g. n=400 (galaxies), grayscale=True or val=0.2 (a folder); repeatable")
     t.add_argument("--augment", action="store_true",
                    help="random shifts (classification) or flips (segmentation) of each training batch")
     t.add_argument("--seed", type=int, default=0, help="initial weights, shuffling")
     t.add_argument("--data-seed", type=int, default=0, help="the dataset's train/val/test split")
-    t.add_argument("--out", default="runs/latest", help="checkpoint folder (last.pt, best.pt)")
-    t.add_argument("--no-resume", action="store_true", help="start over even if OUT/last.pt exists")
+    t.add_argument("--out", default=None, help="checkpoint folder (last.pt, best.pt), new or empty "
+                                               "(default: a new runs/MODEL-DATA-TIME)")
+    t.add_argument("--resume", default=None, metavar="DIR",
+                   help="continue the run in DIR (or a checkpoint file); model, data and settings come from it")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     common(t)
-    t.set_defaults(func=cmd_train)
+    # The defaults, so a resumed run can tell which settings the command line changed.
+    t.set_defaults(func=cmd_train, parser_defaults={a.dest: a.default for a in t._actions})
 
-    e = sub.add_parser("evaluate", help="evaluate a checkpoint written by `pycnn train`")
-    e.add_argument("--checkpoint", required=True)
-    e.add_argument("--split", default="test", choices=["train", "val", "test"])
-    e.add_argument("--data", default=None, help="override the dataset stored in the checkpoint")
-    e.add_argument("--confusion", action="store_true", help="print the confusion matrix")
+    e = sub.add_parser("evaluate", help="evaluate a checkpoint written by `pycnn train`",
+                       description="Loss and accuracy (IoU and Dice for segmentation), per-class precision, "
+                                   "recall and F1, and the confusion matrix.",
+                       formatter_class=HelpFormatter)
+    e.add_argument("--checkpoint", required=True, help="a checkpoint written by `pycnn train`")
+    e.add_argument("--split", default="test", choices=["train", "val", "test"], help="which split to score")
+    e.add_argument("--data", default=None, help="a dataset name or image folder instead of the checkpoint's own")
+    e.add_argument("--confusion", action="store_true",
+                   help=f"print the confusion matrix even for more than {CONFUSION_MAX_CLASSES} classes")
     common(e)
     e.set_defaults(func=cmd_evaluate)
 
-    d = sub.add_parser("demo", help="train a digits classifier and a galaxy U-Net, write an HTML report")
+    d = sub.add_parser("demo", help="train a digits classifier and a galaxy U-Net, write an HTML report",
+                       formatter_class=HelpFormatter)
     d.add_argument("--quick", action="store_true", help="smaller runs, about a minute on 2 CPU cores")
-    d.add_argument("--out", default="pycnn-demo", help="report folder (default pycnn-demo)")
+    d.add_argument("--out", default="pycnn-demo", help="report folder")
     d.add_argument("--quiet", action="store_true", help="no progress bars")
     common(d)
     d.set_defaults(func=cmd_demo)
@@ -352,23 +530,26 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: Optional[List[str]] = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)  # argparse itself exits 2 with a one-line error on bad syntax
+def run_command(args) -> int:
+    """Runs a parsed command: USER_ERRORS end in one line on stderr and exit status 2 (their
+    message names the problem; a traceback would add nothing for the user), everything else
+    raises. With PYCNN_DEBUG=1 the one-line errors raise too, traceback and all."""
     try:
         return args.func(args)
-    except UsageError as e:
-        print(f"pycnn {args.command}: error: {e}", file=sys.stderr)
-        return EXIT_USAGE
-    except (ValueError, TypeError, FileNotFoundError, PermissionError, ImportError) as e:
-        # Raised by the library on bad values (a model argument, a dataset option, a path):
-        # the message names the problem; a traceback would add nothing for the user.
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        print(f"pycnn {args.command}: error: {msg}", file=sys.stderr)
+    except USER_ERRORS as e:
+        if _debug():
+            raise
+        print(f"pycnn {args.command}: error: {_first_line(e)}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print(f"pycnn {args.command}: interrupted", file=sys.stderr)
         return 130
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)  # a bad command line: one line from ArgumentParser.error, exit 2
+    return run_command(args)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,8 @@ from typing import Callable, List, Optional, Sequence, Tuple
 import torch
 
 __all__ = ["Report", "Section", "Figure", "metrics_table", "plot_training_curves", "plot_confusion_matrix",
-           "plot_segmentations", "DEMO_SECTIONS", "register_demo_section", "require_matplotlib"]
+           "plot_segmentations", "per_class_text", "per_class_table", "confusion_text", "DEMO_SECTIONS", "register_demo_section",
+           "require_matplotlib"]
 
 
 def require_matplotlib():
@@ -153,6 +154,60 @@ def plot_training_curves(history, title: str = "", metric: str = "accuracy"):
     return fig
 
 
+# ---- the same numbers as text (``pycnn evaluate``) -------------------------------------------
+
+def _names(classes: Sequence, k: int) -> List[str]:
+    names = [str(c) for c in classes] if classes is not None and len(classes) == k else []
+    return names or [str(i) for i in range(k)]
+
+
+def per_class_text(confusion: torch.Tensor, classes: Sequence[str], unit: str = "images") -> str:
+    """Precision, recall, F1 and support per class, then their macro average (each class
+    counts once) and the support-weighted average: a plain-text table."""
+    from pycnn.train import per_class_scores
+    s = per_class_scores(confusion)
+    k = confusion.shape[0]
+    names = _names(classes, k)
+    w = max(12, *(len(n) for n in names))
+    lines = [f"{'class':<{w}}  precision  recall      f1  {unit:>7}"]
+    for i, n in enumerate(names):
+        lines.append(f"{n:<{w}}  {float(s['precision'][i]):9.4f}  {float(s['recall'][i]):6.4f}  "
+                     f"{float(s['f1'][i]):6.4f}  {int(s['support'][i]):7d}")
+    total = int(s["support"].sum())
+    weights = s["support"].double() / max(1, total)
+    averages = (("macro avg", lambda t: float(t.mean())), ("weighted avg", lambda t: float((t * weights).sum())))
+    for label, avg in averages:
+        lines.append(f"{label:<{w}}  {avg(s['precision']):9.4f}  {avg(s['recall']):6.4f}  {avg(s['f1']):6.4f}  "
+                     f"{total:7d}")
+    return "\n".join(lines)
+
+
+def per_class_table(confusion: torch.Tensor, classes: Sequence[str]) -> str:
+    """``per_class_text`` as an HTML table."""
+    from pycnn.train import per_class_scores
+    s = per_class_scores(confusion)
+    names = _names(classes, confusion.shape[0])
+    head = "".join(f"<th>{h}</th>" for h in ("class", "precision", "recall", "F1", "support"))
+    rows = "".join(f"<tr><td>{html.escape(n)}</td>" + "".join(f'<td class="num">{float(s[k][i]):.4f}</td>'
+                                                               for k in ("precision", "recall", "f1"))
+                   + f'<td class="num">{int(s["support"][i])}</td></tr>' for i, n in enumerate(names))
+    return f"<table><tr>{head}</tr>{rows}</table>"
+
+
+def confusion_text(confusion: torch.Tensor, classes: Sequence[str], column_width: int = 10) -> str:
+    """The confusion matrix with class names on both axes (rows: true class, columns: predicted;
+    column headings cut to ``column_width`` characters)."""
+    k = confusion.shape[0]
+    names = _names(classes, k)
+    cm = confusion.long().tolist()
+    corner = "true \\ predicted"
+    w = max(len(n) for n in names + [corner])
+    cw = max(min(column_width, max(len(n) for n in names)), len(str(max(max(r) for r in cm))), 3)
+    head = f"{corner:<{w}}" + "".join(f" {n[:cw]:>{cw}}" for n in names)
+    rows = [f"{n:<{w}}" + "".join(f" {v:>{cw}d}" for v in r) for n, r in zip(names, cm)]
+    return "\n".join(["confusion matrix (rows: true class, columns: predicted class)", head, *rows])
+
+
 def plot_confusion_matrix(confusion: torch.Tensor, classes: Sequence[str], title: str = "confusion matrix"):
     """Counts with row = true class, column = predicted class."""
     plt = require_matplotlib()
@@ -259,7 +314,9 @@ def _digits_section(results: dict, report: Report):
                           "digits_confusion.png", "Confusion matrix on the test split")]
     table = metrics_table({"test accuracy": r["metrics"]["accuracy"], "test loss": r["metrics"]["loss"],
                            "test images": r["metrics"]["num_samples"]})
-    return Section("Digits classifier (LeNet-5)", text + table, figs)
+    per_class = "<p>Per class, on the test split:</p>" + per_class_table(r["metrics"]["confusion"],
+                                                                         r["splits"].classes)
+    return Section("Digits classifier (LeNet-5)", text + table + per_class, figs)
 
 
 @register_demo_section

@@ -4,6 +4,7 @@
 #   scripts/selftest.sh            native build, every target this CPU runs
 #   scripts/selftest.sh aarch64    cross-compiled (g++-aarch64-linux-gnu), run under qemu-aarch64:
 #                                  the neon and generic targets
+#   scripts/selftest.sh clang      native, built with clang++ (the kernels' Clang target regions)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 what=${1:-native}
@@ -11,6 +12,10 @@ if [ "$what" = aarch64 ]; then
   dir=build/selftest-aarch64
   extra=(-DCMAKE_TOOLCHAIN_FILE=cmake/aarch64-linux-gnu.cmake)
   run=(qemu-aarch64 -L /usr/aarch64-linux-gnu)
+elif [ "$what" = clang ]; then
+  dir=build/selftest-clang
+  extra=(-DCMAKE_CXX_COMPILER=clang++)
+  run=()
 else
   dir=build/selftest
   extra=()

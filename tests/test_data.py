@@ -200,3 +200,91 @@ def test_no_network(monkeypatch):
 def test_bad_arguments(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+# ---- your own images: pycnn.data.image_folder ------------------------------------------------
+
+def _write_images(folder, classes, per_class, size=(6, 5), mode="L", fmt="png", seed=0):
+    """Class c's images have mean brightness ~ c / len(classes); returns nothing."""
+    from PIL import Image
+    rng = np.random.default_rng(seed)
+    for c, name in enumerate(classes):
+        (folder / name).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            level = 40 + 160 * c // max(1, len(classes) - 1)
+            a = np.clip(rng.normal(level, 10, size=size[::-1] + ((3,) if mode == "RGB" else ())), 0, 255)
+            Image.fromarray(a.astype(np.uint8), mode).save(folder / name / f"{i:03d}.{fmt}")
+
+
+def test_image_folder_class_subfolders_stratified_seeded(tmp_path):
+    _write_images(tmp_path, ["cat", "dog", "eel"], per_class=20)
+    (tmp_path / "notes.txt").write_text("not an image")
+    (tmp_path / "cat" / ".hidden.png").write_bytes(b"junk")  # hidden files are skipped
+    s = D.image_folder(tmp_path, val=0.2, test=0.1, seed=3)
+    assert s.classes == ("cat", "dog", "eel") and s.task == "classification"
+    assert s.sizes() == {"train": 42, "val": 12, "test": 6}
+    for split in SPLITS:
+        x, y = getattr(s, split).tensors
+        assert x.dtype == torch.float32 and x.shape[1:] == (1, 5, 6) and 0 <= x.min() and x.max() <= 1
+        assert torch.bincount(y, minlength=3).tolist() == [len(y) // 3] * 3  # stratified
+        # the label is the folder: class c's images are brighter with c
+        assert all(abs(float(x[y == c].mean()) - (40 + 80 * c) / 255) < 0.05 for c in range(3))
+    again = D.image_folder(tmp_path, val=0.2, test=0.1, seed=3)
+    other = D.image_folder(tmp_path, val=0.2, test=0.1, seed=4)
+    assert torch.equal(again.train.tensors[0], s.train.tensors[0])
+    assert not torch.equal(other.train.tensors[0], s.train.tensors[0])
+    files = [f for split in SPLITS for f in s.info["files"][split]]
+    assert len(files) == len(set(files)) == 60  # disjoint splits, every image used once
+    # the splits describe themselves: D.get(name, **options) rebuilds them; datasets carry classes
+    assert s.name == str(tmp_path) and s.train.classes == ["cat", "dog", "eel"] and s.train.data_name == s.name
+    rebuilt = D.get(s.name, **s.options)
+    assert torch.equal(rebuilt.test.tensors[0], s.test.tensors[0])
+
+
+def test_image_folder_explicit_splits_colour_and_resize(tmp_path):
+    _write_images(tmp_path / "train", ["a", "b"], per_class=10, size=(12, 10), mode="RGB", fmt="jpg")
+    _write_images(tmp_path / "test", ["a", "b"], per_class=3, size=(9, 7), mode="RGB", fmt="png", seed=1)
+    s = D.image_folder(tmp_path, size=8, val=0.2, test=0.15)
+    assert s.info["layout"] == "split folders" and s.classes == ("a", "b")
+    assert s.sizes()["test"] == 6 and s.sizes()["train"] + s.sizes()["val"] == 20  # val cut from train/
+    assert all(f.startswith("test") for f in s.info["files"]["test"])
+    assert s.train.tensors[0].shape[1:] == (3, 8, 8) and s.in_channels == 3
+    first = s.info["files"]["train"][0]  # one image read alone, as a model trained on the folder takes it
+    torch.testing.assert_close(D.load_image(str(tmp_path / first), size=8), s.train.tensors[0][:1])
+    grey = D.image_folder(tmp_path, size=(4, 6), grayscale=True)
+    assert grey.train.tensors[0].shape[1:] == (1, 4, 6)
+
+
+def test_image_folder_errors(tmp_path):
+    with pytest.raises(ValueError, match="is not a folder"):
+        D.image_folder(tmp_path / "missing")
+    _write_images(tmp_path / "flat_src", ["x"], per_class=1)
+    (tmp_path / "flat").mkdir()
+    (tmp_path / "flat" / "000.png").write_bytes((tmp_path / "flat_src" / "x" / "000.png").read_bytes())
+    with pytest.raises(ValueError, match="no class subfolders"):  # images straight in root: no labels
+        D.image_folder(tmp_path / "flat")
+    _write_images(tmp_path / "sizes", ["a"], per_class=2, size=(6, 5))
+    _write_images(tmp_path / "sizes", ["b"], per_class=2, size=(7, 5))
+    with pytest.raises(ValueError, match="differ in size.*pass size="):
+        D.image_folder(tmp_path / "sizes")
+    assert D.image_folder(tmp_path / "sizes", size=5, val=0, test=0).sizes() == {"train": 4, "val": 0, "test": 0}
+    (tmp_path / "sizes" / "b" / "broken.png").write_bytes(b"not a png")
+    with pytest.raises(ValueError, match="cannot read image .*broken.png"):
+        D.image_folder(tmp_path / "sizes", size=5)
+    _write_images(tmp_path / "split" / "train", ["a"], per_class=3)
+    _write_images(tmp_path / "split" / "test", ["zebra"], per_class=1)
+    with pytest.raises(ValueError, match="zebra"):
+        D.image_folder(tmp_path / "split")
+    (tmp_path / "empty" / "a").mkdir(parents=True)
+    with pytest.raises(ValueError, match="has no images"):
+        D.image_folder(tmp_path / "empty")
+    with pytest.raises(ValueError, match="val must be a fraction"):
+        D.image_folder(tmp_path / "sizes", val=1.5)
+    with pytest.raises(ValueError, match="or give a folder of images"):
+        D.get(str(tmp_path / "nope"))
+
+
+def test_builtin_splits_describe_themselves():
+    s = D.get("faces", size=8)
+    assert s.name == "faces" and s.options["size"] == 8 and s.options["seed"] == 0
+    assert s.test.classes == ["non_face", "face"] and s.test.data_options == s.options

@@ -155,7 +155,7 @@ def test_resume_continues_exactly(tmp_path):
     assert state["epoch"] == 1 and state["step"] == 6
     torch.manual_seed(123)
     resumed = small_cnn()  # fresh weights: everything must come from the checkpoint
-    hist = T.fit(resumed, data, data, out=str(tmp_path / "b"), **kw)
+    hist = T.fit(resumed, data, data, resume=str(tmp_path / "b"), **kw)
     assert [e["epoch"] for e in hist.epochs] == [1, 2, 3]
     for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7, msg=lambda m: f"{name}: {m}")
@@ -241,3 +241,170 @@ def test_ddp_two_processes_hold_identical_weights(tmp_path):
     for name in ("0.weight", "1.weight", "5.weight", "5.bias"):
         assert not torch.equal(r0["params"][name], initial[name]), f"{name} did not train"
     assert os.path.exists(tmp_path / "ckpt" / "last.pt")  # written once, by rank 0
+
+
+# ---- any data: DataLoaders (with workers), lists of batches ---------------------------------
+
+def test_fit_and_evaluate_take_a_dataloader_with_workers():
+    from torch.utils.data import DataLoader
+    data = toy_classification()
+    torch.manual_seed(0)
+    model = small_cnn()
+    loader = DataLoader(data, batch_size=8, shuffle=True, num_workers=2)
+    hist = T.fit(model, loader, DataLoader(data, batch_size=16), epochs=3, optimizer="sgd", lr=0.05,
+                 progress=False)
+    assert len(hist.steps) == 3 * 6 and "val_accuracy" in hist.epochs[-1]
+    on_loader = T.evaluate(model, DataLoader(data, batch_size=7, num_workers=2))
+    on_dataset = T.evaluate(model, data)
+    assert on_loader["num_samples"] == 48 and torch.equal(on_loader["confusion"], on_dataset["confusion"])
+    assert on_dataset["accuracy"] > 0.9
+    batches = [(x, y) for x, y in DataLoader(data, batch_size=16)]  # a plain list of batches
+    assert T.evaluate(model, batches)["accuracy"] == on_dataset["accuracy"]
+
+
+def test_iterables_that_are_not_batches_are_clear_errors():
+    data = toy_classification()
+    with pytest.raises(ValueError, match="a list of single samples"):
+        T.fit(small_cnn(), [data[i] for i in range(8)], epochs=1, progress=False)
+    one_pass = ((x, y) for x, y in [data.tensors])
+    with pytest.raises(ValueError, match="one-pass iterator"):
+        T.fit(small_cnn(), one_pass, epochs=2, progress=False)
+
+
+# ---- run folders, resume, self-describing and damage-checked checkpoints ---------------------
+
+def _digits_model(splits, model_name="linear_classifier", **kw):
+    torch.manual_seed(0)
+    return pnn.normalized(M.get(model_name, in_channels=1, num_classes=10, image_size=8, **kw), splits.mean,
+                          splits.std)
+
+
+@pytest.fixture(scope="module")
+def digits_run(tmp_path_factory):
+    """One epoch of a normalised linear classifier on digits, written by fit; tests copy the folder."""
+    import pycnn.data as D
+    splits = D.digits()
+    model = _digits_model(splits)
+    folder = tmp_path_factory.mktemp("digits") / "run"
+    T.fit(model, splits.train, splits.val, epochs=1, lr=0.05, progress=False, out=str(folder))
+    return splits, model, folder
+
+
+def _copy_run(digits_run, tmp_path):
+    import shutil
+    splits, _, folder = digits_run
+    shutil.copytree(folder, tmp_path / "run")
+    return splits, _digits_model(splits), tmp_path / "run"
+
+
+def test_checkpoint_describes_itself_and_load_gives_a_ready_model(digits_run, tmp_path):
+    import pycnn
+    splits, model, folder = digits_run
+    state = T.load_checkpoint(str(folder / "last.pt"))
+    assert state["arch"] == {"name": "linear_classifier", "kwargs": {"in_channels": 1, "num_classes": 10,
+                                                                     "image_size": 8},
+                             "normalize": True, "class": "torch.nn.modules.container.Sequential"}
+    assert state["data"]["name"] == "digits" and state["data"]["options"]["seed"] == 0
+    assert state["classes"] == [str(d) for d in range(10)] and state["config"]["lr"] == 0.05
+    loaded = pycnn.load(str(folder / "last.pt"))
+    assert not loaded.training and loaded.classes == state["classes"]
+    x = splits.test.tensors[0]  # raw [0, 1] pixels: the model standardises them itself
+    model.eval()
+    torch.testing.assert_close(loaded(x), model(x))
+    assert T.evaluate(loaded, splits.test)["accuracy"] > 0.85
+    # a model not from pycnn.models: load into the caller's module
+    T.fit(small_cnn(), toy_classification(), epochs=1, progress=False, out=str(tmp_path / "custom"),
+          classes=["a", "b", "c"])
+    with pytest.raises(T.CheckpointError, match="not built by pycnn.models"):
+        pycnn.load(str(tmp_path / "custom" / "last.pt"))
+    assert pycnn.load(str(tmp_path / "custom" / "last.pt"), model=small_cnn()).classes == ["a", "b", "c"]
+
+
+def test_fit_never_reuses_a_folder_and_resumes_only_what_matches(digits_run, tmp_path, capsys):
+    import pycnn.data as D
+    splits, model, _ = _copy_run(digits_run, tmp_path)
+    with pytest.raises(FileExistsError, match="already holds a run"):
+        T.fit(model, splits.train, epochs=2, lr=0.05, progress=False, out=str(tmp_path / "run"))
+    other = _digits_model(splits, "mlp", hidden=8)
+    with pytest.raises(T.CheckpointError, match="it holds model linear_classifier.*this run trains mlp"):
+        T.fit(other, splits.train, epochs=2, lr=0.05, progress=False, resume=str(tmp_path / "run"))
+    faces = D.faces(size=8)
+    with pytest.raises(T.CheckpointError, match="trained on digits"):
+        T.fit(model, faces.train, epochs=2, lr=0.05, progress=False, resume=str(tmp_path / "run"))
+    with pytest.raises(T.CheckpointError, match="lr is 0.001 here, 0.05 in the checkpoint"):
+        T.fit(model, splits.train, epochs=2, progress=False, resume=str(tmp_path / "run"))
+    capsys.readouterr()
+    hist = T.fit(model, splits.train, epochs=2, lr=0.05, progress=False, resume=str(tmp_path / "run"))
+    assert "resuming" in capsys.readouterr().out and [e["epoch"] for e in hist.epochs] == [1, 2]
+
+
+def _flip_64_bytes(path, where=0.5):
+    raw = bytearray(open(path, "rb").read())
+    start = int(len(raw) * where)
+    raw[start:start + 64] = bytes(b ^ 0xFF for b in raw[start:start + 64])
+    open(path, "wb").write(bytes(raw))
+
+
+def test_damaged_checkpoint_is_refused(digits_run, tmp_path):
+    import pycnn
+    splits, model, _ = _copy_run(digits_run, tmp_path)
+    path = str(tmp_path / "run" / "last.pt")
+    _flip_64_bytes(path)  # mid-file: inside the Adam moments, which used to resume silently
+    with pytest.raises(T.CheckpointError, match="checksum mismatch"):
+        pycnn.load(path)
+    with pytest.raises(T.CheckpointError, match="checksum mismatch"):
+        T.fit(model, splits.train, epochs=2, lr=0.05, progress=False, resume=path)
+
+
+@pytest.mark.parametrize("damage,match", [
+    (lambda s: s.pop("scheduler"), "missing key 'scheduler'"),
+    (lambda s: s.update(rng=torch.ones(3)), "bad RNG state"),
+    (lambda s: s.update(model={k: torch.zeros(2, 2) for k in s["model"]}), "weights do not fit"),
+    (lambda s: s["optimizer"]["state"][0].update(exp_avg=torch.zeros(3)), "optimizer state does not fit"),
+])
+def test_resume_checks_every_part_of_the_state(digits_run, tmp_path, damage, match):
+    splits, model, _ = _copy_run(digits_run, tmp_path)
+    state = T.load_checkpoint(str(tmp_path / "run" / "last.pt"))
+    state.pop("format")
+    damage(state)
+    T.save_checkpoint(str(tmp_path / "bad" / "last.pt"), state)
+    with pytest.raises(T.CheckpointError, match=match):
+        T.fit(model, splits.train, epochs=2, lr=0.05, progress=False, resume=str(tmp_path / "bad"))
+
+
+def test_version_1_checkpoints_still_load_but_do_not_resume(digits_run, tmp_path):
+    """Checkpoints written before checksums (the standardisation in config["normalize"])."""
+    import pycnn
+    splits = digits_run[0]
+    torch.manual_seed(1)
+    bare = M.get("linear_classifier", in_channels=1, num_classes=10, image_size=8)
+    mean, std = splits.mean.tolist(), splits.std.tolist()
+    path = str(tmp_path / "last.pt")
+    torch.save({"format": "pycnn-checkpoint-v1", "model": bare.state_dict(), "epoch": 1,
+                "config": {"model": "linear_classifier", "data": "digits",
+                           "model_kwargs": {"in_channels": 1, "num_classes": 10, "image_size": 8},
+                           "normalize": {"mean": mean, "std": std}}}, path)
+    loaded = pycnn.load(path)
+    x = splits.test.tensors[0][:5]
+    torch.testing.assert_close(loaded(x), bare((x - torch.tensor(mean).view(1, -1, 1, 1)) /
+                                               torch.tensor(std).view(1, -1, 1, 1)))
+    with pytest.raises(T.CheckpointError, match="version-1 checkpoint"):
+        T.fit(_digits_model(splits), splits.train, epochs=2, progress=False, resume=path)
+
+
+def test_normalize_layer_keeps_layer_names_and_checks_its_input():
+    mean, std = torch.tensor([0.5, 0.2]), torch.tensor([0.25, 2.0])
+    x = torch.rand(3, 2, 4, 4, dtype=torch.float64)
+    norm = pnn.Normalize(mean, std)
+    torch.testing.assert_close(norm(x), (x - mean.double().view(1, 2, 1, 1)) / std.double().view(1, 2, 1, 1))
+    assert norm(x).dtype == torch.float64 and sorted(norm.state_dict()) == ["mean", "std"]
+    lenet = M.get("lenet5", in_channels=1, num_classes=10, image_size=28)
+    wrapped = pnn.normalized(lenet, [0.1], [0.3])
+    assert wrapped.get_submodule("3") is lenet[3]  # Grad-CAM's "3" is still LeNet's second conv
+    assert wrapped.pycnn_spec == dict(lenet.pycnn_spec, normalize=True)
+    unet = pnn.normalized(M.get("unet", in_channels=1, num_classes=2, depth=2, width=4), [0.1], [0.3])
+    assert list(dict(unet.named_children())) == ["normalize", "model"]
+    with pytest.raises(ValueError, match="std must be positive"):
+        pnn.Normalize([0.0], [0.0])
+    with pytest.raises(ValueError, match=r"expected input \[N, 1, ...\]"):
+        wrapped(torch.rand(1, 3, 28, 28))

@@ -1,4 +1,7 @@
 """pycnn.viz features (filter mosaic, activations, top patches, t-SNE) and pycnn.viz.plot."""
+import os
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -133,16 +136,25 @@ def _pycnn_report_model():
     return model
 
 
-def test_report_section_has_every_method(tmp_path):
+def test_report_section_has_every_method(tmp_path, monkeypatch):
     # The demo's case: a pycnn model (torch.nn models are covered by every other test).
     from pycnn.viz.report_section import add_viz_section
 
     torch.manual_seed(0)
     model = _pycnn_report_model().train()
     images, labels = torch.rand(12, 1, 8, 8), torch.arange(12) % 3
-    html = add_viz_section(str(tmp_path), model, images, labels, class_names=["a", "b", "c"], quick=True,
+    titles = _titles(monkeypatch)
+    html = add_viz_section(str(tmp_path), model, images, labels, class_names=["cat", "dog", "emu"], quick=True,
                            max_examples=2)
     assert "failed" not in html, html
+    # classes by name with the confidence, layers by kind and position (not a bare "3")
+    preds = [t for t in titles if t.startswith("pred ")]
+    assert len(preds) == 2 and all(t.split()[1] in ("cat", "dog", "emu") and "%" in t and "(true " in t
+                                   for t in preds), preds
+    assert "Grad-CAM at conv2 (layer 3)" in html and "features at conv2 (layer 3)" in html
+    for t in ("filters of conv1 (layer 0)", "t-SNE of conv2 (layer 3)", "dream at conv2 (layer 3)"):
+        assert any(x.startswith(t) for x in titles), (t, titles)
+    assert {"cat", "dog", "emu"} <= set(titles)  # the class models
     for title in ("Attribution", "FGSM", "filters", "Feature maps", "Top patches", "t-SNE", "Class models",
                   "Deep dream", "Style transfer", "matrix"):
         assert title in html
@@ -151,27 +163,157 @@ def test_report_section_has_every_method(tmp_path):
     assert model.training and hooks_left(model) == 0
 
 
-def test_pycnn_viz_command(tmp_path, capsys):
+@pytest.fixture
+def viz_checkpoint(tmp_path):
+    """A 3-class LeNet-5 checkpoint that names its classes, and a 10x10 image for it."""
     import pycnn.train as T
-    from pycnn.viz.cli import main_viz
 
     model = _pycnn_report_model()
     ckpt = str(tmp_path / "m.pt")
-    T.save_checkpoint(ckpt, {"model": model.state_dict(), "epoch": 0,
+    T.save_checkpoint(ckpt, {"model": model.state_dict(), "epoch": 0, "classes": ["brick", "grass", "gravel"],
                              "config": {"model": "lenet5",
                                         "model_kwargs": {"in_channels": 1, "num_classes": 3, "image_size": 8}}})
     image = str(tmp_path / "x.npy")
     np.save(image, np.random.rand(10, 10).astype(np.float32))  # resized to the model's 8x8
-    try:
-        from pycnn.cli import main
-    except ImportError:
-        main = None
+    return ckpt, image
+
+
+def _viz(argv):
+    from pycnn.cli import main
+
+    return main(["viz"] + argv)
+
+
+def test_pycnn_viz_command(tmp_path, viz_checkpoint, capsys):
+    from pycnn.viz.cli import main_viz
+
+    ckpt, image = viz_checkpoint
     for method in ("grad_cam", "saliency", "fgsm"):
         out = str(tmp_path / f"{method}.png")
-        argv = ["--checkpoint", ckpt, "--image", image, "--method", method, "--out", out]
-        rc = main(["viz"] + argv) if main is not None else main_viz(argv)
-        assert rc == 0
+        assert _viz(["--checkpoint", ckpt, "--image", image, "--method", method, "--out", out]) == 0
         with open(out, "rb") as f:
             assert f.read(4) == b"\x89PNG"
     assert main_viz(["--checkpoint", str(tmp_path / "missing.pt"), "--image", image]) == 2
     assert "not found" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("ext,magic", [(".jpg", b"\xff\xd8\xff"), (".pdf", b"%PDF"),
+                                       (".svg", b"<?xml"), ("", b"\x89PNG")])
+def test_viz_writes_the_format_its_extension_names(tmp_path, viz_checkpoint, ext, magic):
+    ckpt, image = viz_checkpoint
+    out = str(tmp_path / f"fig{ext}")
+    assert _viz(["--checkpoint", ckpt, "--image", image, "--method", "saliency", "--out", out]) == 0
+    with open(out, "rb") as f:
+        assert f.read(len(magic)) == magic
+
+
+def test_plot_save_refuses_unknown_extensions(tmp_path):
+    fig, _ = plot.show_image(torch.rand(3, 4, 4))
+    with pytest.raises(ValueError, match=r"'\.gfx'.*\.png"):
+        plot.save(fig, str(tmp_path / "fig.gfx"))
+    assert not (tmp_path / "fig.gfx").exists()
+    assert plot.save(fig, str(tmp_path / "fig.JPG")) and (tmp_path / "fig.JPG").read_bytes()[:3] == b"\xff\xd8\xff"
+
+
+def _one_line_error(rc, err, *fragments):
+    assert rc == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err, err
+    assert lines[0].startswith("pycnn viz: error: ")
+    for f in fragments:
+        assert f in lines[0], lines[0]
+
+
+def test_viz_user_errors_are_one_line(tmp_path, viz_checkpoint, capsys):
+    ckpt, image = viz_checkpoint
+    text = tmp_path / "notanimage.png"
+    text.write_text("hello")
+    source = os.path.join(os.path.dirname(os.path.abspath(__file__)), "test_viz_features.py")
+    bad_npy = tmp_path / "bad.npy"
+    bad_npy.write_bytes(b"\x93NUMPY garbage")
+    cases = [
+        (["--image", str(text)], ["notanimage.png", "not an image"]),
+        (["--image", source], ["test_viz_features.py", "not an image"]),
+        (["--image", str(bad_npy)], ["bad.npy", "not an image"]),
+        (["--image", str(tmp_path)], ["no such file"]),
+        (["--image", str(tmp_path / "missing.png")], ["missing.png", "no such file"]),
+        (["--image", image, "--out", str(tmp_path / "fig.gfx")], ["unknown image format '.gfx'"]),
+        (["--image", image, "--target", "sand"], ["'sand'", "brick, grass, gravel"]),
+        (["--image", image, "--target", "7"], ["--target 7", "3 classes"]),
+        (["--image", image, "--layer", "nope"], ["no layer named 'nope'"]),
+        (["--image", image, "--method", "filters", "--layer", "1"], ["needs a convolution layer", "0, 3"]),
+        (["--image", "test:0"], ["does not name its dataset"]),
+    ]
+    for extra, fragments in cases:
+        rc = _viz(["--checkpoint", ckpt, "--out", str(tmp_path / "fig.png")] + extra)
+        _one_line_error(rc, capsys.readouterr().err, *fragments)
+    assert not (tmp_path / "fig.gfx").exists()
+
+
+def _titles(monkeypatch):
+    """Captures the titles of every figure saved through pycnn.viz.plot.save."""
+    seen = []
+    original = plot.save
+
+    def save(fig, path, **kw):
+        seen.extend(ax.get_title() for ax in fig.axes)
+        return original(fig, path, **kw)
+
+    monkeypatch.setattr(plot, "save", save)
+    return seen
+
+
+@pytest.mark.parametrize("method,fragments", [
+    ("grad_cam", ["predicted ", "%)", "Grad-CAM at conv2 (layer 3)", ", class "]),
+    ("fgsm", ["FGSM: now predicted "]),
+    ("activations", ["feature maps of conv2 (layer 3)"]),
+])
+def test_viz_figures_name_classes_and_layers(tmp_path, viz_checkpoint, monkeypatch, method, fragments):
+    ckpt, image = viz_checkpoint
+    titles = _titles(monkeypatch)
+    assert _viz(["--checkpoint", ckpt, "--image", image, "--method", method, "--target", "grass",
+                 "--out", str(tmp_path / "f.png")]) == 0
+    text = " | ".join(titles)
+    for f in fragments:
+        assert f in text, text
+    assert any(name in titles[0] for name in ("brick", "grass", "gravel")), titles  # the prediction, by name
+    if method == "grad_cam":
+        assert titles[1].endswith("class grass")
+
+
+def test_viz_class_names_fall_back_to_the_data_set(tmp_path, monkeypatch):
+    # A checkpoint without "classes" (older ones) takes the names of the data set it was trained on.
+    import pycnn.models as models
+    import pycnn.train as T
+
+    model = models.get("lenet5", in_channels=1, num_classes=2, image_size=8)
+    ckpt = str(tmp_path / "faces.pt")
+    T.save_checkpoint(ckpt, {"model": model.state_dict(), "epoch": 0,
+                             "config": {"model": "lenet5", "data": "faces", "data_kwargs": {"size": 8},
+                                        "model_kwargs": {"in_channels": 1, "num_classes": 2, "image_size": 8}}})
+    titles = _titles(monkeypatch)
+    assert _viz(["--checkpoint", ckpt, "--image", "test:0", "--method", "saliency", "--target", "face",
+                 "--out", str(tmp_path / "f.png")]) == 0
+    assert re.fullmatch(r"predicted (non_)?face \(\d+%\), true (non_)?face", titles[0]), titles
+    assert titles[1].endswith("class face"), titles
+
+
+def test_describe_layer():
+    from pycnn.viz._common import describe_layer
+
+    model = _pycnn_report_model()
+    assert describe_layer(model, "0") == "conv1 (layer 0)"
+    assert describe_layer(model, "3") == "conv2 (layer 3)"
+    assert describe_layer(model, "1").endswith("(layer 1)") and not describe_layer(model, "1").startswith("conv")
+
+    class Named(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem = nn.Conv2d(1, 2, 3)
+
+        def forward(self, x):
+            return self.stem(x)
+
+    named = Named()
+    assert describe_layer(named, "stem") == "stem (Conv2d)"
+    assert describe_layer(named, named.stem) == "stem (Conv2d)"

@@ -44,6 +44,8 @@
 #include "cpu/winograd.h"
 #include "simd/vec.h"
 
+PYCNN_TARGET_BEGIN  // this target's instructions from here to PYCNN_TARGET_END
+
 namespace pycnn::cpu::PYCNN_ISA {
 namespace {
 
@@ -790,3 +792,5 @@ PYCNN_INSTANTIATE(float)
 PYCNN_INSTANTIATE(double)
 
 }  // namespace pycnn::cpu::PYCNN_ISA
+
+PYCNN_TARGET_END

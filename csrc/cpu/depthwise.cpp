@@ -33,6 +33,8 @@
 #include "cpu/kernels.h"
 #include "simd/vec.h"
 
+PYCNN_TARGET_BEGIN  // this target's instructions from here to PYCNN_TARGET_END
+
 namespace pycnn::cpu::PYCNN_ISA {
 namespace {
 
@@ -498,3 +500,5 @@ PYCNN_INSTANTIATE(double)
 #undef PYCNN_INSTANTIATE
 
 }  // namespace pycnn::cpu::PYCNN_ISA
+
+PYCNN_TARGET_END

@@ -39,6 +39,8 @@
 #include "cpu/gemm_custom.h"
 #include "simd/vec.h"
 
+PYCNN_TARGET_BEGIN  // this target's instructions from here to PYCNN_TARGET_END
+
 namespace pycnn::cpu::PYCNN_ISA {
 namespace {
 
@@ -91,7 +93,7 @@ void microkernel(int64_t kc, const T* a, const T* b, T* c, int64_t ldc, T alpha,
 }
 
 // Fraction of computed rows that are real when M rows are cut into tiles of mr.
-double row_efficiency(int64_t M, int mr) { return double(M) / double((M + mr - 1) / mr * mr); }
+[[maybe_unused]] double row_efficiency(int64_t M, int mr) { return double(M) / double((M + mr - 1) / mr * mr); }
 
 template <typename T>
 KernelChoice<T> choose_kernel(int64_t M = 0) {
@@ -374,3 +376,5 @@ PYCNN_INSTANTIATE(float)
 PYCNN_INSTANTIATE(double)
 
 }  // namespace pycnn::cpu::PYCNN_ISA
+
+PYCNN_TARGET_END

@@ -2,6 +2,8 @@
 #include "cpu/kernels.h"
 #include "simd/vec.h"
 
+PYCNN_TARGET_BEGIN  // this target's instructions from here to PYCNN_TARGET_END
+
 namespace pycnn::cpu::PYCNN_ISA {
 
 template <typename T>
@@ -28,3 +30,5 @@ template void linear_backward<float>(int64_t, int64_t, int64_t, const float*, co
 template void linear_backward<double>(int64_t, int64_t, int64_t, const double*, const double*, const double*, double*, double*, double*);
 
 }  // namespace pycnn::cpu::PYCNN_ISA
+
+PYCNN_TARGET_END

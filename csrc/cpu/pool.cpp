@@ -33,6 +33,8 @@
 #include "cpu/kernels.h"
 #include "simd/vec.h"
 
+PYCNN_TARGET_BEGIN  // this target's instructions from here to PYCNN_TARGET_END
+
 namespace pycnn::cpu::PYCNN_ISA {
 namespace {
 
@@ -263,3 +265,5 @@ template void max_unpool2d_backward<float>(int64_t, int64_t, int64_t, const floa
 template void max_unpool2d_backward<double>(int64_t, int64_t, int64_t, const double*, const int64_t*, double*);
 
 }  // namespace pycnn::cpu::PYCNN_ISA
+
+PYCNN_TARGET_END

@@ -2,6 +2,8 @@
 #include "cpu/kernels.h"
 #include "simd/vec.h"
 
+PYCNN_TARGET_BEGIN  // this target's instructions from here to PYCNN_TARGET_END
+
 namespace pycnn::cpu::PYCNN_ISA {
 
 template <typename T>
@@ -29,3 +31,5 @@ constexpr Ops<T> ops_of() {
 const KernelTable table = {kIsaName, ops_of<float>(), ops_of<double>(), &conv2d_forward_algorithm};
 
 }  // namespace pycnn::cpu::PYCNN_ISA
+
+PYCNN_TARGET_END

@@ -41,6 +41,8 @@
 
 #include "simd/vec.h"
 
+PYCNN_TARGET_BEGIN  // this target's instructions from here to PYCNN_TARGET_END
+
 namespace pycnn::cpu::PYCNN_ISA {
 namespace {
 
@@ -665,3 +667,5 @@ bool conv2d_backward_weight_winograd_f32(const Conv2dShape& s, const float* x, c
 }
 
 }  // namespace pycnn::cpu::PYCNN_ISA
+
+PYCNN_TARGET_END

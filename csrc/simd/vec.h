@@ -10,8 +10,8 @@
 // library templates the file instantiates (std::vector, std::sort, std::function...) for that
 // target, and those are weak symbols merged across targets by the linker (checked with objdump:
 // with -mavx2 std::sort's helpers came out as AVX code, with the pragma as baseline code). The
-// pragma below starts after every standard header, so only the kernel code gets the target's
-// instructions. Rule: include this header LAST in a kernel source.
+// target region (PYCNN_TARGET_BEGIN below) starts after every standard header, so only the kernel
+// code gets the target's instructions. Rule: include this header LAST in a kernel source.
 //
 // The vectors are GCC/Clang vector extensions, `vec<T>` = kVectorBytes / sizeof(T) lanes of T:
 // + - * / compare and ?: work lane-wise; loads and stores go through memcpy (unaligned). A few
@@ -35,15 +35,41 @@
 #include <arm_neon.h>
 #endif
 
-// ---- the target's instructions, from here to the end of the file ---------------------------
-#if defined(PYCNN_ISA_AVX512)
-#pragma GCC target("avx512f,avx512vl,avx512dq,avx512bw,avx2,fma,bmi,bmi2,prefer-vector-width=512")
-#elif defined(PYCNN_ISA_AVX2)
-#pragma GCC target("avx2,fma,bmi,bmi2")
+// ---- the target's instructions: between PYCNN_TARGET_BEGIN and PYCNN_TARGET_END ------------
+// A kernel source writes PYCNN_TARGET_BEGIN after its last #include (this header) and
+// PYCNN_TARGET_END at its very end; this header brackets its own code the same way. Macros
+// rather than one pragma left open to the end of the file because Clang wants each
+// `#pragma clang attribute push` popped in the file that pushed it. GCC: a target pragma;
+// Clang: the target attribute on every function (lambdas included) in between.
+#define PYCNN_PRAGMA(x) _Pragma(#x)
+#if defined(__clang__)
+#define PYCNN_TARGET_PUSH(features) \
+  PYCNN_PRAGMA(clang attribute push(__attribute__((target(features))), apply_to = function))
+#define PYCNN_TARGET_POP PYCNN_PRAGMA(clang attribute pop)
+#else
+#define PYCNN_TARGET_PUSH(features) PYCNN_PRAGMA(GCC push_options) PYCNN_PRAGMA(GCC target(features))
+#define PYCNN_TARGET_POP PYCNN_PRAGMA(GCC pop_options)
 #endif
-// neon: baseline on aarch64, no pragma needed. generic: the baseline of the build (SSE2 on x86-64).
+#if defined(PYCNN_ISA_AVX512) && defined(__clang__)
+// (Clang's target attribute takes no vector-width preference; explicit 64-byte vectors are
+// compiled as 512-bit code anyway.)
+#define PYCNN_TARGET_BEGIN PYCNN_TARGET_PUSH("avx512f,avx512vl,avx512dq,avx512bw,avx2,fma,bmi,bmi2")
+#elif defined(PYCNN_ISA_AVX512)
+#define PYCNN_TARGET_BEGIN \
+  PYCNN_TARGET_PUSH("avx512f,avx512vl,avx512dq,avx512bw,avx2,fma,bmi,bmi2,prefer-vector-width=512")
+#elif defined(PYCNN_ISA_AVX2)
+#define PYCNN_TARGET_BEGIN PYCNN_TARGET_PUSH("avx2,fma,bmi,bmi2")
+#endif
+#if defined(PYCNN_TARGET_BEGIN)
+#define PYCNN_TARGET_END PYCNN_TARGET_POP
+#else  // neon: baseline on aarch64. generic: the baseline of the build (SSE2 on x86-64).
+#define PYCNN_TARGET_BEGIN
+#define PYCNN_TARGET_END
+#endif
 
 #define PYCNN_INLINE inline __attribute__((always_inline))
+
+PYCNN_TARGET_BEGIN
 
 namespace pycnn::cpu::PYCNN_ISA {
 
@@ -228,11 +254,11 @@ PYCNN_INLINE lane_t<V> reduce_add(V v) {
 // The lanes of the pair (a, b) numbered 0 .. 2L-1 (a first); the result takes lane f(i).
 template <typename T, typename F, size_t... I>
 PYCNN_INLINE vec<T> shuffle2_impl(vec<T> a, vec<T> b, std::index_sequence<I...>) {
-  using E = typename std::remove_reference<decltype(vmask<T>{}[0])>::type;
-  constexpr vmask<T> idx = {E(F::at(I))...};
 #if defined(__clang__)
   return __builtin_shufflevector(a, b, F::at(I)...);
 #else
+  using E = typename std::remove_reference<decltype(vmask<T>{}[0])>::type;
+  constexpr vmask<T> idx = {E(F::at(I))...};
   return __builtin_shuffle(a, b, idx);
 #endif
 }
@@ -285,3 +311,5 @@ PYCNN_INLINE vec<T> load_row_strided(const T* row, int64_t first, int64_t lo, in
 }
 
 }  // namespace pycnn::cpu::PYCNN_ISA
+
+PYCNN_TARGET_END

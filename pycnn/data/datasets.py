@@ -17,6 +17,9 @@ the test suite checks that no loader opens a socket.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import inspect
+import os
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -46,6 +49,18 @@ class Splits:
     std: torch.Tensor
     extra: dict[str, dict[str, torch.Tensor]] = dataclasses.field(default_factory=dict)
     info: dict[str, Any] = dataclasses.field(default_factory=dict)
+    # What rebuilds these splits: ``get(name, **options)`` (a loader's name, or an image folder's path).
+    name: str | None = None
+    options: dict[str, Any] | None = None
+
+    def __post_init__(self):
+        # Each split carries its description (as torchvision's ImageFolder carries ``classes``), so
+        # pycnn.train.fit can write it into checkpoints from the dataset alone, through
+        # DataLoaders and Subsets too.
+        for ds in (self.train, self.val, self.test):
+            ds.classes = list(self.classes)
+            ds.data_name = self.name
+            ds.data_options = None if self.options is None else dict(self.options)
 
     @property
     def in_channels(self) -> int:
@@ -64,6 +79,22 @@ class Splits:
 
 
 # --------------------------------------------------------------------------- helpers
+
+def _described(name: str):
+    """Decorator for a loader: the Splits it returns record ``name`` and every argument (defaults
+    filled in), so that ``get(name, **splits.options)`` builds them again."""
+    def wrap(loader):
+        signature = inspect.signature(loader)
+
+        @functools.wraps(loader)
+        def build(*args, **kwargs):
+            splits = loader(*args, **kwargs)
+            bound = signature.bind(*args, **kwargs)
+            bound.apply_defaults()
+            return dataclasses.replace(splits, name=name, options=dict(bound.arguments))
+        return build
+    return wrap
+
 
 def _check_fractions(name: str, val_fraction: float, test_fraction: float) -> None:
     for label, f in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
@@ -144,6 +175,7 @@ def _classification_splits(images: torch.Tensor, labels: np.ndarray, classes: Se
 
 # --------------------------------------------------------------------------- digits
 
+@_described("digits")
 def digits(seed: int = 0, size: int | tuple[int, int] | None = None, mode: str = "bilinear",
            val_fraction: float = 0.15, test_fraction: float = 0.15) -> Splits:
     """scikit-learn's handwritten digits: 1797 grey images, 8x8, 10 classes ("0".."9").
@@ -165,6 +197,7 @@ def digits(seed: int = 0, size: int | tuple[int, int] | None = None, mode: str =
 
 # --------------------------------------------------------------------------- faces
 
+@_described("faces")
 def faces(seed: int = 0, size: int | tuple[int, int] | None = None, mode: str = "bilinear",
           val_fraction: float = 0.15, test_fraction: float = 0.15) -> Splits:
     """Faces vs non-faces from ``skimage.data.lfw_subset()``: 200 grey images, 25x25.
@@ -194,6 +227,7 @@ def faces(seed: int = 0, size: int | tuple[int, int] | None = None, mode: str = 
 TEXTURE_SOURCES = ("brick", "grass", "gravel", "moon")
 
 
+@_described("textures")
 def textures(seed: int = 0, patch: int = 32, per_class: int = 300, sources: Sequence[str] = TEXTURE_SOURCES,
              val_fraction: float = 0.15, test_fraction: float = 0.15) -> Splits:
     """Texture patches (patch x patch, grey) cut from scikit-image's brick, grass, gravel, moon images.
@@ -324,6 +358,7 @@ def _shift(a: np.ndarray, dy: int, dx: int) -> np.ndarray:
     return out
 
 
+@_described("galaxies")
 def galaxies(seed: int = 0, n: int = 1200, size: int = 64, zoom: int = 2, noise: float = 0.01,
              target: str = "union", threshold: float = 0.1, min_area: int = 40,
              val_fraction: float = 0.15, test_fraction: float = 0.15) -> Splits:
@@ -444,7 +479,12 @@ NAMES: tuple[str, ...] = tuple(_LOADERS)
 
 
 def get(name: str, **kwargs) -> Splits:
-    """Build a dataset by name (one of :data:`NAMES`); keyword arguments go to its loader."""
-    if name not in _LOADERS:
-        raise ValueError(f"pycnn.data.get: unknown dataset {name!r}; choose from {NAMES}")
-    return _LOADERS[name](**kwargs)
+    """Build a dataset by name (one of :data:`NAMES`) or from a folder of images (a path:
+    :func:`pycnn.data.image_folder`); keyword arguments go to its loader. A name wins over a
+    folder of the same name in the working directory: write ``./digits`` for the folder."""
+    if name in _LOADERS:
+        return _LOADERS[name](**kwargs)
+    if isinstance(name, (str, os.PathLike)) and os.path.isdir(name):
+        from pycnn.data.folder import image_folder
+        return image_folder(name, **kwargs)
+    raise ValueError(f"pycnn.data.get: unknown dataset {name!r}; choose from {NAMES} or give a folder of images")

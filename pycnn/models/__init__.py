@@ -49,6 +49,9 @@ def get(name: str, **kwargs) -> nn.Module:
     image_size, and model-specific ones such as resnet's depth)."""
     _check_name(name)
     try:
-        return _BUILDERS[name](**kwargs)
+        model = _BUILDERS[name](**kwargs)
     except TypeError as e:  # an unknown keyword: say which model rejected it
         raise TypeError(f"model {name!r}: {e}") from None
+    # What a checkpoint needs to rebuild this model (pycnn.checkpoint, pycnn.load).
+    model.pycnn_spec = {"name": name, "kwargs": dict(kwargs)}
+    return model

@@ -10,9 +10,10 @@ are re-exported here so a model can be written against ``pycnn.nn`` alone.
 from torch.nn import Dropout, Flatten, Identity, Module, ModuleList, ReLU, Sequential  # noqa: F401
 
 from pycnn.nn.convert import convert, to_torch
+from pycnn.nn.normalize import Normalize, normalized
 from pycnn.nn.modules import (BatchNorm2d, Conv2d, ConvTranspose2d, DepthwiseConv2d, GlobalAvgPool2d, Linear,
                               MaxPool2d, MaxUnpool2d, SeparableConv2d)
 
 __all__ = ["Conv2d", "ConvTranspose2d", "MaxPool2d", "MaxUnpool2d", "BatchNorm2d", "DepthwiseConv2d",
-           "SeparableConv2d", "Linear", "GlobalAvgPool2d", "convert", "to_torch",
+           "SeparableConv2d", "Linear", "GlobalAvgPool2d", "convert", "to_torch", "Normalize", "normalized",
            "ReLU", "Flatten", "Sequential", "Identity", "Dropout", "Module", "ModuleList"]

@@ -262,6 +262,30 @@ def conv_like_layers(model: nn.Module) -> List[str]:
             if n and isinstance(getattr(m, "weight", None), Tensor) and m.weight.dim() == 4]
 
 
+def describe_layer(model: nn.Module, layer: LayerRef) -> str:
+    """A layer's name for people: ``conv2 (layer 3)`` for the second convolution of a Sequential
+    (the name alone, ``3``, says nothing), ``ReLU (layer 4)`` for other modules, and the model's
+    own attribute name when it has one (``conv2 (layer features.conv2)`` reads badly, so a named
+    layer is ``features.conv2 (Conv2d)``)."""
+    module = find_layer("describe_layer", model, layer)
+    name = layer if isinstance(layer, str) else layer_name(model, module)
+    kind = type(module).__name__
+    if not all(part.isdigit() for part in name.split(".")):
+        return f"{name} ({kind})"
+    convs = conv_like_layers(model)
+    if name in convs:
+        return f"conv{convs.index(name) + 1} (layer {name})"
+    return f"{kind} (layer {name})"
+
+
+def class_label(class_names: Optional[Sequence[str]], index) -> str:
+    """Class ``index`` by name when names are known (and in range), else the number."""
+    i = int(index)
+    if class_names is not None and 0 <= i < len(class_names):
+        return str(class_names[i])
+    return str(i)
+
+
 def as_layer_list(fn: str, model: nn.Module, layers) -> List[nn.Module]:
     if isinstance(layers, (str, nn.Module)):
         layers = [layers]

@@ -14,8 +14,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from pycnn.viz._common import (LayerRef, as_layer_list, capture, check_inputs, find_layer, iter_chunks,
-                               layer_name, leaf, model_guard, relu_backward, run_to_layers)
+from pycnn.viz._common import (LayerRef, as_layer_list, capture, check_inputs, describe_layer, find_layer,
+                               iter_chunks, layer_name, leaf, model_guard, relu_backward, run_to_layers)
 
 __all__ = ["filter_mosaic", "activations", "activation_grid", "top_patches", "TopPatches", "tsne",
            "layer_features"]
@@ -213,5 +213,5 @@ def tsne(model: nn.Module, layer: LayerRef, images: Tensor, labels=None, perplex
     from pycnn.viz import plot as vplot
 
     fig, ax = vplot.scatter_by_label(embedding, labels, ax=ax, class_names=class_names,
-                                     title=f"t-SNE of {layer if isinstance(layer, str) else layer_name(model, layer)}")
+                                     title=f"t-SNE of {describe_layer(model, layer)}")
     return embedding, fig, ax

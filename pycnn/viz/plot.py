@@ -1,4 +1,4 @@
-"""Pictures: images, heatmap overlays, grids, scatter plots, saved as PNG.
+"""Pictures: images, heatmap overlays, grids, scatter plots, saved as PNG (or JPEG, PDF, SVG, ...).
 
 Conventions: images handed to matplotlib are RGB, HWC, float in [0, 1] (``to_image`` converts a
 torch CHW tensor, a grey [H, W] map or an out-of-range array). Every drawing function accepts an
@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 __all__ = ["to_image", "attribution_map", "new_figure", "show_image", "overlay", "image_grid",
-           "scatter_by_label", "save"]
+           "scatter_by_label", "save", "image_format", "IMAGE_FORMATS"]
 
 
 def _numpy(a) -> np.ndarray:
@@ -201,9 +201,30 @@ def scatter_by_label(points, labels=None, ax=None, class_names: Optional[Sequenc
     return fig, ax
 
 
+# The formats ``save`` writes, by file extension. A fixed list (not whatever matplotlib offers)
+# so that every one of them works without LaTeX or extra packages (JPEG/WebP/TIFF through Pillow,
+# a matplotlib dependency).
+IMAGE_FORMATS = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".pdf": "pdf", ".svg": "svg",
+                 ".tif": "tiff", ".tiff": "tiff", ".webp": "webp"}
+
+
+def image_format(path: str) -> str:
+    """The format ``save`` writes for ``path``, from its extension (none: PNG); a ValueError
+    naming the extension when it is not one of ``IMAGE_FORMATS``. Call it before long work."""
+    ext = os.path.splitext(str(path))[1].lower()
+    if not ext:
+        return "png"
+    if ext not in IMAGE_FORMATS:
+        raise ValueError(f"cannot write {path!r}: unknown image format {ext!r}; "
+                         f"use one of {', '.join(IMAGE_FORMATS)}")
+    return IMAGE_FORMATS[ext]
+
+
 def save(fig, path: str, dpi: int = 100) -> str:
-    """Writes the figure as a PNG (directories created) with the Agg renderer; returns the path."""
+    """Writes the figure in the format its extension names (.png, .jpg, .pdf, .svg, ...; no
+    extension: PNG), directories created; returns the path."""
+    fmt = image_format(path)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    # savefig picks the PNG renderer (Agg) by format, whatever the figure's canvas is.
-    fig.savefig(path, dpi=dpi, format="png")
+    # savefig picks the renderer by format (Agg for the bitmaps), whatever the figure's canvas is.
+    fig.savefig(path, dpi=dpi, format=fmt)
     return path

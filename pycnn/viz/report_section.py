@@ -23,7 +23,7 @@ from pycnn.viz import attribution as A
 from pycnn.viz import features as Fe
 from pycnn.viz import plot
 from pycnn.viz import synthesis as S
-from pycnn.viz._common import as_targets, class_scores, conv_like_layers
+from pycnn.viz._common import as_targets, class_label, class_scores, conv_like_layers, describe_layer
 
 __all__ = ["add_viz_section"]
 
@@ -92,7 +92,10 @@ def _sections(out_dir, subdir, model, images, labels, x, n, device, convs, cam_l
         logits = model(x)
     segmentation = logits.dim() > 2
     predicted = as_targets("report", None, n, device, logits)
-    name = (lambda c: class_names[int(c)] if class_names is not None else str(int(c)))
+    confidence = torch.softmax(logits.reshape(n, logits.shape[1], -1).mean(-1).float(), 1)
+    name = (lambda c: class_label(class_names, c))  # noqa: E731
+    layer_text = (lambda lname: describe_layer(model, lname))  # noqa: E731
+    cam_text = html.escape(layer_text(cam_layer))
     steps = (lambda full, small: small if quick else full)
     parts: List[str] = [HEADING]
 
@@ -116,22 +119,24 @@ def _sections(out_dir, subdir, model, images, labels, x, n, device, convs, cam_l
             ("guided backprop", A.guided_backprop(model, x, predicted)),
             ("integrated grad.", A.integrated_gradients(model, x, predicted, n_steps=steps(50, 16),
                                                         internal_batch_size=64)),
-            ("Grad-CAM", A.grad_cam(model, cam_layer, x, predicted, size=tuple(x.shape[-2:]))),
+            (f"Grad-CAM {layer_text(cam_layer).split(' (')[0]}",
+             A.grad_cam(model, cam_layer, x, predicted, size=tuple(x.shape[-2:]))),
             ("occlusion", A.occlusion(model, x, predicted, window=(max(2, x.shape[-2] // 6),) * 2,
                                       stride=max(1, x.shape[-2] // 12))),
         ]
         fig, axes = _grid_figure(n, len(maps) + 1)
         for i in range(n):
             truth = "" if labels_t is None or segmentation else f" (true {name(labels_t[i])})"
-            plot.show_image(x[i], ax=axes[i, 0], title=f"pred {name(predicted[i])}{truth}")
+            pct = 100 * float(confidence[i, predicted[i]])
+            plot.show_image(x[i], ax=axes[i, 0], title=f"pred {name(predicted[i])} {pct:.0f}%{truth}")
             for j, (title, m) in enumerate(maps, start=1):
                 plot.overlay(x[i], m[i], ax=axes[i, j], title=title if i == 0 else None, alpha=0.6)
         return fig
 
     section("Attribution: which pixels drove the decision",
             "Heatmaps for the predicted class: gradient (saliency), Zeiler-Fergus deconvnet, guided "
-            "backpropagation, integrated gradients from a black baseline, Grad-CAM at "
-            f"<code>{html.escape(cam_layer)}</code>, and the score drop under a sliding occluder.",
+            f"backpropagation, integrated gradients from a black baseline, Grad-CAM at {cam_text}, and the "
+            "score drop under a sliding occluder. Left: the prediction, its softmax confidence and the true class.",
             "attribution.png", attributions)
 
     def adversarial():
@@ -163,7 +168,7 @@ def _sections(out_dir, subdir, model, images, labels, x, n, device, convs, cam_l
         fig, ax = plot.new_figure(figsize=(4, 4))
         ax.imshow(Fe.filter_mosaic(first.weight), interpolation="nearest")
         ax.set_axis_off()
-        ax.set_title(f"filters of {convs[0]} {tuple(first.weight.shape)}", fontsize=9)
+        ax.set_title(f"filters of {layer_text(convs[0])} {tuple(first.weight.shape)}", fontsize=9)
         return fig
 
     section("Learned filters", "Each tile is one filter of the first convolution (stretched to black-white).",
@@ -175,7 +180,7 @@ def _sections(out_dir, subdir, model, images, labels, x, n, device, convs, cam_l
         fig, axes = _grid_figure(1, len(chosen) + 1, cell=3)
         plot.show_image(x[0], ax=axes[0, 0], title="input")
         for j, (lname, a) in enumerate(acts.items(), start=1):
-            Fe.activation_grid(a, ax=axes[0, j], title=f"{lname}: {a.shape[1]} maps", max_channels=32)
+            Fe.activation_grid(a, ax=axes[0, j], title=f"{layer_text(lname)}: {a.shape[1]} maps", max_channels=32)
         return fig
 
     section("Feature maps", "The outputs of the first and last convolutions for one image: early maps "
@@ -190,7 +195,7 @@ def _sections(out_dir, subdir, model, images, labels, x, n, device, convs, cam_l
             plot.image_grid(res.patches, ncols=3, ax=axes[0, c], title=f"channel {c}")
         return fig
 
-    section("Top patches", f"For four channels of <code>{html.escape(cam_layer)}</code>: the nine image "
+    section("Top patches", f"For four channels of {cam_text}: the nine image "
             "crops (the peak unit's receptive field) that excite it most (Zeiler &amp; Fergus).",
             "top_patches.png", patches)
 
@@ -203,8 +208,8 @@ def _sections(out_dir, subdir, model, images, labels, x, n, device, convs, cam_l
                             max_iter=steps(1000, 250))
         return fig
 
-    section("t-SNE of the learned representation", f"Each image's <code>{html.escape(cam_layer)}</code> "
-            "features embedded in 2-D (scikit-learn), coloured by label: well-separated clusters mean "
+    section("t-SNE of the learned representation", f"Each image's features at {cam_text} embedded in 2-D "
+            "(scikit-learn), coloured by label: well-separated clusters mean "
             "the layer already tells the classes apart.", "tsne.png", embedding)
 
     # -- synthesis -----------------------------------------------------------------------------
@@ -230,7 +235,7 @@ def _sections(out_dir, subdir, model, images, labels, x, n, device, convs, cam_l
                                clamp=(lo, hi), min_size=8)
         fig, axes = _grid_figure(1, 2, cell=3)
         plot.show_image(x[0], ax=axes[0, 0], title="input")
-        plot.show_image(dreamed, ax=axes[0, 1], title=f"dream at {cam_layer}")
+        plot.show_image(dreamed, ax=axes[0, 1], title=f"dream at {layer_text(cam_layer)}")
         return fig
 
     section("Deep dream", "The image nudged, over octaves, to amplify whatever the last convolution "
