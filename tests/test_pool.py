@@ -144,6 +144,21 @@ def test_max_pool2d_empty_windows():
     assert torch.equal(gx.reshape(6, -1), expected)
 
 
+@pytest.mark.parametrize("shape,k,s,p,d", [
+    ((2, 3, 2, 2), 2, 2, 1, 3),                 # every window is padding: index h0 * W + w0 = 6, past the plane
+    ((1, 2, 5, 2), (1, 2), 1, (0, 1), (1, 3)),  # rows fine, columns all padding: indices alias other pixels
+    ((1, 1, 2, 9), 2, 1, 1, 3),                 # the rows all padding, the columns fine
+])
+def test_max_pool2d_all_padding_window_indices_like_torch(variant, shape, k, s, p, d):
+    """The index of a window made only of padding is torch's (tests/test_cuda*.py check the CUDA
+    kernel against the same cases)."""
+    x = torch.randn(*shape)
+    y, idx = PF.max_pool2d(x, k, s, p, d, return_indices=True)
+    ref_y, ref_idx = F.max_pool2d(x, k, s, p, d, return_indices=True)
+    assert torch.isinf(ref_y).any()
+    assert torch.equal(idx, ref_idx) and torch.equal(y, ref_y)
+
+
 @settings(max_examples=30, deadline=None)
 @given(n=st.integers(0, 2), c=st.integers(1, 3), h=st.integers(1, 20), w=st.integers(1, 20),
        kh=st.integers(1, 5), kw=st.integers(1, 5), sh=st.integers(1, 4), sw=st.integers(1, 4),

@@ -48,7 +48,8 @@ bn_stats_kernel(I N, I C, I S, const T* __restrict__ x, T* __restrict__ mean, T*
     A sum = 0;
     for_channel(N, C, S, c, [&](I o) { sum += A(x[o]); });
     sum = block_sum(sum, partial);
-    if (threadIdx.x == 0) channel_mean = sum / count;
+    // An empty batch has mean and variance 0, as on the CPU (not 0 / 0).
+    if (threadIdx.x == 0) channel_mean = count > 0 ? sum / count : A(0);
     __syncthreads();
     const A m = channel_mean;
     A sq = 0;
@@ -59,7 +60,7 @@ bn_stats_kernel(I N, I C, I S, const T* __restrict__ x, T* __restrict__ mean, T*
     sq = block_sum(sq, partial);
     if (threadIdx.x == 0) {
       mean[c] = T(m);
-      var[c] = T(sq / count);
+      var[c] = T(count > 0 ? sq / count : A(0));
     }
     __syncthreads();  // channel_mean is rewritten by the next channel
   }
@@ -114,7 +115,8 @@ bn_backward_kernel(I N, I C, I S, const T* __restrict__ x, const T* __restrict__
       const A scale = is * (weight ? A(weight[c]) : A(1));
       if (training) {
         // gx = w * invstd * (gy - mean(gy) - xhat * mean(gy * xhat)), xhat = (x - mean) * invstd
-        const A mean_gy = sum_gy / count, proj = sum_dot * is * is / count;
+        const A mean_gy = count > 0 ? sum_gy / count : A(0);
+        const A proj = count > 0 ? sum_dot * is * is / count : A(0);
         for_channel(N, C, S, c, [&](I o) {
           gx[o] = T((A(gy[o]) - mean_gy - (A(x[o]) - mu) * proj) * scale);
         });
@@ -126,17 +128,15 @@ bn_backward_kernel(I N, I C, I S, const T* __restrict__ x, const T* __restrict__
   }
 }
 
-unsigned channel_grid(int64_t C) { return unsigned(std::min<int64_t>(C, 1 << 20)); }
-
 }  // namespace
 
 template <typename T>
 void batch_norm_stats(Stream stream, int64_t N, int64_t C, int64_t S, const T* x, T* mean, T* var) {
   if (C == 0) return;
   if (fits_int32(N * C * S))
-    bn_stats_kernel<T, int32_t><<<channel_grid(C), kBnThreads, 0, stream>>>(int32_t(N), int32_t(C), int32_t(S), x, mean, var);
+    PYCNN_LAUNCH(grid_per_item(C), kBnThreads, stream, bn_stats_kernel<T, int32_t>)(int32_t(N), int32_t(C), int32_t(S), x, mean, var);
   else
-    bn_stats_kernel<T, int64_t><<<channel_grid(C), kBnThreads, 0, stream>>>(N, C, S, x, mean, var);
+    PYCNN_LAUNCH(grid_per_item(C), kBnThreads, stream, bn_stats_kernel<T, int64_t>)(N, C, S, x, mean, var);
   check_launch("batch_norm");
 }
 
@@ -146,9 +146,9 @@ void batch_norm_apply(Stream stream, int64_t N, int64_t C, int64_t S, const T* x
   const int64_t total = N * C * S;
   if (total == 0) return;
   if (fits_int32(total))
-    bn_apply_kernel<T, int32_t><<<grid_for(total), kThreads, 0, stream>>>(int32_t(C), int32_t(S), int32_t(total), x, mean, invstd, weight, bias, y);
+    PYCNN_LAUNCH(grid_for(total), kThreads, stream, bn_apply_kernel<T, int32_t>)(int32_t(C), int32_t(S), int32_t(total), x, mean, invstd, weight, bias, y);
   else
-    bn_apply_kernel<T, int64_t><<<grid_for(total), kThreads, 0, stream>>>(C, S, total, x, mean, invstd, weight, bias, y);
+    PYCNN_LAUNCH(grid_for(total), kThreads, stream, bn_apply_kernel<T, int64_t>)(C, S, total, x, mean, invstd, weight, bias, y);
   check_launch("batch_norm");
 }
 
@@ -158,10 +158,10 @@ void batch_norm_backward(Stream stream, int64_t N, int64_t C, int64_t S, const T
                          T* gw, T* gb) {
   if (C == 0 || (!gx && !gw && !gb)) return;
   if (fits_int32(N * C * S))
-    bn_backward_kernel<T, int32_t><<<channel_grid(C), kBnThreads, 0, stream>>>(
+    PYCNN_LAUNCH(grid_per_item(C), kBnThreads, stream, bn_backward_kernel<T, int32_t>)(
         int32_t(N), int32_t(C), int32_t(S), x, gy, mean, invstd, weight, training, gx, gw, gb);
   else
-    bn_backward_kernel<T, int64_t><<<channel_grid(C), kBnThreads, 0, stream>>>(
+    PYCNN_LAUNCH(grid_per_item(C), kBnThreads, stream, bn_backward_kernel<T, int64_t>)(
         N, C, S, x, gy, mean, invstd, weight, training, gx, gw, gb);
   check_launch("batch_norm_backward");
 }

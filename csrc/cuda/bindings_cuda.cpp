@@ -8,8 +8,9 @@
 // around them. Launch failures arrive as std::runtime_error naming the op, which pybind11
 // raises as RuntimeError.
 //
-// Built with the static CUDA runtime: importing this module needs no driver; the first kernel
-// call on a machine without one raises RuntimeError instead.
+// Built with the static CUDA runtime: importing this module needs no driver. pycnn's first CUDA
+// call checks runtime_status() and raises a clear RuntimeError when the driver is missing or
+// older than the runtime (CUDA 13 needs driver >= 580).
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
@@ -31,6 +32,19 @@ PYBIND11_MODULE(_C_cuda, m) {
   m.doc() = "pycnn CUDA kernels (raw-pointer interface; use pycnn.functional instead)";
   m.attr("FLOAT32") = int(kFloat32);
   m.attr("FLOAT64") = int(kFloat64);
+  m.attr("ERROR_INSUFFICIENT_DRIVER") = cuda::insufficient_driver_code();
+
+  m.def("runtime_status", [] {
+    const cuda::RuntimeStatus r = cuda::runtime_status();
+    py::dict d;
+    d["error"] = r.error;
+    d["error_name"] = r.error_name;
+    d["message"] = r.message;
+    d["driver_version"] = r.driver_version;
+    d["runtime_version"] = r.runtime_version;
+    d["devices"] = r.devices;
+    return d;
+  });
 
   m.def("gemm", [](uintptr_t stream, int dt, bool ta, bool tb, int64_t M, int64_t N, int64_t K, double alpha,
                    uintptr_t A, int64_t lda, uintptr_t B, int64_t ldb, double beta, uintptr_t C,

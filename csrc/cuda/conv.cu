@@ -40,9 +40,9 @@ void im2col(Stream stream, const Conv2dShape& s, int64_t batch, const T* x, T* c
   if (total == 0) return;
   const int64_t biggest = std::max(batch * s.C * s.kh * s.kw * s.OH * s.OW, batch * s.C * s.H * s.W);
   if (fits_int32(biggest))
-    im2col_kernel<T, int32_t><<<grid_for(total), kThreads, 0, stream>>>(ConvGeom<int32_t>::from(s), int32_t(total), x, col);
+    PYCNN_LAUNCH(grid_for(total), kThreads, stream, im2col_kernel<T, int32_t>)(ConvGeom<int32_t>::from(s), int32_t(total), x, col);
   else
-    im2col_kernel<T, int64_t><<<grid_for(total), kThreads, 0, stream>>>(ConvGeom<int64_t>::from(s), total, x, col);
+    PYCNN_LAUNCH(grid_for(total), kThreads, stream, im2col_kernel<T, int64_t>)(ConvGeom<int64_t>::from(s), total, x, col);
   check_launch(op);
 }
 
@@ -52,9 +52,9 @@ void col2im(Stream stream, const Conv2dShape& s, int64_t batch, const T* col, T*
   if (total == 0) return;
   const int64_t biggest = std::max(batch * s.C * s.kh * s.kw * s.OH * s.OW, total);
   if (fits_int32(biggest))
-    col2im_kernel<T, int32_t><<<grid_for(total), kThreads, 0, stream>>>(ConvGeom<int32_t>::from(s), int32_t(total), col, gx);
+    PYCNN_LAUNCH(grid_for(total), kThreads, stream, col2im_kernel<T, int32_t>)(ConvGeom<int32_t>::from(s), int32_t(total), col, gx);
   else
-    col2im_kernel<T, int64_t><<<grid_for(total), kThreads, 0, stream>>>(ConvGeom<int64_t>::from(s), total, col, gx);
+    PYCNN_LAUNCH(grid_for(total), kThreads, stream, col2im_kernel<T, int64_t>)(ConvGeom<int64_t>::from(s), total, col, gx);
   check_launch(op);
 }
 

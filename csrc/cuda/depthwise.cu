@@ -64,10 +64,10 @@ void depthwise_conv2d_forward(Stream stream, const Conv2dShape& s, const T* x, c
   if (total == 0) return;
   const int64_t mult = s.K / s.C;
   if (small_shape(s))
-    depthwise_forward_kernel<T, int32_t><<<grid_for(total), kThreads, 0, stream>>>(
+    PYCNN_LAUNCH(grid_for(total), kThreads, stream, depthwise_forward_kernel<T, int32_t>)(
         ConvGeom<int32_t>::from(s), int32_t(s.K), int32_t(mult), int32_t(total), x, w, bias, y);
   else
-    depthwise_forward_kernel<T, int64_t><<<grid_for(total), kThreads, 0, stream>>>(
+    PYCNN_LAUNCH(grid_for(total), kThreads, stream, depthwise_forward_kernel<T, int64_t>)(
         ConvGeom<int64_t>::from(s), s.K, mult, total, x, w, bias, y);
   check_launch("depthwise_conv2d");
 }
@@ -79,10 +79,10 @@ void depthwise_conv2d_backward_input(Stream stream, const Conv2dShape& s, const 
   if (total == 0) return;
   const int64_t mult = s.C > 0 ? s.K / s.C : 0;
   if (small_shape(s))
-    depthwise_input_grad_kernel<T, int32_t><<<grid_for(total), kThreads, 0, stream>>>(
+    PYCNN_LAUNCH(grid_for(total), kThreads, stream, depthwise_input_grad_kernel<T, int32_t>)(
         ConvGeom<int32_t>::from(s), int32_t(mult), int32_t(total), gy, w, gx);
   else
-    depthwise_input_grad_kernel<T, int64_t><<<grid_for(total), kThreads, 0, stream>>>(
+    PYCNN_LAUNCH(grid_for(total), kThreads, stream, depthwise_input_grad_kernel<T, int64_t>)(
         ConvGeom<int64_t>::from(s), mult, total, gy, w, gx);
   check_launch("depthwise_conv2d_backward_input");
 }
@@ -100,12 +100,12 @@ void depthwise_conv2d_backward_weight(Stream stream, const Conv2dShape& s, const
     return;
   }
   const int64_t mult = s.K / s.C;
-  const unsigned grid = unsigned(std::min<int64_t>(weights, 1 << 20));
+  const unsigned grid = grid_per_item(weights);
   if (small_shape(s))
-    depthwise_weight_grad_kernel<T, int32_t><<<grid, kReduceThreads, 0, stream>>>(
+    PYCNN_LAUNCH(grid, kReduceThreads, stream, depthwise_weight_grad_kernel<T, int32_t>)(
         ConvGeom<int32_t>::from(s), int32_t(s.N), int32_t(s.K), int32_t(mult), x, gy, gw);
   else
-    depthwise_weight_grad_kernel<T, int64_t><<<grid, kReduceThreads, 0, stream>>>(
+    PYCNN_LAUNCH(grid, kReduceThreads, stream, depthwise_weight_grad_kernel<T, int64_t>)(
         ConvGeom<int64_t>::from(s), s.N, s.K, mult, x, gy, gw);
   check_launch(op);
 }

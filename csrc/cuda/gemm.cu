@@ -31,12 +31,12 @@ void launch_gemm(Stream stream, const GemmProblem<T>& p, const char* op) {
   const int64_t tiles_n = (p.N + Cfg::BN - 1) / Cfg::BN;
   const int64_t batches = p.outer_count * p.inner_count;
   if (tiles_n > 0x7fffffff) throw std::runtime_error(std::string(op) + ": GEMM too wide for the grid");
-  constexpr int64_t kMaxYZ = 65535;  // grid.y and grid.z limits: larger counts go in several launches
-  for (int64_t y0 = 0; y0 < tiles_m; y0 += kMaxYZ) {
-    for (int64_t z0 = 0; z0 < batches; z0 += kMaxYZ) {
-      dim3 grid(unsigned(tiles_n), unsigned(std::min(kMaxYZ, tiles_m - y0)),
-                unsigned(std::min(kMaxYZ, batches - z0)));
-      gemm_kernel<T, Cfg, TA, TB><<<grid, Cfg::kThreads, 0, stream>>>(p, y0, z0, vec_a, vec_b);
+  const int64_t max_yz = PYCNN_GRID_YZ_LIMIT;  // grid.y and grid.z limits: larger counts go in several launches
+  for (int64_t y0 = 0; y0 < tiles_m; y0 += max_yz) {
+    for (int64_t z0 = 0; z0 < batches; z0 += max_yz) {
+      dim3 grid(unsigned(tiles_n), unsigned(std::min(max_yz, tiles_m - y0)),
+                unsigned(std::min(max_yz, batches - z0)));
+      PYCNN_LAUNCH(grid, Cfg::kThreads, stream, gemm_kernel<T, Cfg, TA, TB>)(p, y0, z0, vec_a, vec_b);
       check_launch(op);
     }
   }
@@ -148,12 +148,12 @@ void channel_sum(Stream stream, int64_t N, int64_t C, int64_t S, const T* x, T* 
   const bool small = fits_int32(N * C * S);
   if (S == 1) {
     const unsigned grid = grid_for(C);
-    if (small) channel_sum_columns_kernel<T, int32_t><<<grid, kThreads, 0, stream>>>(int32_t(N), int32_t(C), x, out);
-    else channel_sum_columns_kernel<T, int64_t><<<grid, kThreads, 0, stream>>>(N, C, x, out);
+    if (small) PYCNN_LAUNCH(grid, kThreads, stream, channel_sum_columns_kernel<T, int32_t>)(int32_t(N), int32_t(C), x, out);
+    else PYCNN_LAUNCH(grid, kThreads, stream, channel_sum_columns_kernel<T, int64_t>)(N, C, x, out);
   } else {
-    const unsigned grid = unsigned(std::min<int64_t>(C, 1 << 20));
-    if (small) channel_sum_rows_kernel<T, int32_t><<<grid, kSumThreads, 0, stream>>>(int32_t(N), int32_t(C), int32_t(S), x, out);
-    else channel_sum_rows_kernel<T, int64_t><<<grid, kSumThreads, 0, stream>>>(N, C, S, x, out);
+    const unsigned grid = grid_per_item(C);
+    if (small) PYCNN_LAUNCH(grid, kSumThreads, stream, channel_sum_rows_kernel<T, int32_t>)(int32_t(N), int32_t(C), int32_t(S), x, out);
+    else PYCNN_LAUNCH(grid, kSumThreads, stream, channel_sum_rows_kernel<T, int64_t>)(N, C, S, x, out);
   }
   check_launch("channel_sum");
 }

@@ -1,6 +1,5 @@
-// The GEMM kernel's device code, kept free of CUDA-only headers so that the very same source
-// can be compiled by a host compiler and run by the CPU emulator in csrc/cuda/host_check (one
-// std::thread per CUDA thread, a barrier for __syncthreads). Included by gemm.cu only.
+// The GEMM kernel's device code, kept free of CUDA-only headers (the CPU emulator in
+// csrc/cuda/host_check compiles gemm.cu, which includes it, with a host compiler).
 #pragma once
 #include <cstdint>
 

@@ -1,5 +1,5 @@
 // Index math of im2col / col2im / depthwise / pooling, as __host__ __device__ functions so the
-// same code the kernels run can be checked on a machine without a GPU (tests/cuda_index_host).
+// same code the kernels run can be checked on a machine without a GPU (csrc/cuda/host_check).
 #pragma once
 #include <cmath>
 #include <cstdint>
@@ -153,18 +153,36 @@ PYCNN_HD T depthwise_weight_term(const ConvGeom<I>& g, I K, I mult, I k, I i, I 
 
 // ---- max pooling over planes of H x W ---------------------------------------------------------
 
+// First tap at or after `start` (negative: in the padding) that is not in the leading padding.
+template <typename I>
+PYCNN_HD I first_tap_not_before_zero(I start, I dil) {
+  return start >= 0 ? start : start + ((-start + dil - 1) / dil) * dil;
+}
+
 template <typename I>
 struct PoolGeom {
   I planes, H, W, OH, OW, kh, kw, sh, sw, ph, pw, dh, dw;
+  // Some window's columns all lie in the padding (dilation wider than the input): its index
+  // h0 * W + w0 (see max_pool_element) can alias an in-plane pixel outside the window, which
+  // the CPU kernel and torch's CPU kernel credit with that window's gradient. The gather then
+  // scans every window of the plane so that CUDA does the same.
+  bool dead_columns;
   static PoolGeom from(const Pool2dShape& s) {
+    bool dead = false;
+    for (int64_t ow = 0; ow < s.OW && !dead; ++ow)
+      dead = first_tap_not_before_zero<int64_t>(ow * s.sw - s.pw, s.dw) >= s.W;
     return {I(s.planes), I(s.H), I(s.W), I(s.OH), I(s.OW), I(s.kh), I(s.kw),
-            I(s.sh), I(s.sw), I(s.ph), I(s.pw), I(s.dh), I(s.dw)};
+            I(s.sh), I(s.sw), I(s.ph), I(s.pw), I(s.dh), I(s.dw), dead};
   }
 };
 
-// The max of one window and its flat position h * W + w, exactly as torch picks it: the scan
-// goes row by row, a larger value or any NaN takes over (so the first maximum wins a tie and
-// the last NaN wins over everything), and a window of -inf reports its first in-bounds tap.
+// The max of one window and its flat position h * W + w, exactly as torch picks it (on CPU and
+// CUDA alike): the scan goes row by row, a larger value or any NaN takes over (so the first
+// maximum wins a tie and the last NaN wins over everything). The position starts at the first
+// row and column tap past the leading padding, so a window of -inf reports its first in-bounds
+// tap, and a window made only of padding (dilation larger than the input) reports that start
+// position, h0 * W + w0, as torch does, although it lies outside the window (often outside the
+// plane) and its value is -inf.
 template <typename T, typename I>
 PYCNN_HD void max_pool_element(const PoolGeom<I>& g, I idx, const T* x, T* y, int64_t* indices) {
   const I ow = idx % g.OW;
@@ -173,16 +191,16 @@ PYCNN_HD void max_pool_element(const PoolGeom<I>& g, I idx, const T* x, T* y, in
   const I plane = t / g.OH;
   const T* xp = x + plane * g.H * g.W;
   T best = -T(INFINITY);
-  I arg = -1;
+  const I h_start = oh * g.sh - g.ph, w_start = ow * g.sw - g.pw;
+  int64_t arg = int64_t(first_tap_not_before_zero(h_start, g.dh)) * g.W + first_tap_not_before_zero(w_start, g.dw);
   for (I i = 0; i < g.kh; ++i) {
-    const I ih = oh * g.sh - g.ph + i * g.dh;
+    const I ih = h_start + i * g.dh;
     if (ih < 0 || ih >= g.H) continue;
     for (I j = 0; j < g.kw; ++j) {
-      const I iw = ow * g.sw - g.pw + j * g.dw;
+      const I iw = w_start + j * g.dw;
       if (iw < 0 || iw >= g.W) continue;
       const I pos = ih * g.W + iw;
       const T v = xp[pos];
-      if (arg < 0) arg = pos;
       if (v > best || v != v) {
         best = v;
         arg = pos;
@@ -190,7 +208,7 @@ PYCNN_HD void max_pool_element(const PoolGeom<I>& g, I idx, const T* x, T* y, in
     }
   }
   y[idx] = best;
-  indices[idx] = int64_t(arg);
+  indices[idx] = arg;
 }
 
 // gx at flat input index idx = plane * H * W + h * W + w: the sum of gy over the windows whose
@@ -208,6 +226,11 @@ PYCNN_HD T max_pool_grad_element(const PoolGeom<I>& g, I idx, const T* gy, const
   const I ow_hi = (w + g.pw) / g.sw < g.OW - 1 ? (w + g.pw) / g.sw : g.OW - 1;
   const I out_base = plane * g.OH * g.OW;
   T sum = T(0);
+  if (g.dead_columns) {  // degenerate geometry (see PoolGeom): every window, in output order
+    for (I o = out_base; o < out_base + g.OH * g.OW; ++o)
+      if (indices[o] == int64_t(pos)) sum += gy[o];
+    return sum;
+  }
   for (I oh = oh_lo; oh <= oh_hi; ++oh)
     for (I ow = ow_lo; ow <= ow_hi; ++ow) {
       const I o = out_base + oh * g.OW + ow;

@@ -7,6 +7,7 @@
 // Plain C++ (no CUDA syntax), so bindings_cuda.cpp can include it without the CUDA headers.
 #pragma once
 #include <cstdint>
+#include <string>
 
 #include "common/shapes.h"
 
@@ -15,6 +16,17 @@ struct CUstream_st;  // = cudaStream_t's pointee, declared by the CUDA runtime t
 namespace pycnn::cuda {
 
 using Stream = CUstream_st*;
+
+// ---- runtime.cu: the driver check behind pycnn's first CUDA call ----------------------------
+struct RuntimeStatus {
+  int error = 0;            // cudaError_t of cudaGetDeviceCount; 0 = success
+  std::string error_name, message;
+  int driver_version = 0;   // CUDA version the driver supports, 1000 * major + 10 * minor; 0 = none
+  int runtime_version = 0;  // the (statically linked) runtime's version, same encoding
+  int devices = 0;
+};
+RuntimeStatus runtime_status();
+int insufficient_driver_code();  // cudaErrorInsufficientDriver
 
 // ---- gemm.cu ------------------------------------------------------------------------------
 // C[M,N] = alpha * op(A) @ op(B) + beta * C, row-major with leading dimensions, as cpu::gemm.

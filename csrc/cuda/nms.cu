@@ -31,17 +31,17 @@ void nms_sorted(Stream stream, int64_t n, const T* boxes, const int64_t* categor
   if (words > 65535) throw std::runtime_error("nms: too many boxes for the CUDA kernel (" + std::to_string(n) + ")");
   unsigned long long* mask = workspace;
   unsigned long long* suppressed = workspace + n * words;
-  nms_mask_kernel<T><<<dim3(unsigned(words), unsigned(words)), kTile, 0, stream>>>(
+  PYCNN_LAUNCH(dim3(unsigned(words), unsigned(words)), kTile, stream, nms_mask_kernel<T>)(
       n, words, boxes, categories, iou_threshold, mask);
   check_launch("nms");
-  nms_scan_kernel<<<1, 1, 0, stream>>>(n, words, mask, suppressed, keep);
+  PYCNN_LAUNCH(1, 1, stream, nms_scan_kernel)(n, words, mask, suppressed, keep);
   check_launch("nms");
 }
 
 template <typename T>
 void box_iou(Stream stream, int64_t n, int64_t m, const T* a, const T* b, T* out) {
   if (n == 0 || m == 0) return;
-  box_iou_kernel<T><<<grid_for(n * m), kThreads, 0, stream>>>(n, m, a, b, out);
+  PYCNN_LAUNCH(grid_for(n * m), kThreads, stream, box_iou_kernel<T>)(n, m, a, b, out);
   check_launch("box_iou");
 }
 

@@ -59,9 +59,9 @@ void max_pool2d_forward(Stream stream, const Pool2dShape& s, const T* x, T* y, i
   const int64_t total = s.planes * s.OH * s.OW;
   if (total == 0) return;
   if (fits_int32(std::max(total, s.planes * s.H * s.W)))
-    max_pool_forward_kernel<T, int32_t><<<grid_for(total), kThreads, 0, stream>>>(PoolGeom<int32_t>::from(s), int32_t(total), x, y, indices);
+    PYCNN_LAUNCH(grid_for(total), kThreads, stream, max_pool_forward_kernel<T, int32_t>)(PoolGeom<int32_t>::from(s), int32_t(total), x, y, indices);
   else
-    max_pool_forward_kernel<T, int64_t><<<grid_for(total), kThreads, 0, stream>>>(PoolGeom<int64_t>::from(s), total, x, y, indices);
+    PYCNN_LAUNCH(grid_for(total), kThreads, stream, max_pool_forward_kernel<T, int64_t>)(PoolGeom<int64_t>::from(s), total, x, y, indices);
   check_launch("max_pool2d");
 }
 
@@ -74,9 +74,9 @@ void max_pool2d_backward(Stream stream, const Pool2dShape& s, const T* gy, const
     return;
   }
   if (fits_int32(std::max(total, s.planes * s.OH * s.OW)))
-    max_pool_backward_kernel<T, int32_t><<<grid_for(total), kThreads, 0, stream>>>(PoolGeom<int32_t>::from(s), int32_t(total), gy, indices, gx);
+    PYCNN_LAUNCH(grid_for(total), kThreads, stream, max_pool_backward_kernel<T, int32_t>)(PoolGeom<int32_t>::from(s), int32_t(total), gy, indices, gx);
   else
-    max_pool_backward_kernel<T, int64_t><<<grid_for(total), kThreads, 0, stream>>>(PoolGeom<int64_t>::from(s), total, gy, indices, gx);
+    PYCNN_LAUNCH(grid_for(total), kThreads, stream, max_pool_backward_kernel<T, int64_t>)(PoolGeom<int64_t>::from(s), total, gy, indices, gx);
   check_launch("max_pool2d_backward");
 }
 
@@ -97,7 +97,7 @@ int64_t max_unpool2d_forward(Stream stream, int64_t planes, int64_t in_size, int
   unsigned long long found = ~0ull;
   cudaError_t err = cudaMemsetAsync(bad, 0xff, sizeof(*bad), stream);  // all ones = none found
   if (err == cudaSuccess) {
-    max_unpool_forward_kernel<T><<<grid_for(total), kThreads, 0, stream>>>(in_size, out_size, total, x, indices, y, bad);
+    PYCNN_LAUNCH(grid_for(total), kThreads, stream, max_unpool_forward_kernel<T>)(in_size, out_size, total, x, indices, y, bad);
     err = cudaGetLastError();
   }
   if (err == cudaSuccess) err = cudaMemcpyAsync(&found, bad, sizeof(found), cudaMemcpyDeviceToHost, stream);
@@ -113,7 +113,7 @@ void max_unpool2d_backward(Stream stream, int64_t planes, int64_t in_size, int64
                            const T* gy, const int64_t* indices, T* gx) {
   const int64_t total = planes * in_size;
   if (total == 0) return;
-  max_unpool_backward_kernel<T><<<grid_for(total), kThreads, 0, stream>>>(in_size, out_size, total, gy, indices, gx);
+  PYCNN_LAUNCH(grid_for(total), kThreads, stream, max_unpool_backward_kernel<T>)(in_size, out_size, total, gy, indices, gx);
   check_launch("max_unpool2d_backward");
 }
 

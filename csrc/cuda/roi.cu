@@ -24,7 +24,7 @@ template <typename T>
 void roi_align_forward(Stream stream, const RoiShape& s, const T* x, const T* rois, T* y) {
   const int64_t total = s.K * s.C * s.PH * s.PW;
   if (total == 0) return;
-  roi_align_forward_kernel<T><<<grid_for(total), kThreads, 0, stream>>>(s, total, x, rois, y);
+  PYCNN_LAUNCH(grid_for(total), kThreads, stream, roi_align_forward_kernel<T>)(s, total, x, rois, y);
   check_launch("roi_align");
 }
 
@@ -32,7 +32,7 @@ template <typename T>
 void roi_align_backward(Stream stream, const RoiShape& s, const T* gy, const T* rois, T* gx) {
   const int64_t total = s.N * s.C * s.H * s.W;
   if (total == 0) return;
-  roi_align_backward_kernel<T><<<grid_for(total), kThreads, 0, stream>>>(s, total, gy, rois, gx);
+  PYCNN_LAUNCH(grid_for(total), kThreads, stream, roi_align_backward_kernel<T>)(s, total, gy, rois, gx);
   check_launch("roi_align_backward");
 }
 
@@ -40,7 +40,7 @@ template <typename T>
 void roi_pool_forward(Stream stream, const RoiShape& s, const T* x, const T* rois, T* y, int64_t* argmax) {
   const int64_t total = s.K * s.C * s.PH * s.PW;
   if (total == 0) return;
-  roi_pool_forward_kernel<T><<<grid_for(total), kThreads, 0, stream>>>(s, total, x, rois, y, argmax);
+  PYCNN_LAUNCH(grid_for(total), kThreads, stream, roi_pool_forward_kernel<T>)(s, total, x, rois, y, argmax);
   check_launch("roi_pool");
 }
 
@@ -48,7 +48,7 @@ template <typename T>
 void roi_pool_backward(Stream stream, const RoiShape& s, const T* gy, const T* rois, const int64_t* argmax, T* gx) {
   const int64_t total = s.N * s.C * s.H * s.W;
   if (total == 0) return;
-  roi_pool_backward_kernel<T><<<grid_for(total), kThreads, 0, stream>>>(s, total, gy, rois, argmax, gx);
+  PYCNN_LAUNCH(grid_for(total), kThreads, stream, roi_pool_backward_kernel<T>)(s, total, gy, rois, argmax, gx);
   check_launch("roi_pool_backward");
 }
 

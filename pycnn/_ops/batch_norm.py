@@ -96,11 +96,8 @@ def batch_norm_forward(x: Tensor, running_mean: Optional[Tensor], running_var: O
     N, C, S = _split(x)
     if training:
         mean, var = x.new_empty(C), x.new_empty(C)
-        if N * S > 0 and C > 0:
+        if C > 0:  # an empty batch gives mean 0 and variance 0 (both kernels, CPU and CUDA)
             native.call("batch_norm_stats", x, N, C, S, native.ptr(x), native.ptr(mean), native.ptr(var))
-        else:  # no values: nothing to normalise; the statistics are left at zero
-            mean.zero_()
-            var.zero_()
     else:
         mean, var = running_mean.contiguous().clone(), running_var.contiguous().clone()
     invstd = torch.rsqrt(var + eps)

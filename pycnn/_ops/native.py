@@ -57,12 +57,45 @@ def cuda_available() -> bool:
     return _C_cuda is not None
 
 
+_cuda_runtime_ok = False  # set once check_cuda_runtime has passed
+
+
+def _version(v: int) -> str:
+    return f"{v // 1000}.{v % 1000 // 10}"
+
+
+def check_cuda_runtime() -> None:
+    """Raises a clear RuntimeError when pycnn's CUDA kernels cannot run on this machine's driver.
+
+    _C_cuda links the CUDA runtime statically (CUDA 13), so it needs an NVIDIA driver >= 580 even
+    where torch's own CUDA build works with an older one; the runtime reports that only as
+    cudaErrorInsufficientDriver on its first call. Run before the first CUDA kernel."""
+    global _cuda_runtime_ok
+    if _cuda_runtime_ok:
+        return
+    status = _C_cuda.runtime_status()
+    if status["error"] == 0:
+        _cuda_runtime_ok = True
+        return
+    runtime = _version(status["runtime_version"])
+    if status["error"] == _C_cuda.ERROR_INSUFFICIENT_DRIVER:
+        found = ("no NVIDIA driver was found" if status["driver_version"] == 0 else
+                 f"the installed NVIDIA driver supports CUDA {_version(status['driver_version'])} only")
+        raise RuntimeError(f"pycnn: the CUDA kernels are built with the CUDA {runtime} runtime (linked statically) "
+                           f"and need an NVIDIA driver >= 580, but {found}. Update the driver, or use the CPU "
+                           "kernels (tensors on the cpu device).")
+    raise RuntimeError(f"pycnn: the CUDA runtime ({runtime}) cannot use this machine's GPUs: "
+                       f"{status['error_name']}: {status['message']}")
+
+
 def call(name: str, like: torch.Tensor, *args):
     """Runs native kernel `name` for tensors of `like`'s device and dtype."""
     if like.device.type == "cpu":
         if torch.get_num_threads() != _kernel_threads:  # torch.set_num_threads was called
             sync_threads()
         return getattr(_C, name)(_DTYPE_CODE[like.dtype], *args)
+    if not _cuda_runtime_ok:
+        check_cuda_runtime()
     with torch.cuda.device(like.device):
         stream = torch.cuda.current_stream(like.device).cuda_stream
         return getattr(_C_cuda, name)(stream, _CUDA_DTYPE_CODE[like.dtype], *args)
