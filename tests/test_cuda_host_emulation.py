@@ -322,3 +322,56 @@ def test_insufficient_driver_is_a_clear_error(emu, monkeypatch):
         emu.lib.emu_set_driver(0, 13000)
     native.check_cuda_runtime()
     assert native._cuda_runtime_ok
+
+
+# ---- detection ops: RoIAlign / RoIPool (backward passes as gathers), NMS, box IoU -----------
+
+import test_roi_ops as roi  # noqa: E402  (its reference helpers)
+
+ROI_CASES = [(2, 3, 9, 11, 12, 3, 3, 1.0, -1, False, 2.0), (2, 3, 9, 11, 12, 2, 4, 0.5, 2, True, 3.0),
+             (1, 2, 7, 6, 9, 5, 5, 0.25, 0, True, 1.5), (1, 4, 5, 5, 8, 7, 7, 1.0, -1, False, 4.0)]
+
+
+def test_roi_ops(emu):
+    """The CUDA kernels give what the CPU kernels give, NaN, huge, empty and reversed boxes included."""
+    import pycnn.ops as ops
+    from pycnn._ops import native
+    for seed, (N, C, H, W, K, ph, pw, scale, ratio, aligned, margin) in enumerate(ROI_CASES):
+        x = roi.distinct(N, C, H, W).requires_grad_()
+        odd = torch.tensor([[0, roi.NAN, 1, 3, 4], [N - 1, -1e30, 0, 1e30, 5], [0, 3, 3, 3, 3], [0, 4, 4, 2, 2]],
+                           dtype=torch.float64)
+        rois = torch.cat([roi.random_rois(K, N, H, W, scale, margin, seed=seed, dtype=torch.float64), odd])
+        ops_to_check = (lambda: ops.roi_align(x, rois, (ph, pw), scale, ratio, aligned),
+                        lambda: torch.ops.pycnn.roi_pool(x, rois, ph, pw, scale))
+        for op in ops_to_check:
+            def run():
+                out = op()
+                y = out[0] if isinstance(out, tuple) else out
+                gy = torch.linspace(-1, 1, y.numel(), dtype=y.dtype).reshape(y.shape)
+                return [t.detach() for t in (out if isinstance(out, tuple) else (out,))] + \
+                    list(torch.autograd.grad(y, x, gy))
+            want = run()
+            with emu.routed():
+                got = run()
+            for g, w in zip(got, want):
+                torch.testing.assert_close(g, w, rtol=1e-12, atol=1e-12)
+    for n, threshold in ((1, 0.5), (63, 0.3), (64, 0.5), (65, 0.5), (200, 0.4)):
+        boxes, scores = roi.random_boxes(n, seed=n, grid=2), torch.rand(n, dtype=torch.float64)
+        idxs = torch.randint(0, 3, (n,), generator=torch.Generator().manual_seed(n))
+        for categories in (None, idxs):
+            order = torch.sort(scores, descending=True, stable=True).indices
+            keep = torch.empty(n, dtype=torch.uint8)
+            sorted_boxes = boxes[order].contiguous()
+            sorted_categories = None if categories is None else categories[order].contiguous()
+            workspace = torch.empty(emu.module.nms_workspace_words(n), dtype=torch.int64)
+            emu.module.nms_sorted(0, native._DTYPE_CODE[torch.float64], n, native.ptr(sorted_boxes),
+                                  native.ptr(sorted_categories), threshold, native.ptr(keep), native.ptr(workspace))
+            want = ops.nms(boxes, scores, threshold) if categories is None else \
+                ops.batched_nms(boxes, scores, categories, threshold)
+            assert torch.equal(order[keep.bool()], want), (n, threshold, categories is not None)
+    a, b = roi.random_boxes(17, seed=1), roi.random_boxes(6, seed=2)
+    want = ops.box_iou(a, b)
+    with emu.routed():
+        got = ops.box_iou(a, b)
+    torch.testing.assert_close(got, want, rtol=1e-15, atol=1e-15)  # FMA contraction: 1 ulp
+    assert emu.failure() == ""
