@@ -6,5 +6,7 @@
 """
 from pycnn.data.datasets import NAMES, Splits, digits, faces, galaxies, galaxy_class_map, get, textures
 from pycnn.data import augment  # noqa: F401
+from pycnn.data.instances import galaxy_instances, instance_targets, masks_to_boxes
 
-__all__ = ["NAMES", "Splits", "digits", "faces", "textures", "galaxies", "galaxy_class_map", "get", "augment"]
+__all__ = ["NAMES", "Splits", "digits", "faces", "textures", "galaxies", "galaxy_class_map", "get", "augment",
+           "galaxy_instances", "instance_targets", "masks_to_boxes"]

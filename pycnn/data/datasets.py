@@ -440,6 +440,8 @@ def galaxies(seed: int = 0, n: int = 1200, size: int = 64, zoom: int = 2, noise:
 _LOADERS: dict[str, Callable[..., Splits]] = {
     "digits": digits, "faces": faces, "textures": textures, "galaxies": galaxies,
 }
+from pycnn.data.instances import galaxy_instances  # noqa: E402  (built on the galaxy helpers above)
+_LOADERS["galaxy_instances"] = galaxy_instances
 NAMES: tuple[str, ...] = tuple(_LOADERS)
 
 
