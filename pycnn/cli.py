@@ -4,6 +4,8 @@
     pycnn evaluate --checkpoint runs/digits/best.pt
     pycnn demo [--quick]          # trains two models, writes pycnn-demo/index.html
     pycnn viz --checkpoint runs/digits/best.pt --image test:0 --method grad_cam --out fig.png
+    pycnn train --model mask_rcnn --data galaxy_instances --epochs 12 --batch-size 8 --lr 2e-3 --out runs/mrcnn
+    pycnn detect --checkpoint runs/mrcnn/best.pt --image test:0 --out detections.png
 
 Bad arguments (unknown model, data or device; a missing or corrupt checkpoint; a model that does
 not fit the data) end with one line on stderr and exit status 2, never a traceback.
@@ -20,7 +22,8 @@ EXIT_USAGE = 2
 
 # Datasets small enough to look at by eye are upsampled for the conv nets; the CLI's default sizes.
 _DEFAULT_DATA_KWARGS = {"digits": {"size": 28}}
-_SIZE_KEYWORD = {"digits": "size", "faces": "size", "galaxies": "size", "textures": "patch"}
+_SIZE_KEYWORD = {"digits": "size", "faces": "size", "galaxies": "size", "textures": "patch",
+                 "galaxy_instances": "size"}
 
 
 class UsageError(Exception):
@@ -116,6 +119,11 @@ def _check_fit(model_name: str, splits) -> str:
     if model_name not in M.names():
         raise UsageError(f"unknown model {model_name!r}; choose one of: {', '.join(M.names())}")
     task = M.task(model_name)
+    if task == "detect" or splits.task == "detection":  # instance detection: mask_rcnn on galaxy_instances
+        if task != "detect" or splits.task != "detection":
+            raise UsageError(f"model {model_name!r} and the data do not fit: detection needs a detection model "
+                             f"and data set together (mask_rcnn with galaxy_instances)")
+        return task
     data_task = "segment" if splits.task == "segmentation" else "classify"
     if task != data_task:
         kind = {"segment": "a segmentation", "classify": "a classification"}
@@ -163,6 +171,9 @@ def cmd_train(args) -> int:
     model_options = _options(args.model_option, "--model-option")
     splits, data_kwargs = _load_data(args.data, args.image_size, args.data_seed, data_options)
     task = _check_fit(args.model, splits)
+    if task == "detect":
+        from pycnn.detection import train_command
+        return train_command(args, splits, data_kwargs, model_options)
     splits, normalize = _standardize(splits)
     model_kwargs = dict(_model_kwargs(args.model, splits, task), **model_options)
     model = _build_model(args.model, model_kwargs, args.seed)
@@ -203,6 +214,9 @@ def cmd_evaluate(args) -> int:
     if "model" not in config or "data" not in config:
         raise UsageError(f"{args.checkpoint} does not say which model and data it was trained on "
                          "(it was not written by `pycnn train`)")
+    if state.get("task") == "detect":
+        from pycnn.detection import evaluate_command
+        return evaluate_command(args, state)
     data_name = args.data or config["data"]
     data_kwargs = dict(config.get("data_kwargs", {}))
     import pycnn.data as D
@@ -286,6 +300,8 @@ def cmd_demo(args) -> int:
     results = {"quick": args.quick, "device": str(device)}
     for name in ("digits", "galaxies"):
         results[name] = run_demo_task(name, device, args.quick, args.out, progress=not args.quiet)
+    from pycnn.detection import run_detection_demo
+    results["detection"] = run_detection_demo(args.quick, args.out, progress=not args.quiet)
     rep = R.Report(args.out, "pycnn demo" + (" (quick)" if args.quick else ""))
     R.build_sections(results, rep)
     path = rep.write()
@@ -306,8 +322,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train a model on a dataset")
     t.add_argument("--model", required=True, help="linear_classifier, mlp, lenet5, simple_cnn, resnet, "
-                                                  "separable_cnn or unet")
-    t.add_argument("--data", required=True, help="digits, faces, textures or galaxies")
+                                                  "separable_cnn, unet or mask_rcnn")
+    t.add_argument("--data", required=True, help="digits, faces, textures, galaxies or galaxy_instances")
     t.add_argument("--epochs", type=int, default=10)
     t.add_argument("--batch-size", type=int, default=64)
     t.add_argument("--optimizer", default="adam", choices=["adam", "adamw", "sgd"])
@@ -349,6 +365,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     from pycnn.viz.cli import add_viz_parser  # `pycnn viz`: explain an image with a checkpoint
     add_viz_parser(sub)
+    from pycnn.detection import add_detect_parser  # `pycnn detect`: boxes and masks on an image
+    add_detect_parser(sub)
     return p
 
 

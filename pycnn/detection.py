@@ -226,3 +226,131 @@ def draw_detections(ax, image, det: dict, score_threshold: float = 0.5, title: s
     ax.set_yticks([])
     if title:
         ax.set_title(title, fontsize=9)
+
+
+# ---- command line (pycnn train / evaluate / detect with a detection model) ---------------------------
+
+def load_instances(data_kwargs: dict):
+    """galaxy_instances splits and their per-image targets, by split name."""
+    import pycnn.data as D
+    splits = D.get("galaxy_instances", **data_kwargs)
+    targets = {k: D.instance_targets(getattr(splits, k).tensors[1]) for k in ("train", "val", "test")}
+    return splits, targets
+
+
+def _normalise(images: Tensor, mean, std) -> Tensor:
+    mean = torch.as_tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
+    std = torch.as_tensor(std, dtype=torch.float32).clamp_min(1e-6).view(1, -1, 1, 1)
+    return (images - mean) / std
+
+
+def train_command(args, splits, data_kwargs: dict, model_options: dict) -> int:
+    """``pycnn train --model mask_rcnn --data galaxy_instances``: trains, then prints the test
+    split's APs next to the watershed baseline's."""
+    import pycnn.data as D
+    import pycnn.models as M
+    targets = {k: D.instance_targets(getattr(splits, k).tensors[1]) for k in ("train", "val", "test")}
+    mean, std = splits.mean.tolist(), splits.std.tolist()
+    model_kwargs = dict({"in_channels": splits.in_channels, "num_classes": splits.num_classes + 1}, **model_options)
+    torch.manual_seed(args.seed)
+    model = M.get(args.model, **model_kwargs)
+    config = {"model": args.model, "model_kwargs": model_kwargs, "data": args.data, "data_kwargs": data_kwargs,
+              "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
+              "normalize": {"mean": mean, "std": std}, "augment": True}
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"training {args.model} ({n_params:,} parameters) on {args.data} {splits.sizes()} for {args.epochs} epochs; "
+          f"checkpoints in {args.out}")
+    t0 = time.perf_counter()
+    history = fit_detection(model, _normalise(splits.train.tensors[0], mean, std), targets["train"],
+                            _normalise(splits.val.tensors[0], mean, std), targets["val"], epochs=args.epochs,
+                            batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, out=args.out,
+                            config=config, seed=args.seed, progress=not args.quiet)
+    print(f"trained {len(history.epochs)} epochs ({len(history.steps)} steps) in {time.perf_counter() - t0:.1f} s")
+    print(format_scores("test", evaluate_detection(model, _normalise(splits.test.tensors[0], mean, std),
+                                                   targets["test"])))
+    print(format_scores("watershed baseline, test", evaluate_detection(watershed_instances(splits.test.tensors[0]),
+                                                                       None, targets["test"])))
+    return 0
+
+
+def _model_from_checkpoint(state: dict):
+    import pycnn.models as M
+    config = state.get("config") or {}
+    model = M.get(config["model"], **config.get("model_kwargs", {}))
+    model.load_state_dict(state["model"])
+    return model.eval(), config
+
+
+def evaluate_command(args, state: dict) -> int:
+    """``pycnn evaluate`` on a detection checkpoint: APs on a split, and the watershed baseline's."""
+    model, config = _model_from_checkpoint(state)
+    splits, targets = load_instances(dict(config.get("data_kwargs", {})))
+    images = getattr(splits, args.split).tensors[0]
+    norm = config.get("normalize") or {"mean": [0.0], "std": [1.0]}
+    print(f"{config['model']} on {config['data']}/{args.split} (checkpoint epoch {state.get('epoch')}):")
+    print(format_scores("  model", evaluate_detection(model, _normalise(images, norm["mean"], norm["std"]),
+                                                      targets[args.split])))
+    print(format_scores("  watershed", evaluate_detection(watershed_instances(images), None, targets[args.split])))
+    return 0
+
+
+def _read_image(spec: str, config: dict) -> Tensor:
+    """A grey [1, H, W] image in [0, 1]: 'split:index' of the checkpoint's data, or an image file
+    (colour is averaged to grey; 8/16-bit integers are scaled to [0, 1])."""
+    split, sep, index = spec.partition(":")
+    if sep and split in ("train", "val", "test") and index.isdigit():
+        splits, _ = load_instances(dict(config.get("data_kwargs", {})))
+        data = getattr(splits, split).tensors[0]
+        if int(index) >= len(data):
+            raise ValueError(f"--image {spec}: the {split} split has {len(data)} images")
+        return data[int(index)]
+    if not os.path.isfile(spec):
+        raise FileNotFoundError(f"--image {spec}: no such file (or use train:N, val:N, test:N)")
+    from skimage import io
+    try:
+        a = np.asarray(io.imread(spec))
+    except Exception as e:  # not an image skimage can read
+        raise ValueError(f"--image {spec}: cannot read it as an image ({type(e).__name__})") from None
+    if a.dtype.kind in "ui":
+        a = a.astype(np.float64) / np.iinfo(a.dtype).max
+    a = a.astype(np.float32)
+    if a.ndim == 3:
+        a = a[..., :3].mean(-1)
+    if a.ndim != 2 or min(a.shape) < 8:
+        raise ValueError(f"--image {spec}: expected a 2-D grey or colour image of at least 8x8, got shape {a.shape}")
+    return torch.from_numpy(np.clip(a, 0.0, 1.0))[None]
+
+
+def detect_command(args) -> int:
+    from pycnn.report import require_matplotlib
+    from pycnn.train import CheckpointError
+    plt = require_matplotlib()
+    try:
+        state = load_checkpoint(args.checkpoint)
+    except CheckpointError as e:
+        raise ValueError(str(e)) from None
+    if (state.get("config") or {}).get("model") != "mask_rcnn":
+        raise ValueError(f"{args.checkpoint} is not a detection checkpoint (trained with --model mask_rcnn)")
+    model, config = _model_from_checkpoint(state)
+    image = _read_image(args.image, config)
+    norm = config.get("normalize") or {"mean": [0.0], "std": [1.0]}
+    det = detect(model, _normalise(image[None], norm["mean"], norm["std"]))[0]
+    keep = det["scores"] >= args.score_threshold
+    h, w = image.shape[-2:]
+    fig, ax = plt.subplots(figsize=(max(3.0, 5.0 * w / max(h, w)), max(3.0, 5.0 * h / max(h, w))))
+    draw_detections(ax, image, det, args.score_threshold, title=f"{int(keep.sum())} detections >= {args.score_threshold}")
+    fig.savefig(args.out, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    for b, s in zip(det["boxes"][keep], det["scores"][keep]):
+        print(f"box ({', '.join(f'{float(v):.1f}' for v in b)})  score {float(s):.3f}")
+    print(f"wrote {args.out}")
+    return 0
+
+
+def add_detect_parser(sub) -> None:
+    d = sub.add_parser("detect", help="draw a detection checkpoint's boxes, scores and masks on an image")
+    d.add_argument("--checkpoint", required=True, help="written by pycnn train --model mask_rcnn")
+    d.add_argument("--image", required=True, help="an image file, or test:N (train:N, val:N) of the checkpoint's data")
+    d.add_argument("--out", default="detections.png", help="figure to write (PNG)")
+    d.add_argument("--score-threshold", type=float, default=0.5)
+    d.set_defaults(func=detect_command)

@@ -17,6 +17,7 @@ the test suite checks that no loader opens a socket.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -271,8 +272,10 @@ def galaxy_class_map(masks: torch.Tensor) -> torch.Tensor:
     return m[:, 0].long() + 2 * m[:, 1].long()
 
 
+@functools.lru_cache(maxsize=4)  # seconds of image analysis; galaxies and galaxy_instances share it
 def _find_galaxies(threshold: float, min_area: int, max_extent: int, stamp: int):
-    """Isolated galaxy stamps (light, footprint) from the Hubble eXtreme Deep Field image.
+    """Isolated galaxy stamps (light, footprint) from the Hubble eXtreme Deep Field image (cached:
+    callers must not modify the arrays).
 
     light: the galaxy's background-subtracted grey light, zero outside its footprint grown by a few
     pixels (so neighbours are removed but faint wings are kept). footprint: the smoothed light of
