@@ -127,6 +127,65 @@ def max_unpool2d_case(name, n, c, hw, *, targets) -> Case:
     return Case(name, f"N{n} C{c} {hw}x{hw} -> {2 * hw}x{2 * hw}", build, targets=targets)
 
 
+# ---- detection: RoI ops against torch compositions ----------------------------------------
+
+def _inside_rois(s: Settings, n: int, per_image: int, hw: int, seed: int) -> torch.Tensor:
+    """per_image boxes on each of n images, inside [0.5, hw - 0.5] (where grid_sample's zero
+    padding and roi_align's edge clamping agree), sorted by image: Tensor[K, 5]."""
+    g = torch.Generator().manual_seed(seed)
+    lo = 0.5 + torch.rand(n * per_image, 2, generator=g, dtype=torch.float64) * (hw / 2)
+    size = 2 + torch.rand(n * per_image, 2, generator=g, dtype=torch.float64) * (hw / 2 - 3)
+    batch = torch.arange(n, dtype=torch.float64).repeat_interleave(per_image)[:, None]
+    return torch.cat([batch, lo, lo + size], dim=1).to(s.device, s.dtype)
+
+
+def _grid_sample_roi_align(x, rois, n, per_image, size, ratio):
+    """roi_align(aligned=True, scale 1, fixed sampling ratio) as torch ops: one grid_sample of
+    every sample point of an image's RoIs, then avg_pool2d over each bin's ratio x ratio samples."""
+    N, C, H, W = x.shape
+    t = (torch.arange(size * ratio, device=x.device, dtype=x.dtype) + 0.5) / (size * ratio)
+    x1, y1, x2, y2 = (rois[:, i, None] for i in range(1, 5))
+    ys = y1 - 0.5 + t * (y2 - y1)                             # [K, S]
+    xs = x1 - 0.5 + t * (x2 - x1)
+    gy = (2 * ys + 1) / H - 1
+    gx = (2 * xs + 1) / W - 1
+    grid = torch.stack(torch.broadcast_tensors(gx[:, None, :], gy[:, :, None]), dim=-1)  # [K, S, S, 2]
+    S = size * ratio
+    grid = grid.reshape(n, per_image * S, S, 2)
+    samples = F.grid_sample(x, grid, mode="bilinear", align_corners=False)  # [N, C, per_image*S, S]
+    samples = samples.reshape(n, C, per_image, S, S).transpose(1, 2).reshape(n * per_image, C, S, S)
+    return F.avg_pool2d(samples, ratio)
+
+
+def roi_align_case(name, n, c, hw, per_image, size, ratio, *, targets) -> Case:
+    def build(s: Settings) -> Pair:
+        import pycnn.ops as ops
+        x = _randn(s, n, c, hw, hw, grad=True, seed=1)
+        rois = _inside_rois(s, n, per_image, hw, seed=2)
+        k = n * per_image
+        # fwd: 4 taps x 2 multiply-adds per sample; bwd the same as scattered adds
+        flops = 2 * (k * c * size * size * ratio * ratio * 4 * 2)
+        return op_pair(s, lambda x: ops.roi_align(x, rois, size, 1.0, ratio, True),
+                       lambda x: _grid_sample_roi_align(x, rois, n, per_image, size, ratio), [x],
+                       backward=True, flops=flops)
+
+    return Case(name, f"N{n} C{c} {hw}x{hw} {n * per_image} RoIs {size}x{size} s{ratio}", build, targets=targets)
+
+
+def roi_pool_case(name, n, c, hw, size, *, targets) -> Case:
+    """roi_pool with one whole-image box per image == adaptive_max_pool2d (hw divisible by size)."""
+    def build(s: Settings) -> Pair:
+        import pycnn.ops as ops
+        x = _randn(s, n, c, hw, hw, grad=True, seed=1)
+        rois = torch.tensor([[i, 0, 0, hw - 1, hw - 1] for i in range(n)], dtype=s.dtype, device=s.device)
+        es, inp, out = x.element_size(), n * c * hw * hw, n * c * size * size
+        nbytes = inp * es + out * (es + 8) + out * (es + 8) + inp * es
+        return op_pair(s, lambda x: ops.roi_pool(x, rois, size), lambda x: F.adaptive_max_pool2d(x, size), [x],
+                       backward=True, nbytes=nbytes)
+
+    return Case(name, f"N{n} C{c} {hw}x{hw} -> {size}x{size}", build, targets=targets)
+
+
 def batch_norm_case(name, n, c, hw, *, targets) -> Case:
     def build(s: Settings) -> Pair:
         PF = _pf()
@@ -447,6 +506,8 @@ def cpu_cases(isa: str | None = None) -> List[Case]:
         gemm_case("gemm vs torch.mm", 1024, targets=[_ratio("<=", 1.05)]),  # >= 0.95 of torch's GFLOP/s
         linear_case("linear fwd+bwd", 256, 1024, 1024),
         max_unpool2d_case("max_unpool2d 2x2 fwd+bwd", 32, 64, 32, targets=()),
+        roi_align_case("roi_align fwd+bwd", 2, 64, 50, 128, 7, 2, targets=()),
+        roi_pool_case("roi_pool fwd+bwd", 8, 64, 56, 7, targets=()),
         resnet_case("resnet train step", 32, 32, targets=[_ratio("<=", t["resnet"])]),
         memory_case("memory conv2d fwd", 256, targets=[_ratio("<=", 1.5)]),
         overhead_case("overhead linear fwd", backward=False),
@@ -469,6 +530,8 @@ def cuda_cases() -> List[Case]:
         batch_norm_case("batch_norm train fwd+bwd", 128, 64, 64, targets=mem_targets),
         depthwise_case("depthwise conv2d 3x3 fwd+bwd", 128, 64, 64, 3, targets=mem_targets),
         max_unpool2d_case("max_unpool2d 2x2 fwd+bwd", 128, 64, 32, targets=[BANDWIDTH_60]),
+        roi_align_case("roi_align fwd+bwd", 2, 256, 50, 256, 7, 2, targets=()),
+        roi_pool_case("roi_pool fwd+bwd", 32, 256, 56, 7, targets=()),
         gemm_case("gemm vs torch.mm", 4096, targets=()),
         linear_case("linear fwd+bwd", 4096, 1024, 1024),
         resnet_case("resnet train step", 128, 32, targets=()),

@@ -139,6 +139,52 @@ PYBIND11_MODULE(_C, m) {
     });
   }, nogil);
 
+  m.def("roi_align_forward", [](int dt, std::vector<int64_t> shape, double scale, int64_t sampling_ratio,
+                                bool aligned, uintptr_t x, uintptr_t rois, uintptr_t y) {
+    auto s = RoiShape::from(shape, scale, sampling_ratio, aligned);
+    dispatch(dt, "roi_align", [&](auto tag) {
+      PYCNN_T;
+      cpu::ops<T>().roi_align_forward(s, p<T>(x), p<T>(rois), p<T>(y));
+    });
+  }, nogil);
+  m.def("roi_align_backward", [](int dt, std::vector<int64_t> shape, double scale, int64_t sampling_ratio,
+                                 bool aligned, uintptr_t gy, uintptr_t rois, uintptr_t gx) {
+    auto s = RoiShape::from(shape, scale, sampling_ratio, aligned);
+    dispatch(dt, "roi_align_backward", [&](auto tag) {
+      PYCNN_T;
+      cpu::ops<T>().roi_align_backward(s, p<T>(gy), p<T>(rois), p<T>(gx));
+    });
+  }, nogil);
+  m.def("roi_pool_forward", [](int dt, std::vector<int64_t> shape, double scale, uintptr_t x,
+                               uintptr_t rois, uintptr_t y, uintptr_t argmax) {
+    auto s = RoiShape::from(shape, scale, 0, false);
+    dispatch(dt, "roi_pool", [&](auto tag) {
+      PYCNN_T;
+      cpu::ops<T>().roi_pool_forward(s, p<T>(x), p<T>(rois), p<T>(y), p<int64_t>(argmax));
+    });
+  }, nogil);
+  m.def("roi_pool_backward", [](int dt, std::vector<int64_t> shape, double scale, uintptr_t gy,
+                                uintptr_t rois, uintptr_t argmax, uintptr_t gx) {
+    auto s = RoiShape::from(shape, scale, 0, false);
+    dispatch(dt, "roi_pool_backward", [&](auto tag) {
+      PYCNN_T;
+      cpu::ops<T>().roi_pool_backward(s, p<T>(gy), p<T>(rois), p<int64_t>(argmax), p<T>(gx));
+    });
+  }, nogil);
+  m.def("nms_sorted", [](int dt, int64_t n, uintptr_t boxes, uintptr_t categories, double iou_threshold,
+                         uintptr_t keep) {
+    return dispatch(dt, "nms", [&](auto tag) {
+      PYCNN_T;
+      return cpu::ops<T>().nms_sorted(n, p<T>(boxes), p<int64_t>(categories), iou_threshold, p<uint8_t>(keep));
+    });
+  }, nogil);
+  m.def("box_iou", [](int dt, int64_t n, int64_t m, uintptr_t a, uintptr_t b, uintptr_t out) {
+    dispatch(dt, "box_iou", [&](auto tag) {
+      PYCNN_T;
+      cpu::ops<T>().box_iou(n, m, p<T>(a), p<T>(b), p<T>(out));
+    });
+  }, nogil);
+
   m.def("batch_norm_stats", [](int dt, int64_t N, int64_t C, int64_t S, uintptr_t x,
                                uintptr_t mean, uintptr_t var) {
     dispatch(dt, "batch_norm", [&](auto tag) {

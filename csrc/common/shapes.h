@@ -46,4 +46,18 @@ struct Pool2dShape {
   }
 };
 
+// RoIAlign / RoIPool: input [N, C, H, W], K boxes (batch index, x1, y1, x2, y2) in the input's
+// dtype, output [K, C, PH, PW]. Boxes are in image coordinates, scaled by spatial_scale.
+struct RoiShape {
+  int64_t N, C, H, W, K, PH, PW;
+  int64_t sampling_ratio;  // RoIAlign: samples per bin side; <= 0 adaptive
+  double spatial_scale;
+  bool aligned;            // RoIAlign: shift by half a pixel
+
+  static RoiShape from(const std::vector<int64_t>& v, double spatial_scale, int64_t sampling_ratio, bool aligned) {
+    if (v.size() != 7) throw std::invalid_argument("RoiShape needs 7 integers, got " + std::to_string(v.size()));
+    return {v[0], v[1], v[2], v[3], v[4], v[5], v[6], sampling_ratio, spatial_scale, aligned};
+  }
+};
+
 }  // namespace pycnn

@@ -38,6 +38,12 @@ struct Ops {
   decltype(&api::batch_norm_backward<T>) batch_norm_backward;
   decltype(&api::linear_forward<T>) linear_forward;
   decltype(&api::linear_backward<T>) linear_backward;
+  decltype(&api::roi_align_forward<T>) roi_align_forward;
+  decltype(&api::roi_align_backward<T>) roi_align_backward;
+  decltype(&api::roi_pool_forward<T>) roi_pool_forward;
+  decltype(&api::roi_pool_backward<T>) roi_pool_backward;
+  decltype(&api::nms_sorted<T>) nms_sorted;
+  decltype(&api::box_iou<T>) box_iou;
 };
 
 struct KernelTable {

@@ -23,7 +23,13 @@ constexpr Ops<T> ops_of() {
           &batch_norm_apply<T>,
           &batch_norm_backward<T>,
           &linear_forward<T>,
-          &linear_backward<T>};
+          &linear_backward<T>,
+          &roi_align_forward<T>,
+          &roi_align_backward<T>,
+          &roi_pool_forward<T>,
+          &roi_pool_backward<T>,
+          &nms_sorted<T>,
+          &box_iou<T>};
 }
 
 const KernelTable table = {kIsaName, ops_of<float>(), ops_of<double>(), &conv2d_forward_algorithm};

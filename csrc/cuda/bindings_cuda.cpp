@@ -125,6 +125,54 @@ PYBIND11_MODULE(_C_cuda, m) {
     });
   }, nogil);
 
+  m.def("roi_align_forward", [](uintptr_t stream, int dt, std::vector<int64_t> shape, double scale,
+                                int64_t sampling_ratio, bool aligned, uintptr_t x, uintptr_t rois, uintptr_t y) {
+    auto s = RoiShape::from(shape, scale, sampling_ratio, aligned);
+    dispatch(dt, "roi_align", [&](auto tag) {
+      PYCNN_T;
+      cuda::roi_align_forward<T>(st(stream), s, p<T>(x), p<T>(rois), p<T>(y));
+    });
+  }, nogil);
+  m.def("roi_align_backward", [](uintptr_t stream, int dt, std::vector<int64_t> shape, double scale,
+                                 int64_t sampling_ratio, bool aligned, uintptr_t gy, uintptr_t rois, uintptr_t gx) {
+    auto s = RoiShape::from(shape, scale, sampling_ratio, aligned);
+    dispatch(dt, "roi_align_backward", [&](auto tag) {
+      PYCNN_T;
+      cuda::roi_align_backward<T>(st(stream), s, p<T>(gy), p<T>(rois), p<T>(gx));
+    });
+  }, nogil);
+  m.def("roi_pool_forward", [](uintptr_t stream, int dt, std::vector<int64_t> shape, double scale, uintptr_t x,
+                               uintptr_t rois, uintptr_t y, uintptr_t argmax) {
+    auto s = RoiShape::from(shape, scale, 0, false);
+    dispatch(dt, "roi_pool", [&](auto tag) {
+      PYCNN_T;
+      cuda::roi_pool_forward<T>(st(stream), s, p<T>(x), p<T>(rois), p<T>(y), p<int64_t>(argmax));
+    });
+  }, nogil);
+  m.def("roi_pool_backward", [](uintptr_t stream, int dt, std::vector<int64_t> shape, double scale, uintptr_t gy,
+                                uintptr_t rois, uintptr_t argmax, uintptr_t gx) {
+    auto s = RoiShape::from(shape, scale, 0, false);
+    dispatch(dt, "roi_pool_backward", [&](auto tag) {
+      PYCNN_T;
+      cuda::roi_pool_backward<T>(st(stream), s, p<T>(gy), p<T>(rois), p<int64_t>(argmax), p<T>(gx));
+    });
+  }, nogil);
+  m.def("nms_workspace_words", &cuda::nms_workspace_words);
+  m.def("nms_sorted", [](uintptr_t stream, int dt, int64_t n, uintptr_t boxes, uintptr_t categories,
+                         double iou_threshold, uintptr_t keep, uintptr_t workspace) {
+    dispatch(dt, "nms", [&](auto tag) {
+      PYCNN_T;
+      cuda::nms_sorted<T>(st(stream), n, p<T>(boxes), p<int64_t>(categories), iou_threshold, p<uint8_t>(keep),
+                          p<unsigned long long>(workspace));
+    });
+  }, nogil);
+  m.def("box_iou", [](uintptr_t stream, int dt, int64_t n, int64_t m, uintptr_t a, uintptr_t b, uintptr_t out) {
+    dispatch(dt, "box_iou", [&](auto tag) {
+      PYCNN_T;
+      cuda::box_iou<T>(st(stream), n, m, p<T>(a), p<T>(b), p<T>(out));
+    });
+  }, nogil);
+
   m.def("batch_norm_stats", [](uintptr_t stream, int dt, int64_t N, int64_t C, int64_t S, uintptr_t x,
                                uintptr_t mean, uintptr_t var) {
     dispatch(dt, "batch_norm", [&](auto tag) {

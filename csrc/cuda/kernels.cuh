@@ -106,4 +106,25 @@ template <typename T>
 void linear_backward(Stream stream, int64_t M, int64_t N, int64_t K, const T* x, const T* w,
                      const T* gy, T* gx /*nullable*/, T* gw /*nullable*/, T* gb /*nullable*/);
 
+// ---- roi.cu: RoIAlign / RoIPool, as csrc/cpu/kernel_api.inc (backward passes are gathers) ------
+template <typename T>
+void roi_align_forward(Stream stream, const RoiShape& s, const T* x, const T* rois, T* y);
+template <typename T>
+void roi_align_backward(Stream stream, const RoiShape& s, const T* gy, const T* rois, T* gx);
+template <typename T>
+void roi_pool_forward(Stream stream, const RoiShape& s, const T* x, const T* rois, T* y, int64_t* argmax);
+template <typename T>
+void roi_pool_backward(Stream stream, const RoiShape& s, const T* gy, const T* rois,
+                       const int64_t* argmax, T* gx);
+
+// ---- nms.cu ------------------------------------------------------------------------------------
+// keep[i] for n boxes sorted by descending score, as the CPU nms_sorted (no count returned: that
+// would wait for the device). workspace: nms_workspace_words(n) 64-bit words.
+int64_t nms_workspace_words(int64_t n);
+template <typename T>
+void nms_sorted(Stream stream, int64_t n, const T* boxes, const int64_t* categories /*nullable*/,
+                double iou_threshold, uint8_t* keep, unsigned long long* workspace);
+template <typename T>
+void box_iou(Stream stream, int64_t n, int64_t m, const T* a, const T* b, T* out);
+
 }  // namespace pycnn::cuda
