@@ -13,12 +13,6 @@ from pycnn.models.mask_rcnn import AnchorGenerator, BoxCoder, Matcher, paste_mas
 SPLITS = ("train", "val", "test")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def ops():
-    import roi_standin  # pycnn.ops when present, else the tests' pure-torch stand-in
-    return roi_standin.install()
-
-
 @pytest.fixture(scope="module")
 def data():
     return D.get("galaxy_instances", n=40, seed=3)
@@ -145,7 +139,7 @@ def test_forward_train_and_eval_shapes(data):
     model.train()
     losses = model(x, t)
     assert set(losses) == {"loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg", "loss_mask"}
-    assert all(v.ndim == 0 and math.isfinite(float(v)) for v in losses.values())
+    assert all(v.ndim == 0 and math.isfinite(float(v.detach())) for v in losses.values())
     sum(losses.values()).backward()
     for name in ("rpn_head.objectness.weight", "cls_score.weight", "bbox_pred.weight", "mask_head.0.weight",
                  "backbone.stem.0.weight"):
@@ -233,3 +227,16 @@ def test_cli_train_evaluate_detect(tmp_path, capsys):
     assert "no such file" in capsys.readouterr().err
     assert main(["train", "--model", "unet", "--data", "galaxy_instances", "--data-option", "n=9"]) == 2
     assert "detection" in capsys.readouterr().err
+
+
+def test_demo_section_quick(tmp_path):
+    # The quick demo's detection run and its report section (figures, AP table) end to end.
+    from pycnn.detection import demo_section, run_detection_demo
+    from pycnn.report import Report
+    r = run_detection_demo(quick=True, out_dir=str(tmp_path), progress=False)
+    assert r["quick"] and len(r["history"].steps) <= 8 and len(r["preds"]) == len(r["images"])
+    rep = Report(str(tmp_path), "t")
+    section = demo_section(r, rep)
+    assert section.title == "Detection and instance segmentation" and "watershed" in section.html
+    assert {f.path for f in section.figures} == {"detection_examples.png", "detection_curves.png"}
+    assert all((tmp_path / f.path).stat().st_size > 1000 for f in section.figures)

@@ -28,14 +28,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import pycnn.nn as pnn
+from pycnn import ops
 
 __all__ = ["MaskRCNN", "mask_rcnn", "BoxCoder", "Matcher", "sample_balanced", "AnchorGenerator", "paste_masks"]
-
-
-def _ops():
-    """pycnn.ops (RoIAlign, NMS, box IoU on pycnn's kernels), imported when first needed."""
-    import pycnn.ops as ops
-    return ops
 
 
 # ---- box utilities ----------------------------------------------------------------------------
@@ -267,11 +262,10 @@ class MaskRCNN(nn.Module):
     # -- pieces ----------------------------------------------------------------------------------
 
     def _roi_align(self, features: Tensor, boxes: List[Tensor], size: int) -> Tensor:
-        return _ops().roi_align(features, _rois(boxes), size, spatial_scale=self.spatial_scale,
+        return ops.roi_align(features, _rois(boxes), size, spatial_scale=self.spatial_scale,
                                 sampling_ratio=self.sampling_ratio, aligned=True)
 
     def _proposals(self, logits: Tensor, deltas: Tensor, anchors: Tensor, size: Tuple[int, int]) -> List[Tensor]:
-        ops = _ops()
         pre, post = (self.rpn_pre_nms_top_n, self.rpn_post_nms_top_n)
         pre, post = (pre[0], post[0]) if self.training else (pre[1], post[1])
         out = []
@@ -285,7 +279,6 @@ class MaskRCNN(nn.Module):
         return out
 
     def _rpn_loss(self, logits, deltas, anchors, targets) -> Tuple[Tensor, Tensor]:
-        ops = _ops()
         labels, reg_targets, index = [], [], []
         for i, t in enumerate(targets):
             matches = self.rpn_matcher(ops.box_iou(t["boxes"], anchors))
@@ -304,7 +297,6 @@ class MaskRCNN(nn.Module):
     def _sample_rois(self, proposals: List[Tensor], targets: List[dict]):
         """Per image: proposals plus the gt boxes, matched and sampled; returns the sampled boxes,
         their matched gt index (or -1) and class labels (0 = background)."""
-        ops = _ops()
         boxes_out, matched_out, labels_out = [], [], []
         for props, t in zip(proposals, targets):
             props = torch.cat([props, t["boxes"].to(props)])
@@ -323,7 +315,6 @@ class MaskRCNN(nn.Module):
 
     def _mask_targets(self, rois: List[Tensor], matched: List[Tensor], targets: List[dict], size: int) -> Tensor:
         """Each positive RoI's gt mask cut by RoIAlign at ``size`` x ``size`` (torchvision's rule)."""
-        ops = _ops()
         out = []
         for boxes, m, t in zip(rois, matched, targets):
             if len(boxes) == 0:
@@ -383,7 +374,6 @@ class MaskRCNN(nn.Module):
                 "loss_box_reg": box_loss, "loss_mask": mask_loss}
 
     def _detect(self, features, proposals, size) -> List[Dict[str, Tensor]]:
-        ops = _ops()
         x = self.box_head(self._roi_align(features, proposals, 7))
         scores_all = F.softmax(self.cls_score(x), -1)
         boxes_all = _clip_boxes(self.box_coder.decode(self.bbox_pred(x), torch.cat(proposals))
