@@ -162,14 +162,17 @@ def format_scores(name: str, s: dict) -> str:
 
 # ---- classical baseline ---------------------------------------------------------------------------
 
-def watershed_instances(images: Tensor, threshold: float = 0.1, sigma: float = 2.0, min_distance: int = 4,
+def watershed_instances(images: Tensor, threshold: float = 0.1, sigma: float = 1.5, min_distance: int = 2,
                         min_area: int = 30) -> List[dict]:
     """Deblending without learning: smooth each (raw, [0, 1]) image with a Gaussian of ``sigma``,
     take the foreground above ``threshold`` (the isophote the galaxy masks use), seed one marker at
     each local maximum (``skimage.feature.peak_local_max``, ``min_distance`` apart) and grow them
     by watershed on the inverted smoothed light inside the foreground. Each region of at least
     ``min_area`` pixels is one detection, scored by its share of the image's peak brightness (so
-    the brightest galaxy ranks first). Returns torchmetrics-style prediction dicts."""
+    the brightest galaxy ranks first). Returns torchmetrics-style prediction dicts.
+
+    The defaults were chosen on galaxy_instances' validation split (sigma 1, 1.5, 2, 3 x
+    min_distance 2, 4, 6): mask AP 0.248 there, against 0.14-0.24 for the other pairs."""
     from scipy import ndimage
     from skimage import feature, filters, segmentation
 
