@@ -368,7 +368,7 @@ DEMO = {
     "full": dict(data_kwargs={"n": 1500}, model_kwargs={"mask_channels": 16, "box_batch_size": 32}, epochs=12,
                  batch_size=8, lr=2e-3, test_images=None),
     "quick": dict(data_kwargs={"n": 120}, model_kwargs={"mask_channels": 16, "box_batch_size": 32}, epochs=1,
-                  batch_size=4, lr=2e-3, max_steps=8, test_images=12),
+                  batch_size=4, lr=2e-3, max_steps=6, test_images=8),
 }
 
 
@@ -385,7 +385,7 @@ def run_detection_demo(quick: bool, out_dir: str, progress: bool = True, seed: i
     model = M.get("mask_rcnn", **model_kwargs)
     n_test = spec["test_images"] or len(splits.test)
     test_raw, test_targets = splits.test.tensors[0][:n_test], targets["test"][:n_test]
-    val_n = 8 if quick else 100
+    val_n = 4 if quick else 100
     config = {"model": "mask_rcnn", "model_kwargs": model_kwargs, "data": "galaxy_instances",
               "data_kwargs": dict(spec["data_kwargs"], seed=seed), "epochs": spec["epochs"],
               "batch_size": spec["batch_size"], "lr": spec["lr"], "seed": seed, "normalize": {"mean": mean, "std": std}}

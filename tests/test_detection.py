@@ -234,7 +234,7 @@ def test_demo_section_quick(tmp_path):
     from pycnn.detection import demo_section, run_detection_demo
     from pycnn.report import Report
     r = run_detection_demo(quick=True, out_dir=str(tmp_path), progress=False)
-    assert r["quick"] and len(r["history"].steps) <= 8 and len(r["preds"]) == len(r["images"])
+    assert r["quick"] and len(r["history"].steps) <= 6 and len(r["preds"]) == len(r["images"])
     rep = Report(str(tmp_path), "t")
     section = demo_section(r, rep)
     assert section.title == "Detection and instance segmentation" and "watershed" in section.html
