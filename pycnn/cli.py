@@ -4,7 +4,7 @@
     pycnn evaluate --checkpoint runs/digits/best.pt
     pycnn demo [--quick]          # trains two models, writes pycnn-demo/index.html
     pycnn viz --checkpoint runs/digits/best.pt --image test:0 --method grad_cam --out fig.png
-    pycnn train --model mask_rcnn --data galaxy_instances --epochs 12 --batch-size 8 --lr 2e-3 --out runs/mrcnn
+    pycnn train --model mask_rcnn --data galaxy_instances --epochs 7 --batch-size 8 --lr 2e-3 --out runs/mrcnn
     pycnn detect --checkpoint runs/mrcnn/best.pt --image test:0 --out detections.png
 
 Bad arguments (unknown model, data or device; a missing or corrupt checkpoint; a model that does

@@ -66,8 +66,13 @@ def fit_detection(model: nn.Module, images: Tensor, targets: List[dict], val_ima
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=weight_decay)
     steps_per_epoch = math.ceil(len(images) / batch_size)
     total = epochs * steps_per_epoch
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: (s + 1) / warmup_steps if s < warmup_steps else
-                                              0.5 * (1 + math.cos(math.pi * (s - warmup_steps) / max(1, total - warmup_steps))))
+
+    def factor(s: int) -> float:  # linear warm-up, then cosine decay to 0
+        if s < warmup_steps:
+            return (s + 1) / warmup_steps
+        return 0.5 * (1 + math.cos(math.pi * (s - warmup_steps) / max(1, total - warmup_steps)))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
     history, best, step = History(), -math.inf, 0
     for epoch in range(epochs):
         if max_steps is not None and step >= max_steps:
@@ -342,7 +347,8 @@ def detect_command(args) -> int:
     keep = det["scores"] >= args.score_threshold
     h, w = image.shape[-2:]
     fig, ax = plt.subplots(figsize=(max(3.0, 5.0 * w / max(h, w)), max(3.0, 5.0 * h / max(h, w))))
-    draw_detections(ax, image, det, args.score_threshold, title=f"{int(keep.sum())} detections >= {args.score_threshold}")
+    draw_detections(ax, image, det, args.score_threshold,
+                    title=f"{int(keep.sum())} detections >= {args.score_threshold}")
     fig.savefig(args.out, dpi=120, bbox_inches="tight")
     plt.close(fig)
     for b, s in zip(det["boxes"][keep], det["scores"][keep]):
@@ -365,7 +371,7 @@ def add_detect_parser(sub) -> None:
 # Full: the README's measured run. Quick: a token schedule (the whole section stays within ~10 s on
 # 2 cores): it shows the pipeline end to end, not a trained detector.
 DEMO = {
-    "full": dict(data_kwargs={"n": 1500}, model_kwargs={"mask_channels": 16, "box_batch_size": 32}, epochs=12,
+    "full": dict(data_kwargs={"n": 1500}, model_kwargs={"mask_channels": 16, "box_batch_size": 32}, epochs=7,
                  batch_size=8, lr=2e-3, test_images=None),
     "quick": dict(data_kwargs={"n": 120}, model_kwargs={"mask_channels": 16, "box_batch_size": 32}, epochs=1,
                   batch_size=4, lr=2e-3, max_steps=6, test_images=8),

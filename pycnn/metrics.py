@@ -10,7 +10,7 @@ Inputs follow torchmetrics' MeanAveragePrecision: one dict per image; prediction
 """
 from __future__ import annotations
 
-from typing import Dict, List, Sequence
+from typing import Dict, Sequence
 
 import numpy as np
 import torch

@@ -196,7 +196,8 @@ def test_short_training_loss_falls(data):
 def test_watershed_separates_two_blobs():
     from pycnn.detection import watershed_instances
     yy, xx = torch.meshgrid(torch.arange(48.0), torch.arange(48.0), indexing="ij")
-    img = 0.8 * torch.exp(-((yy - 20) ** 2 + (xx - 16) ** 2) / 30) + 0.5 * torch.exp(-((yy - 26) ** 2 + (xx - 32) ** 2) / 30)
+    blob = lambda cy, cx: torch.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / 30)  # noqa: E731
+    img = 0.8 * blob(20, 16) + 0.5 * blob(26, 32)
     (det,) = watershed_instances(img[None, None])
     assert len(det["boxes"]) == 2 and det["masks"].shape == (2, 48, 48)
     assert float(det["scores"][0]) == 1.0 and float(det["scores"][1]) < 1.0   # brightest first

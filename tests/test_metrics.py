@@ -34,7 +34,7 @@ def test_perfect_and_empty():
     p = [_pred([[1, 1, 10, 10], [12, 12, 20, 30]], [0.9, 0.8])]
     for iou_type in ("bbox", "segm"):
         r = coco_ap(p, t, iou_type)
-        assert r["map"] == pytest.approx(1.0) and r["map_50"] == pytest.approx(1.0) and r["map_75"] == pytest.approx(1.0)
+        assert all(r[k] == pytest.approx(1.0) for k in ("map", "map_50", "map_75"))
     assert coco_ap([_pred([], [])], t)["map"] == 0.0
     assert coco_ap([_pred([[0, 0, 4, 4]], [1.0])], [_target([])])["map"] == -1.0  # no ground truth at all
 
