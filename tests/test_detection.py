@@ -177,7 +177,7 @@ def test_image_without_objects_trains(data):
     t[1] = {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64),
             "masks": torch.zeros(0, 64, 64, dtype=torch.bool)}
     losses = model(x, t)
-    assert all(math.isfinite(float(v)) for v in losses.values())
+    assert all(math.isfinite(float(v.detach())) for v in losses.values())
 
 
 def test_short_training_loss_falls(data):
