@@ -258,6 +258,8 @@ def train_command(args, splits, data_kwargs: dict, model_options: dict) -> int:
     split's APs next to the watershed baseline's."""
     import pycnn.data as D
     import pycnn.models as M
+    if torch.device(args.device).type != "cpu":  # the loop and the model's bookkeeping are CPU-only so far
+        raise ValueError(f"--device {args.device}: detection training runs on the CPU only for now")
     targets = {k: D.instance_targets(getattr(splits, k).tensors[1]) for k in ("train", "val", "test")}
     mean, std = splits.mean.tolist(), splits.std.tolist()
     model_kwargs = dict({"in_channels": splits.in_channels, "num_classes": splits.num_classes + 1}, **model_options)
