@@ -241,3 +241,17 @@ def test_demo_section_quick(tmp_path):
     assert section.title == "Detection and instance segmentation" and "watershed" in section.html
     assert {f.path for f in section.figures} == {"detection_examples.png", "detection_curves.png"}
     assert all((tmp_path / f.path).stat().st_size > 1000 for f in section.figures)
+
+
+def test_paste_masks_equals_grid_sample():
+    # Reference: torch's grid_sample (bilinear, zero padding, align_corners=False) at the pixel centres.
+    import torch.nn.functional as F
+    torch.manual_seed(0)
+    masks = torch.rand(4, 28, 28)
+    boxes = torch.tensor([[2.0, 3, 10, 7], [-3, -2, 5, 40], [5.3, 1.2, 30.7, 20.9], [10, 10, 10.5, 10.5]])
+    h, w = 24, 33
+    gx = ((torch.arange(w) + 0.5)[None] - boxes[:, 0:1]) / (boxes[:, 2] - boxes[:, 0])[:, None] * 2 - 1
+    gy = ((torch.arange(h) + 0.5)[None] - boxes[:, 1:2]) / (boxes[:, 3] - boxes[:, 1])[:, None] * 2 - 1
+    grid = torch.stack([gx[:, None, :].expand(4, h, w), gy[:, :, None].expand(4, h, w)], -1)
+    ref = F.grid_sample(masks[:, None], grid, mode="bilinear", padding_mode="zeros", align_corners=False)[:, 0]
+    assert torch.allclose(paste_masks(masks, boxes, (h, w)), ref, atol=1e-5)

@@ -423,10 +423,21 @@ def paste_masks(masks: Tensor, boxes: Tensor, size: Tuple[int, int]) -> Tensor:
     b = boxes.to(masks.dtype)
     bw = (b[:, 2] - b[:, 0]).clamp(min=1e-3)
     bh = (b[:, 3] - b[:, 1]).clamp(min=1e-3)
-    gx = (xs[None] - b[:, 0:1]) / bw[:, None] * 2 - 1          # [K, W], -1..1 across the box
-    gy = (ys[None] - b[:, 1:2]) / bh[:, None] * 2 - 1          # [K, H]
-    grid = torch.stack([gx[:, None, :].expand(k, h, w), gy[:, :, None].expand(k, h, w)], -1)
-    return F.grid_sample(masks[:, None], grid, mode="bilinear", padding_mode="zeros", align_corners=False)[:, 0]
+    m_h, m_w = masks.shape[-2:]
+    # Mask-cell coordinates of each pixel centre (cell i's centre at i), per detection.
+    u = (xs[None] - b[:, 0:1]) / bw[:, None] * m_w - 0.5      # [K, W]
+    v = (ys[None] - b[:, 1:2]) / bh[:, None] * m_h - 0.5      # [K, H]
+    # Bilinear interpolation on the mask padded by one zero cell; indices past the padding read
+    # the padding (0), so pixels away from the box get exactly 0.
+    padded = F.pad(masks, (1, 1, 1, 1))
+    x0, y0 = u.floor(), v.floor()
+    fx, fy = (u - x0)[:, None, :], (v - y0)[:, :, None]
+    xi0, xi1 = (x0.long() + 1).clamp(0, m_w + 1), (x0.long() + 2).clamp(0, m_w + 1)
+    yi0, yi1 = (y0.long() + 1).clamp(0, m_h + 1), (y0.long() + 2).clamp(0, m_h + 1)
+    kk = torch.arange(k, device=masks.device)[:, None, None]
+    at = lambda yi, xi: padded[kk, yi[:, :, None], xi[:, None, :]]  # noqa: E731  [K, H, W]
+    return ((1 - fy) * ((1 - fx) * at(yi0, xi0) + fx * at(yi0, xi1)) +
+            fy * ((1 - fx) * at(yi1, xi0) + fx * at(yi1, xi1)))
 
 
 def mask_rcnn(in_channels: int = 1, num_classes: int = 2, **kwargs) -> MaskRCNN:
