@@ -6,6 +6,7 @@ import torch
 from torch.overrides import TorchFunctionMode
 
 import pycnn.functional as PF
+import pycnn.ops as ops
 from pycnn._ops import native
 
 x4 = lambda *s: torch.randn(*s, requires_grad=True)
@@ -20,6 +21,8 @@ CASES = {
     "batch_norm": lambda: PF.batch_norm(x4(4, 3, 5, 5), torch.zeros(3), torch.ones(3), x4(3), x4(3), training=True),
     "batch_norm_eval": lambda: PF.batch_norm(x4(4, 3, 5, 5), torch.randn(3), torch.rand(3) + 0.5, x4(3), x4(3)),
     "linear": lambda: PF.linear(x4(5, 7), x4(3, 7), x4(3)),
+    "roi_align": lambda: ops.roi_align(x4(2, 3, 8, 8), torch.tensor([[0, 1, 1, 6, 5], [1, 0, 2, 7, 7.0]]), 3, 1.0, 2, True),
+    "roi_pool": lambda: ops.roi_pool(x4(2, 3, 8, 8), [torch.tensor([[1, 1, 6, 5.0]]), torch.tensor([[0, 2, 7, 7.0]])], 3),
 }
 
 

@@ -6,10 +6,12 @@ import pytest
 import torch
 
 import pycnn.functional as PF
+import pycnn.ops as ops
 
 BANNED = re.compile(
     r"^aten::(.*conv.*|.*convolution.*|max_pool.*|max_unpool.*|.*batch_norm.*|mm|addmm|bmm|baddbmm|"
-    r"matmul|linear|_mkldnn.*|mkldnn_.*|cudnn_.*|einsum|tensordot|dot|vdot|mv|addmv)$")
+    r"matmul|linear|_mkldnn.*|mkldnn_.*|cudnn_.*|einsum|tensordot|dot|vdot|mv|addmv|"
+    r"grid_sampler.*|adaptive_.*pool.*|avg_pool.*|.*roi_.*)$")
 
 x4 = lambda *s: torch.randn(*s, requires_grad=True)
 
@@ -21,6 +23,8 @@ CASES = {
     "max_unpool2d": lambda: PF.max_unpool2d(*PF.max_pool2d(x4(2, 3, 8, 8), 2, return_indices=True), 2),
     "batch_norm": lambda: PF.batch_norm(x4(4, 3, 5, 5), torch.zeros(3), torch.ones(3), x4(3), x4(3), training=True),
     "linear": lambda: PF.linear(x4(5, 7), x4(3, 7), x4(3)),
+    "roi_align": lambda: ops.roi_align(x4(2, 3, 8, 8), [torch.tensor([[1, 1, 6, 5.0]]), torch.tensor([[0, 2, 7, 7.0]])], 3),
+    "roi_pool": lambda: ops.roi_pool(x4(2, 3, 8, 8), torch.tensor([[0, 1, 1, 6, 5], [1, 0, 2, 7, 7.0]]), 3),
 }
 
 

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 
 import pycnn  # noqa: F401
 import pycnn.ops as ops
+from isa import each_isa  # noqa: F401  (fixture)
 from reference import assert_same_bits_across_threads, check_op, gradcheck
 
 NAN = float("nan")
@@ -341,12 +342,26 @@ def test_opcheck_roi_ops():
     x = torch.randn(2, 3, 7, 8, dtype=torch.float64, requires_grad=True)
     rois = random_rois(5, 2, 7, 8, 0.5, 2.0, seed=7, dtype=torch.float64)
     torch.library.opcheck(torch.ops.pycnn.roi_align.default, (x, rois, 3, 2, 0.5, 2, True))
-    torch.library.opcheck(torch.ops.pycnn.roi_align.default, (x, rois, 4, 4, 0.5, -1, False))
     torch.library.opcheck(torch.ops.pycnn.roi_pool.default, (distinct(2, 3, 7, 8).requires_grad_(), rois, 3, 2, 0.5))
     gy = torch.randn(5, 3, 3, 2, dtype=torch.float64)
     torch.library.opcheck(torch.ops.pycnn.roi_align_backward.default, (gy, rois, [2, 3, 7, 8], 0.5, 2, True))
     _, arg = torch.ops.pycnn.roi_pool(x.detach(), rois, 3, 2, 0.5)
     torch.library.opcheck(torch.ops.pycnn.roi_pool_backward.default, (gy, rois, arg, [2, 3, 7, 8]))
+
+
+def test_roi_ops_on_every_cpu_target(each_isa):
+    # the kernels are compiled once per target (csrc/simd/vec.h): each gives the reference values
+    N, C, H, W = 2, 2, 7, 9
+    x = distinct(N, C, H, W).requires_grad_()
+    rois = random_rois(6, N, H, W, 0.5, 2.0, seed=10, dtype=torch.float64)
+    out = ops.roi_align(x, rois, 3, 0.5, -1, True)
+    torch.testing.assert_close(out, roi_align_reference(x.detach(), rois, 3, 0.5, -1, True), rtol=1e-12, atol=1e-12)
+    pooled, arg = torch.ops.pycnn.roi_pool(x, rois, 3, 2, 0.5)
+    expected, expected_arg = roi_pool_reference(x.detach(), rois, (3, 2), 0.5)
+    assert torch.equal(pooled, expected) and torch.equal(arg, expected_arg)
+    assert gradcheck(lambda t: ops.roi_align(t, rois, 3, 0.5, -1, True), [x.detach()])
+    boxes, scores = random_boxes(40, seed=11), torch.rand(40, dtype=torch.float64)
+    assert torch.equal(ops.nms(boxes, scores, 0.4), nms_reference(boxes, scores, 0.4))
 
 
 # ---- NMS and box IoU --------------------------------------------------------------------------
@@ -460,6 +475,7 @@ R = torch.tensor([[0, 1, 1, 5, 5.0]])
     (lambda: ops.roi_align(X.int(), R, 2), TypeError, r"roi_align: input has dtype torch.int32"),
     (lambda: ops.roi_align(X[0], R, 2), ValueError, r"roi_align: input must be 4-D"),
     (lambda: ops.roi_align(X, R, 2, spatial_scale=0.0), ValueError, r"spatial_scale must be a positive finite number, got 0.0"),
+    (lambda: ops.roi_align(X, R, 2, sampling_ratio=10**9), ValueError, r"roi_align: sampling_ratio must be at most 65536"),
     (lambda: ops.roi_align(torch.zeros(2, 3, 0, 8), R, 2), ValueError, r"roi_align: input must have a non-empty height"),
     (lambda: ops.nms(torch.zeros(3, 5), torch.zeros(3), 0.5), ValueError, r"nms: boxes must be a Tensor\[N, 4\].*\(3, 5\)"),
     (lambda: ops.nms(torch.zeros(3, 4), torch.zeros(2), 0.5), ValueError, r"nms: 3 boxes but 2 scores"),
@@ -512,3 +528,70 @@ def test_nms_and_box_iou_cuda_match_cpu(dtype):
         assert torch.equal(ops.batched_nms(boxes.cuda(), scores.cuda(), idxs.cuda(), threshold).cpu(),
                            ops.batched_nms(boxes, scores, idxs, threshold))
     torch.testing.assert_close(ops.box_iou(boxes.cuda(), boxes[:40].cuda()).cpu(), ops.box_iou(boxes, boxes[:40]))
+
+
+# ---- the CUDA device code on the CPU emulator (csrc/cuda/host_check/roi_emulate.cpp) ------------
+
+ROOT = __import__("pathlib").Path(__file__).resolve().parent.parent
+EMULATOR = ROOT / "csrc" / "cuda" / "host_check" / "roi_emulate.cpp"
+
+
+@pytest.fixture(scope="module")
+def emulator(tmp_path_factory):
+    import ctypes
+    import shutil
+    import subprocess
+    if shutil.which("g++") is None or not EMULATOR.exists():
+        pytest.skip("needs g++ and the csrc/ sources")
+    out = tmp_path_factory.mktemp("emu") / "roi_emulate.so"
+    subprocess.check_call(["g++", "-std=c++20", "-O1", "-shared", "-fPIC", f"-I{ROOT / 'csrc'}", str(EMULATOR),
+                           "-o", str(out), "-lpthread"])
+    return ctypes.CDLL(str(out))
+
+
+def test_cuda_roi_kernels_on_host_emulator(emulator):
+    """The CUDA kernels (gathers in the backward passes) give what the CPU kernels give, including
+    NaN, huge, empty and reversed boxes."""
+    import ctypes
+    P = lambda t: None if t is None else ctypes.c_void_p(t.data_ptr())  # noqa: E731
+    D, I64 = ctypes.c_double, ctypes.c_int64
+    cases = [(2, 3, 9, 11, 12, 3, 3, 1.0, -1, False, 2.0), (2, 3, 9, 11, 12, 2, 4, 0.5, 2, True, 3.0),
+             (1, 2, 7, 6, 9, 5, 5, 0.25, 0, True, 1.5), (1, 4, 5, 5, 8, 7, 7, 1.0, -1, False, 4.0)]
+    for seed, (N, C, H, W, K, ph, pw, scale, ratio, aligned, margin) in enumerate(cases):
+        x = distinct(N, C, H, W).requires_grad_()
+        odd = torch.tensor([[0, NAN, 1, 3, 4], [N - 1, -1e30, 0, 1e30, 5], [0, 3, 3, 3, 3], [0, 4, 4, 2, 2]],
+                           dtype=torch.float64)
+        rois = torch.cat([random_rois(K, N, H, W, scale, margin, seed=seed, dtype=torch.float64), odd])
+        v = torch.tensor([N, C, H, W, rois.shape[0], ph, pw], dtype=torch.int64)
+        y = ops.roi_align(x, rois, (ph, pw), scale, ratio, aligned)
+        gy = torch.randn_like(y)
+        (gx,) = torch.autograd.grad(y, x, gy)
+        y_emu, gx_emu = torch.empty_like(y), torch.empty_like(x)
+        emulator.emu_roi_align_f64(P(v), D(scale), I64(ratio), int(aligned), P(x.detach()), P(rois), P(y_emu), 0)
+        emulator.emu_roi_align_f64(P(v), D(scale), I64(ratio), int(aligned), P(gy), P(rois), P(gx_emu), 1)
+        torch.testing.assert_close(y_emu, y.detach(), rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(gx_emu, gx, rtol=1e-12, atol=1e-12)
+        y, arg = torch.ops.pycnn.roi_pool(x, rois, ph, pw, scale)
+        (gx,) = torch.autograd.grad(y, x, gy)
+        y_emu, arg_emu = torch.empty_like(y), torch.empty_like(arg)
+        emulator.emu_roi_pool_f64(P(v), D(scale), P(x.detach()), P(rois), P(y_emu), P(arg_emu), 0)
+        emulator.emu_roi_pool_f64(P(v), D(scale), P(gy), P(rois), P(gx_emu), P(arg), 1)
+        assert torch.equal(y_emu, y.detach()) and torch.equal(arg_emu, arg)
+        torch.testing.assert_close(gx_emu, gx, rtol=1e-12, atol=1e-12)
+    for n, threshold in ((1, 0.5), (63, 0.3), (64, 0.5), (65, 0.5), (200, 0.4)):
+        boxes, scores = random_boxes(n, seed=n, grid=2), torch.rand(n, dtype=torch.float64)
+        idxs = torch.randint(0, 3, (n,), generator=torch.Generator().manual_seed(n))
+        for categories in (None, idxs):
+            order = torch.sort(scores, descending=True, stable=True).indices
+            keep = torch.empty(n, dtype=torch.uint8)
+            # named: a temporary's memory would be freed before the call reads it
+            sorted_boxes = boxes[order].contiguous()
+            sorted_categories = None if categories is None else categories[order].contiguous()
+            emulator.emu_nms_f64(I64(n), P(sorted_boxes), P(sorted_categories), D(threshold), P(keep))
+            want = ops.nms(boxes, scores, threshold) if categories is None else \
+                ops.batched_nms(boxes, scores, categories, threshold)
+            assert torch.equal(order[keep.bool()], want), (n, threshold, categories is not None)
+    a, b = random_boxes(17, seed=1), random_boxes(6, seed=2)
+    out = torch.empty(17, 6, dtype=torch.float64)
+    emulator.emu_box_iou_f64(I64(17), I64(6), P(a), P(b), P(out))
+    torch.testing.assert_close(out, ops.box_iou(a, b), rtol=1e-15, atol=1e-15)  # FMA contraction: 1 ulp

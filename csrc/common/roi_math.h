@@ -54,11 +54,11 @@ template <typename T>
 PYCNN_ROI_FN AlignRoi<T> align_roi(const RoiShape& s, const T* box) {
   AlignRoi<T> r;
   r.batch = batch_index_of(double(box[0]), s.N);
-  const T scale = T(s.spatial_scale);
-  const T offset = s.aligned ? T(0.5) : T(0);
-  r.start_x = box[1] * scale - offset;
-  r.start_y = box[2] * scale - offset;
-  const T end_x = box[3] * scale - offset, end_y = box[4] * scale - offset;
+  // Scaled in double and rounded once to T, as torchvision (its spatial_scale is a double).
+  const double scale = s.spatial_scale, offset = s.aligned ? 0.5 : 0.0;
+  r.start_x = T(double(box[1]) * scale - offset);
+  r.start_y = T(double(box[2]) * scale - offset);
+  const T end_x = T(double(box[3]) * scale - offset), end_y = T(double(box[4]) * scale - offset);
   T roi_w = end_x - r.start_x, roi_h = end_y - r.start_y;
   if (!(std::isfinite(double(r.start_x)) && std::isfinite(double(r.start_y)) &&
         std::isfinite(double(roi_w)) && std::isfinite(double(roi_h)))) {
@@ -124,10 +124,9 @@ struct PoolRoi {
 template <typename T>
 PYCNN_ROI_FN PoolRoi pool_roi(const RoiShape& s, const T* box) {
   PoolRoi r{batch_index_of(double(box[0]), s.N), 0, 0, 1, 1};
-  const T scale = T(s.spatial_scale);
   int64_t c[4];
   for (int i = 0; i < 4; ++i) {
-    const double v = std::round(double(box[1 + i] * scale));
+    const double v = std::round(double(box[1 + i]) * s.spatial_scale);  // in double, as torchvision
     // NaN/inf: no RoI; huge values are clamped (2^40 is far outside any feature map) so the
     // integer math below cannot overflow.
     if (!std::isfinite(v)) { r.batch = -1; return r; }

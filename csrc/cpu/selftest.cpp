@@ -18,6 +18,7 @@
 
 using pycnn::Conv2dShape;
 using pycnn::Pool2dShape;
+using pycnn::RoiShape;
 using pycnn::cpu::ops;
 
 namespace {
@@ -266,6 +267,122 @@ void check_linear(const char* isa) {
   expect_close<T>(std::string(isa) + " linear", y, want);
 }
 
+// ---- RoIAlign, RoIPool, NMS -----------------------------------------------------------------
+// roi_align against bilinear loops written here (torchvision's sampling rule); its backward by
+// the adjoint identity <roi_align(x), gy> == <x, roi_align_backward(gy)>; roi_pool against a
+// window max; nms against greedy suppression over all pairs.
+double bilinear(const std::vector<double>& plane, int64_t H, int64_t W, double y, double x) {
+  if (y < -1 || y > H || x < -1 || x > W) return 0;
+  y = std::max(y, 0.0), x = std::max(x, 0.0);
+  int64_t y0 = int64_t(y), x0 = int64_t(x), y1 = y0 + 1, x1 = x0 + 1;
+  if (y0 >= H - 1) y0 = y1 = H - 1, y = double(y0);
+  if (x0 >= W - 1) x0 = x1 = W - 1, x = double(x0);
+  const double ly = y - y0, lx = x - x0;
+  return (1 - ly) * (1 - lx) * plane[size_t(y0 * W + x0)] + (1 - ly) * lx * plane[size_t(y0 * W + x1)] +
+         ly * (1 - lx) * plane[size_t(y1 * W + x0)] + ly * lx * plane[size_t(y1 * W + x1)];
+}
+
+template <typename T>
+void check_roi(const char* isa) {
+  RoiShape s{2, 3, 9, 11, 0, 3, 4, -1, 0.5, false};
+  const std::vector<double> boxes = {0, 1, 2, 15, 12,  1, -3, -2, 8, 30,  1, 5, 5, 5.5, 5.2,  0, 20, 1, 30, 17,
+                                     0, NAN, 1, 3, 4,  1, 4, 4, 4, 4};
+  s.K = int64_t(boxes.size() / 5);
+  const std::vector<T> rois(boxes.begin(), boxes.end());
+  const auto x = random_vector<T>(size_t(s.N * s.C * s.H * s.W), 41);
+  const size_t out_size = size_t(s.K * s.C * s.PH * s.PW);
+  for (int aligned = 0; aligned < 2; ++aligned)
+    for (int64_t ratio : {int64_t(-1), int64_t(2)}) {
+      s.aligned = aligned != 0, s.sampling_ratio = ratio;
+      std::vector<T> y(out_size);
+      ops<T>().roi_align_forward(s, x.data(), rois.data(), y.data());
+      std::vector<double> want(out_size, 0.0);
+      for (int64_t k = 0; k < s.K; ++k) {
+        const double* b = &boxes[size_t(5 * k)];
+        if (std::isnan(b[1])) continue;  // a NaN box gives zeros
+        const double off = aligned ? 0.5 : 0.0;
+        const double sx = b[1] * s.spatial_scale - off, sy = b[2] * s.spatial_scale - off;
+        double rw = b[3] * s.spatial_scale - off - sx, rh = b[4] * s.spatial_scale - off - sy;
+        if (!aligned) rw = std::max(rw, 1.0), rh = std::max(rh, 1.0);
+        const int64_t gh = ratio > 0 ? ratio : int64_t(std::ceil(rh / s.PH));
+        const int64_t gw = ratio > 0 ? ratio : int64_t(std::ceil(rw / s.PW));
+        for (int64_t c = 0; c < s.C; ++c) {
+          std::vector<double> plane(size_t(s.H * s.W));
+          for (size_t i = 0; i < plane.size(); ++i) plane[i] = x[size_t((int64_t(b[0]) * s.C + c) * s.H * s.W) + i];
+          for (int64_t ph = 0; ph < s.PH; ++ph)
+            for (int64_t pw = 0; pw < s.PW; ++pw) {
+              double acc = 0;
+              for (int64_t iy = 0; iy < gh; ++iy)
+                for (int64_t ix = 0; ix < gw; ++ix)
+                  acc += bilinear(plane, s.H, s.W, sy + (ph + (iy + 0.5) / gh) * rh / s.PH,
+                                  sx + (pw + (ix + 0.5) / gw) * rw / s.PW);
+              want[size_t(((k * s.C + c) * s.PH + ph) * s.PW + pw)] = acc / double(std::max<int64_t>(gh * gw, 1));
+            }
+        }
+      }
+      char what[100];
+      std::snprintf(what, sizeof what, "%s roi_align aligned=%d ratio=%lld", isa, aligned, (long long)ratio);
+      expect_close<T>(what, y, want);
+      const auto gy = random_vector<T>(out_size, 42);
+      std::vector<T> gx(x.size());
+      ops<T>().roi_align_backward(s, gy.data(), rois.data(), gx.data());
+      double lhs = 0, rhs = 0;
+      for (size_t i = 0; i < out_size; ++i) lhs += want[i] * double(gy[i]);
+      for (size_t i = 0; i < x.size(); ++i) rhs += double(x[i]) * double(gx[i]);
+      expect_close<T>(std::string(what) + " backward (adjoint)", std::vector<T>{T(rhs)}, std::vector<double>{lhs});
+    }
+  // roi_pool: whole-image boxes, so every bin is [floor(i * H / PH), ceil((i + 1) * H / PH))
+  const std::vector<T> whole = {0, 0, 0, T(s.W - 1), T(s.H - 1), 1, 0, 0, T(s.W - 1), T(s.H - 1)};
+  s.K = 2, s.spatial_scale = 1;
+  std::vector<T> y(size_t(s.K * s.C * s.PH * s.PW));
+  std::vector<int64_t> arg(y.size());
+  ops<T>().roi_pool_forward(s, x.data(), whole.data(), y.data(), arg.data());
+  std::vector<double> want(y.size());
+  bool arg_ok = true;
+  for (int64_t p = 0; p < s.K * s.C; ++p)
+    for (int64_t ph = 0; ph < s.PH; ++ph)
+      for (int64_t pw = 0; pw < s.PW; ++pw) {
+        double best = -INFINITY;
+        int64_t at = -1;
+        for (int64_t h = ph * s.H / s.PH; h < ((ph + 1) * s.H + s.PH - 1) / s.PH; ++h)
+          for (int64_t w = pw * s.W / s.PW; w < ((pw + 1) * s.W + s.PW - 1) / s.PW; ++w)
+            if (at < 0 || x[size_t(p * s.H * s.W + h * s.W + w)] > best)
+              best = x[size_t(p * s.H * s.W + h * s.W + w)], at = h * s.W + w;
+        const size_t o = size_t((p * s.PH + ph) * s.PW + pw);
+        want[o] = best;
+        arg_ok = arg_ok && arg[o] == at;
+      }
+  expect_close<T>(std::string(isa) + " roi_pool", y, want);
+  ++g_checks;
+  if (!arg_ok) ++g_failures, std::printf("FAIL %s roi_pool (%s): argmax differs\n", isa, type_name<T>());
+  // nms: boxes on a grid, sorted by (implicit) descending score
+  std::vector<T> nboxes;
+  for (int i = 0; i < 40; ++i) {
+    const double x0 = (i * 7) % 13, y0 = (i * 5) % 11;
+    for (double v : {x0, y0, x0 + 3 + i % 4, y0 + 2 + i % 3}) nboxes.push_back(T(v));
+  }
+  std::vector<uint8_t> keep(40);
+  const int64_t kept = ops<T>().nms_sorted(40, nboxes.data(), nullptr, 0.3, keep.data());
+  bool nms_ok = true;
+  int64_t count = 0;
+  std::vector<uint8_t> ref(40, 1);
+  for (int i = 0; i < 40; ++i) {
+    if (!ref[size_t(i)]) continue;
+    ++count;
+    for (int j = i + 1; j < 40; ++j) {
+      const T* a = &nboxes[size_t(4 * i)];
+      const T* b = &nboxes[size_t(4 * j)];
+      const double iw = std::max(0.0, double(std::min(a[2], b[2]) - std::max(a[0], b[0])));
+      const double ih = std::max(0.0, double(std::min(a[3], b[3]) - std::max(a[1], b[1])));
+      const double area_a = double((a[2] - a[0]) * (a[3] - a[1])), area_b = double((b[2] - b[0]) * (b[3] - b[1]));
+      if (iw * ih / (area_a + area_b - iw * ih) > 0.3) ref[size_t(j)] = 0;
+    }
+  }
+  for (int i = 0; i < 40; ++i) nms_ok = nms_ok && keep[size_t(i)] == ref[size_t(i)];
+  ++g_checks;
+  if (!nms_ok || kept != count) ++g_failures, std::printf("FAIL %s nms (%s)\n", isa, type_name<T>());
+}
+
 template <typename T>
 void check_all(const char* isa) {
   check_gemm<T>(isa);
@@ -273,6 +390,7 @@ void check_all(const char* isa) {
   check_pool<T>(isa);
   check_batch_norm<T>(isa);
   check_linear<T>(isa);
+  check_roi<T>(isa);
 }
 
 }  // namespace

@@ -56,12 +56,23 @@ def _shape(x_shape, K: int, pooled_h: int, pooled_w: int) -> List[int]:
 
 # ---- roi_align ------------------------------------------------------------------------------
 
+# Samples per bin side: the cap of the adaptive grid (csrc/common/roi_math.h, kMaxAdaptiveGrid)
+# also bounds an explicit sampling_ratio, whose per-RoI tap tables the kernels allocate.
+MAX_SAMPLING_RATIO = 1 << 16
+
+
+def _check_sampling_ratio(sampling_ratio: int) -> None:
+    if sampling_ratio > MAX_SAMPLING_RATIO:
+        raise ValueError(f"roi_align: sampling_ratio must be at most {MAX_SAMPLING_RATIO}, got {sampling_ratio}")
+
+
 @native.custom_op("roi_align")
 def roi_align(x: Tensor, rois: Tensor, pooled_h: int, pooled_w: int, spatial_scale: float,
               sampling_ratio: int, aligned: bool) -> Tensor:
     """x [N, C, H, W], rois [K, 5] -> [K, C, pooled_h, pooled_w]: bilinear samples averaged per bin."""
     op = "roi_align"
     _check_roi_args(op, x, rois, pooled_h, pooled_w, spatial_scale)
+    _check_sampling_ratio(sampling_ratio)
     _check_batch_indices(op, rois, x.shape[0])
     x, rois = x.contiguous(), rois.contiguous()
     K, C = rois.shape[0], x.shape[1]
@@ -75,6 +86,7 @@ def roi_align(x: Tensor, rois: Tensor, pooled_h: int, pooled_w: int, spatial_sca
 @roi_align.register_fake
 def _(x, rois, pooled_h, pooled_w, spatial_scale, sampling_ratio, aligned):
     _check_roi_args("roi_align", x, rois, pooled_h, pooled_w, spatial_scale)
+    _check_sampling_ratio(sampling_ratio)
     return x.new_empty(rois.shape[0], x.shape[1], pooled_h, pooled_w)
 
 
@@ -92,6 +104,7 @@ def roi_align_backward(grad: Tensor, rois: Tensor, input_shape: List[int], spati
                        sampling_ratio: int, aligned: bool) -> Tensor:
     """grad_in [N, C, H, W] (deterministic: see csrc/cpu/roi.cpp)."""
     _check_align_backward("roi_align_backward", grad, rois, input_shape)
+    _check_sampling_ratio(sampling_ratio)
     grad, rois = grad.contiguous(), rois.contiguous()
     gx = grad.new_empty(input_shape)
     if gx.numel():
