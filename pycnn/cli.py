@@ -6,6 +6,8 @@
     pycnn evaluate --checkpoint runs/digits/best.pt
     pycnn demo [--quick]          # trains two models, writes pycnn-demo/index.html
     pycnn viz --checkpoint runs/digits/best.pt --image test:0 --method grad_cam --out fig.png
+    pycnn train --model mask_rcnn --data galaxy_instances --epochs 7 --batch-size 8 --lr 2e-3 --out runs/mrcnn
+    pycnn detect --checkpoint runs/mrcnn/best.pt --image test:0 --out detections.png
 
 Bad arguments (unknown model, data or device; a missing or corrupt checkpoint; a model that does
 not fit the data; a file that is not an image) end with one line on stderr and exit status 2,
@@ -24,7 +26,8 @@ EXIT_USAGE = 2
 
 # Datasets small enough to look at by eye are upsampled for the conv nets; the CLI's default sizes.
 _DEFAULT_DATA_KWARGS = {"digits": {"size": 28}}
-_SIZE_KEYWORD = {"digits": "size", "faces": "size", "galaxies": "size", "textures": "patch"}
+_SIZE_KEYWORD = {"digits": "size", "faces": "size", "galaxies": "size", "textures": "patch",
+                 "galaxy_instances": "size"}
 
 
 class UsageError(Exception):
@@ -169,6 +172,11 @@ def _check_fit(model_name: str, splits) -> str:
     if model_name not in M.names():
         raise UsageError(f"unknown model {model_name!r}; choose one of: {', '.join(M.names())}")
     task = M.task(model_name)
+    if task == "detect" or splits.task == "detection":  # instance detection: mask_rcnn on galaxy_instances
+        if task != "detect" or splits.task != "detection":
+            raise UsageError(f"model {model_name!r} and the data do not fit: detection needs a detection model "
+                             f"and data set together (mask_rcnn with galaxy_instances)")
+        return task
     data_task = "segment" if splits.task == "segmentation" else "classify"
     if task != data_task:
         kind = {"segment": "a segmentation", "classify": "a classification"}
@@ -267,11 +275,17 @@ def cmd_train(args) -> int:
         splits, data_kwargs = _load_data(args.data, args.image_size, args.data_seed, data_options)
     data_name = splits.name or args.data  # an image folder is named by its absolute path
     task = _check_fit(args.model, splits)
+    out = args.out or (os.path.dirname(os.path.abspath(resume_file)) if resume_file else
+                       T.new_run_folder("runs", args.model, data_name))
+    if task == "detect":
+        if resume_file:
+            raise UsageError("--resume: detection runs cannot be resumed yet; start a new run")
+        from pycnn.detection import train_command
+        args.out = out
+        return train_command(args, splits, data_kwargs, model_options)
     model_kwargs = (dict(saved_model_kwargs) if saved_model_kwargs is not None
                     else dict(_model_kwargs(args.model, splits, task), **model_options))
     model = _normalized(_build_model(args.model, model_kwargs, args.seed), splits)
-    out = args.out or (os.path.dirname(os.path.abspath(resume_file)) if resume_file else
-                       T.new_run_folder("runs", args.model, data_name))
     config = {"model": args.model, "model_kwargs": model_kwargs, "data": data_name, "data_kwargs": data_kwargs,
               "epochs": args.epochs, "batch_size": args.batch_size, "optimizer": args.optimizer, "lr": args.lr,
               "momentum": args.momentum, "weight_decay": args.weight_decay, "schedule": args.schedule,
@@ -363,6 +377,9 @@ def cmd_evaluate(args) -> int:
     device = _device(args.device)
     _threads(args.threads)
     state = T.load_checkpoint(args.checkpoint, map_location="cpu")
+    if state.get("task") == "detect":
+        from pycnn.detection import evaluate_command
+        return evaluate_command(args, state)
     model = model_from_state(state, args.checkpoint)
     model_name = (state.get("arch") or {}).get("name") or (state.get("config") or {}).get("model")
     data_name, splits = _evaluation_data(args, state)
@@ -452,6 +469,8 @@ def cmd_demo(args) -> int:
     results = {"quick": args.quick, "device": str(device)}
     for name in ("digits", "galaxies"):
         results[name] = run_demo_task(name, device, args.quick, args.out, progress=not args.quiet)
+    from pycnn.detection import run_detection_demo
+    results["detection"] = run_detection_demo(args.quick, args.out, progress=not args.quiet)
     rep = R.Report(args.out, "pycnn demo" + (" (quick)" if args.quick else ""))
     R.build_sections(results, rep)
     path = rep.write()
@@ -473,8 +492,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train a model on a dataset", formatter_class=HelpFormatter)
     t.add_argument("--model", default=None, help="linear_classifier, mlp, lenet5, simple_cnn, resnet, "
-                                                 "separable_cnn or unet (required unless --resume)")
-    t.add_argument("--data", default=None, help="digits, faces, textures, galaxies, or a folder of images with one "
+                                                 "separable_cnn, unet or mask_rcnn (required unless --resume)")
+    t.add_argument("--data", default=None, help="digits, faces, textures, galaxies, galaxy_instances, or a folder of images with one "
                                                 "subfolder per class (required unless --resume)")
     t.add_argument("--epochs", type=int, default=10, help="passes over the training split")
     t.add_argument("--batch-size", type=int, default=64, help="images per step")
@@ -527,6 +546,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     from pycnn.viz.cli import add_viz_parser  # `pycnn viz`: explain an image with a checkpoint
     add_viz_parser(sub)
+    from pycnn.detection import add_detect_parser  # `pycnn detect`: boxes and masks on an image
+    add_detect_parser(sub)
     return p
 
 

@@ -343,6 +343,15 @@ def _galaxies_section(results: dict, report: Report):
 
 
 @register_demo_section
+def _detection_section(results: dict, report: Report):
+    """Mask R-CNN against the watershed baseline on blended galaxies (pycnn.detection)."""
+    if "detection" not in results:
+        return None
+    from pycnn.detection import demo_section
+    return demo_section(results["detection"], report)
+
+
+@register_demo_section
 def _viz_section(results: dict, report: Report):
     """Every pycnn.viz method and the convolution matrix, run on the trained digits classifier."""
     if "digits" not in results:

@@ -246,7 +246,8 @@ def test_python_dash_m_pycnn_runs_without_traceback(tmp_path):
                        capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert p.returncode == 2
     assert p.stderr.strip().splitlines() == ["pycnn train: error: unknown model 'nope'; choose one of: lenet5, "
-                                             "linear_classifier, mlp, resnet, separable_cnn, simple_cnn, unet"]
+                                             "linear_classifier, mask_rcnn, mlp, resnet, separable_cnn, simple_cnn, "
+                                             "unet"]
 
 
 def test_demo_writes_report(tmp_path, monkeypatch, capsys):

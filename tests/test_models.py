@@ -19,8 +19,9 @@ CLASSIFIERS = {
 
 
 def test_names_and_tasks():
-    assert M.names() == sorted(["linear_classifier", "mlp", "lenet5", "simple_cnn", "resnet", "separable_cnn", "unet"])
-    assert M.task("unet") == "segment" and M.task("lenet5") == "classify"
+    assert M.names() == sorted(["linear_classifier", "mlp", "lenet5", "simple_cnn", "resnet", "separable_cnn", "unet",
+                                "mask_rcnn"])
+    assert M.task("unet") == "segment" and M.task("lenet5") == "classify" and M.task("mask_rcnn") == "detect"
 
 
 @pytest.mark.parametrize("name", sorted(CLASSIFIERS))

@@ -305,8 +305,10 @@ def galaxy_class_map(masks: torch.Tensor) -> torch.Tensor:
     return m[:, 0].long() + 2 * m[:, 1].long()
 
 
+@functools.lru_cache(maxsize=4)  # seconds of image analysis; galaxies and galaxy_instances share it
 def _find_galaxies(threshold: float, min_area: int, max_extent: int, stamp: int):
-    """Isolated galaxy stamps (light, footprint) from the Hubble eXtreme Deep Field image.
+    """Isolated galaxy stamps (light, footprint) from the Hubble eXtreme Deep Field image (cached:
+    callers must not modify the arrays).
 
     light: the galaxy's background-subtracted grey light, zero outside its footprint grown by a few
     pixels (so neighbours are removed but faint wings are kept). footprint: the smoothed light of
@@ -475,6 +477,8 @@ def galaxies(seed: int = 0, n: int = 1200, size: int = 64, zoom: int = 2, noise:
 _LOADERS: dict[str, Callable[..., Splits]] = {
     "digits": digits, "faces": faces, "textures": textures, "galaxies": galaxies,
 }
+from pycnn.data.instances import galaxy_instances  # noqa: E402  (built on the galaxy helpers above)
+_LOADERS["galaxy_instances"] = galaxy_instances
 NAMES: tuple[str, ...] = tuple(_LOADERS)
 
 

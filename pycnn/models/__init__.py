@@ -3,7 +3,8 @@
     model = pycnn.models.get("lenet5", in_channels=1, num_classes=10, image_size=8)
 
 Classifiers map [N, C, H, W] to logits [N, num_classes]; ``unet`` maps it to per-pixel logits
-[N, num_classes, H, W] (``task(name)`` tells which).
+[N, num_classes, H, W]; ``mask_rcnn`` takes images and per-image targets and returns losses
+(training) or detections (eval) (``task(name)`` tells which).
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import Callable, Dict
 from torch import nn
 
 from pycnn.models.classifiers import BasicBlock, lenet5, linear_classifier, mlp, resnet, separable_cnn, simple_cnn
+from pycnn.models.mask_rcnn import MaskRCNN, mask_rcnn
 from pycnn.models.unet import UNet, unet
 
 _BUILDERS: Dict[str, Callable[..., nn.Module]] = {
@@ -22,11 +24,13 @@ _BUILDERS: Dict[str, Callable[..., nn.Module]] = {
     "resnet": resnet,
     "separable_cnn": separable_cnn,
     "unet": unet,
+    "mask_rcnn": mask_rcnn,
 }
 _SEGMENTATION = {"unet"}
+_DETECTION = {"mask_rcnn"}
 
 __all__ = ["get", "names", "task", "linear_classifier", "mlp", "lenet5", "simple_cnn", "resnet", "separable_cnn",
-           "unet", "UNet", "BasicBlock"]
+           "unet", "UNet", "BasicBlock", "mask_rcnn", "MaskRCNN"]
 
 
 def names() -> list:
@@ -34,8 +38,11 @@ def names() -> list:
 
 
 def task(name: str) -> str:
-    """'segment' for per-pixel models, 'classify' for the others."""
+    """'segment' for per-pixel models, 'detect' for instance detection/segmentation (mask_rcnn),
+    'classify' for the others."""
     _check_name(name)
+    if name in _DETECTION:
+        return "detect"
     return "segment" if name in _SEGMENTATION else "classify"
 
 

@@ -1,0 +1,493 @@
+"""Training, evaluation and drawing for instance detection/segmentation (Mask R-CNN), beside
+pycnn.train's classification/segmentation loop, plus the classical watershed baseline.
+
+    history = fit_detection(model, train_images, train_targets, val_images, val_targets, epochs=12)
+    scores = evaluate_detection(model, test_images, test_targets)   # mask/box AP, completeness...
+    baseline = watershed_instances(raw_test_images)                 # local maxima + watershed
+
+Targets are one dict per image (``pycnn.data.instance_targets``); images are normalised tensors
+[N, C, H, W]. Checkpoints use pycnn.train's format, so ``pycnn evaluate`` reads them too.
+"""
+from __future__ import annotations
+
+import math
+import os
+import time
+from typing import Callable, Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from pycnn.metrics import coco_ap, completeness_purity
+from pycnn.train import History, load_checkpoint, save_checkpoint
+
+__all__ = ["fit_detection", "detect", "evaluate_detection", "watershed_instances", "flip_targets",
+           "format_scores", "draw_detections"]
+
+
+def flip_targets(images: Tensor, targets: List[dict], horizontal: Tensor, vertical: Tensor):
+    """Images and their targets flipped per image (bool [N] each): galaxies have no up or left,
+    so flips are free extra data."""
+    images = images.clone()
+    out = []
+    h, w = images.shape[-2:]
+    for i, t in enumerate(targets):
+        boxes, masks = t["boxes"].clone(), t["masks"]
+        if horizontal[i]:
+            images[i] = images[i].flip(-1)
+            masks = masks.flip(-1)
+            boxes[:, [0, 2]] = w - boxes[:, [2, 0]]
+        if vertical[i]:
+            images[i] = images[i].flip(-2)
+            masks = masks.flip(-2)
+            boxes[:, [1, 3]] = h - boxes[:, [3, 1]]
+        out.append(dict(t, boxes=boxes, masks=masks))
+    return images, out
+
+
+def fit_detection(model: nn.Module, images: Tensor, targets: List[dict], val_images: Optional[Tensor] = None,
+                  val_targets: Optional[List[dict]] = None, *, epochs: int = 10, batch_size: int = 8,
+                  lr: float = 2e-3, weight_decay: float = 1e-4, warmup_steps: int = 50, augment: bool = True,
+                  out: Optional[str] = None, config: Optional[dict] = None, seed: int = 0, progress: bool = True,
+                  max_steps: Optional[int] = None, val_every: int = 1,
+                  on_epoch: Optional[Callable[[dict], None]] = None) -> History:
+    """Trains a detection model (``model(images, targets)`` -> dict of losses) with AdamW, linear
+    warm-up and cosine decay, random flips when ``augment``. After every ``val_every`` epochs the
+    validation mask AP is measured; ``out/last.pt`` and ``out/best.pt`` (best validation mask AP)
+    are written in pycnn.train's checkpoint format. History.steps holds the summed loss per step,
+    History.epochs per-epoch means of each loss, the validation APs, and wall and CPU seconds."""
+    if epochs < 1 or batch_size < 1:
+        raise ValueError(f"fit_detection: epochs and batch_size must be positive, got {epochs}, {batch_size}")
+    if len(images) == 0 or len(images) != len(targets):
+        raise ValueError(f"fit_detection: need one target per image, got {len(images)} images, {len(targets)} targets")
+    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)  # the samplers' randomness
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=weight_decay)
+    steps_per_epoch = math.ceil(len(images) / batch_size)
+    total = epochs * steps_per_epoch
+
+    def factor(s: int) -> float:  # linear warm-up, then cosine decay to 0
+        if s < warmup_steps:
+            return (s + 1) / warmup_steps
+        return 0.5 * (1 + math.cos(math.pi * (s - warmup_steps) / max(1, total - warmup_steps)))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+    history, best, step = History(), -math.inf, 0
+    for epoch in range(epochs):
+        if max_steps is not None and step >= max_steps:
+            break
+        t0, cpu0 = time.perf_counter(), time.process_time()
+        model.train()
+        perm = torch.randperm(len(images), generator=gen)
+        sums: Dict[str, float] = {}
+        batches = list(perm.split(batch_size))
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+            bar = tqdm(total=len(batches), desc=f"epoch {epoch + 1}/{epochs}", unit="batch", dynamic_ncols=True)
+        n_done = 0
+        for b in batches:
+            if max_steps is not None and step >= max_steps:
+                break
+            x, t = images[b], [targets[int(i)] for i in b]
+            if augment:
+                x, t = flip_targets(x, t, torch.rand(len(b), generator=gen) < 0.5,
+                                    torch.rand(len(b), generator=gen) < 0.5)
+            losses = model(x, t)
+            loss = sum(losses.values())
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            step += 1
+            n_done += 1
+            history.steps.append(float(loss.detach()))
+            for k, v in losses.items():
+                sums[k] = sums.get(k, 0.0) + float(v.detach())
+            if bar is not None:
+                bar.set_postfix(loss=f"{history.steps[-1]:.3f}")
+                bar.update(1)
+        if bar is not None:
+            bar.close()
+        record = {"epoch": epoch + 1, "step": step, "lr": opt.param_groups[0]["lr"],
+                  "train_loss": sum(sums.values()) / max(1, n_done), **{k: v / max(1, n_done) for k, v in sums.items()}}
+        if val_images is not None and len(val_images) and ((epoch + 1) % val_every == 0 or epoch + 1 == epochs):
+            v = evaluate_detection(model, val_images, val_targets)
+            record.update({"val_mask_map": v["segm"]["map"], "val_mask_map_50": v["segm"]["map_50"],
+                           "val_box_map": v["bbox"]["map"]})
+        # CPU seconds too: on a shared machine they, not wall time, say what the work costs.
+        record["seconds"], record["cpu_seconds"] = time.perf_counter() - t0, time.process_time() - cpu0
+        history.epochs.append(record)
+        if progress:
+            shown = ", ".join(f"{k} {record[k]:.4f}" for k in ("train_loss", "val_mask_map", "val_mask_map_50")
+                              if k in record)
+            print(f"epoch {epoch + 1}: {shown} ({record['seconds']:.0f} s)")
+        score = record.get("val_mask_map", -record["train_loss"])
+        if out and n_done == len(batches):
+            state = {"model": model.state_dict(), "epoch": epoch + 1, "step": step, "history": history.to_dict(),
+                     "metrics": record, "task": "detect", "num_classes": getattr(model, "num_classes", None),
+                     "config": dict(config or {})}
+            save_checkpoint(os.path.join(out, "last.pt"), state)
+            if score > best:
+                save_checkpoint(os.path.join(out, "best.pt"), state)
+        best = max(best, score)
+        if on_epoch is not None:
+            on_epoch(record)
+    return history
+
+
+@torch.no_grad()
+def detect(model: nn.Module, images: Tensor, batch_size: int = 32) -> List[dict]:
+    """Detections per image in eval mode (the model's mode is restored afterwards)."""
+    was_training = model.training
+    model.eval()
+    try:
+        return [d for x in images.split(batch_size) for d in model(x)]
+    finally:
+        model.train(was_training)
+
+
+def evaluate_detection(model_or_preds, images: Optional[Tensor], targets: Sequence[dict],
+                       score_threshold: float = 0.5) -> dict:
+    """Box and mask AP (``bbox``, ``segm``: map, map_50, map_75, mar_100) and mask completeness and
+    purity at IoU 0.5 (detections scoring >= ``score_threshold``) of a model on ``images``, or of
+    ready-made predictions (pass the list and ``images=None``)."""
+    preds = model_or_preds if isinstance(model_or_preds, (list, tuple)) else detect(model_or_preds, images)
+    return {"bbox": coco_ap(preds, targets, "bbox"), "segm": coco_ap(preds, targets, "segm"),
+            **completeness_purity(preds, targets, "segm", score_threshold=score_threshold),
+            "num_images": len(preds)}
+
+
+def format_scores(name: str, s: dict) -> str:
+    return (f"{name}: mask AP {s['segm']['map']:.3f}  AP50 {s['segm']['map_50']:.3f}  AP75 {s['segm']['map_75']:.3f}"
+            f"  | box AP {s['bbox']['map']:.3f}  AP50 {s['bbox']['map_50']:.3f}"
+            f"  | completeness {s['completeness']:.3f}  purity {s['purity']:.3f}  ({s['num_images']} images)")
+
+
+# ---- classical baseline ---------------------------------------------------------------------------
+
+def watershed_instances(images: Tensor, threshold: float = 0.1, sigma: float = 1.5, min_distance: int = 2,
+                        min_area: int = 30) -> List[dict]:
+    """Deblending without learning: smooth each (raw, [0, 1]) image with a Gaussian of ``sigma``,
+    take the foreground above ``threshold`` (the isophote the galaxy masks use), seed one marker at
+    each local maximum (``skimage.feature.peak_local_max``, ``min_distance`` apart) and grow them
+    by watershed on the inverted smoothed light inside the foreground. Each region of at least
+    ``min_area`` pixels is one detection, scored by its share of the image's peak brightness (so
+    the brightest galaxy ranks first). Returns torchmetrics-style prediction dicts.
+
+    The defaults were chosen on galaxy_instances' validation split (sigma 1, 1.5, 2, 3 x
+    min_distance 2, 4, 6): mask AP 0.248 there, against 0.14-0.24 for the other pairs."""
+    from scipy import ndimage
+    from skimage import feature, filters, segmentation
+
+    from pycnn.data.instances import masks_to_boxes
+    out = []
+    for img in images:
+        a = img[0].detach().cpu().numpy().astype(np.float64) if img.ndim == 3 else img.detach().cpu().numpy()
+        smooth = filters.gaussian(a, sigma=sigma, preserve_range=True)
+        fg = smooth > threshold
+        peaks = feature.peak_local_max(smooth, min_distance=min_distance, labels=ndimage.label(fg)[0],
+                                       exclude_border=False)
+        markers = np.zeros(a.shape, np.int32)
+        markers[tuple(peaks.T)] = np.arange(1, len(peaks) + 1)
+        regions = segmentation.watershed(-smooth, markers, mask=fg)
+        masks, scores = [], []
+        top = smooth.max() if smooth.max() > 0 else 1.0
+        for r in range(1, len(peaks) + 1):
+            m = regions == r
+            if m.sum() >= min_area:
+                masks.append(m)
+                scores.append(float(smooth[m].max() / top))
+        m = torch.from_numpy(np.stack(masks)) if masks else torch.zeros(0, *a.shape, dtype=torch.bool)
+        out.append({"boxes": masks_to_boxes(m), "scores": torch.tensor(scores, dtype=torch.float32),
+                    "labels": torch.ones(len(m), dtype=torch.int64), "masks": m})
+    return out
+
+
+# ---- drawing ----------------------------------------------------------------------------------------
+
+def draw_detections(ax, image, det: dict, score_threshold: float = 0.5, title: str = "", show_scores: bool = True):
+    """Draws a grey image with each detection's mask in its own colour, its box and its score."""
+    import matplotlib.patches as patches
+    img = image.detach().cpu().float()
+    if img.ndim == 3:
+        img = img.mean(0) if img.shape[0] != 1 else img[0]
+    lo, hi = float(img.min()), float(img.max())
+    grey = ((img - lo) / (hi - lo if hi > lo else 1.0)).numpy()
+    rgb = np.stack([grey] * 3, -1)
+    keep = [i for i in range(len(det["boxes"])) if "scores" not in det or float(det["scores"][i]) >= score_threshold]
+    colours = [np.array(c) for c in ((0.95, 0.3, 0.2), (0.2, 0.6, 1.0), (0.3, 0.9, 0.3), (1.0, 0.8, 0.1),
+                                     (0.8, 0.3, 0.9), (0.1, 0.9, 0.9))]
+    for n, i in enumerate(keep):
+        if "masks" in det:
+            m = det["masks"][i].detach().cpu().numpy().astype(bool)
+            rgb[m] = 0.5 * rgb[m] + 0.5 * colours[n % len(colours)]
+    ax.imshow(rgb, interpolation="nearest")
+    for n, i in enumerate(keep):
+        x1, y1, x2, y2 = (float(v) - 0.5 for v in det["boxes"][i])  # pixel edges on imshow's pixel centres
+        ax.add_patch(patches.Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, lw=1.2,
+                                       edgecolor=colours[n % len(colours)]))
+        if show_scores and "scores" in det:
+            ax.text(x1, y1 - 0.5, f"{float(det['scores'][i]):.2f}", color="white", fontsize=7,
+                    bbox=dict(facecolor=colours[n % len(colours)], alpha=0.7, pad=0.5, lw=0))
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if title:
+        ax.set_title(title, fontsize=9)
+
+
+# ---- command line (pycnn train / evaluate / detect with a detection model) ---------------------------
+
+def load_instances(data_kwargs: dict):
+    """galaxy_instances splits and their per-image targets, by split name."""
+    import pycnn.data as D
+    splits = D.get("galaxy_instances", **data_kwargs)
+    targets = {k: D.instance_targets(getattr(splits, k).tensors[1]) for k in ("train", "val", "test")}
+    return splits, targets
+
+
+def _normalise(images: Tensor, mean, std) -> Tensor:
+    mean = torch.as_tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
+    std = torch.as_tensor(std, dtype=torch.float32).clamp_min(1e-6).view(1, -1, 1, 1)
+    return (images - mean) / std
+
+
+def train_command(args, splits, data_kwargs: dict, model_options: dict) -> int:
+    """``pycnn train --model mask_rcnn --data galaxy_instances``: trains, then prints the test
+    split's APs next to the watershed baseline's."""
+    import pycnn.data as D
+    import pycnn.models as M
+    if torch.device(args.device).type != "cpu":  # the loop and the model's bookkeeping are CPU-only so far
+        raise ValueError(f"--device {args.device}: detection training runs on the CPU only for now")
+    targets = {k: D.instance_targets(getattr(splits, k).tensors[1]) for k in ("train", "val", "test")}
+    mean, std = splits.mean.tolist(), splits.std.tolist()
+    model_kwargs = dict({"in_channels": splits.in_channels, "num_classes": splits.num_classes + 1}, **model_options)
+    torch.manual_seed(args.seed)
+    model = M.get(args.model, **model_kwargs)
+    config = {"model": args.model, "model_kwargs": model_kwargs, "data": args.data, "data_kwargs": data_kwargs,
+              "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
+              "normalize": {"mean": mean, "std": std}, "augment": True}
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"training {args.model} ({n_params:,} parameters) on {args.data} {splits.sizes()} for {args.epochs} epochs; "
+          f"checkpoints in {args.out}")
+    t0 = time.perf_counter()
+    history = fit_detection(model, _normalise(splits.train.tensors[0], mean, std), targets["train"],
+                            _normalise(splits.val.tensors[0], mean, std), targets["val"], epochs=args.epochs,
+                            batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, out=args.out,
+                            config=config, seed=args.seed, progress=not args.quiet)
+    print(f"trained {len(history.epochs)} epochs ({len(history.steps)} steps) in {time.perf_counter() - t0:.1f} s")
+    print(format_scores("test", evaluate_detection(model, _normalise(splits.test.tensors[0], mean, std),
+                                                   targets["test"])))
+    print(format_scores("watershed baseline, test", evaluate_detection(watershed_instances(splits.test.tensors[0]),
+                                                                       None, targets["test"])))
+    return 0
+
+
+def _model_from_checkpoint(state: dict):
+    import pycnn.models as M
+    config = state.get("config") or {}
+    model = M.get(config["model"], **config.get("model_kwargs", {}))
+    model.load_state_dict(state["model"])
+    return model.eval(), config
+
+
+def evaluate_command(args, state: dict) -> int:
+    """``pycnn evaluate`` on a detection checkpoint: APs on a split, and the watershed baseline's."""
+    model, config = _model_from_checkpoint(state)
+    splits, targets = load_instances(dict(config.get("data_kwargs", {})))
+    images = getattr(splits, args.split).tensors[0]
+    norm = config.get("normalize") or {"mean": [0.0], "std": [1.0]}
+    print(f"{config['model']} on {config['data']}/{args.split} (checkpoint epoch {state.get('epoch')}):")
+    print(format_scores("  model", evaluate_detection(model, _normalise(images, norm["mean"], norm["std"]),
+                                                      targets[args.split])))
+    print(format_scores("  watershed", evaluate_detection(watershed_instances(images), None, targets[args.split])))
+    return 0
+
+
+def _read_image(spec: str, config: dict) -> Tensor:
+    """A grey [1, H, W] image in [0, 1]: 'split:index' of the checkpoint's data, or an image file
+    (colour is averaged to grey; 8/16-bit integers are scaled to [0, 1])."""
+    split, sep, index = spec.partition(":")
+    if sep and split in ("train", "val", "test") and index.isdigit():
+        splits, _ = load_instances(dict(config.get("data_kwargs", {})))
+        data = getattr(splits, split).tensors[0]
+        if int(index) >= len(data):
+            raise ValueError(f"--image {spec}: the {split} split has {len(data)} images")
+        return data[int(index)]
+    if not os.path.isfile(spec):
+        raise FileNotFoundError(f"--image {spec}: no such file (or use train:N, val:N, test:N)")
+    from skimage import io
+    try:
+        a = np.asarray(io.imread(spec))
+    except Exception as e:  # not an image skimage can read
+        raise ValueError(f"--image {spec}: cannot read it as an image ({type(e).__name__})") from None
+    if a.dtype.kind in "ui":
+        a = a.astype(np.float64) / np.iinfo(a.dtype).max
+    a = a.astype(np.float32)
+    if a.ndim == 3:
+        a = a[..., :3].mean(-1)
+    if a.ndim != 2 or min(a.shape) < 8:
+        raise ValueError(f"--image {spec}: expected a 2-D grey or colour image of at least 8x8, got shape {a.shape}")
+    return torch.from_numpy(np.clip(a, 0.0, 1.0))[None]
+
+
+def detect_command(args) -> int:
+    from pycnn.report import require_matplotlib
+    from pycnn.train import CheckpointError
+    plt = require_matplotlib()
+    try:
+        state = load_checkpoint(args.checkpoint)
+    except CheckpointError as e:
+        raise ValueError(str(e)) from None
+    if (state.get("config") or {}).get("model") != "mask_rcnn":
+        raise ValueError(f"{args.checkpoint} is not a detection checkpoint (trained with --model mask_rcnn)")
+    model, config = _model_from_checkpoint(state)
+    image = _read_image(args.image, config)
+    norm = config.get("normalize") or {"mean": [0.0], "std": [1.0]}
+    det = detect(model, _normalise(image[None], norm["mean"], norm["std"]))[0]
+    keep = det["scores"] >= args.score_threshold
+    h, w = image.shape[-2:]
+    fig, ax = plt.subplots(figsize=(max(3.0, 5.0 * w / max(h, w)), max(3.0, 5.0 * h / max(h, w))))
+    draw_detections(ax, image, det, args.score_threshold,
+                    title=f"{int(keep.sum())} detections >= {args.score_threshold}")
+    fig.savefig(args.out, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    for b, s in zip(det["boxes"][keep], det["scores"][keep]):
+        print(f"box ({', '.join(f'{float(v):.1f}' for v in b)})  score {float(s):.3f}")
+    print(f"wrote {args.out}")
+    return 0
+
+
+def add_detect_parser(sub) -> None:
+    d = sub.add_parser("detect", help="draw a detection checkpoint's boxes, scores and masks on an image")
+    d.add_argument("--checkpoint", required=True, help="written by pycnn train --model mask_rcnn")
+    d.add_argument("--image", required=True, help="an image file, or test:N (train:N, val:N) of the checkpoint's data")
+    d.add_argument("--out", default="detections.png", help="figure to write (PNG)")
+    d.add_argument("--score-threshold", type=float, default=0.5)
+    d.set_defaults(func=detect_command)
+
+
+# ---- the demo ---------------------------------------------------------------------------------------
+
+# Full: the README's measured run. Quick: a token schedule (the whole section stays within ~10 s on
+# 2 cores): it shows the pipeline end to end, not a trained detector.
+DEMO = {
+    "full": dict(data_kwargs={"n": 1500}, model_kwargs={"mask_channels": 16, "box_batch_size": 32}, epochs=7,
+                 batch_size=8, lr=2e-3, test_images=None),
+    "quick": dict(data_kwargs={"n": 120}, model_kwargs={"mask_channels": 16, "box_batch_size": 32}, epochs=1,
+                  batch_size=4, lr=2e-3, max_steps=6, test_images=8),
+}
+
+
+def run_detection_demo(quick: bool, out_dir: str, progress: bool = True, seed: int = 0) -> dict:
+    """Trains the demo's Mask R-CNN on galaxy_instances and scores it and the watershed baseline
+    on the test split; returns what the report's detection section needs."""
+    import pycnn.models as M
+    t_start = time.perf_counter()
+    spec = DEMO["quick" if quick else "full"]
+    splits, targets = load_instances(dict(spec["data_kwargs"], seed=seed))
+    mean, std = splits.mean.tolist(), splits.std.tolist()
+    model_kwargs = dict({"in_channels": 1, "num_classes": 2}, **spec["model_kwargs"])
+    torch.manual_seed(seed)
+    model = M.get("mask_rcnn", **model_kwargs)
+    n_test = spec["test_images"] or len(splits.test)
+    test_raw, test_targets = splits.test.tensors[0][:n_test], targets["test"][:n_test]
+    val_n = 4 if quick else 100
+    config = {"model": "mask_rcnn", "model_kwargs": model_kwargs, "data": "galaxy_instances",
+              "data_kwargs": dict(spec["data_kwargs"], seed=seed), "epochs": spec["epochs"],
+              "batch_size": spec["batch_size"], "lr": spec["lr"], "seed": seed, "normalize": {"mean": mean, "std": std}}
+    print(f"[demo] mask_rcnn on galaxy_instances {splits.sizes()}, {spec['epochs']} epochs"
+          + (f" (at most {spec['max_steps']} steps)" if spec.get("max_steps") else ""))
+    t0 = time.perf_counter()
+    history = fit_detection(model, _normalise(splits.train.tensors[0], mean, std), targets["train"],
+                            _normalise(splits.val.tensors[0][:val_n], mean, std), targets["val"][:val_n],
+                            epochs=spec["epochs"], batch_size=spec["batch_size"], lr=spec["lr"],
+                            warmup_steps=2 if quick else 50, max_steps=spec.get("max_steps"),
+                            out=os.path.join(out_dir, "mask_rcnn"), config=config, seed=seed, progress=progress)
+    seconds = time.perf_counter() - t0
+    preds = detect(model, _normalise(test_raw, mean, std))
+    baseline = watershed_instances(test_raw)
+    scores = evaluate_detection(preds, None, test_targets)
+    base_scores = evaluate_detection(baseline, None, test_targets)
+    print("[demo] " + format_scores("mask_rcnn test", scores))
+    print("[demo] " + format_scores("watershed test", base_scores))
+    return {"model": model, "history": history, "seconds": seconds, "config": config, "sizes": splits.sizes(),
+            "images": test_raw, "targets": test_targets, "preds": preds, "baseline": baseline, "scores": scores,
+            "baseline_scores": base_scores, "quick": quick, "total_seconds": time.perf_counter() - t_start}
+
+
+def plot_detection_examples(images: Tensor, targets: Sequence[dict], preds: Sequence[dict],
+                            baseline: Sequence[dict], n: int = 6, score_threshold: float = 0.5):
+    """Rows: true instances, Mask R-CNN's (score >= threshold), the watershed baseline's."""
+    from pycnn.report import require_matplotlib
+    plt = require_matplotlib()
+    n = min(n, len(images))
+    fig, axes = plt.subplots(3, n, figsize=(1.9 * n, 6.0), squeeze=False)
+    for j in range(n):
+        draw_detections(axes[0, j], images[j], targets[j], show_scores=False)
+        draw_detections(axes[1, j], images[j], preds[j], score_threshold)
+        draw_detections(axes[2, j], images[j], baseline[j], score_threshold)
+    for i, label in enumerate(("truth", "Mask R-CNN", "watershed")):
+        axes[i, 0].set_ylabel(label)
+    fig.tight_layout()
+    return fig
+
+
+def plot_detection_curves(history: History):
+    """Summed training loss per step (and its per-epoch mean) and validation mask AP per epoch."""
+    from pycnn.report import require_matplotlib
+    plt = require_matplotlib()
+    fig, (ax_loss, ax_ap) = plt.subplots(1, 2, figsize=(10, 3.4))
+    ax_loss.plot(range(1, len(history.steps) + 1), history.steps, color="#9bbbd9", lw=0.8, label="per step")
+    ends = [e["step"] for e in history.epochs]
+    ax_loss.plot(ends, [e["train_loss"] for e in history.epochs], "o-", color="#1f77b4", label="epoch mean")
+    ax_loss.set_yscale("log")
+    ax_loss.set_xlabel("step")
+    ax_loss.set_ylabel("sum of the five losses")
+    ax_loss.legend()
+    eps = [e for e in history.epochs if "val_mask_map" in e]
+    for key, style, label in (("val_mask_map", "s-", "mask AP"), ("val_mask_map_50", "o-", "mask AP50"),
+                              ("val_box_map", "^-", "box AP")):
+        ax_ap.plot([e["epoch"] for e in eps], [e[key] for e in eps], style, label=label)
+    ax_ap.set_xlabel("epoch")
+    ax_ap.set_ylabel("validation")
+    ax_ap.set_ylim(0, 1)
+    ax_ap.grid(alpha=0.3)
+    ax_ap.legend()
+    fig.tight_layout()
+    return fig
+
+
+def demo_section(r: dict, report):
+    """The demo report's "Detection and instance segmentation" section."""
+    import html as _html
+
+    from pycnn.report import Section
+    cfg = r["config"]
+    s, b = r["scores"], r["baseline_scores"]
+    rows = [("mask AP (0.50:0.95)", s["segm"]["map"], b["segm"]["map"]),
+            ("mask AP50", s["segm"]["map_50"], b["segm"]["map_50"]),
+            ("mask AP75", s["segm"]["map_75"], b["segm"]["map_75"]),
+            ("box AP (0.50:0.95)", s["bbox"]["map"], b["bbox"]["map"]),
+            ("box AP50", s["bbox"]["map_50"], b["bbox"]["map_50"]),
+            ("completeness (IoU 0.5, score >= 0.5)", s["completeness"], b["completeness"]),
+            ("purity (IoU 0.5, score >= 0.5)", s["purity"], b["purity"])]
+    table = ("<table><tr><th>test split</th><th>Mask R-CNN</th><th>watershed</th></tr>" + "".join(
+        f'<tr><td>{_html.escape(k)}</td><td class="num">{v:.3f}</td><td class="num">{w:.3f}</td></tr>'
+        for k, v, w in rows) + "</table>")
+    note = (" <b>Quick demo:</b> a few training steps only, so the detector is barely trained; run the full "
+            "demo (or <code>pycnn train --model mask_rcnn --data galaxy_instances</code>) for real numbers."
+            if r["quick"] else "")
+    text = (f"<p>Mask R-CNN (one feature level, RPN, RoIAlign box and mask heads, on pycnn's kernels and "
+            f"<code>pycnn.ops</code>) deblending two or three Hubble deep-field galaxies per image: one box, score "
+            f"and mask per galaxy, where the U-Net above only says galaxy or sky. {r['sizes']['train']} training "
+            f"images, {len(r['history'].steps)} steps of batch {cfg['batch_size']} in {r['seconds']:.0f} s; "
+            f"{s['num_images']} test images of galaxies never seen in training. The baseline is classical "
+            f"deblending: watershed from the local maxima of the smoothed image (scikit-image). AP is COCO's "
+            f"(pycocotools' definition, <code>pycnn.metrics.coco_ap</code>).{note}</p>")
+    figs = [report.figure(plot_detection_examples(r["images"], r["targets"], r["preds"], r["baseline"]),
+                          "detection_examples.png", "Test images: true instances, Mask R-CNN, watershed"),
+            report.figure(plot_detection_curves(r["history"]), "detection_curves.png",
+                          "Training loss and validation AP")]
+    return Section("Detection and instance segmentation", text + table, figs)

@@ -1,0 +1,445 @@
+"""A small, faithful Mask R-CNN (He et al. 2017) on pycnn layers and pycnn.ops.
+
+    model = pycnn.models.get("mask_rcnn", in_channels=1, num_classes=2)
+    losses = model(images, targets)       # training: dict of the five standard losses
+    detections = model(images)            # eval: per image {boxes, labels, scores, masks}
+
+images: float [N, C, H, W] (already normalised); targets: one dict per image with ``boxes``
+[K, 4] (x1, y1, x2, y2 in pixel-edge coordinates: a box around pixels 3..5 spans 3 to 6),
+``labels`` [K] int64 in 1..num_classes-1 (0 is background) and ``masks`` [K, H, W].
+
+The parts, as in the paper and torchvision's reference implementation, at one feature level:
+backbone (conv/BN, stride ``stride``) -> RPN (3x3 conv, objectness and box deltas per anchor;
+IoU matcher, balanced sampler, box coder, NMS of proposals) -> RoIAlign 7x7 box head (two FC
+layers, class scores and class-specific box deltas) and RoIAlign 14x14 mask head (four 3x3 convs,
+a 2x2 stride-2 transposed conv to 28x28, one mask logit map per class). Inference keeps scores
+above ``score_thresh``, runs class-wise NMS and pastes each 28x28 mask back into the image.
+
+RoIAlign runs with ``aligned=True`` (half-pixel shift) everywhere: boxes are in pixel-edge
+coordinates, so pixel i's centre is i + 0.5 and the shift makes samples land on it.
+"""
+from __future__ import annotations
+
+import math
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+import pycnn.nn as pnn
+from pycnn import ops
+
+__all__ = ["MaskRCNN", "mask_rcnn", "BoxCoder", "Matcher", "sample_balanced", "AnchorGenerator", "paste_masks"]
+
+
+# ---- box utilities ----------------------------------------------------------------------------
+
+class BoxCoder:
+    """Boxes <-> deltas (dx, dy, dw, dh) relative to reference boxes, R-CNN's parametrisation:
+    centre offsets in units of the reference size, log size ratios; each scaled by ``weights``."""
+
+    def __init__(self, weights: Sequence[float], clip: float = math.log(1000.0 / 16)):
+        self.weights = tuple(float(w) for w in weights)
+        self.clip = clip  # the largest log size ratio decoded (exp would overflow otherwise)
+
+    @staticmethod
+    def _centres(b: Tensor):
+        w, h = b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]
+        return b[:, 0] + 0.5 * w, b[:, 1] + 0.5 * h, w, h
+
+    def encode(self, gt: Tensor, ref: Tensor) -> Tensor:
+        wx, wy, ww, wh = self.weights
+        gx, gy, gw, gh = self._centres(gt)
+        rx, ry, rw, rh = self._centres(ref)
+        return torch.stack([wx * (gx - rx) / rw, wy * (gy - ry) / rh,
+                            ww * torch.log(gw / rw), wh * torch.log(gh / rh)], 1)
+
+    def decode(self, deltas: Tensor, ref: Tensor) -> Tensor:
+        """deltas [K, 4 * C] against ref [K, 4] -> boxes [K, 4 * C]."""
+        wx, wy, ww, wh = self.weights
+        rx, ry, rw, rh = (t[:, None] for t in self._centres(ref.to(deltas.dtype)))
+        dx, dy = deltas[:, 0::4] / wx, deltas[:, 1::4] / wy
+        dw, dh = (deltas[:, 2::4] / ww).clamp(max=self.clip), (deltas[:, 3::4] / wh).clamp(max=self.clip)
+        cx, cy = dx * rw + rx, dy * rh + ry
+        w, h = torch.exp(dw) * rw, torch.exp(dh) * rh
+        return torch.stack([cx - 0.5 * w, cy - 0.5 * h, cx + 0.5 * w, cy + 0.5 * h], 2).flatten(1)
+
+
+class Matcher:
+    """Each prediction (anchor or proposal) to its best ground-truth box by IoU: the gt index when
+    IoU >= ``high``, BELOW (-1) when IoU < ``low``, BETWEEN (-2, ignored) otherwise. With
+    ``allow_low_quality`` (the RPN's rule) every gt also keeps the predictions it overlaps most,
+    so a gt box no anchor covers well still gets a positive."""
+    BELOW, BETWEEN = -1, -2
+
+    def __init__(self, high: float, low: float, allow_low_quality: bool = False):
+        if low > high:
+            raise ValueError(f"Matcher: low ({low}) must be <= high ({high})")
+        self.high, self.low, self.allow_low_quality = high, low, allow_low_quality
+
+    def __call__(self, iou: Tensor) -> Tensor:
+        """iou [G, P] -> matched gt index per prediction [P] (or BELOW / BETWEEN)."""
+        if iou.shape[0] == 0:
+            return torch.full((iou.shape[1],), self.BELOW, dtype=torch.int64)
+        best, idx = iou.max(0)
+        matches = idx.clone()
+        matches[best < self.high] = self.BETWEEN
+        matches[best < self.low] = self.BELOW
+        if self.allow_low_quality:
+            best_per_gt = iou.max(1, keepdim=True).values
+            _, pred = torch.nonzero((iou == best_per_gt) & (best_per_gt > 0), as_tuple=True)
+            matches[pred] = idx[pred]
+        return matches
+
+
+def sample_balanced(matches: Tensor, batch_size: int, positive_fraction: float,
+                    generator: Optional[torch.Generator] = None) -> Tuple[Tensor, Tensor]:
+    """Random positive (matched) and negative (BELOW) indices, at most ``batch_size`` in all and
+    at most ``positive_fraction`` of them positive; negatives fill what positives leave."""
+    pos = torch.nonzero(matches >= 0).flatten()
+    neg = torch.nonzero(matches == Matcher.BELOW).flatten()
+    n_pos = min(len(pos), int(batch_size * positive_fraction))
+    n_neg = min(len(neg), batch_size - n_pos)
+    pos = pos[torch.randperm(len(pos), generator=generator)[:n_pos]]
+    neg = neg[torch.randperm(len(neg), generator=generator)[:n_neg]]
+    return pos, neg
+
+
+def _clip_boxes(boxes: Tensor, size: Tuple[int, int]) -> Tensor:
+    h, w = size
+    x = boxes[..., 0::2].clamp(0, w)
+    y = boxes[..., 1::2].clamp(0, h)
+    return torch.stack([x[..., 0], y[..., 0], x[..., 1], y[..., 1]], -1)
+
+
+def _remove_small(boxes: Tensor, min_size: float) -> Tensor:
+    return torch.nonzero(((boxes[:, 2] - boxes[:, 0]) >= min_size) & ((boxes[:, 3] - boxes[:, 1]) >= min_size)
+                         ).flatten()
+
+
+def _rois(boxes: List[Tensor]) -> Tensor:
+    """[K, 5] (batch index, x1, y1, x2, y2) from one box list per image."""
+    return torch.cat([torch.cat([torch.full_like(b[:, :1], i), b], 1) for i, b in enumerate(boxes)])
+
+
+# ---- anchors and RPN ----------------------------------------------------------------------------
+
+class AnchorGenerator(nn.Module):
+    """Anchors of every ``size`` x ``aspect_ratio`` (height / width) centred on each feature cell
+    (cell j of a stride-s map covers pixels [j s, (j + 1) s), centre (j + 0.5) s). Ordered
+    (y, x, anchor), matching the RPN head's output layout."""
+
+    def __init__(self, sizes: Sequence[float], aspect_ratios: Sequence[float], stride: int):
+        super().__init__()
+        self.stride = stride
+        base = []
+        for r in aspect_ratios:
+            for s in sizes:  # area s^2, height / width = r
+                w, h = s / math.sqrt(r), s * math.sqrt(r)
+                base.append([-w / 2, -h / 2, w / 2, h / 2])
+        self.register_buffer("base", torch.tensor(base), persistent=False)
+
+    @property
+    def num_anchors(self) -> int:
+        return self.base.shape[0]
+
+    def forward(self, feature_size: Tuple[int, int]) -> Tensor:
+        fh, fw = feature_size
+        ys = (torch.arange(fh, dtype=torch.float32, device=self.base.device) + 0.5) * self.stride
+        xs = (torch.arange(fw, dtype=torch.float32, device=self.base.device) + 0.5) * self.stride
+        cy, cx = torch.meshgrid(ys, xs, indexing="ij")
+        centres = torch.stack([cx, cy, cx, cy], -1).reshape(-1, 1, 4)
+        return (centres + self.base[None]).reshape(-1, 4)
+
+
+class RPNHead(nn.Module):
+    """3x3 conv + ReLU, then per anchor one objectness logit and four box deltas (1x1 convs)."""
+
+    def __init__(self, channels: int, num_anchors: int):
+        super().__init__()
+        self.conv = pnn.Conv2d(channels, channels, 3, padding=1)
+        self.objectness = pnn.Conv2d(channels, num_anchors, 1)
+        self.deltas = pnn.Conv2d(channels, 4 * num_anchors, 1)
+        for layer in (self.conv, self.objectness, self.deltas):
+            nn.init.normal_(layer.weight, std=0.01)
+            nn.init.zeros_(layer.bias)
+
+    def forward(self, x: Tensor) -> Tuple[Tensor, Tensor]:
+        t = F.relu(self.conv(x))
+        n = x.shape[0]
+        logits = self.objectness(t).permute(0, 2, 3, 1).reshape(n, -1)          # [N, H*W*A]
+        deltas = self.deltas(t).permute(0, 2, 3, 1).reshape(n, -1, 4)           # [N, H*W*A, 4]
+        return logits, deltas
+
+
+# ---- backbone -------------------------------------------------------------------------------------
+
+def _conv_bn(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
+    return nn.Sequential(pnn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False), pnn.BatchNorm2d(cout),
+                         nn.ReLU(inplace=True))
+
+
+class Backbone(nn.Module):
+    """Conv/BN/ReLU stages down to stride 4 (for context: a galaxy spans up to ~60 pixels), then
+    one transposed-conv step back up to stride 2 added to the stride-2 stage, so the single
+    feature level the heads read is both fine (masks) and wide in view (RPN)."""
+
+    def __init__(self, in_channels: int, width: int):
+        super().__init__()
+        w = width
+        self.stem = _conv_bn(in_channels, w // 2)
+        self.down2 = nn.Sequential(_conv_bn(w // 2, w, 2), _conv_bn(w, w))
+        self.down4 = nn.Sequential(_conv_bn(w, 2 * w, 2), _conv_bn(2 * w, 2 * w), _conv_bn(2 * w, 2 * w))
+        self.up = pnn.ConvTranspose2d(2 * w, w, 2, stride=2)
+        self.merge = _conv_bn(w, w)
+        self.stride = 2
+        self.out_channels = w
+
+    def forward(self, x: Tensor) -> Tensor:
+        c2 = self.down2(self.stem(x))
+        c4 = self.down4(c2)
+        up = self.up(c4)
+        up = up[..., :c2.shape[-2], :c2.shape[-1]]  # odd sizes: the stride-4 map rounds up
+        return self.merge(c2 + up)
+
+
+# ---- the model ----------------------------------------------------------------------------------
+
+class MaskRCNN(nn.Module):
+    def __init__(self, in_channels: int = 1, num_classes: int = 2, width: int = 32,
+                 anchor_sizes: Sequence[float] = (8, 16, 32, 64), aspect_ratios: Sequence[float] = (0.5, 1.0, 2.0),
+                 rpn_pre_nms_top_n: Tuple[int, int] = (600, 300), rpn_post_nms_top_n: Tuple[int, int] = (150, 50),
+                 rpn_nms_thresh: float = 0.7, rpn_batch_size: int = 256, rpn_positive_fraction: float = 0.5,
+                 rpn_fg_iou: float = 0.7, rpn_bg_iou: float = 0.3, box_batch_size: int = 64,
+                 box_positive_fraction: float = 0.25, box_fg_iou: float = 0.5, box_bg_iou: float = 0.5,
+                 representation: int = 256, mask_channels: int = 32, score_thresh: float = 0.05,
+                 nms_thresh: float = 0.5, detections_per_img: int = 100, mask_threshold: float = 0.5,
+                 sampling_ratio: int = 2):
+        super().__init__()
+        if num_classes < 2:
+            raise ValueError(f"mask_rcnn: num_classes must be >= 2 (background + objects), got {num_classes}")
+        if in_channels < 1 or width < 2 or width % 2:
+            raise ValueError(f"mask_rcnn: in_channels must be >= 1 and width an even number >= 2, "
+                             f"got {in_channels}, {width}")
+        self.num_classes = num_classes
+        self.backbone = Backbone(in_channels, width)
+        c = self.backbone.out_channels
+        self.anchors = AnchorGenerator(anchor_sizes, aspect_ratios, self.backbone.stride)
+        self.rpn_head = RPNHead(c, self.anchors.num_anchors)
+        self.box_head = nn.Sequential(nn.Flatten(), pnn.Linear(c * 7 * 7, representation), nn.ReLU(inplace=True),
+                                      pnn.Linear(representation, representation), nn.ReLU(inplace=True))
+        self.cls_score = pnn.Linear(representation, num_classes)
+        self.bbox_pred = pnn.Linear(representation, 4 * num_classes)
+        nn.init.normal_(self.cls_score.weight, std=0.01)
+        nn.init.normal_(self.bbox_pred.weight, std=0.001)
+        nn.init.zeros_(self.cls_score.bias)
+        nn.init.zeros_(self.bbox_pred.bias)
+        layers, cin = [], c
+        for _ in range(4):
+            layers += [pnn.Conv2d(cin, mask_channels, 3, padding=1), nn.ReLU(inplace=True)]
+            cin = mask_channels
+        layers += [pnn.ConvTranspose2d(mask_channels, mask_channels, 2, stride=2), nn.ReLU(inplace=True),
+                   pnn.Conv2d(mask_channels, num_classes, 1)]
+        self.mask_head = nn.Sequential(*layers)
+        for m in self.mask_head.modules():
+            if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                nn.init.zeros_(m.bias)
+
+        self.rpn_coder = BoxCoder((1.0, 1.0, 1.0, 1.0))
+        self.box_coder = BoxCoder((10.0, 10.0, 5.0, 5.0))
+        self.rpn_matcher = Matcher(rpn_fg_iou, rpn_bg_iou, allow_low_quality=True)
+        self.box_matcher = Matcher(box_fg_iou, box_bg_iou)
+        self.rpn_pre_nms_top_n, self.rpn_post_nms_top_n = tuple(rpn_pre_nms_top_n), tuple(rpn_post_nms_top_n)
+        self.rpn_nms_thresh, self.rpn_batch_size, self.rpn_positive_fraction = (
+            rpn_nms_thresh, rpn_batch_size, rpn_positive_fraction)
+        self.box_batch_size, self.box_positive_fraction = box_batch_size, box_positive_fraction
+        self.score_thresh, self.nms_thresh, self.detections_per_img = score_thresh, nms_thresh, detections_per_img
+        self.mask_threshold, self.sampling_ratio = mask_threshold, sampling_ratio
+        self.spatial_scale = 1.0 / self.backbone.stride
+
+    # -- pieces ----------------------------------------------------------------------------------
+
+    def _roi_align(self, features: Tensor, boxes: List[Tensor], size: int) -> Tensor:
+        return ops.roi_align(features, _rois(boxes), size, spatial_scale=self.spatial_scale,
+                                sampling_ratio=self.sampling_ratio, aligned=True)
+
+    def _proposals(self, logits: Tensor, deltas: Tensor, anchors: Tensor, size: Tuple[int, int]) -> List[Tensor]:
+        pre, post = (self.rpn_pre_nms_top_n, self.rpn_post_nms_top_n)
+        pre, post = (pre[0], post[0]) if self.training else (pre[1], post[1])
+        out = []
+        for obj, d in zip(logits.detach(), deltas.detach()):
+            obj, idx = obj.topk(min(pre, obj.numel()))
+            boxes = _clip_boxes(self.rpn_coder.decode(d[idx], anchors[idx]), size)
+            keep = _remove_small(boxes, 1e-3)
+            boxes, obj = boxes[keep], obj[keep]
+            keep = ops.nms(boxes, obj, self.rpn_nms_thresh)[:post]
+            out.append(boxes[keep])
+        return out
+
+    def _rpn_loss(self, logits, deltas, anchors, targets) -> Tuple[Tensor, Tensor]:
+        labels, reg_targets, index = [], [], []
+        for i, t in enumerate(targets):
+            matches = self.rpn_matcher(ops.box_iou(t["boxes"], anchors))
+            pos, neg = sample_balanced(matches, self.rpn_batch_size, self.rpn_positive_fraction)
+            index += [torch.stack([torch.full_like(pos, i), pos], 1), torch.stack([torch.full_like(neg, i), neg], 1)]
+            labels += [torch.ones(len(pos)), torch.zeros(len(neg))]
+            reg_targets.append(self.rpn_coder.encode(t["boxes"][matches[pos]], anchors[pos]))
+        index = torch.cat(index)
+        labels = torch.cat(labels).to(logits)
+        obj_loss = F.binary_cross_entropy_with_logits(logits[index[:, 0], index[:, 1]], labels)
+        pos_index = index[labels > 0]
+        box_loss = F.smooth_l1_loss(deltas[pos_index[:, 0], pos_index[:, 1]], torch.cat(reg_targets).to(deltas),
+                                    beta=1 / 9, reduction="sum") / max(1, len(index))
+        return obj_loss, box_loss
+
+    def _sample_rois(self, proposals: List[Tensor], targets: List[dict]):
+        """Per image: proposals plus the gt boxes, matched and sampled; returns the sampled boxes,
+        their matched gt index (or -1) and class labels (0 = background)."""
+        boxes_out, matched_out, labels_out = [], [], []
+        for props, t in zip(proposals, targets):
+            props = torch.cat([props, t["boxes"].to(props)])
+            matches = self.box_matcher(ops.box_iou(t["boxes"].to(props), props))
+            pos, neg = sample_balanced(matches, self.box_batch_size, self.box_positive_fraction)
+            keep = torch.cat([pos, neg])
+            matched = matches[keep].clamp(min=-1)
+            matched[len(pos):] = -1
+            labels = torch.zeros(len(keep), dtype=torch.int64)
+            if len(pos):
+                labels[:len(pos)] = t["labels"][matches[pos]]
+            boxes_out.append(props[keep])
+            matched_out.append(matched)
+            labels_out.append(labels)
+        return boxes_out, matched_out, labels_out
+
+    def _mask_targets(self, rois: List[Tensor], matched: List[Tensor], targets: List[dict], size: int) -> Tensor:
+        """Each positive RoI's gt mask cut by RoIAlign at ``size`` x ``size`` (torchvision's rule)."""
+        out = []
+        for boxes, m, t in zip(rois, matched, targets):
+            if len(boxes) == 0:
+                continue
+            gt = t["masks"][:, None].to(boxes.dtype)
+            cut = ops.roi_align(gt, torch.cat([m[:, None].to(boxes), boxes], 1), size, spatial_scale=1.0,
+                                sampling_ratio=self.sampling_ratio, aligned=True)
+            out.append(cut[:, 0])
+        return torch.cat(out) if out else torch.zeros(0, size, size)
+
+    # -- forward ---------------------------------------------------------------------------------
+
+    def forward(self, images: Tensor, targets: Optional[List[Dict[str, Tensor]]] = None):
+        if images.ndim != 4:
+            raise ValueError(f"mask_rcnn: images must be [N, C, H, W], got {tuple(images.shape)}")
+        if self.training:
+            if targets is None or len(targets) != len(images):
+                raise ValueError("mask_rcnn: training needs one target dict per image "
+                                 f"(got {None if targets is None else len(targets)} for {len(images)} images)")
+            for t in targets:
+                if not {"boxes", "labels", "masks"} <= set(t):
+                    raise ValueError(f"mask_rcnn: a target needs boxes, labels and masks, got {sorted(t)}")
+        size = tuple(images.shape[-2:])
+        features = self.backbone(images)
+        logits, deltas = self.rpn_head(features)
+        anchors = self.anchors(tuple(features.shape[-2:]))
+        proposals = self._proposals(logits, deltas, anchors, size)
+        if self.training:
+            return self._losses(features, logits, deltas, anchors, proposals, targets)
+        return self._detect(features, proposals, size)
+
+    def _losses(self, features, logits, deltas, anchors, proposals, targets) -> Dict[str, Tensor]:
+        rpn_obj, rpn_box = self._rpn_loss(logits, deltas, anchors, targets)
+        rois, matched, labels = self._sample_rois(proposals, targets)
+        x = self.box_head(self._roi_align(features, rois, 7))
+        class_logits, box_deltas = self.cls_score(x), self.bbox_pred(x)
+        labels_all = torch.cat(labels)
+        cls_loss = F.cross_entropy(class_logits, labels_all)
+        gt_boxes = torch.cat([t["boxes"][m.clamp(min=0)] if len(t["boxes"]) else torch.zeros(len(m), 4)
+                              for t, m in zip(targets, matched)]).to(x)
+        pos = torch.nonzero(labels_all > 0).flatten()
+        reg_targets = self.box_coder.encode(gt_boxes[pos], torch.cat(rois)[pos])
+        pred = box_deltas.reshape(len(x), -1, 4)[pos, labels_all[pos]]
+        box_loss = F.smooth_l1_loss(pred, reg_targets, beta=1 / 9, reduction="sum") / max(1, len(labels_all))
+        # Mask branch: positive RoIs only, the mask of the gt class.
+        pos_rois = [r[lab > 0] for r, lab in zip(rois, labels)]
+        pos_matched = [m[lab > 0] for m, lab in zip(matched, labels)]
+        if len(pos) == 0:
+            mask_loss = self.mask_head[0].weight.sum() * 0.0  # keeps the graph connected
+        else:
+            mask_logits = self.mask_head(self._roi_align(features, pos_rois, 14))
+            m = mask_logits.shape[-1]
+            mask_targets = self._mask_targets(pos_rois, pos_matched, targets, m)
+            chosen = mask_logits[torch.arange(len(pos)), labels_all[pos]]
+            mask_loss = F.binary_cross_entropy_with_logits(chosen, mask_targets.to(chosen))
+        return {"loss_objectness": rpn_obj, "loss_rpn_box_reg": rpn_box, "loss_classifier": cls_loss,
+                "loss_box_reg": box_loss, "loss_mask": mask_loss}
+
+    def _detect(self, features, proposals, size) -> List[Dict[str, Tensor]]:
+        x = self.box_head(self._roi_align(features, proposals, 7))
+        scores_all = F.softmax(self.cls_score(x), -1)
+        boxes_all = _clip_boxes(self.box_coder.decode(self.bbox_pred(x), torch.cat(proposals))
+                                .reshape(len(x), -1, 4), size)
+        results = []
+        start = 0
+        c = self.num_classes
+        for props in proposals:
+            n = len(props)
+            scores = scores_all[start:start + n, 1:].reshape(-1)
+            boxes = boxes_all[start:start + n, 1:].reshape(-1, 4)
+            labels = torch.arange(1, c).repeat(n)
+            start += n
+            keep = torch.nonzero(scores > self.score_thresh).flatten()
+            boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
+            keep = _remove_small(boxes, 1e-2)
+            boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
+            keep = ops.batched_nms(boxes, scores, labels, self.nms_thresh)[:self.detections_per_img]
+            results.append({"boxes": boxes[keep], "labels": labels[keep], "scores": scores[keep]})
+        dets = [r["boxes"] for r in results]
+        if sum(len(d) for d in dets):
+            mask_logits = self.mask_head(self._roi_align(features, dets, 14))
+            labels = torch.cat([r["labels"] for r in results])
+            probs = torch.sigmoid(mask_logits[torch.arange(len(labels)), labels])
+        else:
+            probs = features.new_zeros(0, 28, 28)
+        start = 0
+        for r in results:
+            n = len(r["boxes"])
+            pasted = paste_masks(probs[start:start + n], r["boxes"], size)
+            r["masks"] = pasted > self.mask_threshold
+            r["mask_probs"] = pasted
+            start += n
+        return results
+
+
+def paste_masks(masks: Tensor, boxes: Tensor, size: Tuple[int, int]) -> Tensor:
+    """Masks [K, M, M] (each covering its box) -> [K, H, W] in image coordinates: each image pixel
+    centre inside a box samples the box's mask bilinearly; outside the box, 0 (the mask's edge
+    fades over half a mask cell, as if padded with zeros, like torchvision's paste)."""
+    k = len(masks)
+    h, w = size
+    if k == 0:
+        return masks.new_zeros(0, h, w)
+    ys = torch.arange(h, dtype=masks.dtype, device=masks.device) + 0.5
+    xs = torch.arange(w, dtype=masks.dtype, device=masks.device) + 0.5
+    b = boxes.to(masks.dtype)
+    bw = (b[:, 2] - b[:, 0]).clamp(min=1e-3)
+    bh = (b[:, 3] - b[:, 1]).clamp(min=1e-3)
+    m_h, m_w = masks.shape[-2:]
+    # Mask-cell coordinates of each pixel centre (cell i's centre at i), per detection.
+    u = (xs[None] - b[:, 0:1]) / bw[:, None] * m_w - 0.5      # [K, W]
+    v = (ys[None] - b[:, 1:2]) / bh[:, None] * m_h - 0.5      # [K, H]
+    # Bilinear interpolation on the mask padded by one zero cell; indices past the padding read
+    # the padding (0), so pixels away from the box get exactly 0.
+    padded = F.pad(masks, (1, 1, 1, 1))
+    x0, y0 = u.floor(), v.floor()
+    fx, fy = (u - x0)[:, None, :], (v - y0)[:, :, None]
+    xi0, xi1 = (x0.long() + 1).clamp(0, m_w + 1), (x0.long() + 2).clamp(0, m_w + 1)
+    yi0, yi1 = (y0.long() + 1).clamp(0, m_h + 1), (y0.long() + 2).clamp(0, m_h + 1)
+    kk = torch.arange(k, device=masks.device)[:, None, None]
+    at = lambda yi, xi: padded[kk, yi[:, :, None], xi[:, None, :]]  # noqa: E731  [K, H, W]
+    return ((1 - fy) * ((1 - fx) * at(yi0, xi0) + fx * at(yi0, xi1)) +
+            fy * ((1 - fx) * at(yi1, xi0) + fx * at(yi1, xi1)))
+
+
+def mask_rcnn(in_channels: int = 1, num_classes: int = 2, **kwargs) -> MaskRCNN:
+    """The Mask R-CNN above; ``width`` sets the backbone's channels, other keywords as MaskRCNN."""
+    return MaskRCNN(in_channels=in_channels, num_classes=num_classes, **kwargs)

@@ -1,0 +1,257 @@
+"""Instance detection: the galaxy_instances data set, Mask R-CNN's parts and forward passes, a short
+training run whose loss falls, the watershed baseline and the command line."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import pycnn.data as D
+import pycnn.models as M
+from pycnn.models.mask_rcnn import AnchorGenerator, BoxCoder, Matcher, paste_masks, sample_balanced
+
+SPLITS = ("train", "val", "test")
+
+
+@pytest.fixture(scope="module")
+def data():
+    return D.get("galaxy_instances", n=40, seed=3)
+
+
+# ---- data --------------------------------------------------------------------------------------
+
+def test_data_shapes_and_targets(data):
+    assert data.task == "detection" and data.classes == ("galaxy",) and data.sizes() == {"train": 28, "val": 6,
+                                                                                         "test": 6}
+    for split in SPLITS:
+        x, m = getattr(data, split).tensors
+        assert x.dtype == torch.float32 and x.shape[1:] == (1, 64, 64) and 0 <= float(x.min()) <= float(x.max()) <= 1
+        assert m.shape == (len(x), 3, 64, 64) and set(torch.unique(m).tolist()) <= {0.0, 1.0}
+        present = m.flatten(2).amax(2) > 0
+        ids = data.extra[split]["galaxy_ids"]
+        assert torch.equal(present, ids >= 0)
+        assert (present.sum(1) >= 2).float().mean() > 0.9 and int(present.sum(1).max()) <= 3
+        # brightest first, padding last
+        flux = data.extra[split]["flux"]
+        assert bool((flux[:, :-1] >= flux[:, 1:]).all())
+        for t, mm in zip(D.instance_targets(m), m):
+            k = len(t["boxes"])
+            assert t["masks"].dtype == torch.bool and t["masks"].shape == (k, 64, 64)
+            assert torch.equal(t["labels"], torch.ones(k, dtype=torch.int64))
+            for box, mask in zip(t["boxes"], t["masks"]):  # the box is the mask's tight frame
+                ys, xs = torch.nonzero(mask, as_tuple=True)
+                assert box.tolist() == [xs.min().item(), ys.min().item(), xs.max().item() + 1, ys.max().item() + 1]
+    # Blends overlap: some pixel belongs to two galaxies in most images.
+    m = data.train.tensors[1]
+    assert ((m.sum(1) > 1).flatten(1).any(1)).float().mean() > 0.5
+
+
+def test_data_disjoint_and_seeded(data):
+    ids = {s: set(data.extra[s]["galaxy_ids"].flatten().tolist()) - {-1} for s in SPLITS}
+    assert not ids["train"] & ids["val"] and not ids["train"] & ids["test"] and not ids["val"] & ids["test"]
+    again = D.get("galaxy_instances", n=40, seed=3)
+    other = D.get("galaxy_instances", n=40, seed=4)
+    assert torch.equal(again.test.tensors[0], data.test.tensors[0])
+    assert not torch.equal(other.test.tensors[0], data.test.tensors[0])
+
+
+def test_data_bad_arguments():
+    for kwargs, word in (({"n": 2}, "n must"), ({"size": 30}, "size"), ({"flux_range": (0, 1)}, "flux_range"),
+                         ({"three_fraction": 2}, "three_fraction")):
+        with pytest.raises(ValueError, match=word):
+            D.get("galaxy_instances", **kwargs)
+
+
+def test_masks_to_boxes_edges():
+    m = torch.zeros(2, 6, 8, dtype=torch.bool)
+    m[0, 1:3, 2:5] = True
+    assert D.masks_to_boxes(m).tolist() == [[2, 1, 5, 3], [0, 0, 0, 0]]
+
+
+# ---- model parts -------------------------------------------------------------------------------
+
+def test_box_coder_round_trip():
+    coder = BoxCoder((10, 10, 5, 5))
+    ref = torch.tensor([[0.0, 0, 10, 20], [5, 5, 9, 7]])
+    gt = torch.tensor([[1.0, 2, 12, 18], [4, 6, 10, 8]])
+    deltas = coder.encode(gt, ref)
+    assert torch.allclose(coder.decode(deltas, ref), gt, atol=1e-5)
+    assert torch.allclose(coder.encode(ref, ref), torch.zeros(2, 4))
+
+
+def test_matcher_thresholds_and_low_quality():
+    iou = torch.tensor([[0.9, 0.5, 0.2, 0.1], [0.1, 0.65, 0.35, 0.0]])
+    assert Matcher(0.7, 0.3)(iou).tolist() == [0, Matcher.BETWEEN, Matcher.BETWEEN, Matcher.BELOW]
+    # gt 1's best prediction (IoU 0.65) becomes its positive despite the 0.7 threshold.
+    assert Matcher(0.7, 0.3, allow_low_quality=True)(iou).tolist() == [0, 1, Matcher.BETWEEN, Matcher.BELOW]
+    assert Matcher(0.5, 0.5)(torch.zeros(0, 3)).tolist() == [Matcher.BELOW] * 3
+
+
+def test_sampler_balance():
+    matches = torch.tensor([0] * 10 + [Matcher.BELOW] * 100 + [Matcher.BETWEEN] * 5)
+    pos, neg = sample_balanced(matches, 16, 0.25, torch.Generator().manual_seed(0))
+    assert len(pos) == 4 and len(neg) == 12
+    assert bool((matches[pos] >= 0).all()) and bool((matches[neg] == Matcher.BELOW).all())
+    pos, neg = sample_balanced(matches[:12], 16, 0.5)  # few negatives: all of them
+    assert len(pos) == 8 and len(neg) == 2
+
+
+def test_anchors_layout():
+    gen = AnchorGenerator((8, 16), (0.5, 1.0, 2.0), stride=2)
+    a = gen((3, 4))
+    assert a.shape == (3 * 4 * 6, 4)
+    centres = (a[:, :2] + a[:, 2:]) / 2
+    assert torch.allclose(centres[:6], torch.tensor([[1.0, 1.0]]).expand(6, 2))   # cell (0, 0)
+    assert torch.allclose(centres[6], torch.tensor([3.0, 1.0]))                    # cell (0, 1)
+    w, h = a[:, 2] - a[:, 0], a[:, 3] - a[:, 1]
+    assert torch.allclose(w * h, torch.tensor([64.0, 256.0] * 3).repeat(12))
+    assert torch.allclose(h[:2] / w[:2], torch.tensor([0.5, 0.5]))
+
+
+def test_paste_masks():
+    masks = torch.ones(2, 28, 28)
+    boxes = torch.tensor([[2.0, 3.0, 10.0, 7.0], [0.0, 0.0, 16.0, 16.0]])
+    pasted = paste_masks(masks, boxes, (12, 16))
+    assert pasted.shape == (2, 12, 16)
+    inside = torch.zeros(12, 16, dtype=torch.bool)
+    inside[3:7, 2:10] = True
+    assert torch.equal(pasted[0] > 0.5, inside)
+    assert bool((pasted[1][:12, :16] > 0.5).all())
+
+
+# ---- the model ---------------------------------------------------------------------------------
+
+def _small_model(**kw):
+    torch.manual_seed(0)
+    return M.get("mask_rcnn", width=8, mask_channels=8, representation=32, box_batch_size=16, rpn_batch_size=64,
+                 **kw)
+
+
+def _batch(data, n, split="train"):
+    x, m = getattr(data, split).tensors
+    return (x[:n] - data.mean) / data.std, D.instance_targets(m[:n])
+
+
+def test_forward_train_and_eval_shapes(data):
+    model = _small_model()
+    assert M.task("mask_rcnn") == "detect"
+    x, t = _batch(data, 2)
+    model.train()
+    losses = model(x, t)
+    assert set(losses) == {"loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg", "loss_mask"}
+    assert all(v.ndim == 0 and math.isfinite(float(v.detach())) for v in losses.values())
+    sum(losses.values()).backward()
+    for name in ("rpn_head.objectness.weight", "cls_score.weight", "bbox_pred.weight", "mask_head.0.weight",
+                 "backbone.stem.0.weight"):
+        assert dict(model.named_parameters())[name].grad.abs().sum() > 0, name
+    model.eval()
+    with torch.no_grad():
+        dets = model(x)
+        dets_odd = model(torch.randn(1, 1, 50, 37))  # any size: one feature level, anchors per map
+    assert len(dets) == 2
+    for d in dets + dets_odd:
+        k = len(d["boxes"])
+        h, w = (64, 64) if d is not dets_odd[0] else (50, 37)
+        assert d["boxes"].shape == (k, 4) and d["scores"].shape == (k,) and d["labels"].shape == (k,)
+        assert d["masks"].shape == (k, h, w) and d["masks"].dtype == torch.bool
+        assert bool((d["scores"] >= model.score_thresh).all()) and bool((d["labels"] == 1).all())
+        assert bool((d["boxes"][:, 0::2] <= w).all()) and bool((d["boxes"][:, 1::2] <= h).all())
+
+
+def test_forward_bad_input(data):
+    model = _small_model().train()
+    x, t = _batch(data, 2)
+    with pytest.raises(ValueError, match="one target dict per image"):
+        model(x)
+    with pytest.raises(ValueError, match="needs boxes, labels and masks"):
+        model(x, [{"boxes": tt["boxes"]} for tt in t])
+    with pytest.raises(ValueError, match=r"\[N, C, H, W\]"):
+        model(x[0], t)
+    with pytest.raises(ValueError, match="num_classes"):
+        M.get("mask_rcnn", num_classes=1)
+
+
+def test_image_without_objects_trains(data):
+    model = _small_model().train()
+    x, t = _batch(data, 2)
+    t[1] = {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64),
+            "masks": torch.zeros(0, 64, 64, dtype=torch.bool)}
+    losses = model(x, t)
+    assert all(math.isfinite(float(v.detach())) for v in losses.values())
+
+
+def test_short_training_loss_falls(data):
+    from pycnn.detection import fit_detection
+    model = _small_model()
+    x, t = _batch(data, 2)
+    history = fit_detection(model, x, t, epochs=8, batch_size=2, lr=1e-2, warmup_steps=1, augment=False,
+                            progress=False)
+    steps = history.steps
+    assert len(steps) == 8 and all(math.isfinite(s) for s in steps)
+    assert np.mean(steps[-2:]) < 0.85 * np.mean(steps[:2]), steps
+
+
+# ---- baseline and command line -------------------------------------------------------------------
+
+def test_watershed_separates_two_blobs():
+    from pycnn.detection import watershed_instances
+    yy, xx = torch.meshgrid(torch.arange(48.0), torch.arange(48.0), indexing="ij")
+    blob = lambda cy, cx: torch.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / 30)  # noqa: E731
+    img = 0.8 * blob(20, 16) + 0.5 * blob(26, 32)
+    (det,) = watershed_instances(img[None, None])
+    assert len(det["boxes"]) == 2 and det["masks"].shape == (2, 48, 48)
+    assert float(det["scores"][0]) == 1.0 and float(det["scores"][1]) < 1.0   # brightest first
+    assert not bool((det["masks"][0] & det["masks"][1]).any())
+
+
+def test_cli_train_evaluate_detect(tmp_path, capsys):
+    from pycnn.cli import main
+    out = tmp_path / "run"
+    rc = main(["train", "--model", "mask_rcnn", "--data", "galaxy_instances", "--epochs", "1", "--batch-size", "4",
+               "--data-option", "n=16", "--model-option", "width=8", "--model-option", "mask_channels=8",
+               "--out", str(out), "--quiet"])
+    text = capsys.readouterr().out
+    assert rc == 0 and "mask AP" in text and "watershed baseline" in text, text
+    rc = main(["evaluate", "--checkpoint", str(out / "last.pt")])
+    text = capsys.readouterr().out
+    assert rc == 0 and "mask AP" in text and "watershed" in text, text
+    fig = tmp_path / "det.png"
+    assert main(["detect", "--checkpoint", str(out / "last.pt"), "--image", "test:0", "--out", str(fig)]) == 0
+    assert fig.stat().st_size > 1000
+    # A user's own image file (colour PNG, another size).
+    from skimage import io
+    own = tmp_path / "own.png"
+    io.imsave(own, (np.random.default_rng(0).random((40, 52, 3)) * 255).astype(np.uint8), check_contrast=False)
+    assert main(["detect", "--checkpoint", str(out / "last.pt"), "--image", str(own), "--out", str(fig)]) == 0
+    capsys.readouterr()
+    assert main(["detect", "--checkpoint", str(out / "last.pt"), "--image", str(tmp_path / "nope.png")]) == 2
+    assert "no such file" in capsys.readouterr().err
+    assert main(["train", "--model", "unet", "--data", "galaxy_instances", "--data-option", "n=9"]) == 2
+    assert "detection" in capsys.readouterr().err
+
+
+def test_demo_section_quick(tmp_path):
+    # The quick demo's detection run and its report section (figures, AP table) end to end.
+    from pycnn.detection import demo_section, run_detection_demo
+    from pycnn.report import Report
+    r = run_detection_demo(quick=True, out_dir=str(tmp_path), progress=False)
+    assert r["quick"] and len(r["history"].steps) <= 6 and len(r["preds"]) == len(r["images"])
+    rep = Report(str(tmp_path), "t")
+    section = demo_section(r, rep)
+    assert section.title == "Detection and instance segmentation" and "watershed" in section.html
+    assert {f.path for f in section.figures} == {"detection_examples.png", "detection_curves.png"}
+    assert all((tmp_path / f.path).stat().st_size > 1000 for f in section.figures)
+
+
+def test_paste_masks_equals_grid_sample():
+    # Reference: torch's grid_sample (bilinear, zero padding, align_corners=False) at the pixel centres.
+    import torch.nn.functional as F
+    torch.manual_seed(0)
+    masks = torch.rand(4, 28, 28)
+    boxes = torch.tensor([[2.0, 3, 10, 7], [-3, -2, 5, 40], [5.3, 1.2, 30.7, 20.9], [10, 10, 10.5, 10.5]])
+    h, w = 24, 33
+    gx = ((torch.arange(w) + 0.5)[None] - boxes[:, 0:1]) / (boxes[:, 2] - boxes[:, 0])[:, None] * 2 - 1
+    gy = ((torch.arange(h) + 0.5)[None] - boxes[:, 1:2]) / (boxes[:, 3] - boxes[:, 1])[:, None] * 2 - 1
+    grid = torch.stack([gx[:, None, :].expand(4, h, w), gy[:, :, None].expand(4, h, w)], -1)
+    ref = F.grid_sample(masks[:, None], grid, mode="bilinear", padding_mode="zeros", align_corners=False)[:, 0]
+    assert torch.allclose(paste_masks(masks, boxes, (h, w)), ref, atol=1e-5)
