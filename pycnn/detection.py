@@ -335,7 +335,9 @@ def _read_image(spec: str, config: dict) -> Tensor:
 def detect_command(args) -> int:
     from pycnn.report import require_matplotlib
     from pycnn.train import CheckpointError
+    from pycnn.viz.plot import image_format
     plt = require_matplotlib()
+    image_format(args.out)  # an unknown extension fails before any work
     try:
         state = load_checkpoint(args.checkpoint)
     except CheckpointError as e:
@@ -351,7 +353,8 @@ def detect_command(args) -> int:
     fig, ax = plt.subplots(figsize=(max(3.0, 5.0 * w / max(h, w)), max(3.0, 5.0 * h / max(h, w))))
     draw_detections(ax, image, det, args.score_threshold,
                     title=f"{int(keep.sum())} detections >= {args.score_threshold}")
-    fig.savefig(args.out, dpi=120, bbox_inches="tight")
+    from pycnn.viz.plot import save
+    save(fig, args.out, dpi=120)  # the format the extension names
     plt.close(fig)
     for b, s in zip(det["boxes"][keep], det["scores"][keep]):
         print(f"box ({', '.join(f'{float(v):.1f}' for v in b)})  score {float(s):.3f}")
@@ -360,11 +363,13 @@ def detect_command(args) -> int:
 
 
 def add_detect_parser(sub) -> None:
-    d = sub.add_parser("detect", help="draw a detection checkpoint's boxes, scores and masks on an image")
+    from pycnn.cli import HelpFormatter
+    d = sub.add_parser("detect", help="draw a detection checkpoint's boxes, scores and masks on an image",
+                       formatter_class=HelpFormatter)
     d.add_argument("--checkpoint", required=True, help="written by pycnn train --model mask_rcnn")
     d.add_argument("--image", required=True, help="an image file, or test:N (train:N, val:N) of the checkpoint's data")
-    d.add_argument("--out", default="detections.png", help="figure to write (PNG)")
-    d.add_argument("--score-threshold", type=float, default=0.5)
+    d.add_argument("--out", default="detections.png", help="figure to write; the extension picks the format")
+    d.add_argument("--score-threshold", type=float, default=0.5, help="draw detections scoring at least this")
     d.set_defaults(func=detect_command)
 
 
