@@ -6,5 +6,7 @@
 """
 from pycnn.data.datasets import NAMES, Splits, digits, faces, galaxies, galaxy_class_map, get, textures
 from pycnn.data import augment  # noqa: F401
+from pycnn.data.superres import super_resolution
 
-__all__ = ["NAMES", "Splits", "digits", "faces", "textures", "galaxies", "galaxy_class_map", "get", "augment"]
+__all__ = ["NAMES", "Splits", "digits", "faces", "textures", "galaxies", "galaxy_class_map", "get", "augment",
+           "super_resolution"]

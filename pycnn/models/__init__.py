@@ -3,7 +3,8 @@
     model = pycnn.models.get("lenet5", in_channels=1, num_classes=10, image_size=8)
 
 Classifiers map [N, C, H, W] to logits [N, num_classes]; ``unet`` maps it to per-pixel logits
-[N, num_classes, H, W] (``task(name)`` tells which).
+[N, num_classes, H, W]; ``srcnn``, ``fsrcnn`` and ``espcn`` map an image to one ``scale`` times
+larger (``task(name)`` tells which).
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from torch import nn
 
 from pycnn.models.classifiers import BasicBlock, lenet5, linear_classifier, mlp, resnet, separable_cnn, simple_cnn
 from pycnn.models.unet import UNet, unet
+from pycnn.models.superres import ESPCN, FSRCNN, SRCNN, espcn, fsrcnn, srcnn
 
 _BUILDERS: Dict[str, Callable[..., nn.Module]] = {
     "linear_classifier": linear_classifier,
@@ -22,11 +24,15 @@ _BUILDERS: Dict[str, Callable[..., nn.Module]] = {
     "resnet": resnet,
     "separable_cnn": separable_cnn,
     "unet": unet,
+    "srcnn": srcnn,
+    "fsrcnn": fsrcnn,
+    "espcn": espcn,
 }
 _SEGMENTATION = {"unet"}
+_SUPER_RESOLUTION = {"srcnn", "fsrcnn", "espcn"}
 
 __all__ = ["get", "names", "task", "linear_classifier", "mlp", "lenet5", "simple_cnn", "resnet", "separable_cnn",
-           "unet", "UNet", "BasicBlock"]
+           "unet", "UNet", "BasicBlock", "srcnn", "fsrcnn", "espcn", "SRCNN", "FSRCNN", "ESPCN"]
 
 
 def names() -> list:
@@ -34,8 +40,10 @@ def names() -> list:
 
 
 def task(name: str) -> str:
-    """'segment' for per-pixel models, 'classify' for the others."""
+    """'segment' for per-pixel models, 'super_resolution' for image upscalers, 'classify' for the others."""
     _check_name(name)
+    if name in _SUPER_RESOLUTION:
+        return "super_resolution"
     return "segment" if name in _SEGMENTATION else "classify"
 
 
