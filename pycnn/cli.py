@@ -4,6 +4,8 @@
     pycnn evaluate --checkpoint runs/digits/best.pt
     pycnn demo [--quick]          # trains two models, writes pycnn-demo/index.html
     pycnn viz --checkpoint runs/digits/best.pt --image test:0 --method grad_cam --out fig.png
+    pycnn train --model espcn --data super_resolution --data-option scale=2 --out runs/espcn-x2
+    pycnn upscale --checkpoint runs/espcn-x2/best.pt --image photo.png --out photo-x2.png
 
 Bad arguments (unknown model, data or device; a missing or corrupt checkpoint; a model that does
 not fit the data) end with one line on stderr and exit status 2, never a traceback.
@@ -152,6 +154,12 @@ def _print_metrics(prefix: str, metrics: dict) -> None:
 
 def cmd_train(args) -> int:
     import pycnn.train as T
+    import pycnn.models as M
+    if args.data == "super_resolution" or (args.model in M.names() and M.task(args.model) == "super_resolution"):
+        from pycnn.superres.cli import train as train_super_resolution
+        return train_super_resolution(args)
+    if args.loss is None:
+        args.loss = "cross_entropy"
     device = _device(args.device)
     _threads(args.threads)
     for flag, value in (("--epochs", args.epochs), ("--batch-size", args.batch_size)):
@@ -203,6 +211,9 @@ def cmd_evaluate(args) -> int:
     if "model" not in config or "data" not in config:
         raise UsageError(f"{args.checkpoint} does not say which model and data it was trained on "
                          "(it was not written by `pycnn train`)")
+    if config.get("task") == "super_resolution":
+        from pycnn.superres.cli import evaluate as evaluate_super_resolution
+        return evaluate_super_resolution(args, state, config)
     data_name = args.data or config["data"]
     data_kwargs = dict(config.get("data_kwargs", {}))
     import pycnn.data as D
@@ -315,7 +326,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
     t.add_argument("--weight-decay", type=float, default=0.0)
     t.add_argument("--schedule", default="cosine", choices=["cosine", "step", "constant"])
-    t.add_argument("--loss", default="cross_entropy", choices=["cross_entropy", "hinge"])
+    t.add_argument("--loss", default=None, choices=["cross_entropy", "hinge", "mse", "l1"],
+                   help="default cross_entropy; mse for super-resolution")
     t.add_argument("--image-size", type=int, default=None,
                    help="resize images (digits default 28; textures: the patch size)")
     t.add_argument("--model-option", action="append", metavar="KEY=VALUE",
@@ -349,6 +361,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     from pycnn.viz.cli import add_viz_parser  # `pycnn viz`: explain an image with a checkpoint
     add_viz_parser(sub)
+    from pycnn.superres.cli import add_upscale_parser  # `pycnn upscale`: a super-resolution checkpoint on an image
+    add_upscale_parser(sub)
     return p
 
 

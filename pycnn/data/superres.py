@@ -42,7 +42,7 @@ SCALES = (2, 3, 4)
 
 
 def _check_scale(name: str, scale) -> int:
-    if isinstance(scale, bool) or scale not in SCALES:
+    if isinstance(scale, bool) or not isinstance(scale, (int, np.integer)) or scale not in SCALES:
         raise ValueError(f"{name}: scale must be one of {SCALES}, got {scale!r}")
     return int(scale)
 
@@ -146,7 +146,7 @@ def _cut(image: np.ndarray, top: np.ndarray, left: np.ndarray, size: int, factor
 
 
 def super_resolution(scale: int = 2, seed: int = 0, patch: int = 48, n_train: int = 8000, n_val: int = 500,
-                     input: str = "low_res", min_std: float = 0.01) -> Splits:
+                     input: str = "low_res", min_std: float = 0.01, sources: Sequence[str] = TRAIN_SOURCES) -> Splits:
     """Pairs (input, high-resolution Y patch) for learning to upscale ``scale`` times.
 
     Each training image is tiled into blocks of ``2 * patch`` pixels; about 10 % of the blocks
@@ -159,11 +159,13 @@ def super_resolution(scale: int = 2, seed: int = 0, patch: int = 48, n_train: in
     input: "low_res" (the downscaled Y, patch // scale on a side: espcn, fsrcnn) or "bicubic" (that
     image upsampled again by :func:`bicubic_resize`, patch on a side: srcnn). Targets: float32
     [N, 1, patch, patch]. Inputs are cut from whole downscaled images, so a patch's borders see
-    the same pixels as the whole image's would.
+    the same pixels as the whole image's would. ``sources``: a subset of ``TRAIN_SOURCES`` (the quick
+    demo uses a few small images; resizing the others takes seconds).
 
     ``test``: the held-out images (``TEST_SOURCES``) tiled into non-overlapping patches, for a loss;
     the metrics are measured on the whole images (:func:`test_images`). ``info`` holds the scale,
-    patch size, input kind and source names.
+    patch size, input kind, source names (``train_sources`` for train and val, ``test_sources``) and
+    ``origins[split]``: int64 rows (index into those names, top, left) of each patch, high-res pixels.
     """
     scale = _check_scale("super_resolution", scale)
     seed = _check_seed("super_resolution", seed)
@@ -178,15 +180,20 @@ def super_resolution(scale: int = 2, seed: int = 0, patch: int = 48, n_train: in
     if not min_std >= 0:
         raise ValueError(f"super_resolution: min_std must be >= 0, got {min_std!r}")
 
+    sources = tuple(sources)
+    bad = [n for n in sources if n not in TRAIN_SOURCES]
+    if bad or not sources:
+        raise ValueError(f"super_resolution: sources must be names from {TRAIN_SOURCES} (never the held-out "
+                         f"{TEST_SOURCES}), got {bad or sources!r}")
     rng = np.random.default_rng(seed)
     block = 2 * patch
     offsets = np.arange(0, block - patch + 1, scale)  # multiples of scale: low-res pixels line up
-    parts = {"train": ([], []), "val": ([], [])}
     # An image needs two blocks (one for training, one for validation): at patch 48 that leaves out
     # only microaneurysms (102 x 102).
-    usable = [n for n in TRAIN_SOURCES if _blocks(_pair(n, scale)[0].shape, block) >= 2]
+    usable = [n for n in sources if _blocks(_pair(n, scale)[0].shape, block) >= 2]
+    origins = {"train": [], "val": []}  # rows (index in usable, top, left) in high-res pixels
     for i, name in enumerate(usable):
-        hr, bic, lr = _pair(name, scale)
+        hr = _pair(name, scale)[0]
         by, bx = hr.shape[0] // block, hr.shape[1] // block
         order = rng.permutation(by * bx)
         n_val_blocks = max(1, round(0.1 * by * bx))
@@ -205,31 +212,37 @@ def super_resolution(scale: int = 2, seed: int = 0, patch: int = 48, n_train: in
                 tops.append(top[keep])
                 lefts.append(left[keep])
             top, left = np.concatenate(tops)[:want], np.concatenate(lefts)[:want]
-            x = _cut(lr, top, left, patch, scale) if input == "low_res" else _cut(bic, top, left, patch)
-            parts[split][0].append(x)
-            parts[split][1].append(_cut(hr, top, left, patch))
+            origins[split].append(np.stack([np.full_like(top, i), top, left], axis=1))
 
-    def dataset(xs, ys, shuffle):
-        x = torch.from_numpy(np.concatenate(xs)).unsqueeze(1)
-        y = torch.from_numpy(np.concatenate(ys)).unsqueeze(1)
-        if shuffle:
-            perm = torch.from_numpy(rng.permutation(len(x)))
-            x, y = x[perm], y[perm]
-        return TensorDataset(x.contiguous(), y.contiguous())
+    def dataset(names, where):
+        """TensorDataset(input, target) of the patches at ``where`` (rows: image index, top, left)."""
+        low = input == "low_res"
+        side = patch // scale if low else patch
+        x = np.empty((len(where), 1, side, side), np.float32)
+        y = np.empty((len(where), 1, patch, patch), np.float32)
+        for i, name in enumerate(names):
+            rows = np.flatnonzero(where[:, 0] == i)
+            hr, bic, lr = _pair(name, scale)
+            top, left = where[rows, 1], where[rows, 2]
+            x[rows, 0] = _cut(lr, top, left, patch, scale) if low else _cut(bic, top, left, patch)
+            y[rows, 0] = _cut(hr, top, left, patch)
+        return TensorDataset(torch.from_numpy(x), torch.from_numpy(y))
 
-    train = dataset(*parts["train"], shuffle=True)
-    val = dataset(*parts["val"], shuffle=True)
-    test_x, test_y = [], []
-    for name in TEST_SOURCES:
-        hr, bic, lr = _pair(name, scale)
-        top, left = np.meshgrid(np.arange(0, hr.shape[0] - patch + 1, patch),
-                                np.arange(0, hr.shape[1] - patch + 1, patch), indexing="ij")
-        top, left = top.ravel(), left.ravel()
-        test_x.append(_cut(lr, top, left, patch, scale) if input == "low_res" else _cut(bic, top, left, patch))
-        test_y.append(_cut(hr, top, left, patch))
-    test = dataset(test_x, test_y, shuffle=False)
+    sets = {}
+    for split in ("train", "val"):
+        where = np.concatenate(origins[split]).astype(np.int64)
+        origins[split] = where[rng.permutation(len(where))]  # shuffled, so any prefix mixes the images
+        sets[split] = dataset(usable, origins[split])
+    tiles = []
+    for i, name in enumerate(TEST_SOURCES):  # the whole held-out images, tiled
+        h, w = _pair(name, scale)[0].shape
+        top, left = np.meshgrid(np.arange(0, h - patch + 1, patch), np.arange(0, w - patch + 1, patch), indexing="ij")
+        tiles.append(np.stack([np.full(top.size, i), top.ravel(), left.ravel()], axis=1))
+    origins["test"] = np.concatenate(tiles).astype(np.int64)
+    train, val, test = sets["train"], sets["val"], dataset(TEST_SOURCES, origins["test"])
     x = train.tensors[0]
     mean, std = x.mean(dim=(0, 2, 3)), x.std(dim=(0, 2, 3))
     return Splits(train, val, test, classes=(), task="super_resolution", mean=mean, std=std,
                   info={"scale": scale, "patch": patch, "input": input, "train_sources": tuple(usable),
-                        "test_sources": TEST_SOURCES, "source": "skimage.data"})
+                        "test_sources": TEST_SOURCES, "source": "skimage.data",
+                        "origins": {k: torch.from_numpy(v) for k, v in origins.items()}})

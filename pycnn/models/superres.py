@@ -29,7 +29,7 @@ SCALES = (2, 3, 4)
 
 
 def _check(name: str, scale, in_channels) -> None:
-    if isinstance(scale, bool) or scale not in SCALES:
+    if isinstance(scale, bool) or not isinstance(scale, int) or scale not in SCALES:
         raise ValueError(f"{name}: scale must be one of {SCALES}, got {scale!r}")
     if isinstance(in_channels, bool) or not isinstance(in_channels, int) or in_channels < 1:
         raise ValueError(f"{name}: in_channels must be a positive int, got {in_channels!r}")
