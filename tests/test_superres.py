@@ -58,6 +58,23 @@ def test_models_are_the_published_designs():
     assert not torch.allclose(srcnn(x), x)
 
 
+@pytest.mark.parametrize("scale", [2, 3, 4])
+def test_cubic_skip_is_torch_bicubic_with_its_a(scale):
+    """The residual models' skip path: a transposed convolution with a cubic kernel. With torch's
+    a = -0.75 it must be torch's bicubic interpolation, borders included (both repeat the edge)."""
+    from pycnn.models.superres import CubicUpsample
+    x = torch.rand(2, 3, 7, 9, dtype=torch.float64)
+    ours = CubicUpsample(scale, channels=3, a=-0.75).double()(x)
+    ref = torch.nn.functional.interpolate(x, scale_factor=scale, mode="bicubic", align_corners=False)
+    torch.testing.assert_close(ours, ref, atol=1e-6, rtol=0)
+    # residual models start at the (a = -0.5) cubic interpolation of their input
+    lr = torch.rand(1, 1, 6, 5)
+    for name in ("fsrcnn", "espcn"):
+        model = M.get(name, scale=scale)
+        torch.testing.assert_close(model(lr), CubicUpsample(scale)(lr), atol=0.05, rtol=0)
+        assert M.get(name, scale=scale, residual=False).skip is None
+
+
 @pytest.mark.parametrize("name", ["srcnn", "fsrcnn", "espcn"])
 def test_models_reject_bad_scales(name):
     for bad in (1, 5, 2.0, True):

@@ -14,10 +14,8 @@ import torch
 
 # Which model per scale, and how long: chosen by measurement (README, "Super-resolution").
 DEMO_RUNS = {
-    "full": [dict(model="espcn", scale=2, epochs=8, n_train=8000, lr=3e-3, batch_size=32),
-             dict(model="espcn", scale=3, epochs=8, n_train=8000, lr=3e-3, batch_size=32),
-             dict(model="espcn", scale=4, epochs=8, n_train=8000, lr=3e-3, batch_size=32)],
-    "quick": [dict(model="espcn", scale=2, epochs=2, n_train=1200, lr=3e-3, batch_size=32, crop=128,
+    "full": [dict(model="espcn", scale=scale, epochs=3, n_train=8000, lr=2e-3, batch_size=32) for scale in (2, 3, 4)],
+    "quick": [dict(model="espcn", scale=2, epochs=1, n_train=800, n_val=100, lr=3e-3, batch_size=16, crop=128,
                    sources=("brick", "grass", "coins", "page", "rocket", "stereo_motorcycle"))],
 }
 # A detailed window of a held-out image for the figure: (image, top, left, size) in high-res pixels.
@@ -31,7 +29,8 @@ def run(spec: dict, device="cpu", progress: bool = False, seed: int = 0) -> dict
     import pycnn.superres as SR
     torch.manual_seed(seed)
     model = M.get(spec["model"], scale=spec["scale"])
-    data_kwargs = {"scale": spec["scale"], "n_train": spec["n_train"], "input": model.input_kind, "seed": seed}
+    data_kwargs = {"scale": spec["scale"], "n_train": spec["n_train"], "n_val": spec.get("n_val", 500),
+                   "input": model.input_kind, "seed": seed}
     if "sources" in spec:
         data_kwargs["sources"] = spec["sources"]
     splits = D.get("super_resolution", **data_kwargs)
