@@ -146,7 +146,8 @@ def _cut(image: np.ndarray, top: np.ndarray, left: np.ndarray, size: int, factor
 
 
 def super_resolution(scale: int = 2, seed: int = 0, patch: int = 48, n_train: int = 8000, n_val: int = 500,
-                     input: str = "low_res", min_std: float = 0.01, sources: Sequence[str] = TRAIN_SOURCES) -> Splits:
+                     input: str = "low_res", min_std: float = 0.01, sources: Sequence[str] = TRAIN_SOURCES,
+                     test_split: bool = True) -> Splits:
     """Pairs (input, high-resolution Y patch) for learning to upscale ``scale`` times.
 
     Each training image is tiled into blocks of ``2 * patch`` pixels; about 10 % of the blocks
@@ -163,7 +164,8 @@ def super_resolution(scale: int = 2, seed: int = 0, patch: int = 48, n_train: in
     demo uses a few small images; resizing the others takes seconds).
 
     ``test``: the held-out images (``TEST_SOURCES``) tiled into non-overlapping patches, for a loss;
-    the metrics are measured on the whole images (:func:`test_images`). ``info`` holds the scale,
+    the metrics are measured on the whole images (:func:`test_images`); ``test_split=False`` leaves
+    it empty and skips resizing those images (the quick demo measures on its own crops). ``info`` holds the scale,
     patch size, input kind, source names (``train_sources`` for train and val, ``test_sources``) and
     ``origins[split]``: int64 rows (index into those names, top, left) of each patch, high-res pixels.
     """
@@ -233,8 +235,8 @@ def super_resolution(scale: int = 2, seed: int = 0, patch: int = 48, n_train: in
         where = np.concatenate(origins[split]).astype(np.int64)
         origins[split] = where[rng.permutation(len(where))]  # shuffled, so any prefix mixes the images
         sets[split] = dataset(usable, origins[split])
-    tiles = []
-    for i, name in enumerate(TEST_SOURCES):  # the whole held-out images, tiled
+    tiles = [np.zeros((0, 3), np.int64)]
+    for i, name in enumerate(TEST_SOURCES if test_split else ()):  # the whole held-out images, tiled
         h, w = _pair(name, scale)[0].shape
         top, left = np.meshgrid(np.arange(0, h - patch + 1, patch), np.arange(0, w - patch + 1, patch), indexing="ij")
         tiles.append(np.stack([np.full(top.size, i), top.ravel(), left.ravel()], axis=1))
