@@ -143,6 +143,7 @@ def test_train_val_test_are_disjoint(small_x2):
     assert ((o["train"][:, 1] % block) + s.info["patch"] <= block).all()  # patches stay inside their block
     with pytest.raises(ValueError, match="never the held-out"):
         D.get("super_resolution", sources=("coins", "astronaut"))
+    assert len(D.get("super_resolution", n_train=8, n_val=4, sources=("coins", "page"), test_split=False).test) == 0
 
 
 def test_data_rejects_bad_options():
