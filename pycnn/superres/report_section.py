@@ -128,7 +128,8 @@ def section(results: dict, report):
     per_image = ("<details><summary>per image</summary><table><tr><th>scale</th><th>image</th><th>PSNR-Y</th>"
                  "<th>bicubic</th><th>gain</th><th>SSIM-Y</th><th>bicubic</th></tr>" + per_image + "</table></details>")
     where = ("a centred 128&times;128 window of each" if quick else "the whole")
-    text = (f"<p>Upscaling by 2, 3 and 4: the network sees the low-resolution luma (Y, BT.601) and "
+    scales = " and ".join(f"{r['spec']['scale']}" for r in runs)
+    text = (f"<p>Upscaling by {scales}: the network sees the low-resolution luma (Y, BT.601) and "
             f"predicts the high-resolution one. Training patches come from scikit-image's bundled "
             f"photographs and scientific images; the scores are on {where} held-out image "
             f"({', '.join(i['name'] for i in runs[0]['metrics']['images'])}), "
