@@ -74,10 +74,10 @@ class CubicUpsample(nn.Module):
     With ``a=-0.75`` this is torch's ``interpolate(mode="bicubic")``, which the tests check.
 
     ``trainable=True`` lets training move the kernel (one k x k filter per channel, k = 4 * scale
-    or so): the best *linear* upsampler for the training data, which also undoes some of the
-    anti-aliasing blur, for 64-256 extra weights. Measured: it lifted ESPCN x2 from below to above
-    bicubic within the quick demo's budget; a fixed cubic kernel starts ~0.1-0.2 dB under
-    scikit-image's cubic spline, the baseline.
+    or so, 64-256 weights) towards the best *linear* upsampler for the training data, which can
+    also undo some of the anti-aliasing blur. Measured on ESPCN x2 after 250 steps: the same
+    validation PSNR as a fixed kernel (29.90 dB), so it costs nothing and may help longer runs.
+    Keys' cubic starts ~0.1-0.2 dB under scikit-image's cubic spline, the baseline.
     """
 
     def __init__(self, scale: int, channels: int = 1, a: float = -0.5, trainable: bool = True):
