@@ -121,8 +121,9 @@ def test_python_dash_m_pycnn_runs_without_traceback(tmp_path):
     p = subprocess.run([sys.executable, "-m", "pycnn", "train", "--model", "nope", "--data", "digits"],
                        capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert p.returncode == 2
-    assert p.stderr.strip().splitlines() == ["pycnn train: error: unknown model 'nope'; choose one of: lenet5, "
-                                             "linear_classifier, mlp, resnet, separable_cnn, simple_cnn, unet"]
+    assert p.stderr.strip().splitlines() == ["pycnn train: error: unknown model 'nope'; choose one of: espcn, fsrcnn, "
+                                             "lenet5, linear_classifier, mlp, resnet, separable_cnn, simple_cnn, "
+                                             "srcnn, unet"]
 
 
 def test_demo_writes_report(tmp_path, monkeypatch, capsys):
