@@ -8,6 +8,8 @@
     pycnn viz --checkpoint runs/digits/best.pt --image test:0 --method grad_cam --out fig.png
     pycnn train --model mask_rcnn --data galaxy_instances --epochs 7 --batch-size 8 --lr 2e-3 --out runs/mrcnn
     pycnn detect --checkpoint runs/mrcnn/best.pt --image test:0 --out detections.png
+    pycnn train --model espcn --data super_resolution --data-option scale=2 --out runs/espcn-x2
+    pycnn upscale --checkpoint runs/espcn-x2/best.pt --image photo.png --out photo-x2.png
 
 Bad arguments (unknown model, data or device; a missing or corrupt checkpoint; a model that does
 not fit the data; a file that is not an image) end with one line on stderr and exit status 2,
@@ -251,6 +253,12 @@ def _print_metrics(prefix: str, metrics: dict) -> None:
 
 def cmd_train(args) -> int:
     import pycnn.train as T
+    import pycnn.models as M
+    if args.data == "super_resolution" or (args.model in M.names() and M.task(args.model) == "super_resolution"):
+        from pycnn.superres.cli import train as train_super_resolution
+        return train_super_resolution(args)
+    if args.loss is None:
+        args.loss = "cross_entropy"
     device = _device(args.device)
     _threads(args.threads)
     for flag, value in (("--epochs", args.epochs), ("--batch-size", args.batch_size)):
@@ -380,6 +388,10 @@ def cmd_evaluate(args) -> int:
     if state.get("task") == "detect":
         from pycnn.detection import evaluate_command
         return evaluate_command(args, state)
+    config = state.get("config") or {}
+    if config.get("task") == "super_resolution":
+        from pycnn.superres.cli import evaluate as evaluate_super_resolution
+        return evaluate_super_resolution(args, state, config)
     model = model_from_state(state, args.checkpoint)
     model_name = (state.get("arch") or {}).get("name") or (state.get("config") or {}).get("model")
     data_name, splits = _evaluation_data(args, state)
@@ -503,8 +515,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--weight-decay", type=float, default=0.0, help="L2 penalty (decoupled for adamw)")
     t.add_argument("--schedule", default="cosine", choices=["cosine", "step", "constant"],
                    help="learning-rate schedule, stepped every batch")
-    t.add_argument("--loss", default="cross_entropy", choices=["cross_entropy", "hinge"],
-                   help="cross_entropy (softmax) or hinge (multiclass SVM)")
+    t.add_argument("--loss", default=None, choices=["cross_entropy", "hinge", "mse", "l1"],
+                   help="cross_entropy (softmax) or hinge (multiclass SVM); mse or l1 for super-resolution "
+                        "(default: cross_entropy, mse for super-resolution)")
     t.add_argument("--image-size", type=int, default=None,
                    help="resize images (digits default 28; textures: the patch size; a folder: N x N, needed when its images differ in size)")
     t.add_argument("--model-option", action="append", metavar="KEY=VALUE",
@@ -548,6 +561,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_viz_parser(sub)
     from pycnn.detection import add_detect_parser  # `pycnn detect`: boxes and masks on an image
     add_detect_parser(sub)
+    from pycnn.superres.cli import add_upscale_parser  # `pycnn upscale`: a super-resolution checkpoint on an image
+    add_upscale_parser(sub)
     return p
 
 

@@ -17,7 +17,7 @@ from pycnn._ops import native
 from pycnn._ops.batch_norm import check_eps as _check_batch_norm_eps
 
 __all__ = ["conv2d", "conv_transpose2d", "max_pool2d", "max_unpool2d", "batch_norm", "linear",
-           "depthwise_conv2d"]
+           "depthwise_conv2d", "pixel_shuffle"]
 
 IntPair = Union[int, Sequence[int]]
 
@@ -218,3 +218,19 @@ def linear(input: Tensor, weight: Tensor, bias: Optional[Tensor] = None) -> Tens
     y = native.run("linear", input.reshape(math.prod(lead), input.shape[-1]), w, bias)
     y = y.reshape(out_shape)
     return y if extra is None else y + extra
+
+
+def pixel_shuffle(input: Tensor, upscale_factor: int) -> Tensor:
+    """[*, C * r^2, H, W] -> [*, C, H * r, W * r]: output pixel (y*r + i, x*r + j) of channel c is
+    input channel c*r^2 + i*r + j at (y, x) (torch's order). The sub-pixel convolution's last step
+    (ESPCN): pure data movement, a reshape and a permute, so no kernel of its own."""
+    r = upscale_factor
+    if isinstance(r, bool) or not isinstance(r, int) or r < 1:
+        raise ValueError(f"pixel_shuffle: upscale_factor must be a positive int, got {r!r}")
+    if input.dim() < 3:
+        raise ValueError(f"pixel_shuffle: input must have at least 3 dimensions [*, C, H, W], got {tuple(input.shape)}")
+    *batch, c, h, w = input.shape
+    if c % (r * r):
+        raise ValueError(f"pixel_shuffle: {c} channels are not divisible by upscale_factor**2 = {r * r}")
+    x = input.reshape(-1, c // (r * r), r, r, h, w).permute(0, 1, 4, 2, 5, 3)
+    return x.reshape(*batch, c // (r * r), h * r, w * r)

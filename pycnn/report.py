@@ -363,3 +363,10 @@ def _viz_section(results: dict, report: Report):
                                class_names=[str(c) for c in r["splits"].classes], quick=bool(results.get("quick")),
                                heading=False)
     return Section("Seeing inside the CNN (LeNet-5 on digits)", fragment)
+
+
+@register_demo_section
+def _super_resolution_section(results: dict, report: Report):
+    """Trains the demo's upscalers (x2, x3, x4; x2 only when quick) and compares them with bicubic."""
+    from pycnn.superres.report_section import section
+    return section(results, report)

@@ -245,9 +245,9 @@ def test_python_dash_m_pycnn_runs_without_traceback(tmp_path):
     p = subprocess.run([sys.executable, "-m", "pycnn", "train", "--model", "nope", "--data", "digits"],
                        capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert p.returncode == 2
-    assert p.stderr.strip().splitlines() == ["pycnn train: error: unknown model 'nope'; choose one of: lenet5, "
-                                             "linear_classifier, mask_rcnn, mlp, resnet, separable_cnn, simple_cnn, "
-                                             "unet"]
+    assert p.stderr.strip().splitlines() == ["pycnn train: error: unknown model 'nope'; choose one of: espcn, fsrcnn, "
+                                             "lenet5, linear_classifier, mask_rcnn, mlp, resnet, separable_cnn, "
+                                             "simple_cnn, srcnn, unet"]
 
 
 def test_demo_writes_report(tmp_path, monkeypatch, capsys):
@@ -258,6 +258,10 @@ def test_demo_writes_report(tmp_path, monkeypatch, capsys):
                          epochs=1, batch_size=8, optimizer="adam", lr=3e-3),
     }
     monkeypatch.setattr(cli, "DEMO_RUNS", {k: {"quick": v, "full": v} for k, v in tiny.items()})
+    from pycnn.superres import report_section as superres_section
+    sr = [dict(model="srcnn", scale=2, epochs=1, n_train=16, n_val=8, lr=1e-3, batch_size=16, crop=64,
+               sources=("coins", "page"))]
+    monkeypatch.setattr(superres_section, "DEMO_RUNS", {"quick": sr, "full": sr})
     seen = []
     from pycnn import report
 
@@ -270,7 +274,7 @@ def test_demo_writes_report(tmp_path, monkeypatch, capsys):
     assert rc == 0, err
     files = sorted(os.listdir(tmp_path / "demo"))
     for f in ("index.html", "digits_curves.png", "digits_confusion.png", "galaxies_curves.png",
-              "galaxies_examples.png", "digits", "galaxies"):
+              "galaxies_examples.png", "digits", "galaxies", "superres_crops.png"):
         assert f in files
     html = (tmp_path / "demo" / "index.html").read_text()
     for f in files:

@@ -477,6 +477,15 @@ def galaxies(seed: int = 0, n: int = 1200, size: int = 64, zoom: int = 2, noise:
 _LOADERS: dict[str, Callable[..., Splits]] = {
     "digits": digits, "faces": faces, "textures": textures, "galaxies": galaxies,
 }
+
+
+def _super_resolution(**kwargs) -> Splits:
+    from pycnn.data.superres import super_resolution  # imports this module: loaded on first use
+    return super_resolution(**kwargs)
+
+
+_LOADERS["super_resolution"] = _super_resolution
+
 from pycnn.data.instances import galaxy_instances  # noqa: E402  (built on the galaxy helpers above)
 _LOADERS["galaxy_instances"] = galaxy_instances
 NAMES: tuple[str, ...] = tuple(_LOADERS)

@@ -4,7 +4,8 @@
 
 Classifiers map [N, C, H, W] to logits [N, num_classes]; ``unet`` maps it to per-pixel logits
 [N, num_classes, H, W]; ``mask_rcnn`` takes images and per-image targets and returns losses
-(training) or detections (eval) (``task(name)`` tells which).
+(training) or detections (eval); ``srcnn``, ``fsrcnn`` and ``espcn`` map an image to one ``scale`` times
+larger (``task(name)`` tells which).
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from torch import nn
 from pycnn.models.classifiers import BasicBlock, lenet5, linear_classifier, mlp, resnet, separable_cnn, simple_cnn
 from pycnn.models.mask_rcnn import MaskRCNN, mask_rcnn
 from pycnn.models.unet import UNet, unet
+from pycnn.models.superres import ESPCN, FSRCNN, SRCNN, espcn, fsrcnn, srcnn
 
 _BUILDERS: Dict[str, Callable[..., nn.Module]] = {
     "linear_classifier": linear_classifier,
@@ -25,12 +27,16 @@ _BUILDERS: Dict[str, Callable[..., nn.Module]] = {
     "separable_cnn": separable_cnn,
     "unet": unet,
     "mask_rcnn": mask_rcnn,
+    "srcnn": srcnn,
+    "fsrcnn": fsrcnn,
+    "espcn": espcn,
 }
 _SEGMENTATION = {"unet"}
 _DETECTION = {"mask_rcnn"}
+_SUPER_RESOLUTION = {"srcnn", "fsrcnn", "espcn"}
 
 __all__ = ["get", "names", "task", "linear_classifier", "mlp", "lenet5", "simple_cnn", "resnet", "separable_cnn",
-           "unet", "UNet", "BasicBlock", "mask_rcnn", "MaskRCNN"]
+           "unet", "UNet", "BasicBlock", "mask_rcnn", "MaskRCNN", "srcnn", "fsrcnn", "espcn", "SRCNN", "FSRCNN", "ESPCN"]
 
 
 def names() -> list:
@@ -39,10 +45,12 @@ def names() -> list:
 
 def task(name: str) -> str:
     """'segment' for per-pixel models, 'detect' for instance detection/segmentation (mask_rcnn),
-    'classify' for the others."""
+    'super_resolution' for image upscalers, 'classify' for the others."""
     _check_name(name)
     if name in _DETECTION:
         return "detect"
+    if name in _SUPER_RESOLUTION:
+        return "super_resolution"
     return "segment" if name in _SEGMENTATION else "classify"
 
 

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 import pycnn.functional as PF
 
 __all__ = ["Conv2d", "ConvTranspose2d", "MaxPool2d", "MaxUnpool2d", "BatchNorm2d", "Linear",
-           "DepthwiseConv2d", "SeparableConv2d", "GlobalAvgPool2d"]
+           "DepthwiseConv2d", "SeparableConv2d", "GlobalAvgPool2d", "PixelShuffle"]
 
 
 class Conv2d(nn.Conv2d):
@@ -142,3 +142,10 @@ class GlobalAvgPool2d(nn.Module):
 
     def forward(self, input: Tensor) -> Tensor:
         return input.mean(dim=(-2, -1))
+
+
+class PixelShuffle(nn.PixelShuffle):
+    """torch.nn.PixelShuffle through ``pycnn.functional.pixel_shuffle`` (a reshape and a permute)."""
+
+    def forward(self, input: Tensor) -> Tensor:
+        return PF.pixel_shuffle(input, self.upscale_factor)

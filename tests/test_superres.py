@@ -1,0 +1,272 @@
+"""Super-resolution: models, data, metrics, training and the `pycnn upscale` command."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import pycnn.data as D
+import pycnn.functional as PF
+import pycnn.models as M
+import pycnn.nn as pnn
+import pycnn.superres as SR
+from pycnn import cli
+from pycnn.data import superres as DS
+
+# Small, quick training sources for the tests (the full list takes seconds more to resize).
+SMALL = ("coins", "page", "text", "cell")
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+# ---- models -----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["srcnn", "fsrcnn", "espcn"])
+@pytest.mark.parametrize("scale", [2, 3, 4])
+def test_models_upscale_by_scale_on_any_size(name, scale):
+    torch.manual_seed(0)
+    model = M.get(name, scale=scale)
+    assert M.task(name) == "super_resolution" and model.scale == scale
+    h, w = 7, 10  # odd, not square
+    if model.input_kind == "bicubic":
+        x = torch.rand(2, 1, h * scale, w * scale)
+    else:
+        assert model.input_kind == "low_res"
+        x = torch.rand(2, 1, h, w)
+    y = model(x)
+    assert y.shape == (2, 1, h * scale, w * scale)
+    y.mean().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+def test_models_are_the_published_designs():
+    fsrcnn = M.get("fsrcnn", scale=3)
+    up = fsrcnn.upsample
+    assert isinstance(up, pnn.ConvTranspose2d) and up.stride == (3, 3) and up.kernel_size == (9, 9)
+    espcn = M.get("espcn", scale=4)
+    assert isinstance(espcn.shuffle, pnn.PixelShuffle) and espcn.body[-1].out_channels == 16
+    srcnn = M.get("srcnn", scale=2, residual=False)
+    assert [m.kernel_size for m in (srcnn.extract, srcnn.map, srcnn.reconstruct)] == [(9, 9), (1, 1), (5, 5)]
+    # 9-1-5 on a constant image: without the skip the output is the layers' alone
+    x = torch.full((1, 1, 12, 12), 0.5)
+    assert not torch.allclose(srcnn(x), x)
+
+
+@pytest.mark.parametrize("scale", [2, 3, 4])
+def test_cubic_skip_is_torch_bicubic_with_its_a(scale):
+    """The residual models' skip path: a transposed convolution with a cubic kernel. With torch's
+    a = -0.75 it must be torch's bicubic interpolation, borders included (both repeat the edge)."""
+    from pycnn.models.superres import CubicUpsample
+    x = torch.rand(2, 3, 7, 9, dtype=torch.float64)
+    ours = CubicUpsample(scale, channels=3, a=-0.75).double()(x)
+    ref = torch.nn.functional.interpolate(x, scale_factor=scale, mode="bicubic", align_corners=False)
+    torch.testing.assert_close(ours, ref, atol=1e-6, rtol=0)
+    # residual models start at the (a = -0.5) cubic interpolation of their input
+    lr = torch.rand(1, 1, 6, 5)
+    for name in ("fsrcnn", "espcn"):
+        model = M.get(name, scale=scale)
+        torch.testing.assert_close(model(lr), CubicUpsample(scale)(lr), atol=0.05, rtol=0)
+        assert M.get(name, scale=scale, residual=False).skip is None
+
+
+@pytest.mark.parametrize("name", ["srcnn", "fsrcnn", "espcn"])
+def test_models_reject_bad_scales(name):
+    for bad in (1, 5, 2.0, True):
+        with pytest.raises(ValueError, match=f"{name}: scale must be one of"):
+            M.get(name, scale=bad)
+
+
+def test_pixel_shuffle_matches_torch_forward_and_backward():
+    for shape, r in (((2, 8, 3, 5), 2), ((18, 4, 4), 3), ((1, 2, 32, 2, 3), 4)):
+        x = torch.randn(shape, dtype=torch.float64, requires_grad=True)
+        ours = PF.pixel_shuffle(x, r)
+        ref = torch.nn.functional.pixel_shuffle(x, r)
+        assert torch.equal(ours, ref)
+        g = torch.randn_like(ref)
+        (ga,) = torch.autograd.grad(ours, x, g)
+        (gb,) = torch.autograd.grad(ref, x, g)
+        assert torch.equal(ga, gb)
+    empty = torch.randn(0, 9, 2, 2, requires_grad=True)  # (torch's own backward fails on an empty batch)
+    out = PF.pixel_shuffle(empty, 3)
+    assert out.shape == (0, 1, 6, 6) and torch.autograd.grad(out.sum(), empty)[0].shape == empty.shape
+    x = torch.randn(1, 8, 3, 3).transpose(2, 3)  # non-contiguous
+    assert torch.equal(pnn.PixelShuffle(2)(x), torch.nn.PixelShuffle(2)(x))
+    with pytest.raises(ValueError, match="pixel_shuffle: 6 channels are not divisible by upscale_factor\\*\\*2 = 4"):
+        PF.pixel_shuffle(torch.randn(1, 6, 2, 2), 2)
+    with pytest.raises(ValueError, match="pixel_shuffle: upscale_factor must be a positive int, got 0"):
+        PF.pixel_shuffle(torch.randn(1, 4, 2, 2), 0)
+
+
+# ---- data ---------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def small_x2():
+    return D.get("super_resolution", scale=2, n_train=96, n_val=16, sources=SMALL)
+
+
+def test_data_shapes_ranges_and_determinism(small_x2):
+    s = small_x2
+    x, y = s.train.tensors
+    assert x.shape == (96, 1, 24, 24) and y.shape == (96, 1, 48, 48) and s.val.tensors[0].shape[0] == 16
+    assert x.dtype == y.dtype == torch.float32
+    # Y in BT.601 studio range
+    assert 16 / 255 - 1e-6 <= float(y.min()) and float(y.max()) <= 235 / 255 + 1e-6
+    again = D.get("super_resolution", scale=2, n_train=96, n_val=16, sources=SMALL)
+    other = D.get("super_resolution", scale=2, n_train=96, n_val=16, sources=SMALL, seed=1)
+    for split in ("train", "val", "test"):
+        for a, b in zip(getattr(s, split).tensors, getattr(again, split).tensors):
+            assert torch.equal(a, b)
+    assert not torch.equal(s.train.tensors[1], other.train.tensors[1])
+    # input and target are the same place: the target degraded is the input, near the centre
+    i = 0
+    src, top, left = (int(v) for v in s.info["origins"]["train"][i])
+    hr, _, lr = DS._pair(s.info["train_sources"][src], 2)
+    assert torch.equal(y[i, 0], torch.from_numpy(hr[top:top + 48, left:left + 48]))
+    assert torch.equal(x[i, 0], torch.from_numpy(lr[top // 2:top // 2 + 24, left // 2:left // 2 + 24]))
+
+
+def test_train_val_test_are_disjoint(small_x2):
+    s = small_x2
+    assert set(DS.TRAIN_SOURCES).isdisjoint(DS.TEST_SOURCES)
+    assert set(s.info["train_sources"]) <= set(SMALL) and s.info["test_sources"] == DS.TEST_SOURCES
+    # train and val patches of one image lie in different 2*patch blocks: no pixel is shared
+    block = 2 * s.info["patch"]
+    o = s.info["origins"]
+    cell = lambda rows: {(int(i), int(t) // block, int(l) // block) for i, t, l in rows}  # noqa: E731
+    assert cell(o["train"]).isdisjoint(cell(o["val"]))
+    assert ((o["train"][:, 1] % block) + s.info["patch"] <= block).all()  # patches stay inside their block
+    with pytest.raises(ValueError, match="never the held-out"):
+        D.get("super_resolution", sources=("coins", "astronaut"))
+    assert len(D.get("super_resolution", n_train=8, n_val=4, sources=("coins", "page"), test_split=False).test) == 0
+
+
+def test_data_rejects_bad_options():
+    with pytest.raises(ValueError, match="scale must be one of"):
+        D.get("super_resolution", scale=5)
+    with pytest.raises(ValueError, match="patch must be a multiple of scale=3"):
+        D.get("super_resolution", scale=3, patch=32)
+    with pytest.raises(ValueError, match="input must be 'low_res' or 'bicubic'"):
+        D.get("super_resolution", input="nearest")
+
+
+def test_one_bicubic_resize_everywhere():
+    from skimage.transform import resize
+    rng = np.random.default_rng(0)
+    hr = rng.random((30, 24, 3)).astype(np.float32)
+    lr = DS.bicubic_resize(hr, (10, 8))
+    ref = resize(hr, (10, 8), order=3, anti_aliasing=True, mode="reflect")
+    np.testing.assert_allclose(lr, ref, atol=1e-6)
+    y = DS.rgb_to_y(hr)
+    h2, l2, b2 = DS.degrade(np.pad(y, ((0, 1), (0, 2))), 3)  # cropped to 30 x 24 first
+    assert h2.shape == (30, 24) and l2.shape == (10, 8) and b2.shape == (30, 24)
+    np.testing.assert_array_equal(l2, DS.bicubic_resize(y, (10, 8)))
+    np.testing.assert_array_equal(b2, DS.bicubic_resize(l2, (30, 24)))
+
+
+# ---- metrics ------------------------------------------------------------------------------------
+
+def test_psnr_on_y_by_hand():
+    rng = np.random.default_rng(1)
+    truth = rng.random((20, 22, 3))
+    pred = np.clip(truth + rng.normal(0, 0.05, truth.shape), 0, 1)
+    ty, py = DS.rgb_to_y(truth), DS.rgb_to_y(pred)
+    # BT.601 luma, by hand, and skimage's conversion
+    r, g, b = truth[..., 0], truth[..., 1], truth[..., 2]
+    np.testing.assert_allclose(ty, (16 + 65.481 * r + 128.553 * g + 24.966 * b) / 255, atol=1e-5)
+    from skimage.color import rgb2ycbcr
+    np.testing.assert_allclose(ty, rgb2ycbcr(truth)[..., 0] / 255, atol=1e-5)
+    scale = 3
+    mse = np.mean((py[3:-3, 3:-3].astype(np.float64) - ty[3:-3, 3:-3]) ** 2)
+    assert math.isclose(SR.psnr(py, ty, border=scale), 10 * math.log10(1 / mse), rel_tol=1e-9)
+    # the border crop matters: damage only the border and PSNR-Y with the crop is unchanged
+    damaged = py.copy()
+    damaged[:2] = 0
+    assert SR.psnr(damaged, ty, border=scale) == SR.psnr(py, ty, border=scale)
+    assert SR.psnr(damaged, ty, border=0) < SR.psnr(py, ty, border=0)
+    assert SR.ssim(ty, ty, border=scale) == pytest.approx(1.0)
+    assert 0 < SR.ssim(py, ty, border=scale) < 1
+
+
+# ---- training and inference ---------------------------------------------------------------------
+
+def test_short_training_lowers_the_loss(small_x2, tmp_path):
+    torch.manual_seed(0)
+    model = M.get("espcn", scale=2)
+    h = SR.fit(model, small_x2, epochs=5, batch_size=16, lr=3e-3, progress=False, out=str(tmp_path))
+    steps = h.steps
+    assert len(steps) == 30
+    assert np.mean(steps[-6:]) < 0.5 * np.mean(steps[:3])
+    assert h.epochs[-1]["val_loss"] < h.epochs[0]["val_loss"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pt", "last.pt"]
+    with pytest.raises(ValueError, match="upscales x3 but the data is x2"):
+        SR.fit(M.get("espcn", scale=3), small_x2, epochs=1, progress=False)
+    with pytest.raises(ValueError, match="takes 'bicubic' input"):
+        SR.fit(M.get("srcnn", scale=2), small_x2, epochs=1, progress=False)
+
+
+@pytest.mark.parametrize("name", ["srcnn", "fsrcnn", "espcn"])
+def test_tiled_upscale_equals_a_whole_image_pass(name):
+    torch.manual_seed(0)
+    model = M.get(name, scale=3).eval()
+    lr = np.random.default_rng(2).random((23, 31)).astype(np.float32)
+    whole = SR.upscale_y(model, lr, tile=1000)
+    tiled = SR.upscale_y(model, lr, tile=8)
+    assert whole.shape == (69, 93)
+    np.testing.assert_allclose(tiled, whole, atol=1e-5)
+    if name != "srcnn":
+        with torch.no_grad():
+            direct = model(torch.from_numpy(lr)[None, None])[0, 0].clamp(0, 1).numpy()
+        np.testing.assert_allclose(whole, direct, atol=1e-6)
+
+
+def test_evaluate_against_bicubic():
+    torch.manual_seed(0)
+    model = M.get("srcnn", scale=2)  # residual: starts near the bicubic image it is given
+    with torch.no_grad():
+        model.reconstruct.weight.zero_()
+        model.reconstruct.bias.zero_()
+    r = SR.evaluate(model, names=("camera", "chelsea"), crop=64)
+    assert [i["name"] for i in r["images"]] == ["camera", "chelsea"]
+    assert r["gain"] == pytest.approx(0.0, abs=1e-6)  # exactly bicubic
+    assert 15 < r["bicubic_psnr"] < 45 and 0 < r["bicubic_ssim"] < 1
+
+
+# ---- command line -------------------------------------------------------------------------------
+
+def test_cli_train_evaluate_upscale(tmp_path, capsys):
+    from skimage import io
+    run = tmp_path / "run"
+    rc = cli.main(["train", "--model", "espcn", "--data", "super_resolution", "--data-option", "scale=2",
+                   "--data-option", "n_train=64", "--data-option", "n_val=8", "--data-option", f"sources={SMALL}",
+                   "--epochs", "1", "--batch-size", "32", "--out", str(run), "--quiet"])
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    assert "PSNR" in out and "bicubic" in out and "hubble_deep_field" in out
+    rc = cli.main(["evaluate", "--checkpoint", str(run / "last.pt")])
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    assert "mean" in out and "SSIM" in out
+    rng = np.random.default_rng(0)
+    for name, shape in (("rgb.png", (13, 17, 3)), ("grey.png", (9, 11))):
+        src = tmp_path / name
+        io.imsave(src, (rng.random(shape) * 255).astype(np.uint8), check_contrast=False)
+        dst = tmp_path / ("big-" + name)
+        rc = cli.main(["upscale", "--checkpoint", str(run / "best.pt"), "--image", str(src), "--out", str(dst)])
+        out, err = capsys.readouterr()
+        assert rc == 0, err
+        big = io.imread(dst)
+        assert big.shape == (shape[0] * 2, shape[1] * 2) + shape[2:] and big.dtype == np.uint8
+    # a classifier checkpoint, a missing image: one line, exit status 2
+    rc = cli.main(["upscale", "--checkpoint", str(run / "best.pt"), "--image", str(tmp_path / "nope.png"),
+                   "--out", str(tmp_path / "x.png")])
+    out, err = capsys.readouterr()
+    assert rc == 2 and len(err.strip().splitlines()) == 1 and "image not found" in err
+    rc = cli.main(["train", "--model", "lenet5", "--data", "super_resolution", "--epochs", "1"])
+    out, err = capsys.readouterr()
+    assert rc == 2 and "not a super-resolution model" in err
