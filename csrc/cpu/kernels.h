@@ -38,6 +38,8 @@ struct Ops {
   decltype(&api::batch_norm_backward<T>) batch_norm_backward;
   decltype(&api::linear_forward<T>) linear_forward;
   decltype(&api::linear_backward<T>) linear_backward;
+  decltype(&api::partial_conv2d_forward<T>) partial_conv2d_forward;
+  decltype(&api::partial_conv2d_backward<T>) partial_conv2d_backward;
 };
 
 struct KernelTable {

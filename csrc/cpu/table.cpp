@@ -23,7 +23,9 @@ constexpr Ops<T> ops_of() {
           &batch_norm_apply<T>,
           &batch_norm_backward<T>,
           &linear_forward<T>,
-          &linear_backward<T>};
+          &linear_backward<T>,
+          &partial_conv2d_forward<T>,
+          &partial_conv2d_backward<T>};
 }
 
 const KernelTable table = {kIsaName, ops_of<float>(), ops_of<double>(), &conv2d_forward_algorithm};

@@ -11,8 +11,8 @@ from torch.nn import Dropout, Flatten, Identity, Module, ModuleList, ReLU, Seque
 
 from pycnn.nn.convert import convert, to_torch
 from pycnn.nn.modules import (BatchNorm2d, Conv2d, ConvTranspose2d, DepthwiseConv2d, GlobalAvgPool2d, Linear,
-                              MaxPool2d, MaxUnpool2d, SeparableConv2d)
+                              MaxPool2d, MaxUnpool2d, PartialConv2d, SeparableConv2d)
 
 __all__ = ["Conv2d", "ConvTranspose2d", "MaxPool2d", "MaxUnpool2d", "BatchNorm2d", "DepthwiseConv2d",
-           "SeparableConv2d", "Linear", "GlobalAvgPool2d", "convert", "to_torch",
+           "SeparableConv2d", "PartialConv2d", "Linear", "GlobalAvgPool2d", "convert", "to_torch",
            "ReLU", "Flatten", "Sequential", "Identity", "Dropout", "Module", "ModuleList"]

@@ -1,0 +1,141 @@
+"""Inpainting data: grey patches cut from scikit-image's bundled photographs, each with a hole mask.
+
+    splits = pycnn.data.get("inpainting", seed=0)
+    images, masks = splits.train.tensors     # float32 [N, 1, 64, 64] in [0, 1]; masks 1 = known, 0 = hole
+
+Training and validation patches come from the bundled images in ``TRAIN_SOURCES``; the test
+split is cut from ``HELD_OUT`` (astronaut, camera, chelsea, coffee, hubble_deep_field: the same
+held-out images as pycnn's super-resolution data), which are never used for training. Images are
+converted to grey (ITU-R 601 luma, ``skimage.color.rgb2gray``) and patches are cut at several
+scales (the image downscaled by 1, 2 and 4 with anti-aliasing).
+
+Masks: irregular strokes (random walks of discs, as drawn by hand) and square holes, each made
+to cover a chosen fraction of the patch (``HOLE_FRACTIONS``); ``extra[split]["hole_fraction"]``
+and ``extra[split]["kind"]`` (0 strokes, 1 square) say which. The test split holds every test
+patch with every fraction and both kinds. Everything is a deterministic function of ``seed``.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch.utils.data import TensorDataset
+
+HELD_OUT = ("astronaut", "camera", "chelsea", "coffee", "hubble_deep_field")
+TRAIN_SOURCES = ("brick", "grass", "gravel", "moon", "coins", "page", "text", "rocket", "retina",
+                 "immunohistochemistry", "cell", "clock", "microaneurysms", "motorcycle_left")
+HOLE_FRACTIONS = (0.1, 0.25, 0.4, 0.5)
+MASK_KINDS = ("strokes", "square")
+
+
+def load_grey(name: str) -> np.ndarray:
+    """A bundled scikit-image picture as float32 grey in [0, 1] (never a download)."""
+    import skimage.data as sd
+    from skimage import color, util
+    if name == "motorcycle_left":
+        img = sd.stereo_motorcycle()[0]
+    else:
+        img = getattr(sd, name)()
+    img = util.img_as_float32(img)
+    if img.ndim == 3:
+        img = color.rgb2gray(img[..., :3]).astype(np.float32)
+    return img
+
+
+def _pyramid(img: np.ndarray, scales=(1, 2, 4)):
+    from skimage.transform import rescale
+    return [img if s == 1 else rescale(img, 1 / s, anti_aliasing=True).astype(np.float32) for s in scales]
+
+
+def _cut_patches(img: np.ndarray, patch: int, count: int, rng: np.random.Generator) -> np.ndarray:
+    H, W = img.shape
+    if H < patch or W < patch:
+        return np.empty((0, patch, patch), np.float32)
+    ys = rng.integers(0, H - patch + 1, count)
+    xs = rng.integers(0, W - patch + 1, count)
+    return np.stack([img[y:y + patch, x:x + patch] for y, x in zip(ys, xs)])
+
+
+def stroke_mask(size, fraction: float, rng: np.random.Generator) -> np.ndarray:
+    """1 = known, 0 = hole: random walks of discs (varying width) until the hole covers `fraction`."""
+    H, W = size
+    yy, xx = np.mgrid[0:H, 0:W]
+    hole = np.zeros((H, W), bool)
+    scale = min(H, W) / 64
+    while hole.mean() < fraction:
+        y, x = rng.uniform(0, H), rng.uniform(0, W)
+        angle = rng.uniform(0, 2 * np.pi)
+        radius = rng.uniform(1.5, 5.0) * scale
+        for _ in range(int(rng.integers(4, 12))):
+            angle += rng.normal(0, 0.6)
+            y = np.clip(y + 3 * scale * np.sin(angle), 0, H - 1)
+            x = np.clip(x + 3 * scale * np.cos(angle), 0, W - 1)
+            hole |= (yy - y) ** 2 + (xx - x) ** 2 <= radius ** 2
+            if hole.mean() >= fraction:
+                break
+    return (~hole).astype(np.float32)
+
+
+def square_mask(size, fraction: float, rng: np.random.Generator) -> np.ndarray:
+    """1 = known, 0 = hole: one square hole of `fraction` of the area at a random place."""
+    H, W = size
+    side = max(1, int(round(np.sqrt(fraction * H * W))))
+    side = min(side, H, W)
+    y, x = rng.integers(0, H - side + 1), rng.integers(0, W - side + 1)
+    m = np.ones((H, W), np.float32)
+    m[y:y + side, x:x + side] = 0
+    return m
+
+
+def make_mask(size, fraction: float, kind: str, rng: np.random.Generator) -> np.ndarray:
+    if kind not in MASK_KINDS:
+        raise ValueError(f"inpainting: mask kind must be one of {MASK_KINDS}, got {kind!r}")
+    return stroke_mask(size, fraction, rng) if kind == "strokes" else square_mask(size, fraction, rng)
+
+
+def _with_masks(patches: np.ndarray, combos, rng: np.random.Generator):
+    """Each patch with each (fraction, kind) of `combos`, or with one drawn at random if combos is None."""
+    images, masks, fracs, kinds = [], [], [], []
+    for p in patches:
+        choices = combos if combos is not None else [(HOLE_FRACTIONS[rng.integers(len(HOLE_FRACTIONS))],
+                                                      MASK_KINDS[rng.integers(len(MASK_KINDS))])]
+        for f, k in choices:
+            images.append(p)
+            masks.append(make_mask(p.shape, f, k, rng))
+            fracs.append(f)
+            kinds.append(MASK_KINDS.index(k))
+    t = lambda a: torch.from_numpy(np.stack(a)).unsqueeze(1)
+    return TensorDataset(t(images), t(masks)), {"hole_fraction": torch.tensor(fracs, dtype=torch.float32),
+                                                 "kind": torch.tensor(kinds, dtype=torch.int64)}
+
+
+def inpainting(seed: int = 0, patch: int = 64, train_patches: int = 3000, test_per_image: int = 8,
+               val_fraction: float = 0.1, sources=TRAIN_SOURCES, held_out=HELD_OUT):
+    """Inpainting splits (see the module docstring). ``test_per_image`` patches per held-out image,
+    each with every hole fraction and both mask kinds."""
+    from pycnn.data.datasets import Splits, _check_seed
+    seed = _check_seed("inpainting", seed)
+    if not isinstance(patch, int) or patch < 16:
+        raise ValueError(f"inpainting: patch must be an int >= 16, got {patch!r}")
+    if train_patches < 2 or test_per_image < 1:
+        raise ValueError(f"inpainting: train_patches must be >= 2 and test_per_image >= 1, got "
+                         f"{train_patches}, {test_per_image}")
+    overlap = set(sources) & set(held_out)
+    if overlap:
+        raise ValueError(f"inpainting: {sorted(overlap)} are held out for testing and cannot be training sources")
+    rng = np.random.default_rng(seed)
+    levels = [lvl for name in sources for lvl in _pyramid(load_grey(name))]
+    per_level = -(-train_patches // len(levels))
+    pool = np.concatenate([_cut_patches(lvl, patch, per_level, rng) for lvl in levels])
+    pool = pool[rng.permutation(len(pool))[:train_patches]]
+    n_val = max(1, int(round(val_fraction * len(pool))))
+    train, train_extra = _with_masks(pool[n_val:], None, rng)
+    combos = [(f, k) for f in HOLE_FRACTIONS for k in MASK_KINDS]
+    val, val_extra = _with_masks(pool[:n_val], None, rng)
+    test_patches = np.concatenate([_cut_patches(load_grey(name), patch, test_per_image, rng) for name in held_out])
+    test, test_extra = _with_masks(test_patches, combos, rng)
+    images = train.tensors[0]
+    mean, std = images.mean(dim=(0, 2, 3)), images.std(dim=(0, 2, 3))
+    return Splits(train, val, test, classes=("image",), task="inpainting", mean=mean, std=std,
+                  extra={"train": train_extra, "val": val_extra, "test": test_extra},
+                  info={"sources": tuple(sources), "held_out": tuple(held_out), "patch": patch,
+                        "hole_fractions": HOLE_FRACTIONS, "mask_kinds": MASK_KINDS})
