@@ -66,10 +66,10 @@ def test_matches_torch(shape, K, k, stride, padding, dilation, channels, kind, b
 
 def test_gradcheck_float64():
     gen = torch.Generator().manual_seed(1)
-    x = torch.randn(2, 3, 7, 8, generator=gen, dtype=torch.float64)
-    w = torch.randn(4, 3, 3, 3, generator=gen, dtype=torch.float64)
-    b = torch.randn(4, generator=gen, dtype=torch.float64)
-    for mask in (random_mask((2, 1, 7, 8), gen, "soft"), random_mask((2, 3, 7, 8), gen)):
+    x = torch.randn(1, 2, 5, 6, generator=gen, dtype=torch.float64)
+    w = torch.randn(2, 2, 3, 3, generator=gen, dtype=torch.float64)
+    b = torch.randn(2, generator=gen, dtype=torch.float64)
+    for mask in (random_mask((1, 1, 5, 6), gen, "soft"), random_mask((1, 2, 5, 6), gen)):
         gradcheck(lambda x, w, b: PF.partial_conv2d(x, mask, w, b, (2, 1), 1, (1, 2)), [x, w, b])
 
 
@@ -85,14 +85,14 @@ def test_mask_gets_no_gradient():
 def test_opcheck():
     f64 = dict(dtype=torch.float64)
     gen = torch.Generator().manual_seed(2)
-    x = torch.randn(2, 3, 7, 8, **f64, requires_grad=True)
-    w = torch.randn(4, 3, 3, 3, **f64, requires_grad=True)
-    b = torch.randn(4, **f64, requires_grad=True)
-    one, per_channel = random_mask((2, 1, 7, 8), gen), random_mask((2, 3, 7, 8), gen, "soft")
+    x = torch.randn(2, 2, 5, 6, **f64, requires_grad=True)
+    w = torch.randn(3, 2, 3, 3, **f64, requires_grad=True)
+    b = torch.randn(3, **f64, requires_grad=True)
+    one, per_channel = random_mask((2, 1, 5, 6), gen), random_mask((2, 2, 5, 6), gen, "soft")
     op = torch.ops.pycnn.partial_conv2d.default
     torch.library.opcheck(op, (x, one, w, b, [1, 2], [1, 0, 2, 1], [1, 1]))
     torch.library.opcheck(op, (x, per_channel, w, None, [1, 1], [1, 1, 1, 1], [2, 1]))
-    gy = torch.randn(2, 4, 6, 5, **f64)
+    gy = torch.randn(2, 3, 4, 4, **f64)
     torch.library.opcheck(torch.ops.pycnn.partial_conv2d_backward.default,
                           (gy, x.detach(), one, w.detach(), [1, 2], [1, 0, 2, 1], [1, 1], [True, True, True]))
 
@@ -106,7 +106,7 @@ def test_empty_batch_and_noncontiguous():
     assert x.grad.shape == x.shape
     gen = torch.Generator().manual_seed(3)
     x = torch.randn(2, 8, 3, 9, generator=gen, dtype=torch.float64).transpose(1, 3)[:, ::2]  # [2, 5, 3, 8] view
-    mask = random_mask((2, 9, 1, 8), gen).transpose(1, 2)[:, :, ::2]                       # [2, 1, 5, 8] view
+    mask = random_mask((2, 5, 1, 8), gen).transpose(1, 2)[:, :, ::2]                       # [2, 1, 3, 8] view
     w = torch.randn(4, 5, 3, 3, generator=gen, dtype=torch.float64).transpose(2, 3)
     assert not (x.is_contiguous() or mask.is_contiguous() or w.is_contiguous())
     ours = lambda x, m, w, b: PF.partial_conv2d(x, m, w, b, 1, 1, 1, return_mask=True)
@@ -155,7 +155,7 @@ def test_module():
     x = torch.randn(2, 3, 9, 9)
     y, m = layer(x)  # all valid: only the padded border windows are renormalised
     assert torch.equal(m, torch.ones(2, 1, 5, 5))
-    torch.testing.assert_close(y[:, :, 1:, 1:], ref(x)[:, :, 1:, 1:], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(y[:, :, 1:4, 1:4], ref(x)[:, :, 1:4, 1:4], rtol=1e-5, atol=1e-5)
     mask = torch.ones(2, 3, 9, 9)
     mask[:, :, :5, :5] = 0
     y, m = layer(x, mask)  # a per-channel mask comes back with one channel per output channel

@@ -11,7 +11,7 @@ and the mask's window sums as a box sum.
 """
 from __future__ import annotations
 
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 from torch import Tensor
 
@@ -67,7 +67,7 @@ def _raise_bad_mask(mask: Tensor, position: int) -> None:
 
 @native.custom_op(OP)
 def partial_conv2d(x: Tensor, mask: Tensor, weight: Tensor, bias: Optional[Tensor], stride: List[int],
-                   padding: List[int], dilation: List[int]) -> List[Tensor]:
+                   padding: List[int], dilation: List[int]) -> Tuple[Tensor, Tensor]:
     """x [N, C, H, W], mask [N, 1 or C, H, W], weight [K, C, kh, kw] (+ bias [K]) ->
     (y [N, K, OH, OW], mask_out [N, 1, OH, OW]). padding is [top, bottom, left, right]."""
     _check_common(x, mask, weight, bias)
@@ -79,7 +79,7 @@ def partial_conv2d(x: Tensor, mask: Tensor, weight: Tensor, bias: Optional[Tenso
     y = x.new_empty(N, K, OH, OW)
     mask_out = x.new_empty(N, 1, OH, OW)
     if mask_out.numel() == 0:
-        return [y, mask_out]
+        return y, mask_out
     xm = x.new_empty(x.shape)
     ws = _workspace(x, shape)
     bad = native.call("partial_conv2d_forward", x, shape, mask.shape[1], native.ptr(x), native.ptr(mask),
@@ -87,7 +87,7 @@ def partial_conv2d(x: Tensor, mask: Tensor, weight: Tensor, bias: Optional[Tenso
                       native.ptr(ws), ws.numel())
     if bad >= 0:
         _raise_bad_mask(mask, bad)
-    return [y, mask_out]
+    return y, mask_out
 
 
 @partial_conv2d.register_fake
@@ -96,7 +96,7 @@ def _(x, mask, weight, bias, stride, padding, dilation):
     shape = _shape(x, weight, stride, padding, dilation)
     _check_bias(OP, bias, weight.shape[0])
     N, K, OH, OW = shape[0], shape[4], shape[5], shape[6]
-    return [x.new_empty(N, K, OH, OW), x.new_empty(N, 1, OH, OW)]
+    return x.new_empty(N, K, OH, OW), x.new_empty(N, 1, OH, OW)
 
 
 @native.custom_op("partial_conv2d_backward")

@@ -56,22 +56,25 @@ def _cut_patches(img: np.ndarray, patch: int, count: int, rng: np.random.Generat
 
 
 def stroke_mask(size, fraction: float, rng: np.random.Generator) -> np.ndarray:
-    """1 = known, 0 = hole: random walks of discs (varying width) until the hole covers `fraction`."""
+    """1 = known, 0 = hole: random walks of discs (varying width) until the hole covers `fraction`.
+
+    Each walk is rasterised at once (its discs as a stack, OR-accumulated along the walk), and the
+    last walk is cut at the first disc that reaches the fraction, so holes hit it within a disc."""
     H, W = size
     yy, xx = np.mgrid[0:H, 0:W]
     hole = np.zeros((H, W), bool)
+    target = fraction * H * W
     scale = min(H, W) / 64
-    while hole.mean() < fraction:
-        y, x = rng.uniform(0, H), rng.uniform(0, W)
-        angle = rng.uniform(0, 2 * np.pi)
+    while hole.sum() < target:
+        steps = int(rng.integers(4, 12))
+        angles = rng.uniform(0, 2 * np.pi) + np.cumsum(rng.normal(0, 0.6, steps))
+        ys = np.clip(rng.uniform(0, H) + np.cumsum(3 * scale * np.sin(angles)), 0, H - 1)
+        xs = np.clip(rng.uniform(0, W) + np.cumsum(3 * scale * np.cos(angles)), 0, W - 1)
         radius = rng.uniform(1.5, 5.0) * scale
-        for _ in range(int(rng.integers(4, 12))):
-            angle += rng.normal(0, 0.6)
-            y = np.clip(y + 3 * scale * np.sin(angle), 0, H - 1)
-            x = np.clip(x + 3 * scale * np.cos(angle), 0, W - 1)
-            hole |= (yy - y) ** 2 + (xx - x) ** 2 <= radius ** 2
-            if hole.mean() >= fraction:
-                break
+        discs = (yy - ys[:, None, None]) ** 2 + (xx - xs[:, None, None]) ** 2 <= radius ** 2
+        grown = np.logical_or.accumulate(discs | hole, axis=0)
+        reached = np.nonzero(grown.sum(axis=(1, 2)) >= target)[0]
+        hole = grown[reached[0] if len(reached) else -1]
     return (~hole).astype(np.float32)
 
 
