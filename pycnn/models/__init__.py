@@ -13,6 +13,7 @@ from torch import nn
 
 from pycnn.models.classifiers import BasicBlock, lenet5, linear_classifier, mlp, resnet, separable_cnn, simple_cnn
 from pycnn.models.unet import UNet, unet
+from pycnn.models.pconv_unet import PConvUNet, pconv_unet
 
 _BUILDERS: Dict[str, Callable[..., nn.Module]] = {
     "linear_classifier": linear_classifier,
@@ -22,11 +23,13 @@ _BUILDERS: Dict[str, Callable[..., nn.Module]] = {
     "resnet": resnet,
     "separable_cnn": separable_cnn,
     "unet": unet,
+    "pconv_unet": pconv_unet,
 }
 _SEGMENTATION = {"unet"}
+_INPAINTING = {"pconv_unet"}
 
 __all__ = ["get", "names", "task", "linear_classifier", "mlp", "lenet5", "simple_cnn", "resnet", "separable_cnn",
-           "unet", "UNet", "BasicBlock"]
+           "unet", "UNet", "BasicBlock", "pconv_unet", "PConvUNet"]
 
 
 def names() -> list:
@@ -34,8 +37,10 @@ def names() -> list:
 
 
 def task(name: str) -> str:
-    """'segment' for per-pixel models, 'classify' for the others."""
+    """'segment' for per-pixel models, 'inpaint' for image restorers, 'classify' for the others."""
     _check_name(name)
+    if name in _INPAINTING:
+        return "inpaint"
     return "segment" if name in _SEGMENTATION else "classify"
 
 
