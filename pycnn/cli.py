@@ -20,7 +20,7 @@ EXIT_USAGE = 2
 
 # Datasets small enough to look at by eye are upsampled for the conv nets; the CLI's default sizes.
 _DEFAULT_DATA_KWARGS = {"digits": {"size": 28}}
-_SIZE_KEYWORD = {"digits": "size", "faces": "size", "galaxies": "size", "textures": "patch"}
+_SIZE_KEYWORD = {"digits": "size", "faces": "size", "galaxies": "size", "textures": "patch", "inpainting": "patch"}
 
 
 class UsageError(Exception):
@@ -151,6 +151,9 @@ def _print_metrics(prefix: str, metrics: dict) -> None:
 # ---- commands -------------------------------------------------------------------------------
 
 def cmd_train(args) -> int:
+    if args.model == "pconv_unet" or args.data == "inpainting":  # image in, image out: its own loop
+        from pycnn.restoration.cli import train as train_inpainting
+        return train_inpainting(args)
     import pycnn.train as T
     device = _device(args.device)
     _threads(args.threads)
@@ -203,6 +206,9 @@ def cmd_evaluate(args) -> int:
     if "model" not in config or "data" not in config:
         raise UsageError(f"{args.checkpoint} does not say which model and data it was trained on "
                          "(it was not written by `pycnn train`)")
+    if config["model"] == "pconv_unet":
+        from pycnn.restoration.cli import evaluate as evaluate_inpainting
+        return evaluate_inpainting(args, state)
     data_name = args.data or config["data"]
     data_kwargs = dict(config.get("data_kwargs", {}))
     import pycnn.data as D
@@ -346,6 +352,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--quiet", action="store_true", help="no progress bars")
     common(d)
     d.set_defaults(func=cmd_demo)
+
+    from pycnn.restoration.cli import add_parser as add_inpaint_parser  # `pycnn inpaint`
+    add_inpaint_parser(sub, common)
 
     from pycnn.viz.cli import add_viz_parser  # `pycnn viz`: explain an image with a checkpoint
     add_viz_parser(sub)

@@ -297,3 +297,10 @@ def _viz_section(results: dict, report: Report):
                                class_names=[str(c) for c in r["splits"].classes], quick=bool(results.get("quick")),
                                heading=False)
     return Section("Seeing inside the CNN (LeNet-5 on digits)", fragment)
+
+
+@register_demo_section
+def _inpainting_section(results: dict, report: Report):
+    """Trains its own model (pycnn.restoration.demo): the partial-convolution U-Net against biharmonic."""
+    from pycnn.restoration.demo import section
+    return section(results, report)

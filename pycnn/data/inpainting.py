@@ -95,15 +95,30 @@ def make_mask(size, fraction: float, kind: str, rng: np.random.Generator) -> np.
     return stroke_mask(size, fraction, rng) if kind == "strokes" else square_mask(size, fraction, rng)
 
 
-def _with_masks(patches: np.ndarray, combos, rng: np.random.Generator):
-    """Each patch with each (fraction, kind) of `combos`, or with one drawn at random if combos is None."""
+def _dihedral(m: np.ndarray, k: int) -> np.ndarray:
+    """One of the 8 flips/rotations of a square mask (k in 0..7)."""
+    m = np.rot90(m, k % 4)
+    return np.ascontiguousarray(m.T if k >= 4 else m)
+
+
+def _with_masks(patches: np.ndarray, combos, rng: np.random.Generator, bank: int = 0,
+                fractions=HOLE_FRACTIONS):
+    """Each patch with each (fraction, kind) of `combos`, or with one drawn at random if combos is
+    None. bank > 0: stroke masks come from `bank` drawn per fraction, each in one of its 8 flips
+    and rotations (drawing strokes is the slow part of building the data)."""
     images, masks, fracs, kinds = [], [], [], []
+    square = patches.shape[1] == patches.shape[2]
+    banks = {f: [stroke_mask(patches.shape[1:], f, rng) for _ in range(bank)] for f in fractions} if bank else {}
     for p in patches:
-        choices = combos if combos is not None else [(HOLE_FRACTIONS[rng.integers(len(HOLE_FRACTIONS))],
+        choices = combos if combos is not None else [(fractions[rng.integers(len(fractions))],
                                                       MASK_KINDS[rng.integers(len(MASK_KINDS))])]
         for f, k in choices:
             images.append(p)
-            masks.append(make_mask(p.shape, f, k, rng))
+            if k == "strokes" and banks:
+                m = banks[f][rng.integers(bank)]
+                masks.append(_dihedral(m, int(rng.integers(8 if square else 1))) if square else m)
+            else:
+                masks.append(make_mask(p.shape, f, k, rng))
             fracs.append(f)
             kinds.append(MASK_KINDS.index(k))
     t = lambda a: torch.from_numpy(np.stack(a)).unsqueeze(1)
@@ -112,9 +127,12 @@ def _with_masks(patches: np.ndarray, combos, rng: np.random.Generator):
 
 
 def inpainting(seed: int = 0, patch: int = 64, train_patches: int = 3000, test_per_image: int = 8,
-               val_fraction: float = 0.1, sources=TRAIN_SOURCES, held_out=HELD_OUT):
+               val_fraction: float = 0.1, mask_bank: int = 64, sources=TRAIN_SOURCES, held_out=HELD_OUT,
+               hole_fractions=HOLE_FRACTIONS):
     """Inpainting splits (see the module docstring). ``test_per_image`` patches per held-out image,
-    each with every hole fraction and both mask kinds."""
+    each with every hole fraction and both mask kinds (every test mask drawn afresh); training
+    stroke masks come from a bank of ``mask_bank`` per fraction, flipped and rotated.
+    ``hole_fractions`` picks a subset of HOLE_FRACTIONS (the quick demo's smaller test set)."""
     from pycnn.data.datasets import Splits, _check_seed
     seed = _check_seed("inpainting", seed)
     if not isinstance(patch, int) or patch < 16:
@@ -122,18 +140,22 @@ def inpainting(seed: int = 0, patch: int = 64, train_patches: int = 3000, test_p
     if train_patches < 2 or test_per_image < 1:
         raise ValueError(f"inpainting: train_patches must be >= 2 and test_per_image >= 1, got "
                          f"{train_patches}, {test_per_image}")
+    hole_fractions = tuple(float(f) for f in hole_fractions)
+    if not hole_fractions or not set(hole_fractions) <= set(HOLE_FRACTIONS):
+        raise ValueError(f"inpainting: hole_fractions must be a non-empty subset of {HOLE_FRACTIONS}, "
+                         f"got {hole_fractions}")
     overlap = set(sources) & set(held_out)
     if overlap:
         raise ValueError(f"inpainting: {sorted(overlap)} are held out for testing and cannot be training sources")
     rng = np.random.default_rng(seed)
-    levels = [lvl for name in sources for lvl in _pyramid(load_grey(name))]
+    levels = [lvl for name in sources for lvl in _pyramid(load_grey(name)) if min(lvl.shape) >= patch]
     per_level = -(-train_patches // len(levels))
     pool = np.concatenate([_cut_patches(lvl, patch, per_level, rng) for lvl in levels])
     pool = pool[rng.permutation(len(pool))[:train_patches]]
     n_val = max(1, int(round(val_fraction * len(pool))))
-    train, train_extra = _with_masks(pool[n_val:], None, rng)
-    combos = [(f, k) for f in HOLE_FRACTIONS for k in MASK_KINDS]
-    val, val_extra = _with_masks(pool[:n_val], None, rng)
+    train, train_extra = _with_masks(pool[n_val:], None, rng, bank=mask_bank, fractions=hole_fractions)
+    combos = [(f, k) for f in hole_fractions for k in MASK_KINDS]
+    val, val_extra = _with_masks(pool[:n_val], None, rng, fractions=hole_fractions)
     test_patches = np.concatenate([_cut_patches(load_grey(name), patch, test_per_image, rng) for name in held_out])
     test, test_extra = _with_masks(test_patches, combos, rng)
     images = train.tensors[0]
@@ -141,4 +163,4 @@ def inpainting(seed: int = 0, patch: int = 64, train_patches: int = 3000, test_p
     return Splits(train, val, test, classes=("image",), task="inpainting", mean=mean, std=std,
                   extra={"train": train_extra, "val": val_extra, "test": test_extra},
                   info={"sources": tuple(sources), "held_out": tuple(held_out), "patch": patch,
-                        "hole_fractions": HOLE_FRACTIONS, "mask_kinds": MASK_KINDS})
+                        "hole_fractions": hole_fractions, "mask_kinds": MASK_KINDS})

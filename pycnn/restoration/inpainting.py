@@ -31,8 +31,8 @@ HOLE_WEIGHT = 6.0
 RECIPES = {
     "full": dict(data_kwargs={"train_patches": 3000}, model_kwargs={"depth": 4, "width": 16, "max_width": 64},
                  epochs=12, batch_size=16, lr=2e-3),
-    "quick": dict(data_kwargs={"train_patches": 200, "test_per_image": 1},
-                  model_kwargs={"depth": 4, "width": 8, "max_width": 32}, epochs=2, batch_size=16, lr=3e-3),
+    "quick": dict(data_kwargs={"train_patches": 64, "test_per_image": 1},
+                  model_kwargs={"depth": 4, "width": 8, "max_width": 32}, epochs=1, batch_size=16, lr=3e-3),
 }
 
 
