@@ -27,7 +27,7 @@ def _tensors(splits):
 
 
 def test_names_and_get():
-    assert set(D.NAMES) == {"digits", "faces", "textures", "galaxies"}
+    assert set(D.NAMES) == {"digits", "faces", "textures", "galaxies", "inpainting"}
     with pytest.raises(ValueError, match="unknown dataset 'mnist'"):
         D.get("mnist")
 

@@ -19,7 +19,8 @@ CLASSIFIERS = {
 
 
 def test_names_and_tasks():
-    assert M.names() == sorted(["linear_classifier", "mlp", "lenet5", "simple_cnn", "resnet", "separable_cnn", "unet"])
+    assert M.names() == sorted(["linear_classifier", "mlp", "lenet5", "simple_cnn", "resnet", "separable_cnn", "unet",
+                                "pconv_unet"])
     assert M.task("unet") == "segment" and M.task("lenet5") == "classify"
 
 

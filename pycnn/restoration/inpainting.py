@@ -137,8 +137,10 @@ def image_metrics(truth: np.ndarray, result: np.ndarray, hole: np.ndarray) -> Di
     from skimage.metrics import peak_signal_noise_ratio, structural_similarity
     diff = (result - truth)[hole]
     mse = float(np.mean(diff ** 2)) if diff.size else 0.0
+    whole_mse = float(np.mean((result - truth) ** 2))
     return {"hole_psnr": 10 * math.log10(1 / max(mse, 1e-10)), "hole_l1": float(np.mean(np.abs(diff))) if diff.size else 0.0,
-            "psnr": float(peak_signal_noise_ratio(truth, result, data_range=1.0)),
+            # identical images: 100 dB (the cap of the hole PSNR) instead of skimage's inf
+            "psnr": float(peak_signal_noise_ratio(truth, result, data_range=1.0)) if whole_mse > 0 else 100.0,
             "ssim": float(structural_similarity(truth, result, data_range=1.0))}
 
 
@@ -158,7 +160,7 @@ def evaluate(model, splits, split: str = "test", device="cpu", baseline: bool = 
             truth, hole = images[i].mean(0).numpy(), masks[i, 0].numpy() < 0.5
             per[name].append(image_metrics(truth, filled[i].mean(0).numpy(), hole))
     table = {}
-    groups = [(float(f), fractions == f) for f in sorted(set(fractions.tolist()))] + [("all", torch.ones_like(fractions, dtype=torch.bool))]
+    groups = [(round(float(f), 4), fractions == f) for f in sorted(set(fractions.tolist()))] + [("all", torch.ones_like(fractions, dtype=torch.bool))]
     for key, sel in groups:
         idx = torch.nonzero(sel).flatten().tolist()
         row = {"count": len(idx)}
