@@ -4,6 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import pycnn
 import pycnn.functional as PF
 import pycnn.nn as pnn
 from reference import check_op, gradcheck
@@ -12,7 +13,7 @@ from reference import check_op, gradcheck
 def torch_partial_conv2d(x, mask, w, b, stride=1, padding=0, dilation=1):
     """The reference: two torch convolutions and elementwise glue (Liu et al. 2018, eq. 1-2)."""
     kh, kw = w.shape[2:]
-    ones = torch.ones(1, mask.shape[1], kh, kw, dtype=mask.dtype)
+    ones = torch.ones(1, mask.shape[1], kh, kw, dtype=mask.dtype, device=mask.device)
     msum = F.conv2d(mask, ones, None, stride, padding, dilation)
     valid = msum > 0
     ratio = torch.where(valid, mask.shape[1] * kh * kw / msum.clamp_min(1e-30), torch.zeros_like(msum))
@@ -164,3 +165,19 @@ def test_module():
     torch.testing.assert_close(y, ref_y, rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="PartialConv2d: only groups=1"):
         pnn.PartialConv2d(4, 4, 3, groups=2)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available() or not pycnn.cuda_available(),
+                    reason="needs a CUDA device and pycnn's CUDA module")
+@pytest.mark.parametrize("channels", ["one", "all"])
+def test_cuda_matches_torch(channels):
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(2, 3, 11, 10, generator=gen, dtype=torch.float64)
+    mask = random_mask((2, 1 if channels == "one" else 3, 11, 10), gen, "soft")
+    w = torch.randn(4, 3, 3, 3, generator=gen, dtype=torch.float64)
+    b = torch.randn(4, generator=gen, dtype=torch.float64)
+    ours = lambda x, m, w, b: PF.partial_conv2d(x, m, w, b, 2, 1, 1, return_mask=True)
+    ref = lambda x, m, w, b: torch_partial_conv2d(x, m, w, b, 2, 1, 1)
+    check_op(ours, ref, [x, mask, w, b], grad=[True, False, True, True], device="cuda")
+    with pytest.raises(ValueError, match="mask values must lie in"):
+        PF.partial_conv2d(x.cuda(), mask.cuda() * 2, w.cuda())
