@@ -27,10 +27,10 @@ from pycnn.models.pconv_unet import composite
 
 HOLE_WEIGHT = 6.0
 
-# `pycnn train --model pconv_unet --data inpainting` and the demo: sized for ~5 minutes on 2 cores.
+# The demo's runs ("full" = the README's `pycnn train` command).
 RECIPES = {
-    "full": dict(data_kwargs={"train_patches": 3000}, model_kwargs={"depth": 4, "width": 16, "max_width": 64},
-                 epochs=12, batch_size=16, lr=2e-3),
+    "full": dict(data_kwargs={"train_patches": 2000}, model_kwargs={"depth": 4, "width": 16, "max_width": 64},
+                 epochs=8, batch_size=16, lr=2e-3),  # the README's command
     "quick": dict(data_kwargs={"train_patches": 64, "test_per_image": 1},
                   model_kwargs={"depth": 4, "width": 8, "max_width": 32}, epochs=1, batch_size=16, lr=3e-3),
 }
