@@ -94,6 +94,36 @@ def depthwise_case(name, n, c, hw, k, *, targets) -> Case:
     return Case(name, f"N{n} C{c} {hw}x{hw} k{k}", build, targets=targets)
 
 
+def torch_partial_conv2d(x, mask, w, b, padding):
+    """Partial convolution composed of torch ops: conv2d of x * mask, conv2d of the mask with ones."""
+    kh, kw = w.shape[2:]
+    ones = torch.ones(1, mask.shape[1], kh, kw, dtype=mask.dtype, device=mask.device)
+    msum = F.conv2d(mask, ones, padding=padding)
+    valid = msum > 0
+    ratio = torch.where(valid, mask.shape[1] * kh * kw / msum.clamp_min(1e-30), torch.zeros_like(msum))
+    y = F.conv2d(x * mask, w, padding=padding) * ratio + b.view(1, -1, 1, 1)
+    return torch.where(valid, y, torch.zeros_like(y))
+
+
+def partial_conv2d_case(name, n, cin, cout, hw, k, *, targets) -> Case:
+    """Single-channel mask with a square hole (a quarter of the image) and random missing pixels."""
+    def build(s: Settings) -> Pair:
+        PF = _pf()
+        g = torch.Generator().manual_seed(4)
+        mask = (torch.rand(n, 1, hw, hw, generator=g) > 0.2).double()
+        mask[:, :, : hw // 2, : hw // 2] = 0
+        args = [_randn(s, n, cin, hw, hw, grad=True, seed=1), mask.to(s.device, s.dtype),
+                _randn(s, cout, cin, k, k, grad=True, scale=(cin * k * k) ** -0.5, seed=2),
+                _randn(s, cout, grad=True, seed=3)]
+        # the conv and its two gradients; the mask's box sum is k*k reads per output pixel (small)
+        flops = 3 * _conv_flops(n, cout, hw, hw, cin, k, k)
+        return op_pair(s, lambda x, m, w, b: PF.partial_conv2d(x, m, w, b, padding=k // 2),
+                       lambda x, m, w, b: torch_partial_conv2d(x, m, w, b, k // 2), args,
+                       backward=True, flops=flops)
+
+    return Case(name, f"N{n} {cin}->{cout} {hw}x{hw} k{k} mask 1ch", build, targets=targets)
+
+
 # ---- pooling, batch norm -----------------------------------------------------------------
 
 def max_pool2d_case(name, n, c, hw, *, targets) -> Case:
@@ -508,6 +538,7 @@ def cpu_cases(isa: str | None = None) -> List[Case]:
         max_unpool2d_case("max_unpool2d 2x2 fwd+bwd", 32, 64, 32, targets=()),
         roi_align_case("roi_align fwd+bwd", 2, 64, 50, 128, 7, 2, targets=()),
         roi_pool_case("roi_pool fwd+bwd", 8, 64, 56, 7, targets=()),
+        partial_conv2d_case("partial_conv2d 3x3 fwd+bwd", 16, 32, 32, 64, 3, targets=()),
         resnet_case("resnet train step", 32, 32, targets=[_ratio("<=", t["resnet"])]),
         memory_case("memory conv2d fwd", 256, targets=[_ratio("<=", 1.5)]),
         overhead_case("overhead linear fwd", backward=False),
@@ -532,6 +563,7 @@ def cuda_cases() -> List[Case]:
         max_unpool2d_case("max_unpool2d 2x2 fwd+bwd", 128, 64, 32, targets=[BANDWIDTH_60]),
         roi_align_case("roi_align fwd+bwd", 2, 256, 50, 256, 7, 2, targets=()),
         roi_pool_case("roi_pool fwd+bwd", 32, 256, 56, 7, targets=()),
+        partial_conv2d_case("partial_conv2d 3x3 fwd+bwd", 32, 64, 64, 64, 3, targets=()),
         gemm_case("gemm vs torch.mm", 4096, targets=()),
         linear_case("linear fwd+bwd", 4096, 1024, 1024),
         resnet_case("resnet train step", 128, 32, targets=()),

@@ -29,7 +29,7 @@ EXIT_USAGE = 2
 # Datasets small enough to look at by eye are upsampled for the conv nets; the CLI's default sizes.
 _DEFAULT_DATA_KWARGS = {"digits": {"size": 28}}
 _SIZE_KEYWORD = {"digits": "size", "faces": "size", "galaxies": "size", "textures": "patch",
-                 "galaxy_instances": "size"}
+                 "galaxy_instances": "size", "inpainting": "patch"}
 
 
 class UsageError(Exception):
@@ -252,6 +252,9 @@ def _print_metrics(prefix: str, metrics: dict) -> None:
 # ---- commands -------------------------------------------------------------------------------
 
 def cmd_train(args) -> int:
+    if args.model == "pconv_unet" or args.data == "inpainting":  # image in, image out: its own loop
+        from pycnn.restoration.cli import train as train_inpainting
+        return train_inpainting(args)
     import pycnn.train as T
     import pycnn.models as M
     if args.data == "super_resolution" or (args.model in M.names() and M.task(args.model) == "super_resolution"):
@@ -392,6 +395,9 @@ def cmd_evaluate(args) -> int:
     if config.get("task") == "super_resolution":
         from pycnn.superres.cli import evaluate as evaluate_super_resolution
         return evaluate_super_resolution(args, state, config)
+    if config.get("model") == "pconv_unet":
+        from pycnn.restoration.cli import evaluate as evaluate_inpainting
+        return evaluate_inpainting(args, state)
     model = model_from_state(state, args.checkpoint)
     model_name = (state.get("arch") or {}).get("name") or (state.get("config") or {}).get("model")
     data_name, splits = _evaluation_data(args, state)
@@ -556,6 +562,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--quiet", action="store_true", help="no progress bars")
     common(d)
     d.set_defaults(func=cmd_demo)
+
+    from pycnn.restoration.cli import add_parser as add_inpaint_parser  # `pycnn inpaint`
+    add_inpaint_parser(sub, common)
 
     from pycnn.viz.cli import add_viz_parser  # `pycnn viz`: explain an image with a checkpoint
     add_viz_parser(sub)

@@ -17,7 +17,7 @@ from pycnn._ops import native
 from pycnn._ops.batch_norm import check_eps as _check_batch_norm_eps
 
 __all__ = ["conv2d", "conv_transpose2d", "max_pool2d", "max_unpool2d", "batch_norm", "linear",
-           "depthwise_conv2d", "pixel_shuffle"]
+           "depthwise_conv2d", "pixel_shuffle", "partial_conv2d"]
 
 IntPair = Union[int, Sequence[int]]
 
@@ -234,3 +234,28 @@ def pixel_shuffle(input: Tensor, upscale_factor: int) -> Tensor:
         raise ValueError(f"pixel_shuffle: {c} channels are not divisible by upscale_factor**2 = {r * r}")
     x = input.reshape(-1, c // (r * r), r, r, h, w).permute(0, 1, 4, 2, 5, 3)
     return x.reshape(*batch, c // (r * r), h * r, w * r)
+
+
+def partial_conv2d(input: Tensor, mask: Tensor, weight: Tensor, bias: Optional[Tensor] = None, stride: IntPair = 1,
+                   padding: IntPair = 0, dilation: IntPair = 1, return_mask: bool = False):
+    """Partial convolution (Liu et al. 2018, inpainting): a convolution over the valid pixels only.
+
+    ``mask`` is [N, 1, H, W] (shared by the channels) or [N, C, H, W], values in [0, 1] (1 = valid).
+    ``out = conv2d(input * mask, weight) * sum(1) / sum(mask) + bias`` where the window's mask sum
+    is > 0, else 0 (sums over the window and the mask's channels). With ``return_mask=True`` also
+    returns the updated mask, 1 where the window saw any valid pixel: [N, 1, OH, OW] for a
+    single-channel mask, [N, K, OH, OW] (the same plane per channel) for a per-channel one, so it
+    feeds the next partial convolution either way. The mask gets no gradient.
+    """
+    op = "partial_conv2d"
+    x, squeeze = _batched(op, input)
+    native.check_tensor(op, "mask", mask, dims=(3, 4))
+    m = mask.unsqueeze(0) if mask.dim() == 3 else mask
+    stride, dilation = _pair(op, "stride", stride), _pair(op, "dilation", dilation)
+    pad = _conv_padding(op, padding, weight, stride, dilation)
+    y, mask_out = native.run("partial_conv2d", x, m, weight, bias, list(stride), pad, list(dilation))
+    if not return_mask:
+        return y.squeeze(0) if squeeze else y
+    if m.shape[1] > 1 and m.shape[1] == x.shape[1]:
+        mask_out = mask_out.expand(-1, y.shape[1], -1, -1)
+    return (y.squeeze(0), mask_out.squeeze(0)) if squeeze else (y, mask_out)

@@ -370,3 +370,10 @@ def _super_resolution_section(results: dict, report: Report):
     """Trains the demo's upscalers (x2, x3, x4; x2 only when quick) and compares them with bicubic."""
     from pycnn.superres.report_section import section
     return section(results, report)
+
+
+@register_demo_section
+def _inpainting_section(results: dict, report: Report):
+    """Trains its own model (pycnn.restoration.demo): the partial-convolution U-Net against biharmonic."""
+    from pycnn.restoration.demo import section
+    return section(results, report)

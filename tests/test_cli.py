@@ -270,6 +270,9 @@ def test_demo_writes_report(tmp_path, monkeypatch, capsys):
         return report.Section("Extra", "<p>hello from a plug-in section</p>")
 
     monkeypatch.setattr(report, "DEMO_SECTIONS", list(report.DEMO_SECTIONS) + [extra_section])
+    from pycnn.restoration import demo as inpainting_demo  # its own training, shrunk the same way
+    monkeypatch.setattr(inpainting_demo, "QUICK_DATA", {"train_patches": 8, "test_per_image": 1, "mask_bank": 1,
+                                                        "sources": ("moon",), "held_out": ("camera",)})
     rc, out, err = run(["demo", "--quick", "--out", str(tmp_path / "demo"), "--quiet"], capsys)
     assert rc == 0, err
     files = sorted(os.listdir(tmp_path / "demo"))

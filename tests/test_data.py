@@ -27,7 +27,7 @@ def _tensors(splits):
 
 
 def test_names_and_get():
-    assert set(D.NAMES) == {"digits", "faces", "textures", "galaxies", "galaxy_instances", "super_resolution"}
+    assert set(D.NAMES) == {"digits", "faces", "textures", "galaxies", "galaxy_instances", "super_resolution", "inpainting"}
     with pytest.raises(ValueError, match="unknown dataset 'mnist'"):
         D.get("mnist")
 

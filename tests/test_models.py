@@ -20,9 +20,10 @@ CLASSIFIERS = {
 
 def test_names_and_tasks():
     assert M.names() == sorted(["linear_classifier", "mlp", "lenet5", "simple_cnn", "resnet", "separable_cnn", "unet",
-                                "mask_rcnn", "srcnn", "fsrcnn", "espcn"])
+                                "mask_rcnn", "srcnn", "fsrcnn", "espcn", "pconv_unet"])
     assert M.task("unet") == "segment" and M.task("lenet5") == "classify" and M.task("mask_rcnn") == "detect"
     assert M.task("espcn") == "super_resolution"
+    assert M.task("pconv_unet") == "inpaint"
 
 
 @pytest.mark.parametrize("name", sorted(CLASSIFIERS))

@@ -44,6 +44,8 @@ struct Ops {
   decltype(&api::roi_pool_backward<T>) roi_pool_backward;
   decltype(&api::nms_sorted<T>) nms_sorted;
   decltype(&api::box_iou<T>) box_iou;
+  decltype(&api::partial_conv2d_forward<T>) partial_conv2d_forward;
+  decltype(&api::partial_conv2d_backward<T>) partial_conv2d_backward;
 };
 
 struct KernelTable {

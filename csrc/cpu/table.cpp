@@ -31,7 +31,9 @@ constexpr Ops<T> ops_of() {
           &roi_pool_forward<T>,
           &roi_pool_backward<T>,
           &nms_sorted<T>,
-          &box_iou<T>};
+          &box_iou<T>,
+          &partial_conv2d_forward<T>,
+          &partial_conv2d_backward<T>};
 }
 
 const KernelTable table = {kIsaName, ops_of<float>(), ops_of<double>(), &conv2d_forward_algorithm};

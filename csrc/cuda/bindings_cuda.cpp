@@ -226,4 +226,27 @@ PYBIND11_MODULE(_C_cuda, m) {
       cuda::linear_backward<T>(st(stream), M, N, K, p<T>(x), p<T>(w), p<T>(gy), p<T>(gx), p<T>(gw), p<T>(gb));
     });
   }, nogil);
+
+  m.def("partial_conv2d_forward", [](uintptr_t stream, int dt, std::vector<int64_t> shape, int64_t mask_channels,
+                                     uintptr_t x, uintptr_t mask, uintptr_t w, uintptr_t b, uintptr_t y,
+                                     uintptr_t mask_out, uintptr_t xm, uintptr_t ws, int64_t ws_elems) {
+    auto s = Conv2dShape::from(shape);
+    return dispatch(dt, "partial_conv2d", [&](auto tag) {
+      PYCNN_T;
+      return cuda::partial_conv2d_forward<T>(st(stream), s, mask_channels, p<T>(x), p<T>(mask), p<T>(w), p<T>(b),
+                                             p<T>(y), p<T>(mask_out), p<T>(xm), p<T>(ws), ws_elems);
+    });
+  }, nogil);
+  m.def("partial_conv2d_backward", [](uintptr_t stream, int dt, std::vector<int64_t> shape, int64_t mask_channels,
+                                      uintptr_t x, uintptr_t mask, uintptr_t w, uintptr_t gy, uintptr_t gx,
+                                      uintptr_t gw, uintptr_t gb, uintptr_t xm, uintptr_t gys, uintptr_t ratio,
+                                      uintptr_t ws, int64_t ws_elems) {
+    auto s = Conv2dShape::from(shape);
+    dispatch(dt, "partial_conv2d_backward", [&](auto tag) {
+      PYCNN_T;
+      cuda::partial_conv2d_backward<T>(st(stream), s, mask_channels, p<T>(x), p<T>(mask), p<T>(w), p<T>(gy),
+                                       p<T>(gx), p<T>(gw), p<T>(gb), p<T>(xm), p<T>(gys), p<T>(ratio), p<T>(ws),
+                                       ws_elems);
+    });
+  }, nogil);
 }

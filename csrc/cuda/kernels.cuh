@@ -139,4 +139,16 @@ void nms_sorted(Stream stream, int64_t n, const T* boxes, const int64_t* categor
 template <typename T>
 void box_iou(Stream stream, int64_t n, int64_t m, const T* a, const T* b, T* out);
 
+// ---- partial_conv.cu: partial convolution, as cpu::partial_conv2d_forward/backward --------
+// Returns -1, or the flat position of the first mask value outside [0, 1] (then y is not
+// written); waits for the stream to read that answer back.
+template <typename T>
+int64_t partial_conv2d_forward(Stream stream, const Conv2dShape& s, int64_t mask_channels, const T* x,
+                               const T* mask, const T* w, const T* bias /*nullable*/, T* y, T* mask_out, T* xm,
+                               T* ws, int64_t ws_elems);
+template <typename T>
+void partial_conv2d_backward(Stream stream, const Conv2dShape& s, int64_t mask_channels, const T* x,
+                             const T* mask, const T* w, const T* gy, T* gx /*nullable*/, T* gw /*nullable*/,
+                             T* gb /*nullable*/, T* xm, T* gys, T* ratio, T* ws, int64_t ws_elems);
+
 }  // namespace pycnn::cuda

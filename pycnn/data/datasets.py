@@ -474,8 +474,14 @@ def galaxies(seed: int = 0, n: int = 1200, size: int = 64, zoom: int = 2, noise:
 
 # --------------------------------------------------------------------------- registry
 
+def _inpainting(**kwargs) -> Splits:
+    from pycnn.data.inpainting import inpainting  # its own module: masks, held-out images
+    return inpainting(**kwargs)
+
+
 _LOADERS: dict[str, Callable[..., Splits]] = {
     "digits": digits, "faces": faces, "textures": textures, "galaxies": galaxies,
+    "inpainting": _inpainting,
 }
 
 

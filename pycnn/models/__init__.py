@@ -17,6 +17,7 @@ from pycnn.models.classifiers import BasicBlock, lenet5, linear_classifier, mlp,
 from pycnn.models.mask_rcnn import MaskRCNN, mask_rcnn
 from pycnn.models.unet import UNet, unet
 from pycnn.models.superres import ESPCN, FSRCNN, SRCNN, espcn, fsrcnn, srcnn
+from pycnn.models.pconv_unet import PConvUNet, pconv_unet
 
 _BUILDERS: Dict[str, Callable[..., nn.Module]] = {
     "linear_classifier": linear_classifier,
@@ -30,13 +31,16 @@ _BUILDERS: Dict[str, Callable[..., nn.Module]] = {
     "srcnn": srcnn,
     "fsrcnn": fsrcnn,
     "espcn": espcn,
+    "pconv_unet": pconv_unet,
 }
 _SEGMENTATION = {"unet"}
 _DETECTION = {"mask_rcnn"}
 _SUPER_RESOLUTION = {"srcnn", "fsrcnn", "espcn"}
+_INPAINTING = {"pconv_unet"}
 
 __all__ = ["get", "names", "task", "linear_classifier", "mlp", "lenet5", "simple_cnn", "resnet", "separable_cnn",
-           "unet", "UNet", "BasicBlock", "mask_rcnn", "MaskRCNN", "srcnn", "fsrcnn", "espcn", "SRCNN", "FSRCNN", "ESPCN"]
+           "unet", "UNet", "BasicBlock", "mask_rcnn", "MaskRCNN", "srcnn", "fsrcnn", "espcn", "SRCNN", "FSRCNN", "ESPCN",
+           "pconv_unet", "PConvUNet"]
 
 
 def names() -> list:
@@ -45,12 +49,14 @@ def names() -> list:
 
 def task(name: str) -> str:
     """'segment' for per-pixel models, 'detect' for instance detection/segmentation (mask_rcnn),
-    'super_resolution' for image upscalers, 'classify' for the others."""
+    'super_resolution' for image upscalers, 'inpaint' for image restorers, 'classify' for the others."""
     _check_name(name)
     if name in _DETECTION:
         return "detect"
     if name in _SUPER_RESOLUTION:
         return "super_resolution"
+    if name in _INPAINTING:
+        return "inpaint"
     return "segment" if name in _SEGMENTATION else "classify"
 
 

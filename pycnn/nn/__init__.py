@@ -13,9 +13,10 @@ from torch.nn import Dropout, Flatten, Identity, Module, ModuleList, ReLU, Seque
 from pycnn.nn.convert import ConversionSummary, convert, summary, to_torch
 from pycnn.nn.normalize import Normalize, normalized
 from pycnn.nn.modules import (BatchNorm2d, Conv2d, ConvTranspose2d, DepthwiseConv2d, GlobalAvgPool2d, Linear,
-                              MaxPool2d, MaxUnpool2d, PixelShuffle, SeparableConv2d)
+                              MaxPool2d, MaxUnpool2d, PartialConv2d, PixelShuffle,
+                              SeparableConv2d)
 
 __all__ = ["Conv2d", "ConvTranspose2d", "MaxPool2d", "MaxUnpool2d", "BatchNorm2d", "DepthwiseConv2d",
-           "SeparableConv2d", "Linear", "GlobalAvgPool2d", "PixelShuffle", "convert", "to_torch", "summary", "ConversionSummary",
+           "SeparableConv2d", "PartialConv2d", "Linear", "GlobalAvgPool2d", "PixelShuffle", "convert", "to_torch", "summary", "ConversionSummary",
            "Normalize", "normalized",
            "ReLU", "Flatten", "Sequential", "Identity", "Dropout", "Module", "ModuleList"]

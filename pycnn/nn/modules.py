@@ -16,7 +16,7 @@ from torch import Tensor, nn
 import pycnn.functional as PF
 
 __all__ = ["Conv2d", "ConvTranspose2d", "MaxPool2d", "MaxUnpool2d", "BatchNorm2d", "Linear",
-           "DepthwiseConv2d", "SeparableConv2d", "GlobalAvgPool2d", "PixelShuffle"]
+           "DepthwiseConv2d", "SeparableConv2d", "GlobalAvgPool2d", "PixelShuffle", "PartialConv2d"]
 
 
 class Conv2d(nn.Conv2d):
@@ -149,3 +149,27 @@ class PixelShuffle(nn.PixelShuffle):
 
     def forward(self, input: Tensor) -> Tensor:
         return PF.pixel_shuffle(input, self.upscale_factor)
+
+
+class PartialConv2d(nn.Conv2d):
+    """Partial convolution (Liu et al. 2018) on pycnn's kernel: torch.nn.Conv2d's arguments and
+    parameters (groups 1, zero padding), ``forward(input, mask=None)``.
+
+    The mask ([N, 1, H, W] or [N, C, H, W], 1 = valid; None = all valid) is renormalised over each
+    window (see ``pycnn.functional.partial_conv2d``). With ``return_mask=True`` (the default)
+    forward returns ``(output, updated_mask)``, ready for the next partial convolution.
+    """
+
+    def __init__(self, *args, return_mask: bool = True, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.groups != 1 or self.padding_mode != "zeros":
+            raise ValueError(f"PartialConv2d: only groups=1 and padding_mode='zeros' are supported, got "
+                             f"groups={self.groups}, padding_mode={self.padding_mode!r}")
+        self.return_mask = return_mask
+
+    def forward(self, input: Tensor, mask: Optional[Tensor] = None):
+        if mask is None:
+            shape = (input.shape[0], 1, *input.shape[2:]) if input.dim() == 4 else (1, *input.shape[1:])
+            mask = input.new_ones(shape)
+        return PF.partial_conv2d(input, mask, self.weight, self.bias, self.stride, self.padding, self.dilation,
+                                 return_mask=self.return_mask)

@@ -1,0 +1,135 @@
+"""Inpainting: the data (masks, held-out split), pconv_unet, metrics and baseline, the commands."""
+import os
+
+import numpy as np
+import pytest
+import torch
+
+import pycnn.data as D
+import pycnn.models as M
+from pycnn import cli
+from pycnn.data import inpainting as data
+from pycnn.restoration import inpainting as I
+
+TINY = dict(train_patches=12, test_per_image=1, mask_bank=2, sources=("moon",), held_out=("camera",))
+
+
+@pytest.fixture(scope="module")
+def splits():
+    return D.get("inpainting", **TINY)
+
+
+def test_data(splits):
+    images, masks = splits.test.tensors
+    assert images.shape == masks.shape == (8, 1, 64, 64) and images.dtype == torch.float32
+    assert set(masks.unique().tolist()) <= {0.0, 1.0}
+    assert 0 <= images.min() and images.max() <= 1
+    fractions = splits.extra["test"]["hole_fraction"]
+    for f in data.HOLE_FRACTIONS:  # each hole covers its fraction of the area (to within one disc)
+        holes = 1 - masks[fractions == f].mean(dim=(1, 2, 3))
+        assert len(holes) == 2 and torch.all((holes - f).abs() < 0.03), (f, holes)
+    assert splits.info["held_out"] == ("camera",) and "camera" not in splits.info["sources"]
+    again = D.get("inpainting", **TINY)
+    assert torch.equal(again.train.tensors[1], splits.train.tensors[1])
+    assert torch.equal(again.test.tensors[0], images)
+
+
+def test_data_rejects_training_on_held_out_images():
+    with pytest.raises(ValueError, match="held out"):
+        D.get("inpainting", sources=("moon", "camera"), held_out=("camera",))
+    with pytest.raises(ValueError, match="hole_fractions"):
+        D.get("inpainting", hole_fractions=(0.3,))
+
+
+def test_stroke_and_square_masks():
+    rng = np.random.default_rng(0)
+    for f in (0.1, 0.5):
+        for kind in data.MASK_KINDS:
+            m = data.make_mask((40, 56), f, kind, rng)
+            assert m.shape == (40, 56) and abs((1 - m.mean()) - f) < 0.05
+
+
+def test_model_any_size_and_keeps_known_pixels():
+    torch.manual_seed(0)
+    model = M.get("pconv_unet", depth=3, width=4)
+    assert M.task("pconv_unet") == "inpaint"
+    x = torch.rand(2, 1, 37, 45)
+    m = (torch.rand(2, 1, 37, 45) > 0.3).float()
+    out = model(x * m, m)
+    assert out.shape == x.shape
+    out.abs().mean().backward()
+    assert all(p.grad is not None for p in model.parameters())
+    filled = I.predict(model, x, m)
+    assert torch.equal(filled[m.bool()], x[m.bool()])
+    rgb = M.get("pconv_unet", in_channels=3, depth=2, width=4)
+    assert rgb(torch.rand(1, 3, 16, 20), torch.ones(1, 1, 16, 20)).shape == (1, 3, 16, 20)
+
+
+def test_metrics_and_baseline(splits):
+    images, masks = splits.test.tensors
+    truth, hole = images[0, 0].numpy(), masks[0, 0].numpy() < 0.5
+    perfect = I.image_metrics(truth, truth, hole)
+    assert perfect["hole_l1"] == 0 and perfect["ssim"] == pytest.approx(1.0) and perfect["hole_psnr"] >= 99
+    grey = truth.copy()
+    grey[hole] = 0.5
+    worse = I.image_metrics(truth, grey, hole)
+    assert worse["hole_l1"] == pytest.approx(np.abs(truth[hole] - 0.5).mean(), rel=1e-5)
+    base = I.biharmonic(images[:2], masks[:2])
+    assert torch.equal(base[masks[:2].bool()], images[:2][masks[:2].bool()])  # known pixels kept
+    assert I.image_metrics(truth, base[0, 0].numpy(), hole)["hole_l1"] < worse["hole_l1"]
+
+
+def test_fit_evaluate_and_table(splits):
+    torch.manual_seed(0)
+    model = M.get("pconv_unet", depth=2, width=4)
+    history = I.fit(model, splits, epochs=1, batch_size=4, lr=3e-3, progress=False)
+    assert len(history["epochs"]) == 1 and np.isfinite(history["epochs"][-1]["loss"])
+    table = I.evaluate(model, splits)
+    assert set(table) == set(data.HOLE_FRACTIONS) | {"all"} and table["all"]["count"] == 8
+    assert set(table[0.5]) == {"count", "ours", "biharmonic"}
+    assert set(table[0.5]["ours"]) == {"hole_psnr", "hole_l1", "psnr", "ssim"}
+    text = I.format_table(table)
+    assert "50%" in text and "biharm" in text
+
+
+def test_commands(tmp_path, capsys):
+    from skimage import io
+    out = tmp_path / "run"
+    opts = []
+    for k, v in dict(TINY, sources="('moon',)", held_out="('camera',)").items():
+        opts += ["--data-option", f"{k}={v}"]
+    rc = cli.main(["train", "--model", "pconv_unet", "--data", "inpainting", *opts, "--model-option", "depth=2",
+                   "--model-option", "width=4", "--epochs", "1", "--batch-size", "4", "--out", str(out), "--quiet"])
+    text = capsys.readouterr().out
+    assert rc == 0 and "biharm" in text and "50%" in text
+    rc = cli.main(["evaluate", "--checkpoint", str(out / "last.pt")])
+    text = capsys.readouterr().out
+    assert rc == 0 and "hole PSNR" in text
+    # the user's own colour image, of a size the model never saw, and a mask file (white = hole)
+    image = (np.random.default_rng(0).random((33, 50, 3)) * 255).astype(np.uint8)
+    mask = np.zeros((33, 50), np.uint8)
+    mask[10:20, 5:30] = 255
+    io.imsave(tmp_path / "in.png", image, check_contrast=False)
+    io.imsave(tmp_path / "mask.png", mask, check_contrast=False)
+    rc = cli.main(["inpaint", "--checkpoint", str(out / "last.pt"), "--image", str(tmp_path / "in.png"),
+                   "--mask", str(tmp_path / "mask.png"), "--out", str(tmp_path / "out.png")])
+    assert rc == 0, capsys.readouterr().err
+    result = io.imread(tmp_path / "out.png")
+    assert result.shape == image.shape
+    assert np.array_equal(result[mask == 0], image[mask == 0])  # known pixels untouched
+    io.imsave(tmp_path / "small.png", mask[:20], check_contrast=False)
+    rc = cli.main(["inpaint", "--checkpoint", str(out / "last.pt"), "--image", str(tmp_path / "in.png"),
+                   "--mask", str(tmp_path / "small.png"), "--out", str(tmp_path / "x.png")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "must be the same size" in err
+
+
+def test_demo_section(tmp_path, monkeypatch):
+    from pycnn import report
+    from pycnn.restoration import demo
+    monkeypatch.setattr(demo, "QUICK_DATA", dict(TINY, hole_fractions=(0.25, 0.5)))
+    rep = report.Report(str(tmp_path), "t")
+    os.makedirs(tmp_path, exist_ok=True)
+    section = demo.section({"quick": True}, rep)
+    assert section.title == "Restoration: inpainting" and "biharmonic" in section.html
+    assert (tmp_path / "inpainting_examples.png").read_bytes()[:4] == b"\x89PNG"
