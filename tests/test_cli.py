@@ -194,7 +194,7 @@ def test_missing_data_is_one_line_exit_2(capsys):
 def test_every_default_is_shown_in_help():
     parser = cli.build_parser()
     commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
-    assert set(commands) == {"train", "evaluate", "demo", "viz", "detect"}
+    assert set(commands) == {"train", "evaluate", "demo", "viz", "detect", "upscale"}
     for name, sub in commands.items():
         text = " ".join(sub.format_help().split())  # argparse wraps lines
         for action in sub._actions:

@@ -136,11 +136,13 @@ def load_model(path: str, state: dict, config: dict):
 # ---- pycnn upscale --------------------------------------------------------------------------
 
 def add_upscale_parser(sub) -> argparse.ArgumentParser:
-    u = sub.add_parser("upscale", help="upscale an image with a super-resolution checkpoint")
+    from pycnn.cli import HelpFormatter
+    u = sub.add_parser("upscale", help="upscale an image with a super-resolution checkpoint",
+                       formatter_class=HelpFormatter)
     u.add_argument("--checkpoint", required=True, help="a checkpoint of srcnn, fsrcnn or espcn from `pycnn train`")
     u.add_argument("--image", required=True, help="the image to upscale (PNG, JPEG, TIFF...: grey, RGB or RGBA)")
     u.add_argument("--out", required=True, help="where to write the upscaled image (format from the extension)")
-    u.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    u.add_argument("--device", default="cpu", help="cpu or cuda")
     u.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
     u.set_defaults(func=cmd_upscale)
     return u
