@@ -194,7 +194,7 @@ def test_missing_data_is_one_line_exit_2(capsys):
 def test_every_default_is_shown_in_help():
     parser = cli.build_parser()
     commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
-    assert set(commands) == {"train", "evaluate", "demo", "viz", "detect", "upscale"}
+    assert set(commands) == {"train", "evaluate", "demo", "viz", "detect", "upscale", "inpaint"}
     for name, sub in commands.items():
         text = " ".join(sub.format_help().split())  # argparse wraps lines
         for action in sub._actions:
@@ -246,7 +246,7 @@ def test_python_dash_m_pycnn_runs_without_traceback(tmp_path):
                        capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert p.returncode == 2
     assert p.stderr.strip().splitlines() == ["pycnn train: error: unknown model 'nope'; choose one of: espcn, fsrcnn, "
-                                             "lenet5, linear_classifier, mask_rcnn, mlp, resnet, separable_cnn, "
+                                             "lenet5, linear_classifier, mask_rcnn, mlp, pconv_unet, resnet, separable_cnn, "
                                              "simple_cnn, srcnn, unet"]
 
 
