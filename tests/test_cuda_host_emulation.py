@@ -248,7 +248,7 @@ def test_opcheck_cases(cuda):
 
 # ---- forced launch paths: 64-bit indices, grid-stride loops, split grids -------------------------
 
-def _tour():
+def _tour(emu):
     """One call of every kernel family, forward and backward, against torch (float64)."""
     f64 = (torch.float64,)
     check_op(PF.conv2d, F.conv2d, [rand(3, 4, 7, 6, seed=1), rand(6, 2, 3, 3, seed=2), rand(6, seed=3), 1, 1, 1, 2],
@@ -268,6 +268,40 @@ def _tour():
     check_op(lambda x: PF.batch_norm(x, rm, rv, None, None, False), lambda x: F.batch_norm(x, rm, rv, None, None, False),
              [rand(3, 5, 40, seed=9)], dtypes=f64)
     check_op(PF.linear, F.linear, [rand(70, 9, seed=1), rand(5, 9, seed=2), rand(5, seed=3)], dtypes=f64)
+    _detection_and_restoration_tour(emu)
+
+
+def _detection_and_restoration_tour(emu):
+    """RoIAlign and RoIPool against their torch oracles (grid_sample + average; adaptive max pool on
+    whole images), box IoU and NMS against brute force, partial convolution against its two-conv
+    composition."""
+    import pycnn.ops as ops
+    import test_partial_conv as pconv
+    import test_roi_ops as roi
+    f64 = (torch.float64,)
+    rois = torch.tensor([[0, 0.7, 1.2, 5.1, 6.3], [1, 2.0, 0.9, 7.5, 4.4]], dtype=torch.float64)
+    check_op(lambda x: ops.roi_align(x, rois, 3, 1.0, 2, True), lambda x: roi.grid_sample_roi_align(x, rois, 3, 2),
+             [rand(2, 3, 9, 10, seed=5)], dtypes=f64)
+    whole = torch.tensor([[n, 0, 0, 5, 5] for n in range(2)], dtype=torch.float64)
+    check_op(lambda x: torch.ops.pycnn.roi_pool(x, whole, 3, 3, 1.0),
+             lambda x: F.adaptive_max_pool2d(x, (3, 3), return_indices=True), [roi.distinct(2, 3, 6, 6)], dtypes=f64)
+    boxes, scores = roi.random_boxes(70, seed=3, grid=2), torch.rand(70, dtype=torch.float64)
+    iou = ops.box_iou(boxes, boxes[:9])
+    want = torch.tensor([[roi.iou_reference(a, b) for b in boxes[:9].tolist()] for a in boxes.tolist()],
+                        dtype=torch.float64)
+    torch.testing.assert_close(iou, want, rtol=1e-15, atol=1e-15)  # FMA contraction: 1 ulp
+    order = torch.sort(scores, descending=True, stable=True).indices
+    sorted_boxes, keep = boxes[order].contiguous(), torch.empty(70, dtype=torch.uint8)
+    workspace = torch.empty(emu.module.nms_workspace_words(70), dtype=torch.int64)  # the GPU path's, not the CPU's
+    emu.module.nms_sorted(0, native._DTYPE_CODE[torch.float64], 70, native.ptr(sorted_boxes), 0, 0.4,
+                          native.ptr(keep), native.ptr(workspace))
+    assert torch.equal(order[keep.bool()], roi.nms_reference(boxes, scores, 0.4))
+    g = torch.Generator().manual_seed(6)
+    for channels in (1, 3):
+        mask = pconv.random_mask((2, channels, 7, 8), g)
+        check_op(lambda x, w, b: PF.partial_conv2d(x, mask, w, b, 1, 1, 1, return_mask=True),
+                 lambda x, w, b: pconv.torch_partial_conv2d(x, mask, w, b, 1, 1, 1),
+                 [rand(2, 3, 7, 8, seed=7), rand(4, 3, 3, 3, seed=8), rand(4, seed=9)], dtypes=f64)
 
 
 def _launch_sites():
@@ -285,9 +319,9 @@ def test_every_launch_site_and_index_width_runs(cuda):
     """The tour with the device limits as they are, then with 32-bit indexing off (every kernel's
     int64 variant), grid-stride loops over a single block, and grid.y/z limited to 2 blocks (the
     GEMM's split launches): each must match torch. Then every launch site in the sources has run."""
-    _tour()
+    _tour(cuda)
     with cuda.limits(index32=0, grid_x=1, grid_yz=2, device=2):  # smallest GEMM tiles: many per axis
-        _tour()
+        _tour(cuda)
         for M, N, K, pad, offset in [(70, 45, 19, 0, 0), (130, 129, 31, 1, 0)]:
             _gemm(cuda, False, True, M, N, K, 1.0, 0.5, torch.float64, pad, offset)
     report = cuda.launches()

@@ -346,7 +346,7 @@ def test_opcheck_roi_ops():
     gy = torch.randn(5, 3, 3, 2, dtype=torch.float64)
     torch.library.opcheck(torch.ops.pycnn.roi_align_backward.default, (gy, rois, [2, 3, 7, 8], 0.5, 2, True))
     _, arg = torch.ops.pycnn.roi_pool(x.detach(), rois, 3, 2, 0.5)
-    torch.library.opcheck(torch.ops.pycnn.roi_pool_backward.default, (gy, rois, arg, [2, 3, 7, 8]))
+    torch.library.opcheck(torch.ops.pycnn.roi_pool_backward.default, (gy, rois, arg, [2, 3, 7, 8], 0.5))
 
 
 def test_roi_ops_on_every_cpu_target(each_isa):

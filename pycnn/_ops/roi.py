@@ -169,20 +169,23 @@ def _check_pool_backward(op: str, grad: Tensor, rois: Tensor, argmax: Tensor, in
 
 
 @native.custom_op("roi_pool_backward")
-def roi_pool_backward(grad: Tensor, rois: Tensor, argmax: Tensor, input_shape: List[int]) -> Tensor:
-    """grad_in [N, C, H, W]: each output gradient added at its argmax (deterministic)."""
+def roi_pool_backward(grad: Tensor, rois: Tensor, argmax: Tensor, input_shape: List[int],
+                      spatial_scale: float) -> Tensor:
+    """grad_in [N, C, H, W]: each output gradient added at its argmax (deterministic). The CPU
+    kernel scatters through the argmax; the CUDA one gathers, and finds the bins that may hold a
+    pixel from the RoI's geometry, hence spatial_scale."""
     _check_pool_backward("roi_pool_backward", grad, rois, argmax, input_shape)
     grad, rois, argmax = grad.contiguous(), rois.contiguous(), argmax.contiguous()
     gx = grad.new_empty(input_shape)
     if gx.numel():
         K, _, PH, PW = grad.shape
-        native.call("roi_pool_backward", grad, _shape(input_shape, K, PH, PW), 1.0, native.ptr(grad),
+        native.call("roi_pool_backward", grad, _shape(input_shape, K, PH, PW), float(spatial_scale), native.ptr(grad),
                     native.ptr(rois), native.ptr(argmax), native.ptr(gx))
     return gx
 
 
 @roi_pool_backward.register_fake
-def _(grad, rois, argmax, input_shape):
+def _(grad, rois, argmax, input_shape, spatial_scale):
     _check_pool_backward("roi_pool_backward", grad, rois, argmax, input_shape)
     return grad.new_empty(input_shape)
 
@@ -194,13 +197,14 @@ def _pool_setup_context(ctx, inputs, output):
     ctx.set_materialize_grads(False)
     ctx.save_for_backward(rois, argmax)
     ctx.input_shape = list(x.shape)
+    ctx.spatial_scale = float(inputs[4])
 
 
 def _pool_backward(ctx, grad, grad_argmax):
     if grad is None:
         return None, None, None, None, None
     rois, argmax = ctx.saved_tensors
-    gx = native.run("roi_pool_backward", grad, rois, argmax, ctx.input_shape)
+    gx = native.run("roi_pool_backward", grad, rois, argmax, ctx.input_shape, ctx.spatial_scale)
     return gx, None, None, None, None
 
 
