@@ -140,7 +140,7 @@ def test_bad_mask(mask, message):
 
 def test_bad_weight_and_bias():
     x, m = torch.randn(2, 3, 6, 6), torch.ones(2, 1, 6, 6)
-    with pytest.raises(ValueError, match="partial_conv2d: weight has 2 input channels, input has 3"):
+    with pytest.raises(ValueError, match="partial_conv2d: weight has 2 input channels per group, input has 3"):
         PF.partial_conv2d(x, m, torch.randn(4, 2, 3, 3))
     with pytest.raises(ValueError, match="partial_conv2d: bias has 3 elements"):
         PF.partial_conv2d(x, m, torch.randn(4, 3, 3, 3), torch.randn(3))

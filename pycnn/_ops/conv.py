@@ -47,35 +47,36 @@ def _conv_out_size(size: int, k: int, s: int, pad_before: int, pad_after: int, d
 # ---- conv2d -------------------------------------------------------------------------------
 
 def _conv_shape(x: Tensor, weight: Tensor, stride: List[int], padding: List[int], dilation: List[int],
-                groups: int) -> List[int]:
-    """Checks the arguments and returns the native Conv2dShape (16 ints)."""
-    _check_list(CONV, "stride", stride, 2)
-    _check_list(CONV, "padding", padding, 4)
-    _check_list(CONV, "dilation", dilation, 2)
-    _check_groups(CONV, groups)
-    native.check_positive(CONV, "stride", stride)
-    native.check_positive(CONV, "dilation", dilation)
-    native.check_non_negative(CONV, "padding", padding)
+                groups: int, op: str = CONV) -> List[int]:
+    """Checks the arguments and returns the native Conv2dShape (16 ints); errors name `op` (conv2d
+    and the ops built on its kernels, such as partial_conv2d)."""
+    _check_list(op, "stride", stride, 2)
+    _check_list(op, "padding", padding, 4)
+    _check_list(op, "dilation", dilation, 2)
+    _check_groups(op, groups)
+    native.check_positive(op, "stride", stride)
+    native.check_positive(op, "dilation", dilation)
+    native.check_non_negative(op, "padding", padding)
     N, C, H, W = x.shape
     K, Cg, kh, kw = weight.shape
     if C % groups != 0:
-        raise ValueError(f"{CONV}: input channels {C} are not divisible by groups={groups}")
+        raise ValueError(f"{op}: input channels {C} are not divisible by groups={groups}")
     if K % groups != 0:
-        raise ValueError(f"{CONV}: output channels {K} (weight shape {tuple(weight.shape)}) are not divisible "
+        raise ValueError(f"{op}: output channels {K} (weight shape {tuple(weight.shape)}) are not divisible "
                          f"by groups={groups}")
     if Cg * groups != C:
-        raise ValueError(f"{CONV}: weight has {Cg} input channels per group, input has {C} channels "
+        raise ValueError(f"{op}: weight has {Cg} input channels per group, input has {C} channels "
                          f"(groups={groups}; expected weight.shape[1] == {C // groups})")
     if kh < 1 or kw < 1:
-        raise ValueError(f"{CONV}: kernel size must be positive, got weight shape {tuple(weight.shape)}")
+        raise ValueError(f"{op}: kernel size must be positive, got weight shape {tuple(weight.shape)}")
     top, bottom, left, right = padding
     OH = _conv_out_size(H, kh, stride[0], top, bottom, dilation[0])
     OW = _conv_out_size(W, kw, stride[1], left, right, dilation[1])
     if OH < 1 or OW < 1:
-        raise ValueError(f"{CONV}: kernel {kh}x{kw} (dilation {tuple(dilation)}) is larger than the padded input "
+        raise ValueError(f"{op}: kernel {kh}x{kw} (dilation {tuple(dilation)}) is larger than the padded input "
                          f"{H + top + bottom}x{W + left + right}; output size would be {OH}x{OW}")
-    native.check_size(CONV, (N, K, OH, OW), padding=padding, stride=stride)
-    native.check_size(CONV, (C * kh * kw, OH, OW), padding=padding, stride=stride)  # one sample's columns
+    native.check_size(op, (N, K, OH, OW), padding=padding, stride=stride)
+    native.check_size(op, (C * kh * kw, OH, OW), padding=padding, stride=stride)  # one sample's columns
     return [N, C, H, W, K, OH, OW, kh, kw, stride[0], stride[1], top, left, dilation[0], dilation[1], groups]
 
 

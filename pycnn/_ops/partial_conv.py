@@ -16,7 +16,7 @@ from typing import List, Optional, Tuple
 from torch import Tensor
 
 from pycnn._ops import native
-from pycnn._ops.conv import _check_bias, _check_list, _conv_out_size, _workspace
+from pycnn._ops.conv import _check_bias, _conv_shape, _workspace
 
 OP = "partial_conv2d"
 
@@ -34,26 +34,8 @@ def _check_common(x: Tensor, mask: Tensor, weight: Tensor, bias: Optional[Tensor
 
 
 def _shape(x: Tensor, weight: Tensor, stride: List[int], padding: List[int], dilation: List[int]) -> List[int]:
-    """Checks the arguments and returns the native Conv2dShape (16 ints, groups 1)."""
-    _check_list(OP, "stride", stride, 2)
-    _check_list(OP, "padding", padding, 4)
-    _check_list(OP, "dilation", dilation, 2)
-    native.check_positive(OP, "stride", stride)
-    native.check_positive(OP, "dilation", dilation)
-    native.check_non_negative(OP, "padding", padding)
-    N, C, H, W = x.shape
-    K, Cw, kh, kw = weight.shape
-    if Cw != C:
-        raise ValueError(f"{OP}: weight has {Cw} input channels, input has {C} (weight shape {tuple(weight.shape)})")
-    if kh < 1 or kw < 1:
-        raise ValueError(f"{OP}: kernel size must be positive, got weight shape {tuple(weight.shape)}")
-    top, bottom, left, right = padding
-    OH = _conv_out_size(H, kh, stride[0], top, bottom, dilation[0])
-    OW = _conv_out_size(W, kw, stride[1], left, right, dilation[1])
-    if OH < 1 or OW < 1:
-        raise ValueError(f"{OP}: kernel {kh}x{kw} (dilation {tuple(dilation)}) is larger than the padded input "
-                         f"{H + top + bottom}x{W + left + right}; output size would be {OH}x{OW}")
-    return [N, C, H, W, K, OH, OW, kh, kw, stride[0], stride[1], top, left, dilation[0], dilation[1], 1]
+    """Checks the arguments and returns the native Conv2dShape (16 ints, groups 1): conv2d's checks."""
+    return _conv_shape(x, weight, stride, padding, dilation, 1, op=OP)
 
 
 def _raise_bad_mask(mask: Tensor, position: int) -> None:
