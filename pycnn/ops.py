@@ -15,7 +15,7 @@ bounds. Backward passes are deterministic on CPU and CUDA.
 """
 from __future__ import annotations
 
-from typing import List, Sequence, Tuple, Union
+from typing import Sequence, Tuple, Union
 
 import torch
 from torch import Tensor, nn

@@ -164,7 +164,7 @@ def conv2d_backward(grad_out: Tensor, x: Tensor, weight: Tensor, stride: List[in
     _check_grad_out(CONV, grad_out, x, (shape[0], shape[4], shape[5], shape[6]))
     layout = native.output_format(x, weight)
     grad_out, x, weight = grad_out.contiguous(), x.contiguous(), weight.contiguous()
-    N, K = shape[0], shape[4]
+    K = shape[4]
     gx = x.new_empty(x.shape) if output_mask[0] else x.new_empty(0)
     gw = weight.new_empty(weight.shape) if output_mask[1] else x.new_empty(0)
     gb = weight.new_empty(K) if output_mask[2] else x.new_empty(0)

@@ -68,7 +68,7 @@ def section(results: dict, report):
     table = I.evaluate(model, splits)
     images, masks = splits.test.tensors
     # one square and one stroke hole of the largest size from different held-out images
-    fractions, kinds = splits.extra["test"]["hole_fraction"], splits.extra["test"]["kind"]
+    fractions = splits.extra["test"]["hole_fraction"]
     big = torch.nonzero(fractions >= 0.25).flatten()
     picks = big[torch.linspace(0, len(big) - 1, min(4, len(big))).long()]
     ours = I.predict(model, images[picks], masks[picks])

@@ -149,7 +149,6 @@ def add_upscale_parser(sub) -> argparse.ArgumentParser:
 
 
 def cmd_upscale(args) -> int:
-    import numpy as np
     import pycnn.cli as C
     import pycnn.superres as SR
     import pycnn.train as T

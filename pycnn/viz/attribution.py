@@ -11,7 +11,7 @@ when it raises (see ``_common.model_guard``).
 """
 from __future__ import annotations
 
-from typing import Callable, Optional, Sequence, Tuple, Union
+from typing import Callable, Optional, Tuple, Union
 
 import numpy as np
 import torch

@@ -111,8 +111,6 @@ def _resolve_target(target, class_names, num_outputs: int):
 
 def _load_image(spec: str, config: dict, in_channels: int, size):
     """A [1, C, H, W] float tensor in the model's channel count and input size."""
-    import numpy as np
-    import torch
     import torch.nn.functional as TF
 
     m = re.fullmatch(r"(train|val|test):(\d+)", spec)
