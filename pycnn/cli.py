@@ -4,6 +4,7 @@
     pycnn train --model simple_cnn --data ./myimgs --image-size 32     # a folder of your images
     pycnn train --resume runs/digits --epochs 20                        # continue a run
     pycnn evaluate --checkpoint runs/digits/best.pt
+    pycnn predict --checkpoint runs/digits/best.pt --image new.png   # top classes of new images
     pycnn demo [--quick]          # trains two models, writes pycnn-demo/index.html
     pycnn viz --checkpoint runs/digits/best.pt --image test:0 --method grad_cam --out fig.png
     pycnn train --model mask_rcnn --data galaxy_instances --epochs 7 --batch-size 8 --lr 2e-3 --out runs/mrcnn
@@ -475,6 +476,35 @@ def run_demo_task(name: str, device, quick: bool, out_dir: str, progress: bool =
             "config": config, "sizes": splits.sizes()}
 
 
+def cmd_predict(args) -> int:
+    """`pycnn predict --checkpoint C --image FILE...`: each image's top classes and probabilities,
+    the image read as the checkpoint's data was (size, grey or colour)."""
+    import torch
+    import pycnn.data as D
+    import pycnn.train as T
+    from pycnn.checkpoint import model_from_state
+    _threads(args.threads)
+    if args.top < 1:
+        raise UsageError(f"--top must be positive, got {args.top}")
+    state = T.load_checkpoint(args.checkpoint, map_location="cpu")
+    if (state.get("task") or "classify") != "classify":
+        raise UsageError(f"{args.checkpoint} holds a {state.get('task')} model; predict takes classifiers "
+                         "(use pycnn viz, detect, upscale or inpaint)")
+    model = model_from_state(state, args.checkpoint)
+    kwargs = (state.get("arch") or {}).get("kwargs") or (state.get("config") or {}).get("model_kwargs") or {}
+    size, channels = kwargs.get("image_size"), kwargs.get("in_channels", 1)
+    classes = model.classes or [str(i) for i in range(int(state.get("num_classes") or 0))]
+    for path in args.image:
+        x = D.load_image(path, size=tuple(size) if isinstance(size, list) else size, grayscale=channels == 1)
+        with torch.no_grad():
+            p = torch.softmax(model(x), dim=1)[0]
+        top = p.topk(min(args.top, p.numel()))
+        ranked = ", ".join(f"{classes[int(i)] if int(i) < len(classes) else int(i)} {float(v):.1%}"
+                           for v, i in zip(top.values, top.indices))
+        print(f"{path}: {ranked}")
+    return 0
+
+
 def cmd_demo(args) -> int:
     from pycnn import report as R
     device = _device(args.device)
@@ -554,6 +584,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"print the confusion matrix even for more than {CONFUSION_MAX_CLASSES} classes")
     common(e)
     e.set_defaults(func=cmd_evaluate)
+
+    pr = sub.add_parser("predict", help="classify image files with a checkpoint (top classes and probabilities)",
+                        formatter_class=HelpFormatter)
+    pr.add_argument("--checkpoint", required=True, help="a classifier checkpoint written by `pycnn train`")
+    pr.add_argument("--image", required=True, nargs="+", help="one or more image files (PNG, JPEG, ...)")
+    pr.add_argument("--top", type=int, default=3, help="how many classes to print per image")
+    pr.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
+    pr.set_defaults(func=cmd_predict)
 
     d = sub.add_parser("demo", help="train a digits classifier and a galaxy U-Net, write an HTML report",
                        formatter_class=HelpFormatter)

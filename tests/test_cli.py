@@ -194,7 +194,7 @@ def test_missing_data_is_one_line_exit_2(capsys):
 def test_every_default_is_shown_in_help():
     parser = cli.build_parser()
     commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
-    assert set(commands) == {"train", "evaluate", "demo", "viz", "detect", "upscale", "inpaint"}
+    assert set(commands) == {"train", "evaluate", "demo", "viz", "detect", "upscale", "inpaint", "predict"}
     for name, sub in commands.items():
         text = " ".join(sub.format_help().split())  # argparse wraps lines
         for action in sub._actions:
@@ -331,6 +331,25 @@ def test_train_on_a_folder_of_pngs_and_load_takes_raw_images(png_folder, tmp_pat
     rc, again, err = run(["evaluate", "--checkpoint", str(out / "last.pt"), "--data",
                           os.path.relpath(png_folder)], capsys)  # the same folder, named another way
     assert rc == 0 and again.splitlines()[1] == text.splitlines()[1], err
+
+
+def test_predict_prints_class_names_of_new_images(png_folder, tmp_path, capsys):
+    out = tmp_path / "run"
+    rc, _, err = run(["train", "--data", str(png_folder), "--out", str(out), "--image-size", "8"] + TINY, capsys)
+    assert rc == 0, err
+    images = [str(png_folder / "top" / "0.png"), str(png_folder / "bottom" / "0.png")]
+    rc, text, err = run(["predict", "--checkpoint", str(out / "last.pt"), "--image", *images, "--top", "2"], capsys)
+    assert rc == 0, err
+    lines = text.strip().splitlines()
+    model = pycnn.load(str(out / "last.pt"))
+    import pycnn.data as D
+    for line, path in zip(lines, images):  # the same answer as the Python recipe in README
+        with torch.no_grad():
+            p = torch.softmax(model(D.load_image(path, size=8, grayscale=True)), 1)[0]
+        best = model.classes[int(p.argmax())]
+        assert line.startswith(f"{path}: {best} {float(p.max()):.1%}, "), line
+    rc, _, err = run(["predict", "--checkpoint", str(out / "last.pt"), "--image", str(tmp_path / "none.png")], capsys)
+    assert_one_line_error(rc, err, "none.png")
 
 
 def test_runs_without_out_get_their_own_folders(png_folder, tmp_path, monkeypatch, capsys):
