@@ -194,10 +194,17 @@ PYBIND11_MODULE(_C, m) {
   }, nogil);
   m.def("batch_norm_apply", [](int dt, int64_t N, int64_t C, int64_t S, uintptr_t x,
                                uintptr_t mean, uintptr_t invstd, uintptr_t w, uintptr_t b,
-                               uintptr_t y) {
+                               uintptr_t residual, bool act, uintptr_t y) {
     dispatch(dt, "batch_norm", [&](auto tag) {
       PYCNN_T;
-      cpu::ops<T>().batch_norm_apply(N, C, S, p<T>(x), p<T>(mean), p<T>(invstd), p<T>(w), p<T>(b), p<T>(y));
+      cpu::ops<T>().batch_norm_apply(N, C, S, p<T>(x), p<T>(mean), p<T>(invstd), p<T>(w), p<T>(b),
+                                     p<T>(residual), act, p<T>(y));
+    });
+  }, nogil);
+  m.def("relu_backward", [](int dt, int64_t total, uintptr_t gy, uintptr_t y, uintptr_t out) {
+    dispatch(dt, "batch_norm_backward", [&](auto tag) {
+      PYCNN_T;
+      cpu::ops<T>().relu_backward(total, p<T>(gy), p<T>(y), p<T>(out));
     });
   }, nogil);
   m.def("batch_norm_backward", [](int dt, int64_t N, int64_t C, int64_t S, uintptr_t x,

@@ -153,8 +153,12 @@ def max_unpool2d(input: Tensor, indices: Tensor, kernel_size: IntPair, stride: O
 
 def batch_norm(input: Tensor, running_mean: Optional[Tensor], running_var: Optional[Tensor],
                weight: Optional[Tensor] = None, bias: Optional[Tensor] = None, training: bool = False,
-               momentum: float = 0.1, eps: float = 1e-5) -> Tensor:
+               momentum: float = 0.1, eps: float = 1e-5, *, residual: Optional[Tensor] = None,
+               relu: bool = False) -> Tensor:
     """Batch normalisation over dim 1 of an input of rank >= 2.
+
+    pycnn's extras (keyword-only): ``relu(batch_norm(input) + residual)`` in one kernel, with
+    ``residual`` (input's shape) and ``relu`` each optional: a ResNet block's end.
 
     training=True normalises with the batch statistics and, when running_mean/running_var are
     given, updates them in place with `momentum` (running_var with the unbiased variance).
@@ -168,8 +172,8 @@ def batch_norm(input: Tensor, running_mean: Optional[Tensor], running_var: Optio
     if isinstance(momentum, bool) or not isinstance(momentum, (int, float)):
         raise TypeError(f"{op}: momentum must be a float, got {momentum!r} (torch.nn.functional.batch_norm "
                         "takes a number too; nn.BatchNorm2d(momentum=None) is the cumulative average)")
-    if input.dim() == 1 and input.numel() == 0:  # torch returns an empty result (its OpInfo samples this)
-        _check_batch_norm_eps(op, eps, training)
+    if input.dim() == 1 and input.numel() == 0 and residual is None and not relu:  # torch returns an empty
+        _check_batch_norm_eps(op, eps, training)                                     # result (its OpInfo samples this)
         return input.clone()
     if input.dim() < 2:
         raise ValueError(f"{op}: input must have at least 2 dimensions (N, C, ...), got shape {tuple(input.shape)}")
@@ -181,7 +185,7 @@ def batch_norm(input: Tensor, running_mean: Optional[Tensor], running_var: Optio
     elif running_mean is None or running_var is None:
         raise ValueError(f"{op}: running_mean and running_var are required when training=False")
     y, _, _ = native.run("batch_norm", input, running_mean, running_var, weight, bias, bool(training),
-                         float(momentum), float(eps))
+                         float(momentum), float(eps), residual, bool(relu))
     return y
 
 

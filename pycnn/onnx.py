@@ -80,7 +80,7 @@ def translation_table() -> Dict[Callable, Callable]:
         # With output_shape given, kernel_shape only sets a default size that output_shape overrides.
         return op.MaxUnpool(x, flat, shape, kernel_shape=[1, 1], strides=[1, 1])
 
-    def batch_norm_forward(x, running_mean, running_var, weight, bias, training, eps):
+    def batch_norm_forward(x, running_mean, running_var, weight, bias, training, eps, residual=None, relu=False):
         channels = op.Slice(op.Shape(x), i64([1]), i64([2]))
         if weight is None:
             weight = op.Expand(op.CastLike(op.Constant(value_float=1.0), x), channels)
@@ -95,12 +95,17 @@ def translation_table() -> Dict[Callable, Callable]:
         else:  # new values: the exporter names each node output, and these are graph inputs
             mean, var = op.Identity(running_mean), op.Identity(running_var)
         y = op.BatchNormalization(x, weight, bias, mean, var, epsilon=eps)
+        if residual is not None:
+            y = op.Add(y, residual)
+        if relu:
+            y = op.Relu(y)
         invstd = op.Reciprocal(op.Sqrt(op.Add(var, op.CastLike(op.Constant(value_float=eps), var))))
         return y, mean, invstd, var
 
-    def batch_norm(x, running_mean, running_var, weight, bias, training, momentum, eps):
+    def batch_norm(x, running_mean, running_var, weight, bias, training, momentum, eps, residual=None, relu=False):
         # The running-statistics update is a training-time side effect, not part of the model.
-        y, mean, invstd, _ = batch_norm_forward(x, running_mean, running_var, weight, bias, training, eps)
+        y, mean, invstd, _ = batch_norm_forward(x, running_mean, running_var, weight, bias, training, eps,
+                                                residual, relu)
         return y, mean, invstd
 
     def linear(x, weight, bias):
@@ -181,7 +186,7 @@ def _ts_max_unpool2d(g, x, indices, output_size):
     return g.op("MaxUnpool", x, flat, shape, kernel_shape_i=[1, 1], strides_i=[1, 1])
 
 
-def _ts_batch_norm_core(g, x, running_mean, running_var, weight, bias, training, eps):
+def _ts_batch_norm_core(g, x, running_mean, running_var, weight, bias, training, eps, residual, relu):
     channels = g.op("Slice", g.op("Shape", x), _ts_ints(g, [1]), _ts_ints(g, [2]))
     like = lambda value: g.op("CastLike", g.op("Constant", value_t=torch.tensor(value)), x)  # noqa: E731
     weight = g.op("Expand", like(1.0), channels) if _sh._is_none(weight) else weight
@@ -202,18 +207,22 @@ def _ts_batch_norm_core(g, x, running_mean, running_var, weight, bias, training,
     else:
         mean, var = running_mean, running_var
     y = g.op("BatchNormalization", x, weight, bias, mean, var, epsilon_f=eps)
+    if not _sh._is_none(residual):
+        y = g.op("Add", y, residual)
+    if relu:
+        y = g.op("Relu", y)
     invstd = g.op("Reciprocal", g.op("Sqrt", g.op("Add", var, g.op("CastLike", g.op("Constant", value_t=torch.tensor(eps)), var))))
     return y, mean, invstd, var
 
 
-@_sh.parse_args("v", "v", "v", "v", "v", "i", "f")
-def _ts_batch_norm_forward(g, x, running_mean, running_var, weight, bias, training, eps):
-    return _ts_batch_norm_core(g, x, running_mean, running_var, weight, bias, training, eps)
+@_sh.parse_args("v", "v", "v", "v", "v", "i", "f", "v", "i")
+def _ts_batch_norm_forward(g, x, running_mean, running_var, weight, bias, training, eps, residual, relu):
+    return _ts_batch_norm_core(g, x, running_mean, running_var, weight, bias, training, eps, residual, relu)
 
 
-@_sh.parse_args("v", "v", "v", "v", "v", "i", "f", "f")
-def _ts_batch_norm(g, x, running_mean, running_var, weight, bias, training, momentum, eps):
-    return _ts_batch_norm_core(g, x, running_mean, running_var, weight, bias, training, eps)[:3]
+@_sh.parse_args("v", "v", "v", "v", "v", "i", "f", "f", "v", "i")
+def _ts_batch_norm(g, x, running_mean, running_var, weight, bias, training, momentum, eps, residual, relu):
+    return _ts_batch_norm_core(g, x, running_mean, running_var, weight, bias, training, eps, residual, relu)[:3]
 
 
 @_sh.parse_args("v", "v", "v")

@@ -211,3 +211,115 @@ def test_batch_norm_backward_op_bad_input():
     with pytest.raises(ValueError, match="save_mean must have shape"):
         torch.ops.pycnn.batch_norm_backward(torch.randn(4, 3, 5), x, None, torch.zeros(2), torch.ones(3), True,
                                             [True, True, True])
+
+
+# ---- fused with the residual add and ReLU (a ResNet block's end) --------------------------------
+
+FUSED_SHAPES = [(4, 3, 7), (3, 5, 66), (4, 3, 5, 6), (2, 9, 9, 10), (2, 8, 4099)]
+
+
+@pytest.mark.parametrize("shape", FUSED_SHAPES)
+@pytest.mark.parametrize("residual", [True, False])
+@pytest.mark.parametrize("training", [True, False])
+def test_fused_residual_relu_matches_torch(shape, residual, training):
+    inputs = _inputs(shape, running=True, affine=True, seed=3)
+    r = torch.randn(shape, generator=torch.Generator().manual_seed(4)) if residual else None
+
+    def ours(x, rm, rv, w, b, r):
+        return PF.batch_norm(x, rm, rv, w, b, training, 0.1, 1e-5, residual=r, relu=True), rm, rv
+
+    def ref(x, rm, rv, w, b, r):
+        y = F.batch_norm(x, rm, rv, w, b, training, 0.1, 1e-5)
+        return F.relu(y + r if r is not None else y), rm, rv
+
+    check_op(ours, ref, inputs + [r], grad=_grad(inputs) + [residual])
+
+
+def test_fused_residual_without_relu_and_its_gradient():
+    x, rm, rv, w, b = _inputs((3, 4, 5, 5), seed=5)
+    r = torch.randn(3, 4, 5, 5)
+    check_op(lambda x, w, b, r: PF.batch_norm(x, None, None, w, b, True, residual=r),
+             lambda x, w, b, r: F.batch_norm(x, None, None, w, b, True) + r, [x, w, b, r])
+
+
+def test_fused_relu_passes_nan_like_torch():
+    x = torch.randn(2, 3, 4, 4, dtype=torch.float64)
+    r = torch.zeros_like(x)
+    r[0, 1, 2, 3] = float("nan")
+    x.requires_grad_(True)
+    r.requires_grad_(True)
+    y = PF.batch_norm(x, None, None, None, None, True, residual=r, relu=True)
+    x2, r2 = x.detach().clone().requires_grad_(True), r.detach().clone().requires_grad_(True)
+    y2 = F.relu(F.batch_norm(x2, None, None, None, None, True) + r2)
+    torch.testing.assert_close(y, y2, equal_nan=True)
+    g = torch.randn_like(y)
+    torch.testing.assert_close(torch.autograd.grad(y, r, g)[0], torch.autograd.grad(y2, r2, g)[0], equal_nan=True)
+
+
+def test_fused_non_contiguous_and_channels_last():
+    x = torch.randn(3, 6, 8, 9).to(memory_format=torch.channels_last)
+    r = torch.randn(3, 9, 8, 6).permute(0, 3, 2, 1)  # non-contiguous, same shape as x
+    w, b = torch.randn(6), torch.randn(6)
+    check_op(lambda x, r, w, b: PF.batch_norm(x, None, None, w, b, True, residual=r, relu=True),
+             lambda x, r, w, b: F.relu(F.batch_norm(x, None, None, w, b, True) + r), [x, r, w, b])
+    y = PF.batch_norm(x, None, None, w, b, True, residual=r, relu=True)
+    assert y.is_contiguous(memory_format=torch.channels_last)  # the input's layout, as torch keeps it
+
+
+def test_fused_gradcheck_and_opcheck():
+    g = torch.Generator().manual_seed(8)
+    x, r = (torch.randn(2, 3, 4, 5, generator=g, dtype=torch.float64, requires_grad=True) for _ in range(2))
+    w = torch.rand(3, generator=g, dtype=torch.float64, requires_grad=True)
+    assert gradcheck(lambda x, r, w: PF.batch_norm(x, None, None, w, None, True, residual=r, relu=True), (x, r, w))
+    xd, rd, wd = x.detach(), r.detach(), w.detach()
+    torch.library.opcheck(torch.ops.pycnn.batch_norm_forward.default, (xd, None, None, wd, None, True, 1e-5, rd, True))
+    y = F.relu(xd)
+    mean, invstd = xd.mean((0, 2, 3)), torch.ones(3, dtype=torch.float64)
+    torch.library.opcheck(torch.ops.pycnn.batch_norm_backward.default,
+                          (torch.randn_like(xd), xd, wd, mean, invstd, True, [True, True, False], y))
+
+
+def test_fused_bad_residual_is_a_clear_error():
+    x = torch.randn(2, 3, 4, 4)
+    with pytest.raises(ValueError, match=r"batch_norm: residual shape \(2, 3, 4, 5\) must equal input shape"):
+        PF.batch_norm(x, None, None, None, None, True, residual=torch.randn(2, 3, 4, 5))
+    with pytest.raises(TypeError, match="batch_norm"):
+        PF.batch_norm(x, None, None, None, None, True, residual=torch.randn(2, 3, 4, 4, dtype=torch.float64))
+
+
+def test_resnet_block_fuses_only_where_nothing_can_tell():
+    """BasicBlock runs BN + add + ReLU as one kernel on the eager path: same values and gradients
+    as its torch twin; with a hook on a ReLU (or a torch-function mode) it runs layer by layer so
+    the hook sees the ReLU."""
+    import copy
+    import pycnn.models as models
+    import pycnn.nn as pnn
+    from pycnn._ops import native
+    torch.manual_seed(0)
+    model = models.get("resnet", in_channels=3, num_classes=4, image_size=8, depth=8).double().train()
+    twin = pnn.to_torch(copy.deepcopy(model))
+    x = torch.randn(3, 3, 8, 8, dtype=torch.float64)
+    calls = []
+    original = native.call
+    try:
+        native.call = lambda name, *a: (calls.append((name, *a[-3:-1])), original(name, *a))[1]
+        out = model(x)
+    finally:
+        native.call = original
+    applies = [(residual != 0, act) for name, residual, act in calls if name == "batch_norm_apply"]
+    # stem (its ReLU is a separate module of a Sequential), then per block: BN + ReLU fused,
+    # BN + shortcut + ReLU fused, and (stages 2, 3) the shortcut's own BN
+    assert applies == [(False, False), (False, True), (True, True), (False, True), (False, False), (True, True),
+                       (False, True), (False, False), (True, True)]
+    out.sum().backward()
+    twin(x).sum().backward()
+    for (name, p), q in zip(model.named_parameters(), twin.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-10, atol=1e-10, msg=name)
+    seen = []
+    block = model[3]
+    handle = block.relu2.register_forward_hook(lambda m, i, o: seen.append(o))
+    try:
+        torch.testing.assert_close(model(x), twin(x), rtol=1e-10, atol=1e-10)
+    finally:
+        handle.remove()
+    assert len(seen) == 1  # unfused: the ReLU module ran and its hook saw it

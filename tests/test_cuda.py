@@ -290,6 +290,15 @@ def test_batch_norm_train_matches_torch(shape, affine):
              lambda x, w, b: F.batch_norm(x, None, None, w, b, True), [x, w, b], device=DEV)
 
 
+@pytest.mark.parametrize("shape", BN_SHAPES)
+def test_batch_norm_fused_residual_relu_matches_torch(shape):
+    C = shape[1]
+    x, r = rand(*shape, seed=9) * 3 + 5, rand(*shape, seed=10) * 4
+    check_op(lambda x, r, w: PF.batch_norm(x, None, None, w, None, True, residual=r, relu=True),
+             lambda x, r, w: F.relu(F.batch_norm(x, None, None, w, None, True) + r), [x, r, rand(C, seed=7)],
+             device=DEV)
+
+
 def test_batch_norm_empty_batch_like_cpu():
     """Statistics of no values are 0 (the CPU kernel's and the emulator's answer), not 0 / 0."""
     from pycnn import _C_cuda

@@ -204,6 +204,13 @@ def test_max_unpool2d_bad_index_is_reported_by_the_kernel_flag(cuda):
 
 
 @pytest.mark.parametrize("shape", gpu.BN_SHAPES)
+def test_batch_norm_fused_cases(cuda, shape):
+    x, r = rand(*shape, seed=9) * 3 + 5, rand(*shape, seed=10) * 4
+    check_op(lambda x, r, w: PF.batch_norm(x, None, None, w, None, True, residual=r, relu=True),
+             lambda x, r, w: F.relu(F.batch_norm(x, None, None, w, None, True) + r), [x, r, rand(shape[1], seed=7)])
+
+
+@pytest.mark.parametrize("shape", gpu.BN_SHAPES)
 def test_batch_norm_cases(cuda, shape):
     C = shape[1]
     x = rand(*shape, seed=9) * 3 + 5
@@ -267,6 +274,9 @@ def _tour(emu):
     rm, rv = rand(5, seed=11), rand(5, seed=12).abs() + 0.5
     check_op(lambda x: PF.batch_norm(x, rm, rv, None, None, False), lambda x: F.batch_norm(x, rm, rv, None, None, False),
              [rand(3, 5, 40, seed=9)], dtypes=f64)
+    check_op(lambda x, r: PF.batch_norm(x, None, None, None, None, True, residual=r, relu=True),
+             lambda x, r: F.relu(F.batch_norm(x, None, None, None, None, True) + r),
+             [rand(3, 5, 40, seed=9), rand(3, 5, 40, seed=10)], dtypes=f64)
     check_op(PF.linear, F.linear, [rand(70, 9, seed=1), rand(5, 9, seed=2), rand(5, seed=3)], dtypes=f64)
     _detection_and_restoration_tour(emu)
 

@@ -86,10 +86,27 @@ PYCNN_ALWAYS_INLINE void block_grad_sums_body(const T* x, const T* gy, int64_t n
   *sum_gy_xm = fold_lanes(b) + tb;
 }
 
-// y = (x - mean) * scale + shift   (x - mean first: exact when |mean| >> std)
+// ReLU as torch computes it: NaN passes through (NaN < 0 is false).
 template <typename T>
-PYCNN_ALWAYS_INLINE void block_affine_body(const T* x, int64_t n, T mean, T scale, T shift, T* y) {
-  for (int64_t i = 0; i < n; ++i) y[i] = (x[i] - mean) * scale + shift;
+PYCNN_ALWAYS_INLINE T relu(T v) {
+  return v < T(0) ? T(0) : v;
+}
+
+// y = (x - mean) * scale + shift   (x - mean first: exact when |mean| >> std), then optionally
+// + r (a residual) and ReLU: ResNet's "BN, add the shortcut, ReLU" in one pass over memory.
+// One loop per case, so each stays a plain loop the compiler vectorises.
+template <typename T>
+PYCNN_ALWAYS_INLINE void block_affine_body(const T* x, const T* r, bool act, int64_t n, T mean, T scale,
+                                           T shift, T* y) {
+  if (r && act) {
+    for (int64_t i = 0; i < n; ++i) y[i] = relu((x[i] - mean) * scale + shift + r[i]);
+  } else if (r) {
+    for (int64_t i = 0; i < n; ++i) y[i] = (x[i] - mean) * scale + shift + r[i];
+  } else if (act) {
+    for (int64_t i = 0; i < n; ++i) y[i] = relu((x[i] - mean) * scale + shift);
+  } else {
+    for (int64_t i = 0; i < n; ++i) y[i] = (x[i] - mean) * scale + shift;
+  }
 }
 
 // gx = (gy - gy_mean) * k_gy + (x - mean) * k_x; with k_x == 0 (eval) x is not read.
@@ -110,8 +127,8 @@ PYCNN_ALWAYS_INLINE void block_grad_input_body(const T* x, const T* gy, int64_t 
 PYCNN_BN_VARIANT(block_moments, (const T* x, int64_t n, T* mean, T* m2), (x, n, mean, m2))
 PYCNN_BN_VARIANT(block_grad_sums, (const T* x, const T* gy, int64_t n, T mean, T* sg, T* sgx),
                  (x, gy, n, mean, sg, sgx))
-PYCNN_BN_VARIANT(block_affine, (const T* x, int64_t n, T mean, T scale, T shift, T* y),
-                 (x, n, mean, scale, shift, y))
+PYCNN_BN_VARIANT(block_affine, (const T* x, const T* r, bool act, int64_t n, T mean, T scale, T shift, T* y),
+                 (x, r, act, n, mean, scale, shift, y))
 PYCNN_BN_VARIANT(block_grad_input,
                  (const T* x, const T* gy, int64_t n, T mean, T gy_mean, T k_gy, T k_x, T* gx),
                  (x, gy, n, mean, gy_mean, k_gy, k_x, gx))
@@ -121,7 +138,7 @@ template <typename T>
 struct BlockKernels {
   void (*moments)(const T*, int64_t, T*, T*);
   void (*grad_sums)(const T*, const T*, int64_t, T, T*, T*);
-  void (*affine)(const T*, int64_t, T, T, T, T*);
+  void (*affine)(const T*, const T*, bool, int64_t, T, T, T, T*);
   void (*grad_input)(const T*, const T*, int64_t, T, T, T, T, T*);
 };
 
@@ -234,7 +251,8 @@ void batch_norm_stats(int64_t N, int64_t C, int64_t S, const T* x, T* mean, T* v
 
 template <typename T>
 void batch_norm_apply(int64_t N, int64_t C, int64_t S, const T* x, const T* mean,
-                      const T* invstd, const T* weight, const T* bias, T* y) {
+                      const T* invstd, const T* weight, const T* bias, const T* residual, bool act,
+                      T* y) {
   if (N * C * S == 0) return;
   advise_huge_pages(y, size_t(N * C * S) * sizeof(T));
   std::vector<T> scale(C), shift(C);
@@ -251,7 +269,8 @@ void batch_norm_apply(int64_t N, int64_t C, int64_t S, const T* x, const T* mean
       for (int64_t t = t0; t < t1; ++t) {
         const int64_t b = t % nb, row = t / nb, c = row % C;
         const int64_t off = row * S + b * kBlock;
-        k.affine(x + off, block_len(S, b), mean[c], scale[c], shift[c], y + off);
+        k.affine(x + off, residual ? residual + off : nullptr, act, block_len(S, b), mean[c], scale[c],
+                 shift[c], y + off);
       }
     });
     return;
@@ -266,8 +285,25 @@ void batch_norm_apply(int64_t N, int64_t C, int64_t S, const T* x, const T* mean
   parallel_for(N, grain_for(CS), [&](int64_t n0, int64_t n1) {
     for (int64_t n = n0; n < n1; ++n) {
       const T* xr = x + n * CS;
+      const T* rr = residual ? residual + n * CS : nullptr;
       T* yr = y + n * CS;
       for (int64_t j = 0; j < CS; ++j) yr[j] = (xr[j] - col_mean[j]) * col_scale[j] + col_shift[j];
+      if (rr)
+        for (int64_t j = 0; j < CS; ++j) yr[j] += rr[j];
+      if (act)
+        for (int64_t j = 0; j < CS; ++j) yr[j] = relu(yr[j]);
+    }
+  });
+}
+
+// The gradient through a fused ReLU: gy where the output y is positive, else 0 (torch's
+// threshold_backward: y <= 0 gives 0, so a NaN output passes the gradient on).
+template <typename T>
+void relu_backward(int64_t total, const T* gy, const T* y, T* out) {
+  parallel_for(total, kGrainElems, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) {
+      const T g = gy[i];  // read unconditionally: a select the compiler vectorises, not a branch
+      out[i] = y[i] <= T(0) ? T(0) : g;
     }
   });
 }
@@ -453,7 +489,8 @@ void batch_norm_backward(int64_t N, int64_t C, int64_t S, const T* x, const T* g
 #define PYCNN_INSTANTIATE(T)                                                                   \
   template void batch_norm_stats<T>(int64_t, int64_t, int64_t, const T*, T*, T*);              \
   template void batch_norm_apply<T>(int64_t, int64_t, int64_t, const T*, const T*, const T*,   \
-                                    const T*, const T*, T*);                                   \
+                                    const T*, const T*, const T*, bool, T*);                   \
+  template void relu_backward<T>(int64_t, const T*, const T*, T*);                             \
   template void batch_norm_backward<T>(int64_t, int64_t, int64_t, const T*, const T*,          \
                                        const T*, const T*, const T*, bool, T*, T*, T*);
 PYCNN_INSTANTIATE(float)

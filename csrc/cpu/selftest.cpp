@@ -226,8 +226,8 @@ void check_pool(const char* isa) {
 }
 
 template <typename T>
-void check_batch_norm(const char* isa) {
-  const int64_t N = 3, C = 5, S = 37;
+void check_batch_norm(const char* isa, int64_t S) {
+  const int64_t N = 3, C = 5;
   const auto x = random_vector<T>(size_t(N * C * S), 21);
   std::vector<T> mean(C), var(C), invstd(C), y(x.size());
   ops<T>().batch_norm_stats(N, C, S, x.data(), mean.data(), var.data());
@@ -244,10 +244,23 @@ void check_batch_norm(const char* isa) {
       for (int64_t i = 0; i < S; ++i)
         ry[size_t((n * C + c) * S + i)] = (x[size_t((n * C + c) * S + i)] - double(mean[c])) * double(invstd[c]);
   }
-  ops<T>().batch_norm_apply(N, C, S, x.data(), mean.data(), invstd.data(), nullptr, nullptr, y.data());
-  expect_close<T>(std::string(isa) + " batch_norm mean", mean, rmean);
-  expect_close<T>(std::string(isa) + " batch_norm var", var, rvar);
-  expect_close<T>(std::string(isa) + " batch_norm apply", y, ry);
+  ops<T>().batch_norm_apply(N, C, S, x.data(), mean.data(), invstd.data(), nullptr, nullptr, nullptr, false,
+                            y.data());
+  const std::string name = std::string(isa) + " batch_norm S=" + std::to_string(S);
+  expect_close<T>(name + " mean", mean, rmean);
+  expect_close<T>(name + " var", var, rvar);
+  expect_close<T>(name + " apply", y, ry);
+  // Fused with a residual and ReLU (ResNet's block end), and the ReLU's gradient.
+  const auto r = random_vector<T>(x.size(), 22), gy = random_vector<T>(x.size(), 23);
+  std::vector<double> rfused(x.size()), rgrad(x.size());
+  std::vector<T> g(x.size());
+  for (size_t i = 0; i < x.size(); ++i) rfused[i] = std::max(0.0, ry[i] + double(r[i]));
+  ops<T>().batch_norm_apply(N, C, S, x.data(), mean.data(), invstd.data(), nullptr, nullptr, r.data(), true,
+                            y.data());
+  expect_close<T>(name + " apply + residual + relu", y, rfused);
+  ops<T>().relu_backward(int64_t(x.size()), gy.data(), y.data(), g.data());
+  for (size_t i = 0; i < x.size(); ++i) rgrad[i] = y[i] > T(0) ? double(gy[i]) : 0.0;
+  expect_close<T>(name + " relu_backward", g, rgrad);
 }
 
 template <typename T>
@@ -388,7 +401,8 @@ void check_all(const char* isa) {
   check_gemm<T>(isa);
   check_convs<T>(isa);
   check_pool<T>(isa);
-  check_batch_norm<T>(isa);
+  check_batch_norm<T>(isa, 37);  // short rows: the column path
+  check_batch_norm<T>(isa, 70);  // the row path
   check_linear<T>(isa);
   check_roi<T>(isa);
 }

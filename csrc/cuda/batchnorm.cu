@@ -66,17 +66,29 @@ bn_stats_kernel(I N, I C, I S, const T* __restrict__ x, T* __restrict__ mean, T*
   }
 }
 
+// y = BN(x) [+ residual] [then ReLU]: the residual add and ReLU of a ResNet block fused in.
 template <typename T, typename I>
 __global__ void bn_apply_kernel(I C, I S, I total, const T* __restrict__ x, const T* __restrict__ mean,
                                 const T* __restrict__ invstd, const T* __restrict__ weight,
-                                const T* __restrict__ bias, T* __restrict__ y) {
+                                const T* __restrict__ bias, const T* __restrict__ residual, bool act,
+                                T* __restrict__ y) {
   for (I idx = I(blockIdx.x) * blockDim.x + threadIdx.x; idx < total; idx += I(gridDim.x) * blockDim.x) {
     const I c = (idx / S) % C;
     T v = (x[idx] - mean[c]) * invstd[c];
     if (weight) v *= weight[c];
     if (bias) v += bias[c];
+    if (residual) v += residual[idx];
+    if (act && v < T(0)) v = T(0);  // NaN passes, as in torch.relu
     y[idx] = v;
   }
+}
+
+// The gradient through the fused ReLU: torch's threshold_backward (y <= 0 gives 0).
+template <typename T, typename I>
+__global__ void relu_backward_kernel(I total, const T* __restrict__ gy, const T* __restrict__ y,
+                                     T* __restrict__ out) {
+  for (I idx = I(blockIdx.x) * blockDim.x + threadIdx.x; idx < total; idx += I(gridDim.x) * blockDim.x)
+    out[idx] = y[idx] <= T(0) ? T(0) : gy[idx];
 }
 
 template <typename T, typename I>
@@ -142,14 +154,26 @@ void batch_norm_stats(Stream stream, int64_t N, int64_t C, int64_t S, const T* x
 
 template <typename T>
 void batch_norm_apply(Stream stream, int64_t N, int64_t C, int64_t S, const T* x, const T* mean,
-                      const T* invstd, const T* weight, const T* bias, T* y) {
+                      const T* invstd, const T* weight, const T* bias, const T* residual, bool act, T* y) {
   const int64_t total = N * C * S;
   if (total == 0) return;
   if (fits_int32(total))
-    PYCNN_LAUNCH(grid_for(total), kThreads, stream, bn_apply_kernel<T, int32_t>)(int32_t(C), int32_t(S), int32_t(total), x, mean, invstd, weight, bias, y);
+    PYCNN_LAUNCH(grid_for(total), kThreads, stream, bn_apply_kernel<T, int32_t>)(
+        int32_t(C), int32_t(S), int32_t(total), x, mean, invstd, weight, bias, residual, act, y);
   else
-    PYCNN_LAUNCH(grid_for(total), kThreads, stream, bn_apply_kernel<T, int64_t>)(C, S, total, x, mean, invstd, weight, bias, y);
+    PYCNN_LAUNCH(grid_for(total), kThreads, stream, bn_apply_kernel<T, int64_t>)(
+        C, S, total, x, mean, invstd, weight, bias, residual, act, y);
   check_launch("batch_norm");
+}
+
+template <typename T>
+void relu_backward(Stream stream, int64_t total, const T* gy, const T* y, T* out) {
+  if (total == 0) return;
+  if (fits_int32(total))
+    PYCNN_LAUNCH(grid_for(total), kThreads, stream, relu_backward_kernel<T, int32_t>)(int32_t(total), gy, y, out);
+  else
+    PYCNN_LAUNCH(grid_for(total), kThreads, stream, relu_backward_kernel<T, int64_t>)(total, gy, y, out);
+  check_launch("batch_norm_backward");
 }
 
 template <typename T>
@@ -169,7 +193,8 @@ void batch_norm_backward(Stream stream, int64_t N, int64_t C, int64_t S, const T
 #define PYCNN_INSTANTIATE(T)                                                                       \
   template void batch_norm_stats<T>(Stream, int64_t, int64_t, int64_t, const T*, T*, T*);          \
   template void batch_norm_apply<T>(Stream, int64_t, int64_t, int64_t, const T*, const T*,         \
-                                    const T*, const T*, const T*, T*);                             \
+                                    const T*, const T*, const T*, const T*, bool, T*);             \
+  template void relu_backward<T>(Stream, int64_t, const T*, const T*, T*);                         \
   template void batch_norm_backward<T>(Stream, int64_t, int64_t, int64_t, const T*, const T*,      \
                                        const T*, const T*, const T*, bool, T*, T*, T*);
 PYCNN_INSTANTIATE(float)

@@ -196,10 +196,17 @@ PYBIND11_MODULE(_C_cuda, m) {
   }, nogil);
   m.def("batch_norm_apply", [](uintptr_t stream, int dt, int64_t N, int64_t C, int64_t S, uintptr_t x,
                                uintptr_t mean, uintptr_t invstd, uintptr_t w, uintptr_t b,
-                               uintptr_t y) {
+                               uintptr_t residual, bool act, uintptr_t y) {
     dispatch(dt, "batch_norm", [&](auto tag) {
       PYCNN_T;
-      cuda::batch_norm_apply<T>(st(stream), N, C, S, p<T>(x), p<T>(mean), p<T>(invstd), p<T>(w), p<T>(b), p<T>(y));
+      cuda::batch_norm_apply<T>(st(stream), N, C, S, p<T>(x), p<T>(mean), p<T>(invstd), p<T>(w), p<T>(b),
+                                p<T>(residual), act, p<T>(y));
+    });
+  }, nogil);
+  m.def("relu_backward", [](uintptr_t stream, int dt, int64_t total, uintptr_t gy, uintptr_t y, uintptr_t out) {
+    dispatch(dt, "batch_norm_backward", [&](auto tag) {
+      PYCNN_T;
+      cuda::relu_backward<T>(st(stream), total, p<T>(gy), p<T>(y), p<T>(out));
     });
   }, nogil);
   m.def("batch_norm_backward", [](uintptr_t stream, int dt, int64_t N, int64_t C, int64_t S, uintptr_t x,

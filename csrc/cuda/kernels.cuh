@@ -103,7 +103,9 @@ void batch_norm_stats(Stream stream, int64_t N, int64_t C, int64_t S, const T* x
 template <typename T>
 void batch_norm_apply(Stream stream, int64_t N, int64_t C, int64_t S, const T* x, const T* mean,
                       const T* invstd, const T* weight /*nullable*/, const T* bias /*nullable*/,
-                      T* y);
+                      const T* residual /*nullable*/, bool act, T* y);
+template <typename T>
+void relu_backward(Stream stream, int64_t total, const T* gy, const T* y, T* out);
 template <typename T>
 void batch_norm_backward(Stream stream, int64_t N, int64_t C, int64_t S, const T* x, const T* gy,
                          const T* mean, const T* invstd, const T* weight /*nullable*/,

@@ -11,6 +11,10 @@ torch.nn.functional.batch_norm does). So the work is split in two:
   ``Tensor(b!)? running_var``, registered as CompositeImplicitAutograd: it calls the
   functional op and then updates the running statistics (elementwise glue on [C] vectors).
   Autograd, fake tensors and torch.compile see through it to the functional op.
+
+Both take an optional ``residual`` and a ``relu`` flag: y = relu(BN(x) + residual), ResNet's
+block end, in the one pass over memory that writes y (and, backward, one pass for the ReLU's
+mask instead of a separate add, ReLU and threshold_backward with their fresh tensors).
 """
 from __future__ import annotations
 
@@ -59,8 +63,13 @@ def _check_dtypes(op: str, x: Tensor, **params) -> None:
 
 
 def _check(x: Tensor, running_mean: Optional[Tensor], running_var: Optional[Tensor], weight: Optional[Tensor],
-           bias: Optional[Tensor], training: bool) -> None:
+           bias: Optional[Tensor], training: bool, residual: Optional[Tensor] = None) -> None:
     native.check_tensor(OP, "input", x)
+    native.check_tensor(OP, "residual", residual, optional=True)
+    if residual is not None:
+        if residual.shape != x.shape:
+            raise ValueError(f"{OP}: residual shape {tuple(residual.shape)} must equal input shape {tuple(x.shape)}")
+        native.check_float_tensors(OP, input=x, residual=residual)
     if x.dim() < 2:
         raise ValueError(f"{OP}: input must have at least 2 dimensions (N, C, ...), got shape {tuple(x.shape)}")
     for name, t in (("running_mean", running_mean), ("running_var", running_var), ("weight", weight),
@@ -86,11 +95,14 @@ def _check(x: Tensor, running_mean: Optional[Tensor], running_var: Optional[Tens
 @native.custom_op("batch_norm_forward")
 def batch_norm_forward(x: Tensor, running_mean: Optional[Tensor], running_var: Optional[Tensor],
                        weight: Optional[Tensor], bias: Optional[Tensor], training: bool,
-                       eps: float) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
-    """(y, mean, invstd, biased var): batch statistics when training, running ones otherwise."""
-    _check(x, running_mean, running_var, weight, bias, training)
+                       eps: float, residual: Optional[Tensor] = None,
+                       relu: bool = False) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(y, mean, invstd, biased var): batch statistics when training, running ones otherwise;
+    y = relu(BN(x) + residual) with the optional parts."""
+    _check(x, running_mean, running_var, weight, bias, training, residual)
     layout = native.output_format(x)  # y (and the input gradient) keep the input's layout
     x = x.contiguous()
+    residual = None if residual is None else residual.contiguous()
     weight = None if weight is None else weight.contiguous()
     bias = None if bias is None else bias.contiguous()
     N, C, S = _split(x)
@@ -104,24 +116,31 @@ def batch_norm_forward(x: Tensor, running_mean: Optional[Tensor], running_var: O
     y = torch.empty_like(x, memory_format=torch.contiguous_format)
     if y.numel():
         native.call("batch_norm_apply", x, N, C, S, native.ptr(x), native.ptr(mean), native.ptr(invstd),
-                    native.ptr(weight), native.ptr(bias), native.ptr(y))
+                    native.ptr(weight), native.ptr(bias), native.ptr(residual), bool(relu), native.ptr(y))
     return native.in_format(y, layout), mean, invstd, var
 
 
 @batch_norm_forward.register_fake
-def _(x, running_mean, running_var, weight, bias, training, eps):
-    _check(x, running_mean, running_var, weight, bias, training)
+def _(x, running_mean, running_var, weight, bias, training, eps, residual=None, relu=False):
+    _check(x, running_mean, running_var, weight, bias, training, residual)
     C = x.shape[1]
     return native.empty(x, x.shape, native.output_format(x)), x.new_empty(C), x.new_empty(C), x.new_empty(C)
 
 
-def _check_backward(grad_out: Tensor, x: Tensor, weight: Optional[Tensor], mean: Tensor, invstd: Tensor) -> None:
+def _check_backward(grad_out: Tensor, x: Tensor, weight: Optional[Tensor], mean: Tensor, invstd: Tensor,
+                    relu_output: Optional[Tensor] = None) -> None:
     op = "batch_norm_backward"
     native.check_tensor(op, "input", x)
     native.check_tensor(op, "grad_out", grad_out)
+    native.check_tensor(op, "relu_output", relu_output, optional=True)
     if x.dim() < 2 or grad_out.shape != x.shape:
         raise ValueError(f"{op}: grad_out shape {tuple(grad_out.shape)} must equal input shape {tuple(x.shape)} "
                          "(rank >= 2)")
+    if relu_output is not None:
+        if relu_output.shape != x.shape:
+            raise ValueError(f"{op}: relu_output shape {tuple(relu_output.shape)} must equal input shape "
+                             f"{tuple(x.shape)}")
+        native.check_float_tensors(op, input=x, relu_output=relu_output)
     native.check_float_tensors(op, input=x, grad_out=grad_out, save_mean=mean, save_invstd=invstd)
     _check_dtypes(op, x, weight=weight)
     for name, t in (("weight", weight), ("save_mean", mean), ("save_invstd", invstd)):
@@ -131,11 +150,22 @@ def _check_backward(grad_out: Tensor, x: Tensor, weight: Optional[Tensor], mean:
 
 @native.custom_op("batch_norm_backward")
 def batch_norm_backward(grad_out: Tensor, x: Tensor, weight: Optional[Tensor], save_mean: Tensor,
-                        save_invstd: Tensor, training: bool, output_mask: List[bool]) -> List[Tensor]:
-    """Gradients (input, weight, bias); an unwanted one comes back as an empty tensor."""
-    _check_backward(grad_out, x, weight, save_mean, save_invstd)
+                        save_invstd: Tensor, training: bool, output_mask: List[bool],
+                        relu_output: Optional[Tensor] = None) -> List[Tensor]:
+    """Gradients (input, weight, bias, and the gradient behind the fused ReLU: that of the
+    residual); an unwanted or absent one comes back as an empty tensor. ``relu_output``: the
+    forward's y when it ended in a ReLU (its mask), else None."""
+    _check_backward(grad_out, x, weight, save_mean, save_invstd, relu_output)
     layout = native.output_format(x)
     grad_out, x = grad_out.contiguous(), x.contiguous()
+    g_act = x.new_empty(0)
+    if relu_output is not None:  # through the ReLU first: that is also the residual's gradient
+        relu_output = relu_output.contiguous()
+        g_act = torch.empty_like(x, memory_format=torch.contiguous_format)
+        if g_act.numel():
+            native.call("relu_backward", x, g_act.numel(), native.ptr(grad_out), native.ptr(relu_output),
+                        native.ptr(g_act))
+        grad_out = g_act
     weight = None if weight is None else weight.contiguous()
     save_mean, save_invstd = save_mean.contiguous(), save_invstd.contiguous()
     N, C, S = _split(x)
@@ -146,38 +176,47 @@ def batch_norm_backward(grad_out: Tensor, x: Tensor, weight: Optional[Tensor], s
         native.call("batch_norm_backward", x, N, C, S, native.ptr(x), native.ptr(grad_out), native.ptr(save_mean),
                     native.ptr(save_invstd), native.ptr(weight), bool(training), native.ptr(gx), native.ptr(gw),
                     native.ptr(gb))
-    return [native.in_format(gx, layout) if output_mask[0] else gx, gw, gb]
+    return [native.in_format(gx, layout) if output_mask[0] else gx, gw, gb,
+            native.in_format(g_act, layout) if relu_output is not None else g_act]
 
 
 @batch_norm_backward.register_fake
-def _(grad_out, x, weight, save_mean, save_invstd, training, output_mask):
-    _check_backward(grad_out, x, weight, save_mean, save_invstd)
+def _(grad_out, x, weight, save_mean, save_invstd, training, output_mask, relu_output=None):
+    _check_backward(grad_out, x, weight, save_mean, save_invstd, relu_output)
     C = x.shape[1]
     return [native.empty(x, x.shape, native.output_format(x)) if output_mask[0] else x.new_empty(0),
             x.new_empty(C) if output_mask[1] else x.new_empty(0),
-            x.new_empty(C) if output_mask[2] else x.new_empty(0)]
+            x.new_empty(C) if output_mask[2] else x.new_empty(0),
+            native.empty(x, x.shape, native.output_format(x)) if relu_output is not None else x.new_empty(0)]
 
 
 def _setup_context(ctx, inputs, output):
-    x, _, _, weight, bias, training, _ = inputs
-    _, mean, invstd, var = output
-    ctx.save_for_backward(x, weight, mean, invstd)
+    x, _, _, weight, bias, training, _ = inputs[:7]
+    residual, relu = (inputs[7:] + (None, False))[:2]
+    y, mean, invstd, var = output
+    ctx.save_for_backward(x, weight, mean, invstd, y if relu else None)
     ctx.training = training
     ctx.has_weight = weight is not None
     ctx.has_bias = bias is not None
+    ctx.has_residual = residual is not None
     # The statistics are returned for the running-stat update and for inspection, not as a
     # differentiable function of the input.
     ctx.mark_non_differentiable(mean, invstd, var)
 
 
 def _backward(ctx, grad_out, _g_mean, _g_invstd, _g_var):
-    x, weight, mean, invstd = ctx.saved_tensors
+    x, weight, mean, invstd, relu_output = ctx.saved_tensors
     mask = [ctx.needs_input_grad[0], ctx.has_weight and ctx.needs_input_grad[3],
             ctx.has_bias and ctx.needs_input_grad[4]]
-    if grad_out is None or not any(mask):
-        return None, None, None, None, None, None, None
-    gx, gw, gb = native.run("batch_norm_backward", grad_out, x, weight, mean, invstd, ctx.training, mask)
-    return (gx if mask[0] else None, None, None, gw if mask[1] else None, gb if mask[2] else None, None, None)
+    want_residual = ctx.has_residual and len(ctx.needs_input_grad) > 7 and ctx.needs_input_grad[7]
+    if grad_out is None or not (any(mask) or want_residual):
+        return None, None, None, None, None, None, None, None, None
+    if any(mask) or relu_output is not None:
+        gx, gw, gb, g_act = native.run("batch_norm_backward", grad_out, x, weight, mean, invstd, ctx.training, mask,
+                                       relu_output)
+    g_residual = (g_act if relu_output is not None else grad_out) if want_residual else None
+    return (gx if mask[0] else None, None, None, gw if mask[1] else None, gb if mask[2] else None, None, None,
+            g_residual, None)
 
 
 native.register_autograd("batch_norm_forward", _backward, _setup_context)
@@ -187,20 +226,23 @@ native.register_autograd("batch_norm_forward", _backward, _setup_context)
 
 _lib = torch.library.Library("pycnn", "FRAGMENT")
 _lib.define("batch_norm(Tensor input, Tensor(a!)? running_mean, Tensor(b!)? running_var, Tensor? weight, "
-            "Tensor? bias, bool training, float momentum, float eps) -> (Tensor, Tensor, Tensor)")
+            "Tensor? bias, bool training, float momentum, float eps, Tensor? residual=None, bool relu=False) "
+            "-> (Tensor, Tensor, Tensor)")
 
 
 def _batch_norm(x: Tensor, running_mean: Optional[Tensor], running_var: Optional[Tensor], weight: Optional[Tensor],
                 bias: Optional[Tensor], training: bool, momentum: float,
-                eps: float) -> Tuple[Tensor, Tensor, Tensor]:
+                eps: float, residual: Optional[Tensor] = None, relu: bool = False) -> Tuple[Tensor, Tensor, Tensor]:
     """(y, save_mean, save_invstd); when training, updates running_mean/running_var in place like
-    torch: running = (1 - momentum) * running + momentum * batch (the variance unbiased, n / (n - 1))."""
-    _check(x, running_mean, running_var, weight, bias, training)
+    torch: running = (1 - momentum) * running + momentum * batch (the variance unbiased, n / (n - 1)).
+    y = relu(BN(x) + residual) with the optional parts."""
+    _check(x, running_mean, running_var, weight, bias, training, residual)
     check_eps(OP, eps, training)
     check_running_stats_grad(OP, running_mean, running_var)
     if training:
         # The running stats are not read in training; passing None keeps them out of autograd.
-        y, mean, invstd, var = native.run("batch_norm_forward", x, None, None, weight, bias, True, eps)
+        y, mean, invstd, var = native.run("batch_norm_forward", x, None, None, weight, bias, True, eps, residual,
+                                          relu)
         N, _, S = _split(x)
         n = N * S
         if running_mean is not None and n > 0:  # torch leaves them alone for an empty batch
@@ -209,7 +251,7 @@ def _batch_norm(x: Tensor, running_mean: Optional[Tensor], running_var: Optional
                 running_var.mul_(1.0 - momentum).add_(var, alpha=momentum * n / (n - 1))
     else:
         y, mean, invstd, _ = native.run("batch_norm_forward", x, running_mean, running_var, weight, bias,
-                                        False, eps)
+                                        False, eps, residual, relu)
     return y, mean, invstd
 
 

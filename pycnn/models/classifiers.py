@@ -108,9 +108,10 @@ class BasicBlock(nn.Module):
             self.shortcut = nn.Identity()
 
     def forward(self, x):
-        y = self.relu1(self.bn1(self.conv1(x)))
-        y = self.bn2(self.conv2(y))
-        return self.relu2(y + self.shortcut(x))
+        # relu(bn(.)) and relu(bn(.) + shortcut) as single pycnn kernels where nothing can tell the
+        # difference (no hooks, eager; see pnn.batch_norm_add_relu), else layer by layer.
+        y = pnn.batch_norm_add_relu(self.bn1, self.conv1(x), relu=self.relu1)
+        return pnn.batch_norm_add_relu(self.bn2, self.conv2(y), residual=self.shortcut(x), relu=self.relu2)
 
 
 def resnet(in_channels: int = 3, num_classes: int = 10, image_size: Size = 32, depth: int = 20,

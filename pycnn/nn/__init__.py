@@ -14,9 +14,9 @@ from pycnn.nn.convert import ConversionSummary, convert, summary, to_torch
 from pycnn.nn.normalize import Normalize, normalized
 from pycnn.nn.modules import (BatchNorm2d, Conv2d, ConvTranspose2d, DepthwiseConv2d, GlobalAvgPool2d, Linear,
                               MaxPool2d, MaxUnpool2d, PartialConv2d, PixelShuffle,
-                              SeparableConv2d)
+                              SeparableConv2d, batch_norm_add_relu)
 
 __all__ = ["Conv2d", "ConvTranspose2d", "MaxPool2d", "MaxUnpool2d", "BatchNorm2d", "DepthwiseConv2d",
            "SeparableConv2d", "PartialConv2d", "Linear", "GlobalAvgPool2d", "PixelShuffle", "convert", "to_torch", "summary", "ConversionSummary",
-           "Normalize", "normalized",
+           "Normalize", "normalized", "batch_norm_add_relu",
            "ReLU", "Flatten", "Sequential", "Identity", "Dropout", "Module", "ModuleList"]

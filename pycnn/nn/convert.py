@@ -27,7 +27,7 @@ _TO_PYCNN = {
 }
 _TO_TORCH = {v: k for k, v in _TO_PYCNN.items()}
 _TO_TORCH[M.DepthwiseConv2d] = nn.Conv2d  # same state as Conv2d(groups=in_channels)
-_PYCNN_TYPES = tuple(getattr(M, name) for name in M.__all__)
+_PYCNN_TYPES = tuple(t for t in (getattr(M, name) for name in M.__all__) if isinstance(t, type))
 
 
 @dataclasses.dataclass(frozen=True)

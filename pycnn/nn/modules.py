@@ -16,7 +16,8 @@ from torch import Tensor, nn
 import pycnn.functional as PF
 
 __all__ = ["Conv2d", "ConvTranspose2d", "MaxPool2d", "MaxUnpool2d", "BatchNorm2d", "Linear",
-           "DepthwiseConv2d", "SeparableConv2d", "GlobalAvgPool2d", "PixelShuffle", "PartialConv2d"]
+           "DepthwiseConv2d", "SeparableConv2d", "GlobalAvgPool2d", "PixelShuffle", "PartialConv2d",
+           "batch_norm_add_relu"]
 
 
 class Conv2d(nn.Conv2d):
@@ -70,6 +71,11 @@ class BatchNorm2d(nn.BatchNorm2d):
     """
 
     def forward(self, input: Tensor) -> Tensor:
+        return self.normalize(input)
+
+    def normalize(self, input: Tensor, residual: Optional[Tensor] = None, relu: bool = False) -> Tensor:
+        """forward's computation, optionally followed by ``+ residual`` and ReLU in the same kernel
+        (no hooks run: see ``batch_norm_add_relu``, which calls this only when none are set)."""
         self._check_input_dim(input)
         factor = 0.0 if self.momentum is None else self.momentum
         if self.training and self.track_running_stats and self.num_batches_tracked is not None:
@@ -79,7 +85,39 @@ class BatchNorm2d(nn.BatchNorm2d):
         # Running stats are passed (and updated) only while they are being tracked.
         keep = not self.training or self.track_running_stats
         return PF.batch_norm(input, self.running_mean if keep else None, self.running_var if keep else None,
-                            self.weight, self.bias, use_batch_stats, factor, self.eps)
+                            self.weight, self.bias, use_batch_stats, factor, self.eps, residual=residual, relu=relu)
+
+
+_GLOBAL_HOOKS = ("_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks",
+                 "_global_backward_pre_hooks")
+_MODULE_HOOKS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
+
+
+def _hooked(*modules) -> bool:
+    import torch.nn.modules.module as m
+    return (any(getattr(m, name, None) for name in _GLOBAL_HOOKS)
+            or any(getattr(mod, name, None) for mod in modules for name in _MODULE_HOOKS))
+
+
+def batch_norm_add_relu(bn: nn.Module, input: Tensor, residual: Optional[Tensor] = None,
+                        relu: Optional[nn.Module] = None) -> Tensor:
+    """``relu(bn(input) + residual)``, residual and relu optional: the end of a ResNet block.
+
+    One pycnn kernel pass (``BatchNorm2d.normalize``) when nothing could tell it from the separate
+    layers: ``bn`` is pycnn's BatchNorm2d and ``relu`` an ``nn.ReLU``, none of them has a hook (nor
+    is a global module hook set), the shapes and dtypes match, and the eager fast path applies (no
+    tracing, torch.compile, autocast, profiler, or torch-function mode such as the viz tools' ReLU
+    override). Otherwise the layers run one by one, so hooks, to_torch copies, exports and
+    guided backprop see every step. Same numbers either way (up to the rounding of the add)."""
+    from pycnn._ops import native
+    if (type(bn) is BatchNorm2d and (relu is None or type(relu) is nn.ReLU) and not _hooked(bn, relu)
+            and (residual is None or (residual.shape == input.shape and residual.dtype == input.dtype))
+            and native.fast_path_applies((input, residual))):
+        return bn.normalize(input, residual=residual, relu=relu is not None)
+    y = bn(input)
+    if residual is not None:
+        y = y + residual
+    return relu(y) if relu is not None else y
 
 
 class Linear(nn.Linear):
