@@ -201,19 +201,22 @@ PYBIND11_MODULE(_C, m) {
                                      p<T>(residual), act, p<T>(y));
     });
   }, nogil);
-  m.def("relu_backward", [](int dt, int64_t total, uintptr_t gy, uintptr_t y, uintptr_t out) {
-    dispatch(dt, "batch_norm_backward", [&](auto tag) {
+  m.def("batch_norm_update_running", [](int dt, int64_t C, uintptr_t mean, uintptr_t var, double momentum,
+                                        double unbias, uintptr_t running_mean, uintptr_t running_var) {
+    dispatch(dt, "batch_norm", [&](auto tag) {
       PYCNN_T;
-      cpu::ops<T>().relu_backward(total, p<T>(gy), p<T>(y), p<T>(out));
+      cpu::ops<T>().batch_norm_update_running(C, p<T>(mean), p<T>(var), momentum, unbias, p<T>(running_mean),
+                                              p<T>(running_var));
     });
-  }, nogil);
+  });
+
   m.def("batch_norm_backward", [](int dt, int64_t N, int64_t C, int64_t S, uintptr_t x,
-                                  uintptr_t gy, uintptr_t mean, uintptr_t invstd, uintptr_t w,
-                                  bool training, uintptr_t gx, uintptr_t gw, uintptr_t gb) {
+                                  uintptr_t gy, uintptr_t y, uintptr_t mean, uintptr_t invstd, uintptr_t w,
+                                  bool training, uintptr_t gx, uintptr_t gw, uintptr_t gb, uintptr_t ga) {
     dispatch(dt, "batch_norm_backward", [&](auto tag) {
       PYCNN_T;
-      cpu::ops<T>().batch_norm_backward(N, C, S, p<T>(x), p<T>(gy), p<T>(mean), p<T>(invstd), p<T>(w),
-                                  training, p<T>(gx), p<T>(gw), p<T>(gb));
+      cpu::ops<T>().batch_norm_backward(N, C, S, p<T>(x), p<T>(gy), p<T>(y), p<T>(mean), p<T>(invstd), p<T>(w),
+                                        training, p<T>(gx), p<T>(gw), p<T>(gb), p<T>(ga));
     });
   }, nogil);
 

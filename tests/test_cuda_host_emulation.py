@@ -277,6 +277,11 @@ def _tour(emu):
     check_op(lambda x, r: PF.batch_norm(x, None, None, None, None, True, residual=r, relu=True),
              lambda x, r: F.relu(F.batch_norm(x, None, None, None, None, True) + r),
              [rand(3, 5, 40, seed=9), rand(3, 5, 40, seed=10)], dtypes=f64)
+    run_ours, run_ref = (rm.clone(), rv.clone()), (rm.clone(), rv.clone())  # the running-statistics update
+    check_op(lambda x: PF.batch_norm(x, *run_ours, None, None, True), lambda x: F.batch_norm(x, *run_ref, None, None, True),
+             [rand(3, 5, 40, seed=9)], dtypes=f64)
+    for ours, ref in zip(run_ours, run_ref):
+        torch.testing.assert_close(ours, ref)
     check_op(PF.linear, F.linear, [rand(70, 9, seed=1), rand(5, 9, seed=2), rand(5, seed=3)], dtypes=f64)
     _detection_and_restoration_tour(emu)
 

@@ -92,6 +92,49 @@ PYCNN_ALWAYS_INLINE T relu(T v) {
   return v < T(0) ? T(0) : v;
 }
 
+// The gradient behind a fused ReLU whose output is y: torch's threshold_backward (y <= 0 gives 0,
+// so a NaN output passes the gradient on). gy is read unconditionally: a select the compiler
+// vectorises, not a branch.
+template <typename T>
+PYCNN_ALWAYS_INLINE T relu_grad(T gy, T y) {
+  return y <= T(0) ? T(0) : gy;
+}
+
+// The same sums over the gradient behind a fused ReLU (output y), storing that gradient in ga
+// when ga is given (the residual's gradient).
+template <typename T>
+PYCNN_ALWAYS_INLINE void block_grad_sums_relu_body(const T* x, const T* gy, const T* y, T* ga, int64_t n,
+                                                   T mean, T* sum_gy, T* sum_gy_xm) {
+  constexpr int L = kLanes<T>;
+  T a[L] = {}, b[L] = {};
+  int64_t i = 0;
+  if (ga) {
+    for (; i + L <= n; i += L)
+      for (int j = 0; j < L; ++j) {
+        const T g = relu_grad(gy[i + j], y[i + j]);
+        ga[i + j] = g;
+        a[j] += g;
+        b[j] += g * (x[i + j] - mean);
+      }
+  } else {
+    for (; i + L <= n; i += L)
+      for (int j = 0; j < L; ++j) {
+        const T g = relu_grad(gy[i + j], y[i + j]);
+        a[j] += g;
+        b[j] += g * (x[i + j] - mean);
+      }
+  }
+  T ta = 0, tb = 0;
+  for (; i < n; ++i) {
+    const T g = relu_grad(gy[i], y[i]);
+    if (ga) ga[i] = g;
+    ta += g;
+    tb += g * (x[i] - mean);
+  }
+  *sum_gy = fold_lanes(a) + ta;
+  *sum_gy_xm = fold_lanes(b) + tb;
+}
+
 // y = (x - mean) * scale + shift   (x - mean first: exact when |mean| >> std), then optionally
 // + r (a residual) and ReLU: ResNet's "BN, add the shortcut, ReLU" in one pass over memory.
 // One loop per case, so each stays a plain loop the compiler vectorises.
@@ -120,6 +163,13 @@ PYCNN_ALWAYS_INLINE void block_grad_input_body(const T* x, const T* gy, int64_t 
   }
 }
 
+// block_grad_input with the gradient behind a fused ReLU (output y) recomputed on the fly.
+template <typename T>
+PYCNN_ALWAYS_INLINE void block_grad_input_relu_body(const T* x, const T* gy, const T* y, int64_t n, T mean,
+                                                    T gy_mean, T k_gy, T k_x, T* gx) {
+  for (int64_t i = 0; i < n; ++i) gx[i] = (relu_grad(gy[i], y[i]) - gy_mean) * k_gy + (x[i] - mean) * k_x;
+}
+
 #define PYCNN_BN_VARIANT(name, params, args) \
   template <typename T>            \
   void name params { name##_body<T> args; }
@@ -132,6 +182,11 @@ PYCNN_BN_VARIANT(block_affine, (const T* x, const T* r, bool act, int64_t n, T m
 PYCNN_BN_VARIANT(block_grad_input,
                  (const T* x, const T* gy, int64_t n, T mean, T gy_mean, T k_gy, T k_x, T* gx),
                  (x, gy, n, mean, gy_mean, k_gy, k_x, gx))
+PYCNN_BN_VARIANT(block_grad_sums_relu, (const T* x, const T* gy, const T* y, T* ga, int64_t n, T mean, T* sg, T* sgx),
+                 (x, gy, y, ga, n, mean, sg, sgx))
+PYCNN_BN_VARIANT(block_grad_input_relu,
+                 (const T* x, const T* gy, const T* y, int64_t n, T mean, T gy_mean, T k_gy, T k_x, T* gx),
+                 (x, gy, y, n, mean, gy_mean, k_gy, k_x, gx))
 #undef PYCNN_BN_VARIANT
 
 template <typename T>
@@ -140,13 +195,15 @@ struct BlockKernels {
   void (*grad_sums)(const T*, const T*, int64_t, T, T*, T*);
   void (*affine)(const T*, const T*, bool, int64_t, T, T, T, T*);
   void (*grad_input)(const T*, const T*, int64_t, T, T, T, T, T*);
+  void (*grad_sums_relu)(const T*, const T*, const T*, T*, int64_t, T, T*, T*);
+  void (*grad_input_relu)(const T*, const T*, const T*, int64_t, T, T, T, T, T*);
 };
 
 template <typename T>
 const BlockKernels<T>& block_kernels() {
   static const BlockKernels<T> k =
-     BlockKernels<T>{block_moments<T>, block_grad_sums<T>,
-                            block_affine<T>, block_grad_input<T>};
+     BlockKernels<T>{block_moments<T>, block_grad_sums<T>, block_affine<T>, block_grad_input<T>,
+                     block_grad_sums_relu<T>, block_grad_input_relu<T>};
   return k;
 }
 
@@ -296,16 +353,16 @@ void batch_norm_apply(int64_t N, int64_t C, int64_t S, const T* x, const T* mean
   });
 }
 
-// The gradient through a fused ReLU: gy where the output y is positive, else 0 (torch's
-// threshold_backward: y <= 0 gives 0, so a NaN output passes the gradient on).
+// running = (1 - momentum) * running + momentum * batch statistic (the variance times `unbias`,
+// n / (n - 1)), computed in double: torch.nn.BatchNorm's update, in one call instead of four
+// tensor ops whose dispatch costs more than the arithmetic.
 template <typename T>
-void relu_backward(int64_t total, const T* gy, const T* y, T* out) {
-  parallel_for(total, kGrainElems, [&](int64_t i0, int64_t i1) {
-    for (int64_t i = i0; i < i1; ++i) {
-      const T g = gy[i];  // read unconditionally: a select the compiler vectorises, not a branch
-      out[i] = y[i] <= T(0) ? T(0) : g;
-    }
-  });
+void batch_norm_update_running(int64_t C, const T* mean, const T* var, double momentum, double unbias,
+                               T* running_mean, T* running_var) {
+  for (int64_t c = 0; c < C; ++c) {
+    running_mean[c] = T((1.0 - momentum) * double(running_mean[c]) + momentum * double(mean[c]));
+    running_var[c] = T((1.0 - momentum) * double(running_var[c]) + momentum * unbias * double(var[c]));
+  }
 }
 
 // ---- backward -----------------------------------------------------------------------------
@@ -316,6 +373,9 @@ void relu_backward(int64_t total, const T* gy, const T* y, T* out) {
 //             = (gy - gb / M) * k_gy + (x - mean) * k_x,  k_gy = w invstd,
 //                                                         k_x = -w invstd^3 sum gy (x - mean) / M
 //   eval:     gx = gy * w * invstd  (mean and invstd are constants)
+// After a fused ReLU with output y, gy above is the gradient behind it, relu_grad(gy, y): masked
+// while the sums are read (and stored as ga, the residual's gradient, when asked for), then
+// either re-masked on the fly or read back from ga for gx: no separate pass over memory.
 
 namespace {
 
@@ -331,11 +391,18 @@ ChannelGradCoefs grad_coefs(double sum_gy, double sum_gy_xm, double count, doubl
 }
 
 template <typename T>
-void backward_rows(int64_t N, int64_t C, int64_t S, const T* x, const T* gy, const T* mean,
-                   const T* invstd, const T* weight, bool training, T* gx, T* gw, T* gb) {
+void backward_rows(int64_t N, int64_t C, int64_t S, const T* x, const T* gy, const T* y, const T* mean,
+                   const T* invstd, const T* weight, bool training, T* gx, T* gw, T* gb, T* ga) {
   const auto& k = block_kernels<T>();
   const int64_t nb = blocks_per_row(S);
-  const bool need_sums = (gx && training) || gw || gb;
+  const bool need_sums = (gx && training) || gw || gb || ga;
+  // The sums of one block (element offset off), through the ReLU when there is one.
+  auto block_sums = [&](int64_t off, int64_t len, T m, T* sa, T* sb) {
+    if (y)
+      k.grad_sums_relu(x + off, gy + off, y + off, ga ? ga + off : nullptr, len, m, sa, sb);
+    else
+      k.grad_sums(x + off, gy + off, len, m, sa, sb);
+  };
   const double count = double(N * S);
 
   auto finish_channel = [&](int64_t c, double sum_gy, double sum_gy_xm) {
@@ -346,8 +413,12 @@ void backward_rows(int64_t N, int64_t C, int64_t S, const T* x, const T* gy, con
   };
   auto grad_input_block = [&](int64_t n, int64_t c, int64_t blk, const ChannelGradCoefs& g) {
     const int64_t off = (n * C + c) * S + blk * kBlock;
-    k.grad_input(x + off, gy + off, block_len(S, blk), mean[c], T(g.gy_mean), T(g.k_gy),
-                 T(g.k_x), gx + off);
+    if (y && !ga)
+      k.grad_input_relu(x + off, gy + off, y + off, block_len(S, blk), mean[c], T(g.gy_mean), T(g.k_gy),
+                        T(g.k_x), gx + off);
+    else  // ga holds the masked gradient (stored by the sums' pass)
+      k.grad_input(x + off, (ga ? ga : gy) + off, block_len(S, blk), mean[c], T(g.gy_mean), T(g.k_gy),
+                   T(g.k_x), gx + off);
   };
 
   if (gx) advise_huge_pages(gx, size_t(N * C * S) * sizeof(T));
@@ -371,8 +442,7 @@ void backward_rows(int64_t N, int64_t C, int64_t S, const T* x, const T* gy, con
             for (int64_t c = cb; c < ce; ++c)
               for (int64_t blk = 0; blk < nb; ++blk) {
                 T sa, sb;
-                const int64_t off = (n * C + c) * S + blk * kBlock;
-                k.grad_sums(x + off, gy + off, block_len(S, blk), mean[c], &sa, &sb);
+                block_sums((n * C + c) * S + blk * kBlock, block_len(S, blk), mean[c], &sa, &sb);
                 sum_gy[c - cb] += double(sa);
                 sum_gy_xm[c - cb] += double(sb);
               }
@@ -393,8 +463,8 @@ void backward_rows(int64_t N, int64_t C, int64_t S, const T* x, const T* gy, con
     std::vector<T> tile_a(tiles), tile_b(tiles);
     parallel_for(tiles, grain, [&](int64_t t0, int64_t t1) {
       for (int64_t t = t0; t < t1; ++t) {
-        const int64_t row = t / nb, blk = t % nb, off = row * S + blk * kBlock;
-        k.grad_sums(x + off, gy + off, block_len(S, blk), mean[row % C], &tile_a[t], &tile_b[t]);
+        const int64_t row = t / nb, blk = t % nb;
+        block_sums(row * S + blk * kBlock, block_len(S, blk), mean[row % C], &tile_a[t], &tile_b[t]);
       }
     });
     for (int64_t c = 0; c < C; ++c) {
@@ -469,9 +539,9 @@ void backward_columns(int64_t N, int64_t C, int64_t S, const T* x, const T* gy, 
 }  // namespace
 
 template <typename T>
-void batch_norm_backward(int64_t N, int64_t C, int64_t S, const T* x, const T* gy,
+void batch_norm_backward(int64_t N, int64_t C, int64_t S, const T* x, const T* gy, const T* y,
                          const T* mean, const T* invstd, const T* weight, bool training, T* gx,
-                         T* gw, T* gb) {
+                         T* gw, T* gb, T* ga) {
   if (C <= 0) return;
   if (N * S == 0) {  // empty reduction: zero parameter gradients, gx is empty
     for (int64_t c = 0; c < C; ++c) {
@@ -481,18 +551,25 @@ void batch_norm_backward(int64_t N, int64_t C, int64_t S, const T* x, const T* g
     return;
   }
   if (S >= kMinRow)
-    backward_rows(N, C, S, x, gy, mean, invstd, weight, training, gx, gw, gb);
-  else
-    backward_columns(N, C, S, x, gy, mean, invstd, weight, training, gx, gw, gb);
+    return backward_rows(N, C, S, x, gy, y, mean, invstd, weight, training, gx, gw, gb, ga);
+  if (y) {  // short rows (small data): the gradient behind the ReLU first, then as without one
+    std::vector<T> masked(ga ? 0 : size_t(N * C * S));
+    T* g = ga ? ga : masked.data();
+    parallel_for(N * C * S, kGrainElems, [&](int64_t i0, int64_t i1) {
+      for (int64_t i = i0; i < i1; ++i) g[i] = relu_grad(gy[i], y[i]);
+    });
+    return backward_columns(N, C, S, x, static_cast<const T*>(g), mean, invstd, weight, training, gx, gw, gb);
+  }
+  backward_columns(N, C, S, x, gy, mean, invstd, weight, training, gx, gw, gb);
 }
 
 #define PYCNN_INSTANTIATE(T)                                                                   \
   template void batch_norm_stats<T>(int64_t, int64_t, int64_t, const T*, T*, T*);              \
   template void batch_norm_apply<T>(int64_t, int64_t, int64_t, const T*, const T*, const T*,   \
                                     const T*, const T*, const T*, bool, T*);                   \
-  template void relu_backward<T>(int64_t, const T*, const T*, T*);                             \
-  template void batch_norm_backward<T>(int64_t, int64_t, int64_t, const T*, const T*,          \
-                                       const T*, const T*, const T*, bool, T*, T*, T*);
+  template void batch_norm_update_running<T>(int64_t, const T*, const T*, double, double, T*, T*); \
+  template void batch_norm_backward<T>(int64_t, int64_t, int64_t, const T*, const T*, const T*, \
+                                       const T*, const T*, const T*, bool, T*, T*, T*, T*);
 PYCNN_INSTANTIATE(float)
 PYCNN_INSTANTIATE(double)
 #undef PYCNN_INSTANTIATE

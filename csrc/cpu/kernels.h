@@ -36,7 +36,7 @@ struct Ops {
   decltype(&api::batch_norm_stats<T>) batch_norm_stats;
   decltype(&api::batch_norm_apply<T>) batch_norm_apply;
   decltype(&api::batch_norm_backward<T>) batch_norm_backward;
-  decltype(&api::relu_backward<T>) relu_backward;
+  decltype(&api::batch_norm_update_running<T>) batch_norm_update_running;
   decltype(&api::linear_forward<T>) linear_forward;
   decltype(&api::linear_backward<T>) linear_backward;
   decltype(&api::roi_align_forward<T>) roi_align_forward;

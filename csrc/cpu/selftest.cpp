@@ -250,17 +250,51 @@ void check_batch_norm(const char* isa, int64_t S) {
   expect_close<T>(name + " mean", mean, rmean);
   expect_close<T>(name + " var", var, rvar);
   expect_close<T>(name + " apply", y, ry);
-  // Fused with a residual and ReLU (ResNet's block end), and the ReLU's gradient.
+  // Fused with a residual and ReLU (ResNet's block end), and the backward through all three.
   const auto r = random_vector<T>(x.size(), 22), gy = random_vector<T>(x.size(), 23);
-  std::vector<double> rfused(x.size()), rgrad(x.size());
-  std::vector<T> g(x.size());
+  std::vector<double> rfused(x.size()), rga(x.size()), rgx(x.size()), rgw(size_t(C), 0.0), rgb(size_t(C), 0.0);
   for (size_t i = 0; i < x.size(); ++i) rfused[i] = std::max(0.0, ry[i] + double(r[i]));
   ops<T>().batch_norm_apply(N, C, S, x.data(), mean.data(), invstd.data(), nullptr, nullptr, r.data(), true,
                             y.data());
   expect_close<T>(name + " apply + residual + relu", y, rfused);
-  ops<T>().relu_backward(int64_t(x.size()), gy.data(), y.data(), g.data());
-  for (size_t i = 0; i < x.size(); ++i) rgrad[i] = y[i] > T(0) ? double(gy[i]) : 0.0;
-  expect_close<T>(name + " relu_backward", g, rgrad);
+  const double M = double(N * S);
+  for (int64_t c = 0; c < C; ++c) {
+    double sg = 0, sgx = 0;
+    for (int64_t n = 0; n < N; ++n)
+      for (int64_t i = 0; i < S; ++i) {
+        const size_t e = size_t((n * C + c) * S + i);
+        rga[e] = y[e] > T(0) ? double(gy[e]) : 0.0;
+        sg += rga[e];
+        sgx += rga[e] * (double(x[e]) - double(mean[size_t(c)]));
+      }
+    const double is = double(invstd[size_t(c)]);
+    rgb[size_t(c)] = sg;
+    rgw[size_t(c)] = sgx * is;
+    for (int64_t n = 0; n < N; ++n)
+      for (int64_t i = 0; i < S; ++i) {
+        const size_t e = size_t((n * C + c) * S + i);
+        rgx[e] = is * (rga[e] - sg / M - (double(x[e]) - double(mean[size_t(c)])) * is * is * sgx / M);
+      }
+  }
+  for (const bool store : {true, false}) {  // the masked gradient stored (a residual's) or recomputed
+    std::vector<T> gx(x.size()), gw(static_cast<size_t>(C)), gb(static_cast<size_t>(C)), ga(store ? x.size() : 0);
+    ops<T>().batch_norm_backward(N, C, S, x.data(), gy.data(), y.data(), mean.data(), invstd.data(), nullptr, true,
+                                 gx.data(), gw.data(), gb.data(), store ? ga.data() : nullptr);
+    const std::string b = name + (store ? " backward through relu, ga stored" : " backward through relu");
+    expect_close<T>(b + " gx", gx, rgx);
+    expect_close<T>(b + " gw", gw, rgw);
+    expect_close<T>(b + " gb", gb, rgb);
+    if (store) expect_close<T>(b + " ga", ga, rga);
+  }
+  std::vector<T> rm(size_t(C), T(0.5)), rv(size_t(C), T(2));
+  std::vector<double> want_rm(static_cast<size_t>(C)), want_rv(static_cast<size_t>(C));
+  for (int64_t c = 0; c < C; ++c) {
+    want_rm[size_t(c)] = 0.9 * 0.5 + 0.1 * double(mean[size_t(c)]);
+    want_rv[size_t(c)] = 0.9 * 2.0 + 0.1 * 1.5 * double(var[size_t(c)]);
+  }
+  ops<T>().batch_norm_update_running(C, mean.data(), var.data(), 0.1, 1.5, rm.data(), rv.data());
+  expect_close<T>(name + " running mean", rm, want_rm);
+  expect_close<T>(name + " running var", rv, want_rv);
 }
 
 template <typename T>

@@ -24,7 +24,7 @@ constexpr Ops<T> ops_of() {
           &batch_norm_stats<T>,
           &batch_norm_apply<T>,
           &batch_norm_backward<T>,
-          &relu_backward<T>,
+          &batch_norm_update_running<T>,
           &linear_forward<T>,
           &linear_backward<T>,
           &roi_align_forward<T>,

@@ -83,31 +83,36 @@ __global__ void bn_apply_kernel(I C, I S, I total, const T* __restrict__ x, cons
   }
 }
 
-// The gradient through the fused ReLU: torch's threshold_backward (y <= 0 gives 0).
+
+// The gradient behind a fused ReLU with output y (null: none): torch's threshold_backward,
+// y <= 0 gives 0 (a NaN output passes the gradient on).
 template <typename T, typename I>
-__global__ void relu_backward_kernel(I total, const T* __restrict__ gy, const T* __restrict__ y,
-                                     T* __restrict__ out) {
-  for (I idx = I(blockIdx.x) * blockDim.x + threadIdx.x; idx < total; idx += I(gridDim.x) * blockDim.x)
-    out[idx] = y[idx] <= T(0) ? T(0) : gy[idx];
+__device__ __forceinline__ T relu_grad(const T* __restrict__ gy, const T* __restrict__ y, I o) {
+  const T g = gy[o];
+  return y && y[o] <= T(0) ? T(0) : g;
 }
 
+// With y (a fused ReLU's output), gy is masked as it is read, and stored in ga (the residual's
+// gradient) when ga is given.
 template <typename T, typename I>
 __global__ void __launch_bounds__(kBnThreads)
-bn_backward_kernel(I N, I C, I S, const T* __restrict__ x, const T* __restrict__ gy,
+bn_backward_kernel(I N, I C, I S, const T* __restrict__ x, const T* __restrict__ gy, const T* __restrict__ y,
                    const T* __restrict__ mean, const T* __restrict__ invstd,
                    const T* __restrict__ weight, bool training, T* __restrict__ gx,
-                   T* __restrict__ gw, T* __restrict__ gb) {
+                   T* __restrict__ gw, T* __restrict__ gb, T* __restrict__ ga) {
   using A = acc_t<T>;
   __shared__ A partial[kBnThreads / 32];
   __shared__ A sums[2];
   const A count = A(N) * A(S);
-  const bool need_sums = gw || gb || (gx && training);
+  const bool need_sums = gw || gb || (gx && training) || ga;
   for (I c = blockIdx.x; c < C; c += gridDim.x) {
     const A mu = A(mean[c]), is = A(invstd[c]);
     A sum_gy = 0, sum_dot = 0;  // sum gy, sum gy * (x - mean)
     if (need_sums) {
       for_channel(N, C, S, c, [&](I o) {
-        const A g = A(gy[o]);
+        const T gt = relu_grad(gy, y, o);
+        if (ga) ga[o] = gt;
+        const A g = A(gt);
         sum_gy += g;
         sum_dot += g * (A(x[o]) - mu);
       });
@@ -130,17 +135,38 @@ bn_backward_kernel(I N, I C, I S, const T* __restrict__ x, const T* __restrict__
         const A mean_gy = count > 0 ? sum_gy / count : A(0);
         const A proj = count > 0 ? sum_dot * is * is / count : A(0);
         for_channel(N, C, S, c, [&](I o) {
-          gx[o] = T((A(gy[o]) - mean_gy - (A(x[o]) - mu) * proj) * scale);
+          gx[o] = T((A(relu_grad(gy, y, o)) - mean_gy - (A(x[o]) - mu) * proj) * scale);
         });
       } else {  // running statistics are constants
-        for_channel(N, C, S, c, [&](I o) { gx[o] = T(A(gy[o]) * scale); });
+        for_channel(N, C, S, c, [&](I o) { gx[o] = T(A(relu_grad(gy, y, o)) * scale); });
       }
     }
     __syncthreads();  // sums[] is rewritten by the next channel
   }
 }
 
+// running = (1 - momentum) * running + momentum * batch statistic (the variance times unbias),
+// one thread per channel, in double like the CPU's.
+template <typename T>
+__global__ void bn_update_running_kernel(int64_t C, const T* __restrict__ mean, const T* __restrict__ var,
+                                         double momentum, double unbias, T* __restrict__ running_mean,
+                                         T* __restrict__ running_var) {
+  for (int64_t c = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; c < C; c += int64_t(gridDim.x) * blockDim.x) {
+    running_mean[c] = T((1.0 - momentum) * double(running_mean[c]) + momentum * double(mean[c]));
+    running_var[c] = T((1.0 - momentum) * double(running_var[c]) + momentum * unbias * double(var[c]));
+  }
+}
+
 }  // namespace
+
+template <typename T>
+void batch_norm_update_running(Stream stream, int64_t C, const T* mean, const T* var, double momentum,
+                               double unbias, T* running_mean, T* running_var) {
+  if (C == 0) return;
+  PYCNN_LAUNCH(grid_for(C), kThreads, stream, bn_update_running_kernel<T>)(C, mean, var, momentum, unbias,
+                                                                          running_mean, running_var);
+  check_launch("batch_norm");
+}
 
 template <typename T>
 void batch_norm_stats(Stream stream, int64_t N, int64_t C, int64_t S, const T* x, T* mean, T* var) {
@@ -166,37 +192,28 @@ void batch_norm_apply(Stream stream, int64_t N, int64_t C, int64_t S, const T* x
   check_launch("batch_norm");
 }
 
-template <typename T>
-void relu_backward(Stream stream, int64_t total, const T* gy, const T* y, T* out) {
-  if (total == 0) return;
-  if (fits_int32(total))
-    PYCNN_LAUNCH(grid_for(total), kThreads, stream, relu_backward_kernel<T, int32_t>)(int32_t(total), gy, y, out);
-  else
-    PYCNN_LAUNCH(grid_for(total), kThreads, stream, relu_backward_kernel<T, int64_t>)(total, gy, y, out);
-  check_launch("batch_norm_backward");
-}
 
 template <typename T>
-void batch_norm_backward(Stream stream, int64_t N, int64_t C, int64_t S, const T* x, const T* gy,
+void batch_norm_backward(Stream stream, int64_t N, int64_t C, int64_t S, const T* x, const T* gy, const T* y,
                          const T* mean, const T* invstd, const T* weight, bool training, T* gx,
-                         T* gw, T* gb) {
-  if (C == 0 || (!gx && !gw && !gb)) return;
+                         T* gw, T* gb, T* ga) {
+  if (C == 0 || (!gx && !gw && !gb && !ga)) return;
   if (fits_int32(N * C * S))
     PYCNN_LAUNCH(grid_per_item(C), kBnThreads, stream, bn_backward_kernel<T, int32_t>)(
-        int32_t(N), int32_t(C), int32_t(S), x, gy, mean, invstd, weight, training, gx, gw, gb);
+        int32_t(N), int32_t(C), int32_t(S), x, gy, y, mean, invstd, weight, training, gx, gw, gb, ga);
   else
     PYCNN_LAUNCH(grid_per_item(C), kBnThreads, stream, bn_backward_kernel<T, int64_t>)(
-        N, C, S, x, gy, mean, invstd, weight, training, gx, gw, gb);
+        N, C, S, x, gy, y, mean, invstd, weight, training, gx, gw, gb, ga);
   check_launch("batch_norm_backward");
 }
 
 #define PYCNN_INSTANTIATE(T)                                                                       \
   template void batch_norm_stats<T>(Stream, int64_t, int64_t, int64_t, const T*, T*, T*);          \
+  template void batch_norm_update_running<T>(Stream, int64_t, const T*, const T*, double, double, T*, T*); \
   template void batch_norm_apply<T>(Stream, int64_t, int64_t, int64_t, const T*, const T*,         \
                                     const T*, const T*, const T*, const T*, bool, T*);             \
-  template void relu_backward<T>(Stream, int64_t, const T*, const T*, T*);                         \
   template void batch_norm_backward<T>(Stream, int64_t, int64_t, int64_t, const T*, const T*,      \
-                                       const T*, const T*, const T*, bool, T*, T*, T*);
+                                       const T*, const T*, const T*, const T*, bool, T*, T*, T*, T*);
 PYCNN_INSTANTIATE(float)
 PYCNN_INSTANTIATE(double)
 

@@ -194,6 +194,15 @@ PYBIND11_MODULE(_C_cuda, m) {
       cuda::batch_norm_stats<T>(st(stream), N, C, S, p<T>(x), p<T>(mean), p<T>(var));
     });
   }, nogil);
+  m.def("batch_norm_update_running", [](uintptr_t stream, int dt, int64_t C, uintptr_t mean, uintptr_t var,
+                                        double momentum, double unbias, uintptr_t running_mean,
+                                        uintptr_t running_var) {
+    dispatch(dt, "batch_norm", [&](auto tag) {
+      PYCNN_T;
+      cuda::batch_norm_update_running<T>(st(stream), C, p<T>(mean), p<T>(var), momentum, unbias,
+                                         p<T>(running_mean), p<T>(running_var));
+    });
+  }, nogil);
   m.def("batch_norm_apply", [](uintptr_t stream, int dt, int64_t N, int64_t C, int64_t S, uintptr_t x,
                                uintptr_t mean, uintptr_t invstd, uintptr_t w, uintptr_t b,
                                uintptr_t residual, bool act, uintptr_t y) {
@@ -203,19 +212,14 @@ PYBIND11_MODULE(_C_cuda, m) {
                                 p<T>(residual), act, p<T>(y));
     });
   }, nogil);
-  m.def("relu_backward", [](uintptr_t stream, int dt, int64_t total, uintptr_t gy, uintptr_t y, uintptr_t out) {
-    dispatch(dt, "batch_norm_backward", [&](auto tag) {
-      PYCNN_T;
-      cuda::relu_backward<T>(st(stream), total, p<T>(gy), p<T>(y), p<T>(out));
-    });
-  }, nogil);
+
   m.def("batch_norm_backward", [](uintptr_t stream, int dt, int64_t N, int64_t C, int64_t S, uintptr_t x,
-                                  uintptr_t gy, uintptr_t mean, uintptr_t invstd, uintptr_t w,
-                                  bool training, uintptr_t gx, uintptr_t gw, uintptr_t gb) {
+                                  uintptr_t gy, uintptr_t y, uintptr_t mean, uintptr_t invstd, uintptr_t w,
+                                  bool training, uintptr_t gx, uintptr_t gw, uintptr_t gb, uintptr_t ga) {
     dispatch(dt, "batch_norm_backward", [&](auto tag) {
       PYCNN_T;
-      cuda::batch_norm_backward<T>(st(stream), N, C, S, p<T>(x), p<T>(gy), p<T>(mean), p<T>(invstd), p<T>(w),
-                                  training, p<T>(gx), p<T>(gw), p<T>(gb));
+      cuda::batch_norm_backward<T>(st(stream), N, C, S, p<T>(x), p<T>(gy), p<T>(y), p<T>(mean), p<T>(invstd),
+                                   p<T>(w), training, p<T>(gx), p<T>(gw), p<T>(gb), p<T>(ga));
     });
   }, nogil);
 

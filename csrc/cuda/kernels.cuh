@@ -100,17 +100,20 @@ void max_unpool2d_backward(Stream stream, int64_t planes, int64_t in_size, int64
 // ---- batchnorm.cu: x viewed as [N, C, S] ------------------------------------------------------
 template <typename T>
 void batch_norm_stats(Stream stream, int64_t N, int64_t C, int64_t S, const T* x, T* mean, T* var);
+// running = (1 - momentum) * running + momentum * batch (var scaled by unbias = n / (n - 1)).
+template <typename T>
+void batch_norm_update_running(Stream stream, int64_t C, const T* mean, const T* var, double momentum,
+                               double unbias, T* running_mean, T* running_var);
 template <typename T>
 void batch_norm_apply(Stream stream, int64_t N, int64_t C, int64_t S, const T* x, const T* mean,
                       const T* invstd, const T* weight /*nullable*/, const T* bias /*nullable*/,
                       const T* residual /*nullable*/, bool act, T* y);
-template <typename T>
-void relu_backward(Stream stream, int64_t total, const T* gy, const T* y, T* out);
+
 template <typename T>
 void batch_norm_backward(Stream stream, int64_t N, int64_t C, int64_t S, const T* x, const T* gy,
-                         const T* mean, const T* invstd, const T* weight /*nullable*/,
-                         bool training, T* gx /*nullable*/, T* gw /*nullable*/,
-                         T* gb /*nullable*/);
+                         const T* y /*nullable: a fused ReLU's output*/, const T* mean, const T* invstd,
+                         const T* weight /*nullable*/, bool training, T* gx /*nullable*/, T* gw /*nullable*/,
+                         T* gb /*nullable*/, T* ga /*nullable: the gradient behind the ReLU*/);
 
 // ---- linear.cu: x [M, K], w [N, K], y [M, N] --------------------------------------------------
 template <typename T>

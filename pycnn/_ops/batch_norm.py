@@ -18,6 +18,7 @@ mask instead of a separate add, ReLU and threshold_backward with their fresh ten
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import List, Optional, Tuple
 
@@ -62,8 +63,30 @@ def _check_dtypes(op: str, x: Tensor, **params) -> None:
         native.check_float_tensors(op, input=x, **given)
 
 
+def _plain_cpu(x, params, same_shape) -> bool:
+    """The common eager call in a few attribute reads: plain CPU tensors of one kernel dtype, 1-D
+    ``params`` of C = x.shape[1] elements, ``same_shape`` tensors of x's shape. False sends the
+    call through the full checks, which accept or name the problem (they cost ~15 us a call)."""
+    if type(x) not in native._PLAIN or not x.is_cpu or x.dtype not in native._DTYPE_CODE or x.dim() < 2:
+        return False
+    dtype, C = x.dtype, x.shape[1]
+    for t in params:
+        if t is not None and (type(t) not in native._PLAIN or not t.is_cpu or t.dtype is not dtype
+                              or t.dim() != 1 or t.shape[0] != C):
+            return False
+    for t in same_shape:
+        if t is not None and (type(t) not in native._PLAIN or not t.is_cpu or t.dtype is not dtype
+                              or t.shape != x.shape):
+            return False
+    return True
+
+
 def _check(x: Tensor, running_mean: Optional[Tensor], running_var: Optional[Tensor], weight: Optional[Tensor],
            bias: Optional[Tensor], training: bool, residual: Optional[Tensor] = None) -> None:
+    if (_plain_cpu(x, (running_mean, running_var, weight, bias), (residual,))
+            and (running_mean is None) == (running_var is None) and (training or running_mean is not None)
+            and not (training and x.numel() <= x.shape[1])):
+        return
     native.check_tensor(OP, "input", x)
     native.check_tensor(OP, "residual", residual, optional=True)
     if residual is not None:
@@ -129,6 +152,8 @@ def _(x, running_mean, running_var, weight, bias, training, eps, residual=None, 
 
 def _check_backward(grad_out: Tensor, x: Tensor, weight: Optional[Tensor], mean: Tensor, invstd: Tensor,
                     relu_output: Optional[Tensor] = None) -> None:
+    if mean is not None and invstd is not None and _plain_cpu(x, (weight, mean, invstd), (grad_out, relu_output)):
+        return
     op = "batch_norm_backward"
     native.check_tensor(op, "input", x)
     native.check_tensor(op, "grad_out", grad_out)
@@ -154,30 +179,31 @@ def batch_norm_backward(grad_out: Tensor, x: Tensor, weight: Optional[Tensor], s
                         relu_output: Optional[Tensor] = None) -> List[Tensor]:
     """Gradients (input, weight, bias, and the gradient behind the fused ReLU: that of the
     residual); an unwanted or absent one comes back as an empty tensor. ``relu_output``: the
-    forward's y when it ended in a ReLU (its mask), else None."""
+    forward's y when it ended in a ReLU (its mask), else None. ``output_mask``: which of the
+    first three are wanted, and optionally a fourth entry for the one behind the ReLU (default:
+    wanted when there is a ReLU). The kernel masks grad_out as it reads it: no pass of its own."""
     _check_backward(grad_out, x, weight, save_mean, save_invstd, relu_output)
+    want_act = _wants_act(output_mask, relu_output)
     layout = native.output_format(x)
     grad_out, x = grad_out.contiguous(), x.contiguous()
-    g_act = x.new_empty(0)
-    if relu_output is not None:  # through the ReLU first: that is also the residual's gradient
-        relu_output = relu_output.contiguous()
-        g_act = torch.empty_like(x, memory_format=torch.contiguous_format)
-        if g_act.numel():
-            native.call("relu_backward", x, g_act.numel(), native.ptr(grad_out), native.ptr(relu_output),
-                        native.ptr(g_act))
-        grad_out = g_act
+    relu_output = None if relu_output is None else relu_output.contiguous()
     weight = None if weight is None else weight.contiguous()
     save_mean, save_invstd = save_mean.contiguous(), save_invstd.contiguous()
     N, C, S = _split(x)
     gx = torch.empty_like(x, memory_format=torch.contiguous_format) if output_mask[0] else x.new_empty(0)
     gw = x.new_empty(C) if output_mask[1] else x.new_empty(0)
     gb = x.new_empty(C) if output_mask[2] else x.new_empty(0)
-    if C > 0 and any(output_mask):
-        native.call("batch_norm_backward", x, N, C, S, native.ptr(x), native.ptr(grad_out), native.ptr(save_mean),
-                    native.ptr(save_invstd), native.ptr(weight), bool(training), native.ptr(gx), native.ptr(gw),
-                    native.ptr(gb))
+    g_act = torch.empty_like(x, memory_format=torch.contiguous_format) if want_act else x.new_empty(0)
+    if C > 0 and (any(output_mask[:3]) or want_act):
+        native.call("batch_norm_backward", x, N, C, S, native.ptr(x), native.ptr(grad_out), native.ptr(relu_output),
+                    native.ptr(save_mean), native.ptr(save_invstd), native.ptr(weight), bool(training),
+                    native.ptr(gx), native.ptr(gw), native.ptr(gb), native.ptr(g_act))
     return [native.in_format(gx, layout) if output_mask[0] else gx, gw, gb,
-            native.in_format(g_act, layout) if relu_output is not None else g_act]
+            native.in_format(g_act, layout) if want_act else g_act]
+
+
+def _wants_act(output_mask, relu_output) -> bool:
+    return relu_output is not None and (len(output_mask) < 4 or bool(output_mask[3]))
 
 
 @batch_norm_backward.register_fake
@@ -187,7 +213,8 @@ def _(grad_out, x, weight, save_mean, save_invstd, training, output_mask, relu_o
     return [native.empty(x, x.shape, native.output_format(x)) if output_mask[0] else x.new_empty(0),
             x.new_empty(C) if output_mask[1] else x.new_empty(0),
             x.new_empty(C) if output_mask[2] else x.new_empty(0),
-            native.empty(x, x.shape, native.output_format(x)) if relu_output is not None else x.new_empty(0)]
+            native.empty(x, x.shape, native.output_format(x)) if _wants_act(output_mask, relu_output)
+            else x.new_empty(0)]
 
 
 def _setup_context(ctx, inputs, output):
@@ -211,9 +238,9 @@ def _backward(ctx, grad_out, _g_mean, _g_invstd, _g_var):
     want_residual = ctx.has_residual and len(ctx.needs_input_grad) > 7 and ctx.needs_input_grad[7]
     if grad_out is None or not (any(mask) or want_residual):
         return None, None, None, None, None, None, None, None, None
-    if any(mask) or relu_output is not None:
-        gx, gw, gb, g_act = native.run("batch_norm_backward", grad_out, x, weight, mean, invstd, ctx.training, mask,
-                                       relu_output)
+    if any(mask) or (want_residual and relu_output is not None):
+        gx, gw, gb, g_act = native.run("batch_norm_backward", grad_out, x, weight, mean, invstd, ctx.training,
+                                       mask + [want_residual], relu_output)
     g_residual = (g_act if relu_output is not None else grad_out) if want_residual else None
     return (gx if mask[0] else None, None, None, gw if mask[1] else None, gb if mask[2] else None, None, None,
             g_residual, None)
@@ -232,28 +259,38 @@ _lib.define("batch_norm(Tensor input, Tensor(a!)? running_mean, Tensor(b!)? runn
 
 def _batch_norm(x: Tensor, running_mean: Optional[Tensor], running_var: Optional[Tensor], weight: Optional[Tensor],
                 bias: Optional[Tensor], training: bool, momentum: float,
-                eps: float, residual: Optional[Tensor] = None, relu: bool = False) -> Tuple[Tensor, Tensor, Tensor]:
+                eps: float, residual: Optional[Tensor] = None, relu: bool = False, *,
+                run=native.run) -> Tuple[Tensor, Tensor, Tensor]:
     """(y, save_mean, save_invstd); when training, updates running_mean/running_var in place like
     torch: running = (1 - momentum) * running + momentum * batch (the variance unbiased, n / (n - 1)).
-    y = relu(BN(x) + residual) with the optional parts."""
+    y = relu(BN(x) + residual) with the optional parts. ``run``: how the functional op is called
+    (native.run_eager when this body itself runs on the fast path)."""
     _check(x, running_mean, running_var, weight, bias, training, residual)
     check_eps(OP, eps, training)
     check_running_stats_grad(OP, running_mean, running_var)
     if training:
         # The running stats are not read in training; passing None keeps them out of autograd.
-        y, mean, invstd, var = native.run("batch_norm_forward", x, None, None, weight, bias, True, eps, residual,
-                                          relu)
+        y, mean, invstd, var = run("batch_norm_forward", x, None, None, weight, bias, True, eps, residual, relu)
         N, _, S = _split(x)
         n = N * S
         if running_mean is not None and n > 0:  # torch leaves them alone for an empty batch
-            with torch.no_grad():
-                running_mean.mul_(1.0 - momentum).add_(mean, alpha=momentum)
-                running_var.mul_(1.0 - momentum).add_(var, alpha=momentum * n / (n - 1))
+            if (running_mean.dtype is mean.dtype is running_var.dtype and running_mean.device == mean.device
+                    and mean.dtype in native._DTYPE_CODE and running_mean.is_contiguous()
+                    and running_var.is_contiguous() and not running_mean.requires_grad
+                    and not running_var.requires_grad and native.fast_path_applies((running_mean, running_var))):
+                # one native call instead of four tensor ops (their dispatch is the cost here)
+                native.call("batch_norm_update_running", mean, mean.shape[0], native.ptr(mean), native.ptr(var),
+                            float(momentum), n / (n - 1), native.ptr(running_mean), native.ptr(running_var))
+                torch.autograd.graph.increment_version((running_mean, running_var))  # as an in-place op would
+            else:
+                with torch.no_grad():
+                    running_mean.mul_(1.0 - momentum).add_(mean, alpha=momentum)
+                    running_var.mul_(1.0 - momentum).add_(var, alpha=momentum * n / (n - 1))
     else:
-        y, mean, invstd, _ = native.run("batch_norm_forward", x, running_mean, running_var, weight, bias,
-                                        False, eps, residual, relu)
+        y, mean, invstd, _ = run("batch_norm_forward", x, running_mean, running_var, weight, bias,
+                                 False, eps, residual, relu)
     return y, mean, invstd
 
 
 _lib.impl("batch_norm", _batch_norm, "CompositeImplicitAutograd")
-native.register_body("batch_norm", _batch_norm)
+native.register_body("batch_norm", functools.partial(_batch_norm, run=native.run_eager))

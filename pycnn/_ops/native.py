@@ -240,6 +240,12 @@ def run(name: str, *args):
     fast path, else torch.ops.pycnn.<name>."""
     if not fast_path_applies(args):
         return getattr(torch.ops.pycnn, name)(*args)
+    return run_eager(name, *args)
+
+
+def run_eager(name: str, *args):
+    """`run` on the fast path, for a caller that is itself on it with these arguments (an op's
+    eager body calling another op): saves the second fast_path_applies."""
     function = _FUNCTIONS.get(name)
     if function is not None and torch.is_grad_enabled() and any(
             isinstance(a, torch.Tensor) and a.requires_grad for a in args):
