@@ -330,14 +330,27 @@ std::vector<float> transform_weights(const Conv2dShape& s, const float* w, int64
     for (int64_t k = k0; k < k1; ++k)
       for (int64_t c = 0; c < s.C; ++c) {
         const float* g = w + (k * s.C + c) * 9;
-        double t[T][3];  // G g
+        double e[T][T];  // (G g) G^T
+        if constexpr (R == 2) {
+          // G applied to a column (a, b, c) is (a, (a + b + c) / 2, (a - b + c) / 2, c): a few adds
+          // and halvings instead of the general products below (this runs for every weight on
+          // every forward and input-gradient call).
+          auto apply_g = [](double a, double b, double c, double* out) {
+            out[0] = a, out[1] = 0.5 * (a + b + c), out[2] = 0.5 * (a - b + c), out[3] = c;
+          };
+          double gg[3][T];  // gg[j][i] = (G g)[i][j]
+          for (int j = 0; j < 3; ++j) apply_g(g[j], g[3 + j], g[6 + j], gg[j]);
+          for (int i = 0; i < T; ++i) apply_g(gg[0][i], gg[1][i], gg[2][i], e[i]);
+        } else {
+          double t[T][3];  // G g
+          for (int i = 0; i < T; ++i)
+            for (int j = 0; j < 3; ++j) t[i][j] = G[i][0] * g[j] + G[i][1] * g[3 + j] + G[i][2] * g[6 + j];
+          for (int i = 0; i < T; ++i)
+            for (int j = 0; j < T; ++j) e[i][j] = t[i][0] * G[j][0] + t[i][1] * G[j][1] + t[i][2] * G[j][2];
+        }
         for (int i = 0; i < T; ++i)
-          for (int j = 0; j < 3; ++j) t[i][j] = G[i][0] * g[j] + G[i][1] * g[3 + j] + G[i][2] * g[6 + j];
-        for (int i = 0; i < T; ++i)
-          for (int j = 0; j < T; ++j) {
-            const double e = t[i][0] * G[j][0] + t[i][1] * G[j][1] + t[i][2] * G[j][2];  // (G g) G^T
-            u[size_t((((i * T + j) * mblocks + k / kMR) * s.C + c) * kMR + k % kMR)] = float(e);
-          }
+          for (int j = 0; j < T; ++j)
+            u[size_t((((i * T + j) * mblocks + k / kMR) * s.C + c) * kMR + k % kMR)] = float(e[i][j]);
       }
   });
   return u;
