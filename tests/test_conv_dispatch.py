@@ -128,6 +128,8 @@ FORWARD_CASES = [
     Case("gemm_groups2_3x3_wino_like", (1, 16, 8, 8), (16, 3, 3), padding=1, groups=2, allowed=G_),
     Case("gemm_kernel_eq_stride", (2, 3, 8, 10), (40, 2, 2), stride=2, allowed=G_),
     Case("gemm_1x1_stride2", (1, 3, 6, 7), (2, 1, 1), stride=2, allowed=G_),
+    # ResNet's stage-transition conv: stride 2, OW 16 (direct where that is two vectors: AVX2, NEON)
+    Case("stride2_ow16", (2, 16, 32, 32), (32, 3, 3), stride=2, padding=1, allowed=D_),
     # pointwise GEMM: x itself is the column matrix
     Case("pointwise", (2, 5, 6, 7), (3, 1, 1), allowed=P_),
     Case("pointwise_groups2", (2, 4, 5, 5), (4, 1, 1), groups=2, bias=False, allowed=P_),

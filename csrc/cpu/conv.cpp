@@ -527,11 +527,12 @@ void conv2d_forward_direct_f32(const Conv2dShape& s, const float* x, const float
 // GFLOP/s direct vs GEMM, noise +-30% on this shared VM): stride 1 always, e.g. 3 -> 16 32x32
 // 22-26 vs 12-18, 16 -> 16 32x32 25-42 vs 20-23, 32 -> 32 16x16 53-58 vs 35-37, 64 -> 64 8x8
 // 54-59 vs 46-47, 6 -> 16 5x5 10x10 18-25 vs 8-13 (1 -> 6 5x5 28x28 even). Horizontal stride 2
-// only for rows of 2 tiles or more: 32 -> 64 2x2 s2 64x64 (conv_transpose2d's input gradient,
-// OW 32) 32-37 vs 26-31, but 16 -> 32 3x3 s2 (OW 16) 23-29 vs 21-26, 32 -> 64 3x3 s2 (OW 8)
-// 26 vs 37-41, 1x1 s2 4-9 vs 6-24 (one tap: the staging is as much work as the FMAs).
+// for rows of at least one tile (kDirectNV vectors): 32 -> 64 2x2 s2 64x64 (conv_transpose2d's
+// input gradient, OW 32) 32-37 vs 26-31; ResNet's 16 -> 32 3x3 s2 32x32 N32 (OW 16) 2.0 vs 4.8 ms
+// (2026-11-30; an earlier kernel measured 23-29 vs 21-26 GFLOP/s); not 32 -> 64 3x3 s2 (OW 8)
+// 26 vs 37-41, nor 1x1 s2 4-9 vs 6-24 (one tap: the staging is as much work as the FMAs).
 bool direct_forward_pays(const Conv2dShape& s) {
-  return (s.sh == 1 && s.sw == 1) || (s.OW >= 2 * kDirectNV * L && s.kh * s.kw > 1);
+  return (s.sh == 1 && s.sw == 1) || (s.OW >= kDirectNV * L && s.kh * s.kw > 1);
 }
 
 // The kernel conv2d_forward runs: the one place that picks it (conv2d_forward_algorithm reports
