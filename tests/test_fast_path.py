@@ -19,6 +19,8 @@ CASES = {
     "max_pool2d": lambda: PF.max_pool2d(x4(2, 3, 8, 8), 2, return_indices=True),
     "max_unpool2d": lambda: PF.max_unpool2d(*PF.max_pool2d(x4(2, 3, 8, 8), 2, return_indices=True), 2),
     "batch_norm": lambda: PF.batch_norm(x4(4, 3, 5, 5), torch.zeros(3), torch.ones(3), x4(3), x4(3), training=True),
+    "batch_norm_residual_relu": lambda: PF.batch_norm(x4(4, 3, 5, 5), torch.zeros(3), torch.ones(3), x4(3), x4(3),
+                                                      training=True, residual=x4(4, 3, 5, 5), relu=True),
     "batch_norm_eval": lambda: PF.batch_norm(x4(4, 3, 5, 5), torch.randn(3), torch.rand(3) + 0.5, x4(3), x4(3)),
     "linear": lambda: PF.linear(x4(5, 7), x4(3, 7), x4(3)),
     "roi_align": lambda: ops.roi_align(x4(2, 3, 8, 8), torch.tensor([[0, 1, 1, 6, 5], [1, 0, 2, 7, 7.0]]), 3, 1.0, 2, True),
