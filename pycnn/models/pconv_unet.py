@@ -30,14 +30,16 @@ import pycnn.nn as pnn
 
 class PConvUNet(nn.Module):
     def __init__(self, in_channels: int = 1, depth: int = 4, width: int = 16, max_width: int = 64,
-                 fill_iters: int = 8):
+                 fill_iters: int = 8, biharmonic_iters: int = 20):
         super().__init__()
         if depth < 1 or width < 1 or in_channels < 1:
             raise ValueError(f"pconv_unet: depth, width and in_channels must be positive, got {depth}, {width}, "
                              f"{in_channels}")
         if not isinstance(fill_iters, int) or fill_iters < 0:
             raise ValueError(f"pconv_unet: fill_iters must be an int >= 0 (0: no classical fill), got {fill_iters!r}")
-        self.in_channels, self.fill_iters = in_channels, fill_iters
+        if not isinstance(biharmonic_iters, int) or biharmonic_iters < 0:
+            raise ValueError(f"pconv_unet: biharmonic_iters must be an int >= 0, got {biharmonic_iters!r}")
+        self.in_channels, self.fill_iters, self.biharmonic_iters = in_channels, fill_iters, biharmonic_iters
         inputs = 2 * in_channels if fill_iters else in_channels  # the masked image (+ its smooth fill)
         chans = [min(width * 2 ** i, max_width) for i in range(depth)]
         self.encoders = nn.ModuleList()
@@ -63,7 +65,7 @@ class PConvUNet(nn.Module):
         base = 0.5
         if self.fill_iters:
             with torch.no_grad():  # a fixed function of the input: nothing to learn, no gradient needed
-                base = smooth_fill(image * mask, mask, self.fill_iters)
+                base = smooth_fill(image * mask, mask, self.fill_iters, self.biharmonic_iters)
             x, m = torch.cat([x, base - 0.5], 1), torch.cat([m, torch.ones_like(m)], 1)
         feats, masks = [x], [m]
         for enc in self.encoders:
@@ -99,22 +101,59 @@ def _sum_2x2(v: torch.Tensor) -> torch.Tensor:
     return v.reshape(N, C, H2 // 2, 2, W2 // 2, 2).sum((3, 5))
 
 
-def smooth_fill(image: torch.Tensor, mask: torch.Tensor, iters: int = 8) -> torch.Tensor:
-    """A smooth, harmonic-like fill of the holes (mask 0) from the known pixels (mask 1), any size.
+def _laplacian(u: torch.Tensor) -> torch.Tensor:
+    return 4 * (_neighbour_mean(u) - u)
 
-    Multigrid: the known pixels are averaged down level by level (each coarse pixel the mean of
-    its known children, known if any child is); from the coarsest level up, each level's holes
-    start from the coarser level's fill (bilinear) and take ``iters`` Jacobi steps of Laplace's
-    equation with the known pixels fixed. Known pixels are returned unchanged. An image with no
-    known pixel is filled with mid grey."""
+
+def smooth_fill(image: torch.Tensor, mask: torch.Tensor, iters: int = 8, biharmonic_iters: int = 20) -> torch.Tensor:
+    """A smooth fill of the holes (mask 0) from the known pixels (mask 1), any size.
+
+    Multigrid harmonic fill: the known pixels are averaged down level by level (each coarse pixel
+    the mean of its known children, known if any child is); from the coarsest level up, each
+    level's holes start from the coarser level's fill (bilinear) and take ``iters`` Jacobi steps of
+    Laplace's equation with the known pixels fixed. Then ``biharmonic_iters`` conjugate-gradient
+    steps towards the biharmonic fill (least squared Laplacian over the hole), which continues the
+    surroundings' gradients into the hole instead of flattening them near its border; stopped
+    early, it stays between the two (on the held-out patches 20 steps beat both the harmonic fill
+    and the converged biharmonic one). Known pixels are returned unchanged; an image with no known
+    pixel is mid grey."""
     mask = mask.expand_as(image).to(image.dtype)
+    u = _harmonic_fill(image, mask, iters)
+    if biharmonic_iters:  # kept within the known pixels' range (the harmonic fill is, by the maximum principle)
+        known = mask > 0
+        lo = torch.where(known, image, torch.full_like(image, float("inf"))).amin((-2, -1), keepdim=True)
+        hi = torch.where(known, image, torch.full_like(image, float("-inf"))).amax((-2, -1), keepdim=True)
+        some = known.any(-1, keepdim=True).any(-2, keepdim=True)  # nothing known: no range to keep to
+        lo, hi = torch.where(some, lo, hi), torch.where(some, hi, lo)  # then -inf and +inf
+        u = torch.minimum(torch.maximum(_towards_biharmonic(u, 1 - mask, biharmonic_iters), lo), hi)
+        u = torch.where(known, image, u)
+    return u
+
+
+def _towards_biharmonic(u: torch.Tensor, hole: torch.Tensor, steps: int) -> torch.Tensor:
+    """Conjugate gradients on min ||Laplacian(u + hole * v)||^2 over v (per image and channel), from v = 0."""
+    dims = (-2, -1)
+    op = lambda v: hole * _laplacian(_laplacian(hole * v))
+    r = -hole * _laplacian(_laplacian(u))
+    v, p = torch.zeros_like(u), r
+    rr = (r * r).sum(dims, keepdim=True)
+    for _ in range(steps):
+        q = op(p)
+        alpha = rr / (p * q).sum(dims, keepdim=True).clamp_min(1e-30)
+        v, r = v + alpha * p, r - alpha * q
+        rr_new = (r * r).sum(dims, keepdim=True)
+        p, rr = r + rr_new / rr.clamp_min(1e-30) * p, rr_new
+    return u + hole * v
+
+
+def _harmonic_fill(image: torch.Tensor, mask: torch.Tensor, iters: int) -> torch.Tensor:
     H, W = image.shape[-2:]
     if min(H, W) <= 2:
         total, count = (image * mask).sum((-2, -1), keepdim=True), mask.sum((-2, -1), keepdim=True)
         mean = torch.where(count > 0, total / count.clamp_min(1e-8), torch.full_like(total, 0.5))
         return torch.where(mask > 0, image, mean.expand_as(image))
     counts = _sum_2x2(mask)
-    coarse = smooth_fill(_sum_2x2(image * mask) / counts.clamp_min(1e-8), (counts > 0).to(image.dtype), iters)
+    coarse = _harmonic_fill(_sum_2x2(image * mask) / counts.clamp_min(1e-8), (counts > 0).to(image.dtype), iters)
     up = F.interpolate(coarse, size=(H, W), mode="bilinear", align_corners=False)
     known = image * mask
     u = known + (1 - mask) * up
@@ -134,6 +173,7 @@ def composite(image: torch.Tensor, mask: torch.Tensor, prediction: torch.Tensor)
 
 
 def pconv_unet(in_channels: int = 1, num_classes=None, image_size=None, depth: int = 4, width: int = 16,
-               max_width: int = 64, fill_iters: int = 8) -> nn.Module:
+               max_width: int = 64, fill_iters: int = 8, biharmonic_iters: int = 20) -> nn.Module:
     """The inpainting U-Net; ``num_classes`` and ``image_size`` are accepted for the uniform signature."""
-    return PConvUNet(in_channels, depth=depth, width=width, max_width=max_width, fill_iters=fill_iters)
+    return PConvUNet(in_channels, depth=depth, width=width, max_width=max_width, fill_iters=fill_iters,
+                     biharmonic_iters=biharmonic_iters)

@@ -26,6 +26,7 @@ import torch
 from pycnn.models.pconv_unet import composite
 
 HOLE_WEIGHT = 6.0
+VALID_WEIGHT = 1.0
 
 # The demo's runs ("full" = the README's `pycnn train` command).
 RECIPES = {
@@ -38,7 +39,7 @@ RECIPES = {
 
 def loss_fn(prediction: torch.Tensor, image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     err = (prediction - image).abs()
-    return (HOLE_WEIGHT * err * (1 - mask) + err * mask).mean()
+    return (HOLE_WEIGHT * err * (1 - mask) + VALID_WEIGHT * err * mask).mean()
 
 
 def _shuffled_batches(splits, epoch: int, seed: int, batch_size: int):
