@@ -179,3 +179,15 @@ def test_untrained_model_returns_the_fill_and_learns_a_residual(splits):
     assert plain.encoders[0].weight.shape[1] == 1 and model.encoders[0].weight.shape[1] == 2
     with pytest.raises(ValueError, match="fill_iters"):
         M.get("pconv_unet", fill_iters=-1)
+
+
+def test_checkpoint_of_the_plain_unet_still_loads(tmp_path):
+    from pycnn.train import save_checkpoint
+    torch.manual_seed(0)
+    plain = M.get("pconv_unet", depth=2, width=4, fill_iters=0)
+    save_checkpoint(str(tmp_path / "old.pt"), {"model": plain.state_dict(), "epoch": 1, "task": "inpaint",
+                                               "config": {"model": "pconv_unet", "model_kwargs": {"depth": 2, "width": 4}}})
+    loaded = I.load_model(str(tmp_path / "old.pt"))
+    assert loaded.fill_iters == 0
+    x, m = torch.rand(1, 1, 16, 16), (torch.rand(1, 1, 16, 16) > 0.3).float()
+    assert torch.equal(loaded(x * m, m), plain.eval()(x * m, m))

@@ -196,7 +196,11 @@ def load_model(checkpoint: str, device="cpu"):
     config = state.get("config") or {}
     if config.get("model") != "pconv_unet":
         raise ValueError(f"{checkpoint} holds model {config.get('model')!r}, not an inpainting model (pconv_unet)")
-    model = M.get("pconv_unet", **config.get("model_kwargs", {}))
+    kwargs = dict(config.get("model_kwargs", {}))
+    first = state["model"].get("encoders.0.weight")
+    if "fill_iters" not in kwargs and first is not None and first.shape[1] == kwargs.get("in_channels", 1):
+        kwargs["fill_iters"] = 0  # a checkpoint from before the classical fill input: the plain U-Net
+    model = M.get("pconv_unet", **kwargs)
     model.load_state_dict(state["model"])
     return model.to(device).eval()
 
