@@ -191,3 +191,17 @@ def test_checkpoint_of_the_plain_unet_still_loads(tmp_path):
     assert loaded.fill_iters == 0
     x, m = torch.rand(1, 1, 16, 16), (torch.rand(1, 1, 16, 16) > 0.3).float()
     assert torch.equal(loaded(x * m, m), plain.eval()(x * m, m))
+
+
+def test_loss_counts_each_images_hole_psnr():
+    image = torch.full((2, 1, 16, 16), 0.7)
+    image[1] = torch.rand(1, 16, 16, generator=torch.Generator().manual_seed(0))
+    mask = torch.ones_like(image)
+    mask[..., 4:12, 4:12] = 0
+    perfect = I.loss_fn(image, image, mask)
+    assert perfect == pytest.approx(I.PSNR_WEIGHT * np.log10(I.PSNR_FLOOR))
+    off = image + 0.01 * (1 - mask)  # a small error in the holes
+    l1_part = I.HOLE_WEIGHT * 0.01 * 0.25
+    # 10*log10 of the hole MSE rises by ~10 dB (1e-5 -> 1.1e-4): the PSNR term outweighs the L1 term
+    assert I.loss_fn(off, image, mask) - perfect == pytest.approx(l1_part + I.PSNR_WEIGHT * np.log10(11), rel=1e-4)
+    assert I.PSNR_WEIGHT * np.log10(11) > l1_part
