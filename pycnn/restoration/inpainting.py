@@ -9,7 +9,9 @@
     print(I.format_table(table))
 
 Loss: L1 on the hole pixels (weight 6) plus L1 on the known ones (weight 1), the two pixel terms
-of Liu et al. 2018. Metrics (scikit-image): PSNR and mean absolute error inside the hole; PSNR and
+of Liu et al. 2018, plus minus each image's hole PSNR (``PSNR_WEIGHT``, in units of 10 dB, floored
+at 50 dB), the quantity the table averages. The model (pconv_unet) adds its output to a classical
+fill (``pycnn.models.pconv_unet.smooth_fill``), so what it learns is a correction. Metrics (scikit-image): PSNR and mean absolute error inside the hole; PSNR and
 SSIM on the whole image, after pasting the known pixels back (``composite``). Baseline:
 ``skimage.restoration.inpaint_biharmonic`` on the same images and masks.
 """
