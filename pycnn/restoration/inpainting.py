@@ -29,15 +29,15 @@ from pycnn.models.pconv_unet import composite
 
 HOLE_WEIGHT = 6.0
 VALID_WEIGHT = 1.0
-PSNR_WEIGHT = 0.05
+PSNR_WEIGHT = 0.2
 PSNR_FLOOR = 1e-5  # the hole MSE floor of the PSNR term (50 dB): a perfect fill is not chased further
 
 # The demo's runs ("full" = the README's `pycnn train` command).
 RECIPES = {
     "full": dict(data_kwargs={"train_patches": 2000}, model_kwargs={"depth": 4, "width": 16, "max_width": 64},
-                 epochs=8, batch_size=16, lr=2e-3),  # the README's command
+                 epochs=4, batch_size=16, lr=1e-3),  # the README's command
     "quick": dict(data_kwargs={"train_patches": 64, "test_per_image": 1},
-                  model_kwargs={"depth": 4, "width": 8, "max_width": 32}, epochs=1, batch_size=16, lr=3e-3),
+                  model_kwargs={"depth": 4, "width": 8, "max_width": 32}, epochs=1, batch_size=16, lr=1e-3),
 }
 
 
