@@ -29,7 +29,7 @@ from pycnn.models.pconv_unet import composite
 
 HOLE_WEIGHT = 6.0
 VALID_WEIGHT = 1.0
-PSNR_WEIGHT = 0.2
+PSNR_WEIGHT = 1.0
 PSNR_FLOOR = 1e-5  # the hole MSE floor of the PSNR term (50 dB): a perfect fill is not chased further
 
 # The demo's runs ("full" = the README's `pycnn train` command).
