@@ -133,3 +133,75 @@ def test_demo_section(tmp_path, monkeypatch):
     section = demo.section({"quick": True}, rep)
     assert section.title == "Restoration: inpainting" and "biharmonic" in section.html
     assert (tmp_path / "inpainting_examples.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_smooth_fill_is_a_harmonic_fill():
+    from pycnn.models.pconv_unet import smooth_fill
+    torch.manual_seed(0)
+    x = torch.rand(3, 2, 29, 40, dtype=torch.float64)
+    m = (torch.rand(3, 1, 29, 40) > 0.4).double()
+    filled = smooth_fill(x * m, m)
+    assert filled.shape == x.shape and filled.dtype == torch.float64
+    assert torch.equal(filled[m.expand_as(x).bool()], x[m.expand_as(x).bool()])  # known pixels untouched
+    assert torch.all(torch.isfinite(filled)) and 0 <= filled.min() and filled.max() <= 1
+    # a linear ramp is harmonic: a square hole in it is filled with the ramp itself
+    ramp = torch.linspace(0.1, 0.9, 48, dtype=torch.float64).expand(1, 1, 48, 48).clone()
+    hole = torch.ones_like(ramp)
+    hole[..., 12:36, 12:36] = 0
+    assert (smooth_fill(ramp * hole, hole, iters=32) - ramp).abs().max() < 0.02
+    # a constant stays constant, nothing known is mid grey, a per-channel mask fills each channel apart
+    small = torch.ones(1, 1, 9, 7)
+    small[..., 2:6, 1:5] = 0
+    assert torch.allclose(smooth_fill(torch.full((1, 1, 9, 7), 0.3) * small, small), torch.full((1, 1, 9, 7), 0.3))
+    assert torch.equal(smooth_fill(torch.zeros(1, 1, 5, 5), torch.zeros(1, 1, 5, 5)), torch.full((1, 1, 5, 5), 0.5))
+    two = torch.stack([torch.full((16, 16), 0.2), torch.full((16, 16), 0.8)])[None]
+    per_channel = torch.ones(1, 2, 16, 16)
+    per_channel[0, 0, 4:8, 4:8] = 0
+    per_channel[0, 1, 8:12, 8:12] = 0
+    assert torch.allclose(smooth_fill(two * per_channel, per_channel), two)
+
+
+def test_untrained_model_returns_the_fill_and_learns_a_residual(splits):
+    from pycnn.models.pconv_unet import smooth_fill
+    torch.manual_seed(0)
+    images, masks = splits.test.tensors
+    model = M.get("pconv_unet", depth=2, width=4)
+    assert torch.equal(model(images * masks, masks), smooth_fill(images * masks, masks, model.fill_iters))
+    # the classical fill alone beats mid grey by far inside the hole
+    grey = I.composite(images, masks, torch.full_like(images, 0.5))
+    hole = 1 - masks
+    err = lambda y: float(((y - images).abs() * hole).sum() / hole.sum())
+    assert err(smooth_fill(images * masks, masks)) < 0.75 * err(grey)
+    loss = I.loss_fn(model(images * masks, masks), images, masks)
+    loss.backward()
+    assert model.decoders[-1].weight.grad.abs().sum() > 0  # the zero-initialised last layer gets a gradient
+    plain = M.get("pconv_unet", depth=2, width=4, fill_iters=0)  # the plain U-Net (no fill) is still there
+    assert plain.encoders[0].weight.shape[1] == 1 and model.encoders[0].weight.shape[1] == 2
+    with pytest.raises(ValueError, match="fill_iters"):
+        M.get("pconv_unet", fill_iters=-1)
+
+
+def test_checkpoint_of_the_plain_unet_still_loads(tmp_path):
+    from pycnn.train import save_checkpoint
+    torch.manual_seed(0)
+    plain = M.get("pconv_unet", depth=2, width=4, fill_iters=0)
+    save_checkpoint(str(tmp_path / "old.pt"), {"model": plain.state_dict(), "epoch": 1, "task": "inpaint",
+                                               "config": {"model": "pconv_unet", "model_kwargs": {"depth": 2, "width": 4}}})
+    loaded = I.load_model(str(tmp_path / "old.pt"))
+    assert loaded.fill_iters == 0
+    x, m = torch.rand(1, 1, 16, 16), (torch.rand(1, 1, 16, 16) > 0.3).float()
+    assert torch.equal(loaded(x * m, m), plain.eval()(x * m, m))
+
+
+def test_loss_counts_each_images_hole_psnr():
+    image = torch.full((2, 1, 16, 16), 0.7)
+    image[1] = torch.rand(1, 16, 16, generator=torch.Generator().manual_seed(0))
+    mask = torch.ones_like(image)
+    mask[..., 4:12, 4:12] = 0
+    perfect = I.loss_fn(image, image, mask)
+    assert perfect == pytest.approx(I.PSNR_WEIGHT * np.log10(I.PSNR_FLOOR))
+    off = image + 0.01 * (1 - mask)  # a small error in the holes
+    l1_part = I.HOLE_WEIGHT * 0.01 * 0.25
+    # 10*log10 of the hole MSE rises by ~10 dB (1e-5 -> 1.1e-4): the PSNR term outweighs the L1 term
+    assert I.loss_fn(off, image, mask) - perfect == pytest.approx(l1_part + I.PSNR_WEIGHT * np.log10(11), rel=1e-4)
+    assert I.PSNR_WEIGHT * np.log10(11) > l1_part

@@ -77,7 +77,9 @@ def section(results: dict, report):
                         "Held-out images: masked (holes white), skimage's biharmonic inpainting, ours, truth")
     seconds = time.perf_counter() - t0
     text = (f"<p>A U-Net of partial convolutions (<code>pycnn.nn.PartialConv2d</code>, our native kernel) fills "
-            f"holes in grey {splits.info['patch']}&times;{splits.info['patch']} patches. Trained on "
+            f"holes in grey {splits.info['patch']}&times;{splits.info['patch']} patches, as a correction added to a "
+            f"classical fill (<code>smooth_fill</code>: multigrid harmonic, then a few conjugate-gradient steps "
+            f"towards the biharmonic fill) that it also sees as an input. Trained on "
             f"{len(splits.train)} patches of scikit-image's bundled pictures with stroke and square holes, "
             f"{len(history['epochs'])} epochs ({history['seconds']:.0f} s); tested on patches of the held-out "
             f"{', '.join(splits.info['held_out'])} against <code>skimage.restoration.inpaint_biharmonic</code> on "
