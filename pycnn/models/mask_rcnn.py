@@ -13,7 +13,8 @@ backbone (conv/BN, stride ``stride``) -> RPN (3x3 conv, objectness and box delta
 IoU matcher, balanced sampler, box coder, NMS of proposals) -> RoIAlign 7x7 box head (two FC
 layers, class scores and class-specific box deltas) and RoIAlign 14x14 mask head (four 3x3 convs,
 a 2x2 stride-2 transposed conv to 28x28, one mask logit map per class). Inference keeps scores
-above ``score_thresh``, runs class-wise NMS and pastes each 28x28 mask back into the image.
+above ``score_thresh``, runs class-wise NMS and pastes each 28x28 mask back into the image; with
+``mask_rescore`` each score is then multiplied by its mask's mean probability inside the mask.
 
 RoIAlign runs with ``aligned=True`` (half-pixel shift) everywhere: boxes are in pixel-edge
 coordinates, so pixel i's centre is i + 0.5 and the shift makes samples land on it.
@@ -215,7 +216,7 @@ class MaskRCNN(nn.Module):
                  box_positive_fraction: float = 0.25, box_fg_iou: float = 0.5, box_bg_iou: float = 0.5,
                  representation: int = 256, mask_channels: int = 32, score_thresh: float = 0.05,
                  nms_thresh: float = 0.5, detections_per_img: int = 100, mask_threshold: float = 0.5,
-                 sampling_ratio: int = 2, box_head_convs: int = 0, mask_rescore: bool = False):
+                 sampling_ratio: int = 2, mask_rescore: bool = False):
         super().__init__()
         if num_classes < 2:
             raise ValueError(f"mask_rcnn: num_classes must be >= 2 (background + objects), got {num_classes}")
@@ -227,13 +228,8 @@ class MaskRCNN(nn.Module):
         c = self.backbone.out_channels
         self.anchors = AnchorGenerator(anchor_sizes, aspect_ratios, self.backbone.stride)
         self.rpn_head = RPNHead(c, self.anchors.num_anchors)
-        if box_head_convs:  # torchvision's "v2" head: 3x3 conv/BN layers on the 7x7 RoI, then one FC layer
-            convs = [_conv_bn(c, c) for _ in range(box_head_convs)]
-            self.box_head = nn.Sequential(*convs, nn.Flatten(), pnn.Linear(c * 7 * 7, representation),
-                                          nn.ReLU(inplace=True))
-        else:
-            self.box_head = nn.Sequential(nn.Flatten(), pnn.Linear(c * 7 * 7, representation), nn.ReLU(inplace=True),
-                                          pnn.Linear(representation, representation), nn.ReLU(inplace=True))
+        self.box_head = nn.Sequential(nn.Flatten(), pnn.Linear(c * 7 * 7, representation), nn.ReLU(inplace=True),
+                                      pnn.Linear(representation, representation), nn.ReLU(inplace=True))
         self.cls_score = pnn.Linear(representation, num_classes)
         self.bbox_pred = pnn.Linear(representation, 4 * num_classes)
         nn.init.normal_(self.cls_score.weight, std=0.01)
