@@ -377,11 +377,14 @@ def add_detect_parser(sub) -> None:
 
 # Full: the README's measured run. Quick: a token schedule (the whole section stays within ~10 s on
 # 2 cores): it shows the pipeline end to end, not a trained detector.
+# NMS 0.6 and mask rescoring: on the validation split a 0.5 NMS dropped well-placed boxes of faint
+# companions under higher-scoring, worse boxes (mask AP 0.350 -> 0.374 with both, same weights).
+_DEMO_MODEL = {"mask_channels": 16, "box_batch_size": 32, "nms_thresh": 0.6, "mask_rescore": True}
 DEMO = {
-    "full": dict(data_kwargs={"n": 1500}, model_kwargs={"mask_channels": 16, "box_batch_size": 32}, epochs=7,
-                 batch_size=8, lr=2e-3, test_images=None),
-    "quick": dict(data_kwargs={"n": 120}, model_kwargs={"mask_channels": 16, "box_batch_size": 32}, epochs=1,
-                  batch_size=4, lr=2e-3, max_steps=6, test_images=8),
+    "full": dict(data_kwargs={"n": 1500}, model_kwargs=_DEMO_MODEL, epochs=10, batch_size=8, lr=2e-3,
+                 test_images=None),
+    "quick": dict(data_kwargs={"n": 120}, model_kwargs=_DEMO_MODEL, epochs=1, batch_size=4, lr=2e-3, max_steps=6,
+                  test_images=8),
 }
 
 

@@ -158,6 +158,39 @@ def test_forward_train_and_eval_shapes(data):
         assert bool((d["boxes"][:, 0::2] <= w).all()) and bool((d["boxes"][:, 1::2] <= h).all())
 
 
+class _FixedMaskHead(torch.nn.Module):
+    """Mask logits whose probability is ``level`` on the top half of each 28x28 map (roi i gets
+    levels[i % len]) and 0.1 elsewhere: a known maskness per detection."""
+
+    def __init__(self, levels):
+        super().__init__()
+        self.levels = torch.tensor(levels)
+
+    def forward(self, x):
+        p = torch.full((len(x), 2, 28, 28), 0.1)
+        p[:, :, :14] = self.levels[torch.arange(len(x)) % len(self.levels)][:, None, None, None]
+        return torch.logit(p)
+
+
+def test_mask_rescore_multiplies_by_maskness(data):
+    model = _small_model().eval()
+    x, _ = _batch(data, 1)
+    model.mask_head = _FixedMaskHead([0.9, 0.6, 0.75])
+    with torch.no_grad():
+        plain = model(x)[0]
+        model.mask_rescore = True
+        rescored = model(x)[0]
+    k = len(plain["boxes"])
+    assert k >= 3
+    # Same detections (NMS still ranks by class score), each score times its mask's mean probability
+    # inside the mask (the top half: exactly its level), then sorted again.
+    expected = plain["scores"] * torch.tensor([0.9, 0.6, 0.75]).repeat(k)[:k]
+    order = expected.argsort(descending=True)
+    assert torch.allclose(rescored["scores"], expected[order], atol=1e-5)
+    assert torch.equal(rescored["boxes"], plain["boxes"][order])
+    assert torch.equal(rescored["masks"], plain["masks"][order])
+
+
 def test_forward_bad_input(data):
     model = _small_model().train()
     x, t = _batch(data, 2)

@@ -13,7 +13,8 @@ backbone (conv/BN, stride ``stride``) -> RPN (3x3 conv, objectness and box delta
 IoU matcher, balanced sampler, box coder, NMS of proposals) -> RoIAlign 7x7 box head (two FC
 layers, class scores and class-specific box deltas) and RoIAlign 14x14 mask head (four 3x3 convs,
 a 2x2 stride-2 transposed conv to 28x28, one mask logit map per class). Inference keeps scores
-above ``score_thresh``, runs class-wise NMS and pastes each 28x28 mask back into the image.
+above ``score_thresh``, runs class-wise NMS and pastes each 28x28 mask back into the image; with
+``mask_rescore`` each score is then multiplied by its mask's mean probability inside the mask.
 
 RoIAlign runs with ``aligned=True`` (half-pixel shift) everywhere: boxes are in pixel-edge
 coordinates, so pixel i's centre is i + 0.5 and the shift makes samples land on it.
@@ -215,7 +216,7 @@ class MaskRCNN(nn.Module):
                  box_positive_fraction: float = 0.25, box_fg_iou: float = 0.5, box_bg_iou: float = 0.5,
                  representation: int = 256, mask_channels: int = 32, score_thresh: float = 0.05,
                  nms_thresh: float = 0.5, detections_per_img: int = 100, mask_threshold: float = 0.5,
-                 sampling_ratio: int = 2):
+                 sampling_ratio: int = 2, mask_rescore: bool = False):
         super().__init__()
         if num_classes < 2:
             raise ValueError(f"mask_rcnn: num_classes must be >= 2 (background + objects), got {num_classes}")
@@ -256,7 +257,7 @@ class MaskRCNN(nn.Module):
             rpn_nms_thresh, rpn_batch_size, rpn_positive_fraction)
         self.box_batch_size, self.box_positive_fraction = box_batch_size, box_positive_fraction
         self.score_thresh, self.nms_thresh, self.detections_per_img = score_thresh, nms_thresh, detections_per_img
-        self.mask_threshold, self.sampling_ratio = mask_threshold, sampling_ratio
+        self.mask_threshold, self.sampling_ratio, self.mask_rescore = mask_threshold, sampling_ratio, mask_rescore
         self.spatial_scale = 1.0 / self.backbone.stride
 
     # -- pieces ----------------------------------------------------------------------------------
@@ -403,9 +404,20 @@ class MaskRCNN(nn.Module):
         start = 0
         for r in results:
             n = len(r["boxes"])
-            pasted = paste_masks(probs[start:start + n], r["boxes"], size)
+            p = probs[start:start + n]
+            pasted = paste_masks(p, r["boxes"], size)
             r["masks"] = pasted > self.mask_threshold
             r["mask_probs"] = pasted
+            if self.mask_rescore and n:
+                # The class score says "a galaxy is here", not how well this box and mask fit it;
+                # the mean mask probability inside the mask does (SOLOv2's "maskness"), so sharp,
+                # confident masks rank above blurred ones covering two galaxies.
+                inside = (p > self.mask_threshold).to(p)
+                maskness = (p * inside).flatten(1).sum(1) / inside.flatten(1).sum(1).clamp(min=1.0)
+                r["scores"] = r["scores"] * maskness
+                order = r["scores"].argsort(descending=True)
+                for key in ("boxes", "labels", "scores", "masks", "mask_probs"):
+                    r[key] = r[key][order]
             start += n
         return results
 
