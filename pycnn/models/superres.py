@@ -96,6 +96,18 @@ class CubicUpsample(nn.Module):
         return y[..., 2 * s:y.shape[-2] - 2 * s, 2 * s:y.shape[-1] - 2 * s]
 
 
+def _he_init(layers, negative_slope: float = 0.0, nonlinearity: str = "leaky_relu") -> None:
+    """He (MSRA) normal initialisation of the convolutions in ``layers`` for the (P)ReLU after them,
+    zero biases, as FSRCNN's paper does: torch's default (uniform, 1/3 of that variance) shrinks
+    the signal at each layer, and through FSRCNN's 7 layers to almost nothing, so the last layer,
+    and through it the rest, hardly learned (measured FSRCNN x3, 750 steps: +0.00 dB over bicubic
+    with the default, see the tests)."""
+    for m in layers:
+        if isinstance(m, pnn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, a=negative_slope, nonlinearity=nonlinearity)
+            nn.init.zeros_(m.bias)
+
+
 # Inputs are Y in [16, 235] / 255; the layers see them centred (see the module's notes).
 _MID = 0.5
 
@@ -119,6 +131,7 @@ class SRCNN(nn.Module):
         self.map = _conv(n1, n2, 1)
         self.reconstruct = _conv(n2, in_channels, f3)
         self.relu = nn.ReLU()
+        _he_init((self.extract, self.map, self.reconstruct), nonlinearity="relu")
         if residual:  # start at the identity: the output is the bicubic input until trained
             nn.init.normal_(self.reconstruct.weight, std=1e-3)
             nn.init.zeros_(self.reconstruct.bias)
@@ -151,6 +164,7 @@ class FSRCNN(nn.Module):
             layers += [_conv(s, s, 3), nn.PReLU(s)]
         layers += [_conv(s, d, 1), nn.PReLU(d)]
         self.body = nn.Sequential(*layers)
+        _he_init(self.body, 0.25)  # PReLU starts at slope 0.25
         k = 9
         output_padding = (k - scale) % 2
         padding = (k - scale + output_padding) // 2
@@ -181,6 +195,7 @@ class ESPCN(nn.Module):
         self.scale = scale
         self.body = nn.Sequential(_conv(in_channels, n1, 5), acts[activation](), _conv(n1, n2, 3),
                                   acts[activation](), _conv(n2, in_channels * scale * scale, 3))
+        _he_init(self.body, nonlinearity=activation)
         self.shuffle = pnn.PixelShuffle(scale)
         self.skip = CubicUpsample(scale, in_channels) if residual else None
         if residual:  # start at cubic interpolation: the detail path begins near zero
