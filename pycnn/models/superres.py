@@ -27,7 +27,8 @@ after 750 steps). The skip is not trained: a trainable one (tried until 2026-11-
 Adam with ReLU or a higher learning rate and cost 0.3-0.4 dB at x3 (ESPCN, 750 steps: +0.29 dB
 over bicubic trainable vs +0.69 fixed, ReLU). ``residual=False`` gives the published networks.
 
-The networks see ``x - 0.5`` (Y lies in [16, 235] / 255): centred inputs let the first layer's
+The networks see ``x - 0.5`` (Y lies in [16, 235] / 255; without the skip they add 0.5 back to
+their output): centred inputs let the first layer's
 ReLU/tanh start in their useful range (measured ESPCN x3, 750 steps: +0.74 dB vs +0.68 uncentred).
 
 Convolutions pad by replicating the border pixels rather than with zeros: a zero border reads as a
