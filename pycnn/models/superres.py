@@ -118,7 +118,9 @@ class SRCNN(nn.Module):
 
     ``residual=True`` adds the input back (the network predicts the missing detail, as in VDSR):
     the same layers train several times faster, which is what a few minutes of CPU allow. The
-    published SRCNN is ``residual=False``.
+    published SRCNN is ``residual=False``. Torch's default initialisation, not He's: with He's, the
+    quick demo's 30 steps (Adam, lr 1e-3) ended 2.3 dB *below* bicubic (-0.04 dB with the default),
+    the larger features making the first steps on the last layer noisy.
     """
 
     input_kind = "bicubic"
@@ -132,7 +134,6 @@ class SRCNN(nn.Module):
         self.map = _conv(n1, n2, 1)
         self.reconstruct = _conv(n2, in_channels, f3)
         self.relu = nn.ReLU()
-        _he_init((self.extract, self.map, self.reconstruct), nonlinearity="relu")
         if residual:  # start at the identity: the output is the bicubic input until trained
             nn.init.normal_(self.reconstruct.weight, std=1e-3)
             nn.init.zeros_(self.reconstruct.bias)
