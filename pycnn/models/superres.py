@@ -16,13 +16,20 @@ output size with ``pycnn.data.superres.bicubic_resize``) or "low_res". ``model.s
 factor. The models see one channel by default (the Y of YCbCr, where the metric is measured);
 ``in_channels=3`` gives RGB models.
 
-Residual learning (``residual=True``, the default for all three): the network adds its output to a
-cubic upsampling of its input (SRCNN: to its input, already bicubic; FSRCNN, ESPCN: a transposed
-convolution initialised to cubic interpolation, :class:`CubicUpsample`), so it only has to
-predict the detail interpolation misses. From scratch, the published designs spend their first
-thousands of steps learning to interpolate at all; the demo's few CPU minutes cannot afford that
-(measured: ESPCN x2 without the skip was still 0.4 dB *below* bicubic on the validation patches
-after 750 steps). ``residual=False`` gives the published networks.
+Residual learning (``residual=True``, the default for all three): the network adds its output to
+the **baseline's own bicubic upsampling** of its input (SRCNN: its input, already that; FSRCNN,
+ESPCN: :class:`CubicUpsample`, a fixed transposed convolution equal to
+``pycnn.data.superres.bicubic_resize``), and its last layer starts near zero. So an untrained model
+*is* the bicubic baseline and training can only add the detail interpolation misses. From
+scratch, the published designs spend their first thousands of steps learning to interpolate at
+all (measured: ESPCN x2 without the skip was 0.4 dB *below* bicubic on the validation patches
+after 750 steps). The skip is not trained: a trainable one (tried until 2026-11-30) drifted under
+Adam with ReLU or a higher learning rate and cost 0.3-0.4 dB at x3 (ESPCN, 750 steps: +0.29 dB
+over bicubic trainable vs +0.69 fixed, ReLU). ``residual=False`` gives the published networks.
+
+The networks see ``x - 0.5`` (Y lies in [16, 235] / 255; without the skip they add 0.5 back to
+their output): centred inputs let the first layer's
+ReLU/tanh start in their useful range (measured ESPCN x3, 750 steps: +0.74 dB vs +0.68 uncentred).
 
 Convolutions pad by replicating the border pixels rather than with zeros: a zero border reads as a
 dark frame, which the network would otherwise learn to undo only on the training patches' edges.
@@ -63,34 +70,25 @@ def _keys_cubic(t: float, a: float = -0.5) -> float:
 
 class CubicUpsample(nn.Module):
     """Upsampling by ``scale`` as a transposed convolution with stride ``scale`` on pycnn's kernel,
-    its kernel initialised to cubic convolution: the skip path of the residual models.
+    its kernel Keys' cubic convolution: the (fixed) skip path of the residual models, equal to
+    ``pycnn.data.superres.bicubic_resize`` upscaling (the baseline) with the default ``a=-0.5``.
 
     High-res pixel o sits at low-res coordinate u = (o + 0.5) / scale - 0.5 (pixel centres, as in
-    scikit-image's resize), so out[o] = sum_j x[j] * K(u - j). A transposed convolution computes
+    ``bicubic_resize``), so out[o] = sum_j x[j] * K(u - j). A transposed convolution computes
     out[o] = sum_j x[j] * W[o + p - j * scale]: hence W[t] = K((t - p + 0.5) / scale - 0.5) over the
     taps where K is non-zero, and the padding p that makes the output exactly scale times larger.
     The input is first padded by 2 pixels that repeat its border (K reaches 2 pixels), and the
-    matching 2 * scale output pixels are cut off again, so edges are not dimmed by zeros.
+    matching 2 * scale output pixels are cut off again, so edges are handled as the baseline does.
     With ``a=-0.75`` this is torch's ``interpolate(mode="bicubic")``, which the tests check.
-
-    ``trainable=True`` lets training move the kernel (one k x k filter per channel, k = 4 * scale
-    or so, 64-256 weights) towards the best *linear* upsampler for the training data, which can
-    also undo some of the anti-aliasing blur. Measured on ESPCN x2 after 250 steps: the same
-    validation PSNR as a fixed kernel (29.90 dB), so it costs nothing and may help longer runs.
-    Keys' cubic starts ~0.1-0.2 dB under scikit-image's cubic spline, the baseline.
     """
 
-    def __init__(self, scale: int, channels: int = 1, a: float = -0.5, trainable: bool = True):
+    def __init__(self, scale: int, channels: int = 1, a: float = -0.5):
         super().__init__()
         lo = math.ceil(scale * (0.5 - 2) - 0.5)
         hi = math.floor(scale * (0.5 + 2) - 0.5)
         taps = torch.tensor([_keys_cubic((t + 0.5) / scale - 0.5, a) for t in range(lo, hi + 1)], dtype=torch.float64)
         self.scale, self.channels, self.padding = scale, channels, -lo
-        kernel = torch.outer(taps, taps).float().expand(channels, 1, -1, -1).contiguous()
-        if trainable:
-            self.weight = nn.Parameter(kernel)
-        else:
-            self.register_buffer("weight", kernel)
+        self.register_buffer("weight", torch.outer(taps, taps).float().expand(channels, 1, -1, -1).contiguous())
 
     def forward(self, x):
         s = self.scale
@@ -99,12 +97,30 @@ class CubicUpsample(nn.Module):
         return y[..., 2 * s:y.shape[-2] - 2 * s, 2 * s:y.shape[-1] - 2 * s]
 
 
+def _he_init(layers, negative_slope: float = 0.0, nonlinearity: str = "leaky_relu") -> None:
+    """He (MSRA) normal initialisation of the convolutions in ``layers`` for the (P)ReLU after them,
+    zero biases, as FSRCNN's paper does: torch's default (uniform, 1/3 of that variance) shrinks
+    the signal at each layer, and through FSRCNN's 7 layers to almost nothing, so the last layer,
+    and through it the rest, hardly learned (measured FSRCNN x3, 750 steps: +0.00 dB over bicubic
+    with the default, see the tests)."""
+    for m in layers:
+        if isinstance(m, pnn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, a=negative_slope, nonlinearity=nonlinearity)
+            nn.init.zeros_(m.bias)
+
+
+# Inputs are Y in [16, 235] / 255; the layers see them centred (see the module's notes).
+_MID = 0.5
+
+
 class SRCNN(nn.Module):
     """Patch extraction (f1 x f1, n1 filters), non-linear mapping (1x1, n2), reconstruction (f3 x f3).
 
     ``residual=True`` adds the input back (the network predicts the missing detail, as in VDSR):
     the same layers train several times faster, which is what a few minutes of CPU allow. The
-    published SRCNN is ``residual=False``.
+    published SRCNN is ``residual=False``. Torch's default initialisation, not He's: with He's, the
+    quick demo's 30 steps (Adam, lr 1e-3) ended 2.3 dB *below* bicubic (-0.04 dB with the default),
+    the larger features making the first steps on the last layer noisy.
     """
 
     input_kind = "bicubic"
@@ -123,14 +139,14 @@ class SRCNN(nn.Module):
             nn.init.zeros_(self.reconstruct.bias)
 
     def forward(self, x):
-        y = self.reconstruct(self.relu(self.map(self.relu(self.extract(x)))))
-        return x + y if self.residual else y
+        y = self.reconstruct(self.relu(self.map(self.relu(self.extract(x - _MID)))))
+        return x + y if self.residual else y + _MID
 
 
 class FSRCNN(nn.Module):
     """FSRCNN(d, s, m): 5x5 conv to d features, 1x1 shrink to s, m 3x3 convs, 1x1 expand to d
     (PReLU after each), then a 9x9 transposed convolution with stride = scale to the output.
-    ``residual=True`` adds a fixed cubic upsampling of the input (:class:`CubicUpsample`), see the
+    ``residual=True`` adds the baseline's bicubic upsampling of the input (:class:`CubicUpsample`), see the
     module's notes; the published FSRCNN is ``residual=False``.
 
     The transposed convolution's padding p and output_padding o are chosen so the output is
@@ -150,6 +166,7 @@ class FSRCNN(nn.Module):
             layers += [_conv(s, s, 3), nn.PReLU(s)]
         layers += [_conv(s, d, 1), nn.PReLU(d)]
         self.body = nn.Sequential(*layers)
+        _he_init(self.body, 0.25)  # PReLU starts at slope 0.25
         k = 9
         output_padding = (k - scale) % 2
         padding = (k - scale + output_padding) // 2
@@ -159,13 +176,13 @@ class FSRCNN(nn.Module):
         nn.init.zeros_(self.upsample.bias)
 
     def forward(self, x):
-        y = self.upsample(self.body(x))
-        return y if self.skip is None else y + self.skip(x)
+        y = self.upsample(self.body(x - _MID))
+        return y + (_MID if self.skip is None else self.skip(x))
 
 
 class ESPCN(nn.Module):
     """5x5 conv (n1), 3x3 conv (n2), 3x3 conv to in_channels * scale**2, pixel shuffle.
-    ``residual=True`` adds a fixed cubic upsampling of the input (:class:`CubicUpsample`), see the
+    ``residual=True`` adds the baseline's bicubic upsampling of the input (:class:`CubicUpsample`), see the
     module's notes; the published ESPCN is ``residual=False``."""
 
     input_kind = "low_res"
@@ -180,6 +197,7 @@ class ESPCN(nn.Module):
         self.scale = scale
         self.body = nn.Sequential(_conv(in_channels, n1, 5), acts[activation](), _conv(n1, n2, 3),
                                   acts[activation](), _conv(n2, in_channels * scale * scale, 3))
+        _he_init(self.body, nonlinearity=activation)
         self.shuffle = pnn.PixelShuffle(scale)
         self.skip = CubicUpsample(scale, in_channels) if residual else None
         if residual:  # start at cubic interpolation: the detail path begins near zero
@@ -187,8 +205,8 @@ class ESPCN(nn.Module):
             nn.init.zeros_(self.body[-1].bias)
 
     def forward(self, x):
-        y = self.shuffle(self.body(x))
-        return y if self.skip is None else y + self.skip(x)
+        y = self.shuffle(self.body(x - _MID))
+        return y + (_MID if self.skip is None else self.skip(x))
 
 
 def srcnn(scale: int = 2, in_channels: int = 1, **kwargs) -> nn.Module:
