@@ -11,9 +11,11 @@ from __future__ import annotations
 from typing import Optional, Sequence
 
 import torch
+import torch.nn.modules.module as _module
 from torch import Tensor, nn
 
 import pycnn.functional as PF
+from pycnn._ops import native
 
 __all__ = ["Conv2d", "ConvTranspose2d", "MaxPool2d", "MaxUnpool2d", "BatchNorm2d", "Linear",
            "DepthwiseConv2d", "SeparableConv2d", "GlobalAvgPool2d", "PixelShuffle", "PartialConv2d",
@@ -94,8 +96,7 @@ _MODULE_HOOKS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_ba
 
 
 def _hooked(*modules) -> bool:
-    import torch.nn.modules.module as m
-    return (any(getattr(m, name, None) for name in _GLOBAL_HOOKS)
+    return (any(getattr(_module, name, None) for name in _GLOBAL_HOOKS)
             or any(getattr(mod, name, None) for mod in modules for name in _MODULE_HOOKS))
 
 
@@ -109,7 +110,6 @@ def batch_norm_add_relu(bn: nn.Module, input: Tensor, residual: Optional[Tensor]
     tracing, torch.compile, autocast, profiler, or torch-function mode such as the viz tools' ReLU
     override). Otherwise the layers run one by one, so hooks, to_torch copies, exports and
     guided backprop see every step. Same numbers either way (up to the rounding of the add)."""
-    from pycnn._ops import native
     if (type(bn) is BatchNorm2d and (relu is None or type(relu) is nn.ReLU) and not _hooked(bn, relu)
             and (residual is None or (residual.shape == input.shape and residual.dtype == input.dtype))
             and native.fast_path_applies((input, residual))):
