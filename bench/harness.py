@@ -498,6 +498,9 @@ def header_lines(settings: Settings, peaks: Optional[Peaks]) -> List[str]:
     if not settings.cuda:
         lines.append(f"CPU target: pycnn {pycnn.cpu_isa()} (of {', '.join(pycnn._C.available_isas())} on this CPU), "
                      f"torch {torch.backends.cpu.get_cpu_capability()}; CPU flags: {cpu_flags()}")
+        if getattr(pycnn._C, "avx512_emulated", False) and pycnn.cpu_isa() == "avx512":
+            lines.append("WARNING: a test build (PYCNN_EMULATE_AVX512): its avx512 kernels run on AVX2 "
+                         "instructions, emulated; these times say nothing about AVX-512 speed")
     if settings.cuda:
         lines.append("CUDA timing with torch.cuda.Event; TF32 disabled for torch's matmul and cuDNN")
     if peaks is not None:

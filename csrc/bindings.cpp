@@ -30,6 +30,11 @@ PYBIND11_MODULE(_C, m) {
   cpu::select_isa();
   m.def("cpu_isa", [] { return std::string(cpu::kernels().isa); });
   m.def("available_isas", &cpu::available_isas);
+#if defined(PYCNN_EMULATE_AVX512)
+  m.attr("avx512_emulated") = true;  // a test build (CMake PYCNN_EMULATE_AVX512): never a speed to report
+#else
+  m.attr("avx512_emulated") = false;
+#endif
   m.def("set_cpu_isa", &cpu::set_cpu_isa, "Test-only: switch every kernel to another available target; returns the previous one");
 
   m.def("gemm", [](int dt, bool ta, bool tb, int64_t M, int64_t N, int64_t K, double alpha,

@@ -5,6 +5,8 @@
 #   scripts/selftest.sh aarch64    cross-compiled (g++-aarch64-linux-gnu), run under qemu-aarch64:
 #                                  the neon and generic targets
 #   scripts/selftest.sh clang      native, built with clang++ (the kernels' Clang target regions)
+#   scripts/selftest.sh avx512emu  the avx512 kernels compiled for AVX2 (CMake PYCNN_EMULATE_AVX512),
+#                                  so they run on CPUs without AVX-512
 set -euo pipefail
 cd "$(dirname "$0")/.."
 what=${1:-native}
@@ -12,6 +14,10 @@ if [ "$what" = aarch64 ]; then
   dir=build/selftest-aarch64
   extra=(-DCMAKE_TOOLCHAIN_FILE=cmake/aarch64-linux-gnu.cmake)
   run=(qemu-aarch64 -L /usr/aarch64-linux-gnu)
+elif [ "$what" = avx512emu ]; then
+  dir=build/selftest-avx512emu
+  extra=(-DPYCNN_EMULATE_AVX512=ON)
+  run=()
 elif [ "$what" = clang ]; then
   dir=build/selftest-clang
   extra=(-DCMAKE_CXX_COMPILER=clang++)

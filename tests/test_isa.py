@@ -84,3 +84,9 @@ def test_kernel_tests_pass_on_every_target(name, tmp_path):
     tail = "\n".join((r.stdout + r.stderr).strip().splitlines()[-30:])
     assert r.returncode == 0, f"kernel tests on {name} failed:\n{tail}"
     assert " passed" in tail
+
+
+def test_the_installed_build_is_not_the_avx512_emulation():
+    # PYCNN_EMULATE_AVX512 (scripts/test_avx512emu.sh) is a test build: its "avx512" kernels run
+    # on AVX2 instructions. What users install, and what this suite tests, must be the real one.
+    assert _C.avx512_emulated is False

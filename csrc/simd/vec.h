@@ -50,7 +50,19 @@
 #define PYCNN_TARGET_PUSH(features) PYCNN_PRAGMA(GCC push_options) PYCNN_PRAGMA(GCC target(features))
 #define PYCNN_TARGET_POP PYCNN_PRAGMA(GCC pop_options)
 #endif
-#if defined(PYCNN_ISA_AVX512) && defined(__clang__)
+// PYCNN_EMULATE_AVX512 (CMake option of that name, developers and CI only, never a
+// release): the avx512 target keeps its 64-byte vectors, 32-register tiles and lane masks, but is
+// compiled for AVX2 + FMA, its few AVX-512 intrinsics replaced below (FMA on the two 256-bit
+// halves, lane ranges through the portable path). Its kernels then run, and are checked against
+// the reference loops and torch, on CPUs without AVX-512; only the instruction encoding differs.
+#if defined(PYCNN_ISA_AVX512) && defined(PYCNN_EMULATE_AVX512)
+#define PYCNN_AVX512_EMULATED 1
+#elif defined(PYCNN_ISA_AVX512)
+#define PYCNN_NATIVE_AVX512 1
+#endif
+#if defined(PYCNN_ISA_AVX512) && defined(PYCNN_AVX512_EMULATED)
+#define PYCNN_TARGET_BEGIN PYCNN_TARGET_PUSH("avx2,fma,bmi,bmi2")
+#elif defined(PYCNN_ISA_AVX512) && defined(__clang__)
 // (Clang's target attribute takes no vector-width preference; explicit 64-byte vectors are
 // compiled as 512-bit code anyway.)
 #define PYCNN_TARGET_BEGIN PYCNN_TARGET_PUSH("avx512f,avx512vl,avx512dq,avx512bw,avx2,fma,bmi,bmi2")
@@ -142,8 +154,26 @@ PYCNN_INLINE void store(T* p, V v) {
 }
 
 // a * b + c, fused where the target has FMA (one rounding; the generic build rounds twice).
+#if defined(PYCNN_AVX512_EMULATED)
+// a * b + c lane-wise with one rounding, as AVX2 FMAs on each 256-bit piece.
+template <typename V, typename F>
+PYCNN_INLINE V fma_by_pieces(V a, V b, V c, F fma256) {
+  using P = decltype(fma256(a, b, c, 0));
+  constexpr int n = int(sizeof(V) / sizeof(P));
+  P pa[n], pb[n], pc[n];
+  std::memcpy(pa, &a, sizeof(V)), std::memcpy(pb, &b, sizeof(V)), std::memcpy(pc, &c, sizeof(V));
+  for (int i = 0; i < n; ++i) pa[i] = fma256(pa[i], pb[i], pc[i], i);
+  std::memcpy(&a, pa, sizeof(V));
+  return a;
+}
+#endif
+
 PYCNN_INLINE vec<float> fma(vec<float> a, vec<float> b, vec<float> c) {
-#if defined(PYCNN_ISA_AVX512)
+#if defined(PYCNN_AVX512_EMULATED)
+  return fma_by_pieces(a, b, c, [](auto x, auto y, auto z, int) -> __m256 {
+    return _mm256_fmadd_ps(x, y, z);
+  });
+#elif defined(PYCNN_NATIVE_AVX512)
   return _mm512_fmadd_ps(a, b, c);
 #elif defined(PYCNN_ISA_AVX2)
   return _mm256_fmadd_ps(a, b, c);
@@ -154,7 +184,11 @@ PYCNN_INLINE vec<float> fma(vec<float> a, vec<float> b, vec<float> c) {
 #endif
 }
 PYCNN_INLINE vec<double> fma(vec<double> a, vec<double> b, vec<double> c) {
-#if defined(PYCNN_ISA_AVX512)
+#if defined(PYCNN_AVX512_EMULATED)
+  return fma_by_pieces(a, b, c, [](auto x, auto y, auto z, int) -> __m256d {
+    return _mm256_fmadd_pd(x, y, z);
+  });
+#elif defined(PYCNN_NATIVE_AVX512)
   return _mm512_fmadd_pd(a, b, c);
 #elif defined(PYCNN_ISA_AVX2)
   return _mm256_fmadd_pd(a, b, c);
@@ -184,7 +218,7 @@ PYCNN_INLINE vec<T> load_range(const T* p, int64_t lo, int64_t hi) {
   lo = std::clamp<int64_t>(lo, 0, L);
   hi = std::clamp<int64_t>(hi, lo, L);
   if (lo == 0 && hi == L) return load(p);
-#if defined(PYCNN_ISA_AVX512)
+#if defined(PYCNN_NATIVE_AVX512)
   const auto m = static_cast<uint32_t>(((uint64_t(1) << hi) - 1) & ~((uint64_t(1) << lo) - 1));
   const uintptr_t a = reinterpret_cast<uintptr_t>(p);  // lanes off the mask are not dereferenced
   if constexpr (sizeof(T) == 4) return _mm512_maskz_loadu_ps(__mmask16(m), reinterpret_cast<const float*>(a));
@@ -211,7 +245,7 @@ PYCNN_INLINE void store_first(T* p, V v, int64_t n) {
   constexpr int L = kLanesOf<T>;
   n = std::clamp<int64_t>(n, 0, L);
   if (n == L) return store(p, v);
-#if defined(PYCNN_ISA_AVX512)
+#if defined(PYCNN_NATIVE_AVX512)
   const auto m = static_cast<uint32_t>((uint64_t(1) << n) - 1);
   if constexpr (sizeof(T) == 4) _mm512_mask_storeu_ps(p, __mmask16(m), v);
   else _mm512_mask_storeu_pd(p, __mmask8(m), v);
