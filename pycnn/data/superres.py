@@ -50,6 +50,11 @@ __all__ = ["super_resolution", "bicubic_resize", "cubic_kernel", "mod_crop", "do
 TEST_SOURCES = ("astronaut", "camera", "chelsea", "coffee", "hubble_deep_field")
 TRAIN_SOURCES = ("brick", "grass", "gravel", "moon", "coins", "page", "text", "rocket", "retina",
                  "immunohistochemistry", "cell", "microaneurysms", "stereo_motorcycle")
+# Photographs that ship inside other installed packages (no download): scikit-learn's sample
+# images and matplotlib's sample data. Natural photos like the held-out set.
+PHOTO_SOURCES = ("china", "flower", "grace_hopper")
+_PHOTO_FILES = {"china": ("sklearn", "china.jpg"), "flower": ("sklearn", "flower.jpg"),
+                "grace_hopper": ("matplotlib", "grace_hopper.jpg")}
 SCALES = (2, 3, 4)
 
 
@@ -132,12 +137,32 @@ def rgb_to_y(image) -> np.ndarray:
 def load_image(name: str) -> np.ndarray:
     """A bundled scikit-image image as float32 in [0, 1]: H x W (grey) or H x W x 3 (RGB)."""
     import skimage.data
-    if name not in TRAIN_SOURCES + TEST_SOURCES:
+    if name not in TRAIN_SOURCES + PHOTO_SOURCES + TEST_SOURCES:
         raise ValueError(f"super_resolution: unknown source image {name!r}")
+    if name in PHOTO_SOURCES:
+        return _load_photo(name)
     img = getattr(skimage.data, name)()
     if name == "stereo_motorcycle":
         img = img[0]  # (left, right, disparity): the right view is nearly the same picture
     return np.asarray(img, dtype=np.float32) / 255.0
+
+
+def _load_photo(name: str) -> np.ndarray:
+    """One of ``PHOTO_SOURCES`` read from the package that ships it (a clear error if missing)."""
+    import os
+    import skimage.io
+    package, filename = _PHOTO_FILES[name]
+    try:
+        if package == "sklearn":
+            import sklearn.datasets
+            path = os.path.join(os.path.dirname(sklearn.datasets.__file__), "images", filename)
+        else:
+            import matplotlib
+            path = os.path.join(matplotlib.get_data_path(), "sample_data", filename)
+    except ImportError as e:
+        raise ImportError(f"super_resolution: training image {name!r} ships with {package}, which is not "
+                          f"installed (pip install pycnn[data])") from e
+    return np.asarray(skimage.io.imread(path), dtype=np.float32) / 255.0
 
 
 def degrade(high_res_y: np.ndarray, scale: int):
@@ -216,7 +241,7 @@ def super_resolution(scale: int = 2, seed: int = 0, patch: int = 48, n_train: in
         raise ValueError(f"super_resolution: min_std must be >= 0, got {min_std!r}")
 
     sources = tuple(sources)
-    bad = [n for n in sources if n not in TRAIN_SOURCES]
+    bad = [n for n in sources if n not in TRAIN_SOURCES + PHOTO_SOURCES]
     if bad or not sources:
         raise ValueError(f"super_resolution: sources must be names from {TRAIN_SOURCES} (never the held-out "
                          f"{TEST_SOURCES}), got {bad or sources!r}")
