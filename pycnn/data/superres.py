@@ -45,14 +45,17 @@ from torch.utils.data import TensorDataset
 from pycnn.data.datasets import Splits, _check_seed
 
 __all__ = ["super_resolution", "bicubic_resize", "cubic_kernel", "mod_crop", "downscale", "degrade", "rgb_to_y", "load_image",
-           "test_images", "TRAIN_SOURCES", "TEST_SOURCES"]
+           "test_images", "TRAIN_SOURCES", "PHOTO_SOURCES", "DEFAULT_SOURCES", "TEST_SOURCES"]
 
 TEST_SOURCES = ("astronaut", "camera", "chelsea", "coffee", "hubble_deep_field")
-TRAIN_SOURCES = ("brick", "grass", "gravel", "moon", "coins", "page", "text", "rocket", "retina",
-                 "immunohistochemistry", "cell", "microaneurysms", "stereo_motorcycle")
 # Photographs that ship inside other installed packages (no download): scikit-learn's sample
 # images and matplotlib's sample data. Natural photos like the held-out set.
 PHOTO_SOURCES = ("china", "flower", "grace_hopper")
+# Every image training and validation patches may come from.
+TRAIN_SOURCES = ("brick", "grass", "gravel", "moon", "coins", "page", "text", "rocket", "retina",
+                 "immunohistochemistry", "cell", "microaneurysms", "stereo_motorcycle") + PHOTO_SOURCES
+# The default: the photographs and a few textures (see the module's notes for the measurements).
+DEFAULT_SOURCES = PHOTO_SOURCES + ("rocket", "stereo_motorcycle", "grass", "brick", "coins")
 _PHOTO_FILES = {"china": ("sklearn", "china.jpg"), "flower": ("sklearn", "flower.jpg"),
                 "grace_hopper": ("matplotlib", "grace_hopper.jpg")}
 SCALES = (2, 3, 4)
@@ -137,7 +140,7 @@ def rgb_to_y(image) -> np.ndarray:
 def load_image(name: str) -> np.ndarray:
     """A bundled scikit-image image as float32 in [0, 1]: H x W (grey) or H x W x 3 (RGB)."""
     import skimage.data
-    if name not in TRAIN_SOURCES + PHOTO_SOURCES + TEST_SOURCES:
+    if name not in TRAIN_SOURCES + TEST_SOURCES:
         raise ValueError(f"super_resolution: unknown source image {name!r}")
     if name in PHOTO_SOURCES:
         return _load_photo(name)
@@ -204,7 +207,7 @@ def _cut(image: np.ndarray, top: np.ndarray, left: np.ndarray, size: int, factor
 
 
 def super_resolution(scale: int = 2, seed: int = 0, patch: int = 48, n_train: int = 8000, n_val: int = 500,
-                     input: str = "low_res", min_std: float = 0.01, sources: Sequence[str] = TRAIN_SOURCES,
+                     input: str = "low_res", min_std: float = 0.01, sources: Sequence[str] = DEFAULT_SOURCES,
                      test_split: bool = True) -> Splits:
     """Pairs (input, high-resolution Y patch) for learning to upscale ``scale`` times.
 
@@ -241,7 +244,7 @@ def super_resolution(scale: int = 2, seed: int = 0, patch: int = 48, n_train: in
         raise ValueError(f"super_resolution: min_std must be >= 0, got {min_std!r}")
 
     sources = tuple(sources)
-    bad = [n for n in sources if n not in TRAIN_SOURCES + PHOTO_SOURCES]
+    bad = [n for n in sources if n not in TRAIN_SOURCES]
     if bad or not sources:
         raise ValueError(f"super_resolution: sources must be names from {TRAIN_SOURCES} (never the held-out "
                          f"{TEST_SOURCES}), got {bad or sources!r}")

@@ -194,8 +194,10 @@ class ESPCN(nn.Module):
         acts = {"tanh": nn.Tanh, "relu": nn.ReLU}
         if activation not in acts:
             raise ValueError(f"espcn: activation must be 'tanh' or 'relu', got {activation!r}")
-        if isinstance(mid_layers, bool) or not isinstance(mid_layers, int) or mid_layers < 0:
-            raise ValueError(f"espcn: mid_layers must be a non-negative int, got {mid_layers!r}")
+        # at most 6: the network then sees 10 low-res pixels around each output, within the margin
+        # of pycnn.superres.upscale_y's tiles (12)
+        if isinstance(mid_layers, bool) or not isinstance(mid_layers, int) or not 0 <= mid_layers <= 6:
+            raise ValueError(f"espcn: mid_layers must be an int in 0..6, got {mid_layers!r}")
         self.scale = scale
         layers = [_conv(in_channels, n1, f1), acts[activation](), _conv(n1, n2, 3), acts[activation]()]
         for _ in range(mid_layers):
