@@ -145,21 +145,22 @@ def _ycbcr(rgb: np.ndarray):
     return rgb2ycbcr(rgb) / 255.0  # Y in [16, 235] / 255, Cb and Cr in [16, 240] / 255
 
 
-def upscale_image(model: nn.Module, low_res: np.ndarray, device="cpu") -> np.ndarray:
+def upscale_image(model: nn.Module, low_res: np.ndarray, device="cpu", ensemble: bool = False) -> np.ndarray:
     """An RGB (H x W x 3) or grey (H x W) image in [0, 1] upscaled ``model.scale`` times: Y by the
     model, the colour difference channels Cb and Cr by bicubic (the eye resolves little colour
-    detail; SRCNN does the same). RGBA: the alpha channel is resized by bicubic too."""
+    detail; SRCNN does the same). RGBA: the alpha channel is resized by bicubic too. ``ensemble``:
+    see :func:`upscale_y`."""
     from skimage.color import ycbcr2rgb
     scale = _model_scale(model)
     img = np.asarray(low_res, dtype=np.float32)
     if img.ndim == 2:
-        y = upscale_y(model, rgb_to_y(img), device=device)
+        y = upscale_y(model, rgb_to_y(img), device=device, ensemble=ensemble)
         return np.clip((y * 255.0 - 16.0) / 219.0, 0.0, 1.0)  # back from Y's studio range
     if img.ndim != 3 or img.shape[2] not in (3, 4):
         raise ValueError(f"upscale_image: expected H x W, H x W x 3 or H x W x 4, got shape {img.shape}")
     shape = (img.shape[0] * scale, img.shape[1] * scale)
     ycc = _ycbcr(img[..., :3])
-    y = upscale_y(model, ycc[..., 0], device=device)
+    y = upscale_y(model, ycc[..., 0], device=device, ensemble=ensemble)
     chroma = bicubic_resize(ycc[..., 1:], shape)
     rgb = np.clip(ycbcr2rgb(np.concatenate([y[..., None], chroma], axis=-1) * 255.0), 0.0, 1.0).astype(np.float32)
     if img.shape[2] == 4:
