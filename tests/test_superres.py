@@ -354,13 +354,14 @@ def test_cli_train_evaluate_upscale(tmp_path, capsys):
     rc = cli.main(["evaluate", "--checkpoint", str(run / "last.pt")])
     out, err = capsys.readouterr()
     assert rc == 0, err
-    assert "mean" in out and "SSIM" in out
+    assert "mean" in out and "SSIM" in out and "self-ensemble" not in out
     rng = np.random.default_rng(0)
     for name, shape in (("rgb.png", (13, 17, 3)), ("grey.png", (9, 11))):
         src = tmp_path / name
         io.imsave(src, (rng.random(shape) * 255).astype(np.uint8), check_contrast=False)
         dst = tmp_path / ("big-" + name)
-        rc = cli.main(["upscale", "--checkpoint", str(run / "best.pt"), "--image", str(src), "--out", str(dst)])
+        rc = cli.main(["upscale", "--checkpoint", str(run / "best.pt"), "--image", str(src), "--out", str(dst)]
+                      + (["--ensemble"] if name == "rgb.png" else []))
         out, err = capsys.readouterr()
         assert rc == 0, err
         big = io.imread(dst)
@@ -373,3 +374,18 @@ def test_cli_train_evaluate_upscale(tmp_path, capsys):
     rc = cli.main(["train", "--model", "lenet5", "--data", "super_resolution", "--epochs", "1"])
     out, err = capsys.readouterr()
     assert rc == 2 and "not a super-resolution model" in err
+
+
+def test_demo_run_takes_model_options_and_self_ensemble():
+    from pycnn.superres import report_section
+    spec = dict(model="espcn", scale=2, epochs=1, n_train=16, n_val=8, lr=1e-3, batch_size=16, crop=48,
+                sources=SMALL, model_options={"activation": "relu"}, ensemble=True)
+    r = report_section.run(spec)
+    assert isinstance(r["model"].body[1], torch.nn.ReLU) and r["cpu_seconds"] > 0
+    assert len(r["metrics"]["images"]) == len(DS.TEST_SOURCES) and math.isfinite(r["metrics"]["gain"])
+    plain = SR.evaluate(r["model"], crop=48)
+    assert r["metrics"]["psnr"] != plain["psnr"]  # the ensemble's, not one pass's
+    c = report_section.crops(r["model"], "camera", 10, 10, 24, ensemble=True)
+    assert c["ours"][0].shape == (24, 24, 3) and math.isfinite(c["ours"][1])
+    for spec in report_section.DEMO_RUNS["full"]:  # the demo's runs stay on the default, photo sources
+        assert "sources" not in spec and spec["ensemble"]

@@ -1,7 +1,7 @@
 """Super-resolution on the ``pycnn`` command line.
 
     pycnn train --model espcn --data super_resolution --data-option scale=2 --augment --out runs/espcn-x2
-    pycnn evaluate --checkpoint runs/espcn-x2/best.pt      # PSNR / SSIM against bicubic, per image
+    pycnn evaluate --checkpoint runs/espcn-x2/best.pt --ensemble  # PSNR / SSIM against bicubic, per image
     pycnn upscale --checkpoint runs/espcn-x2/best.pt --image photo.png --out photo-x2.png
 
 ``pycnn train`` and ``pycnn evaluate`` hand super-resolution models and checkpoints to
@@ -113,8 +113,9 @@ def evaluate(args, state: dict, config: dict) -> int:
     if args.split == "test":
         print_evaluation(SR.evaluate(model, device=device),
                          f"{config['model']} x{model.scale} (checkpoint epoch {state.get('epoch')})")
-        print_evaluation(SR.evaluate(model, device=device, ensemble=True),
-                         f"{config['model']} x{model.scale}, self-ensemble (mean of 8 flips/transposes)")
+        if getattr(args, "ensemble", False):
+            print_evaluation(SR.evaluate(model, device=device, ensemble=True),
+                             f"{config['model']} x{model.scale}, self-ensemble (mean of 8 flips/transposes)")
         return 0
     splits = D.get("super_resolution", **config.get("data_kwargs", {}))
     m = SR.evaluate_patches(model, getattr(splits, args.split), config.get("loss", "mse"), device=device)
