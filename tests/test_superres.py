@@ -159,6 +159,10 @@ def test_photo_sources_ship_with_installed_packages():
     assert set(DS.TRAIN_SOURCES).isdisjoint(DS.TEST_SOURCES) and "cat" not in DS.TRAIN_SOURCES  # cat is chelsea
     s = D.get("super_resolution", scale=3, n_train=24, n_val=6, sources=("flower", "grace_hopper"), test_split=False)
     assert s.info["train_sources"] == ("flower", "grace_hopper") and s.train.tensors[0].shape == (24, 1, 16, 16)
+    one = D.get("super_resolution", scale=4, n_train=4, n_val=2, sources="flower", test_split=False)
+    assert one.info["train_sources"] == ("flower",)
+    with pytest.raises(ValueError, match="never the held-out"):
+        D.get("super_resolution", sources="chelsea")
 
 
 def test_data_rejects_bad_options():

@@ -238,7 +238,8 @@ def super_resolution(scale: int = 2, seed: int = 0, patch: int = 48, n_train: in
     image upsampled again by :func:`bicubic_resize`, patch on a side: srcnn). Targets: float32
     [N, 1, patch, patch]. Inputs are cut from whole downscaled images, so a patch's borders see
     the same pixels as the whole image's would. ``sources``: a subset of ``TRAIN_SOURCES`` (the quick
-    demo uses a few small images; resizing the others takes seconds).
+    demo uses a few small images; resizing the others takes seconds), or "photographs"
+    (``PHOTOGRAPHS``), "default" (``DEFAULT_SOURCES``), "all" (``TRAIN_SOURCES``).
 
     ``test``: the held-out images (``TEST_SOURCES``) tiled into non-overlapping patches, for a loss;
     the metrics are measured on the whole images (:func:`test_images`); ``test_split=False`` leaves
@@ -259,6 +260,8 @@ def super_resolution(scale: int = 2, seed: int = 0, patch: int = 48, n_train: in
     if not min_std >= 0:
         raise ValueError(f"super_resolution: min_std must be >= 0, got {min_std!r}")
 
+    if isinstance(sources, str):  # a named set (the command line's --data-option sources=photographs) or one image
+        sources = {"photographs": PHOTOGRAPHS, "default": DEFAULT_SOURCES, "all": TRAIN_SOURCES}.get(sources, (sources,))
     sources = tuple(sources)
     bad = [n for n in sources if n not in TRAIN_SOURCES]
     if bad or not sources:
