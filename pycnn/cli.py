@@ -582,6 +582,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--data", default=None, help="a dataset name or image folder instead of the checkpoint's own")
     e.add_argument("--confusion", action="store_true",
                    help=f"print the confusion matrix even for more than {CONFUSION_MAX_CLASSES} classes")
+    e.add_argument("--ensemble", action="store_true",
+                   help="super-resolution: also score the self-ensemble (mean over the 8 flips/transposes)")
     common(e)
     e.set_defaults(func=cmd_evaluate)
 

@@ -146,6 +146,25 @@ def test_train_val_test_are_disjoint(small_x2):
     assert len(D.get("super_resolution", n_train=8, n_val=4, sources=("coins", "page"), test_split=False).test) == 0
 
 
+def test_photo_sources_ship_with_installed_packages():
+    """The photographs added to the training sources are files inside scikit-learn and matplotlib
+    (no download), RGB, none of them a held-out image."""
+    test = [DS.load_image(n) for n in DS.TEST_SOURCES]
+    for name in DS.PHOTO_SOURCES:
+        img = DS.load_image(name)
+        assert img.ndim == 3 and img.shape[2] == 3 and min(img.shape[:2]) >= 400 and img.dtype == np.float32
+        assert 0.0 <= img.min() and img.max() <= 1.0 and img.std() > 0.1
+        assert not any(t.shape == img.shape and np.allclose(t, img) for t in test)
+    assert set(DS.PHOTO_SOURCES) <= set(DS.TRAIN_SOURCES) and set(DS.DEFAULT_SOURCES) <= set(DS.TRAIN_SOURCES)
+    assert set(DS.TRAIN_SOURCES).isdisjoint(DS.TEST_SOURCES) and "cat" not in DS.TRAIN_SOURCES  # cat is chelsea
+    s = D.get("super_resolution", scale=3, n_train=24, n_val=6, sources=("flower", "grace_hopper"), test_split=False)
+    assert s.info["train_sources"] == ("flower", "grace_hopper") and s.train.tensors[0].shape == (24, 1, 16, 16)
+    one = D.get("super_resolution", scale=4, n_train=4, n_val=2, sources="flower", test_split=False)
+    assert one.info["train_sources"] == ("flower",)
+    with pytest.raises(ValueError, match="never the held-out"):
+        D.get("super_resolution", sources="chelsea")
+
+
 def test_data_rejects_bad_options():
     with pytest.raises(ValueError, match="scale must be one of"):
         D.get("super_resolution", scale=5)
@@ -267,6 +286,37 @@ def test_short_training_lowers_the_loss(small_x2, tmp_path):
         SR.fit(M.get("srcnn", scale=2), small_x2, epochs=1, progress=False)
 
 
+def test_espcn_mid_layers_and_self_ensemble():
+    torch.manual_seed(0)
+    deeper = M.get("espcn", scale=2, mid_layers=2, activation="relu")
+    convs = [m for m in deeper.body if isinstance(m, pnn.Conv2d)]
+    assert len(convs) == 5 and [c.kernel_size for c in convs[1:]] == [(3, 3)] * 4
+    for bad in (-1, 7, 1.0, True):
+        with pytest.raises(ValueError, match="espcn: mid_layers must be an int in 0..6"):
+            M.get("espcn", scale=2, mid_layers=bad)
+    # the deepest one still sees less than upscale_y's tile margin: tiles equal one pass
+    lr = np.random.default_rng(4).random((21, 26)).astype(np.float32)
+    deeper = M.get("espcn", scale=2, mid_layers=6).eval()
+    with torch.no_grad():
+        deeper.body[-1].weight.normal_(0, 0.05)
+    np.testing.assert_allclose(SR.upscale_y(deeper, lr, tile=6), SR.upscale_y(deeper, lr, tile=1000), atol=1e-5)
+    # self-ensemble: the mean over the 8 orientations, each turned back; a model that is itself
+    # symmetric (the bare cubic skip) gives the same image, a trained-like one a different one
+    model = M.get("espcn", scale=3).eval()
+    with torch.no_grad():
+        model.body[-1].weight.zero_()
+    np.testing.assert_allclose(SR.upscale_y(model, lr, ensemble=True), SR.upscale_y(model, lr), atol=1e-6)
+    with torch.no_grad():
+        model.body[-1].weight.normal_(0, 0.05)
+    one = SR.upscale_y(model, lr)
+    ens = SR.upscale_y(model, lr, ensemble=True)
+    assert ens.shape == one.shape == (63, 78) and not np.allclose(ens, one, atol=1e-4)
+    manual = np.mean([SR.upscale_y(model, lr[:, ::-1].copy())[:, ::-1],
+                      SR.upscale_y(model, lr[::-1].T.copy()).T[::-1]], axis=0)  # two of the eight by hand
+    pair = np.mean([SR._symmetry(SR.upscale_y(model, SR._symmetry(lr, k)), k, inverse=True) for k in (1, 6)], axis=0)
+    np.testing.assert_allclose(pair, manual, atol=1e-6)
+
+
 @pytest.mark.parametrize("name", ["srcnn", "fsrcnn", "espcn"])
 def test_tiled_upscale_equals_a_whole_image_pass(name):
     torch.manual_seed(0)
@@ -308,13 +358,14 @@ def test_cli_train_evaluate_upscale(tmp_path, capsys):
     rc = cli.main(["evaluate", "--checkpoint", str(run / "last.pt")])
     out, err = capsys.readouterr()
     assert rc == 0, err
-    assert "mean" in out and "SSIM" in out
+    assert "mean" in out and "SSIM" in out and "self-ensemble" not in out
     rng = np.random.default_rng(0)
     for name, shape in (("rgb.png", (13, 17, 3)), ("grey.png", (9, 11))):
         src = tmp_path / name
         io.imsave(src, (rng.random(shape) * 255).astype(np.uint8), check_contrast=False)
         dst = tmp_path / ("big-" + name)
-        rc = cli.main(["upscale", "--checkpoint", str(run / "best.pt"), "--image", str(src), "--out", str(dst)])
+        rc = cli.main(["upscale", "--checkpoint", str(run / "best.pt"), "--image", str(src), "--out", str(dst)]
+                      + (["--ensemble"] if name == "rgb.png" else []))
         out, err = capsys.readouterr()
         assert rc == 0, err
         big = io.imread(dst)
@@ -327,3 +378,18 @@ def test_cli_train_evaluate_upscale(tmp_path, capsys):
     rc = cli.main(["train", "--model", "lenet5", "--data", "super_resolution", "--epochs", "1"])
     out, err = capsys.readouterr()
     assert rc == 2 and "not a super-resolution model" in err
+
+
+def test_demo_run_takes_model_options_and_self_ensemble():
+    from pycnn.superres import report_section
+    spec = dict(model="espcn", scale=2, epochs=1, n_train=16, n_val=8, lr=1e-3, batch_size=16, crop=48,
+                sources=SMALL, model_options={"activation": "relu"}, ensemble=True)
+    r = report_section.run(spec)
+    assert isinstance(r["model"].body[1], torch.nn.ReLU) and r["cpu_seconds"] > 0
+    assert len(r["metrics"]["images"]) == len(DS.TEST_SOURCES) and math.isfinite(r["metrics"]["gain"])
+    plain = SR.evaluate(r["model"], crop=48)
+    assert r["metrics"]["psnr"] != plain["psnr"]  # the ensemble's, not one pass's
+    c = report_section.crops(r["model"], "camera", 10, 10, 24, ensemble=True)
+    assert c["ours"][0].shape == (24, 24, 3) and math.isfinite(c["ours"][1])
+    for spec in report_section.DEMO_RUNS["full"]:  # the demo's runs: photographs, never a held-out image
+        assert set(spec.get("sources", DS.DEFAULT_SOURCES)) <= set(DS.DEFAULT_SOURCES) and spec["ensemble"]

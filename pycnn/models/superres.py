@@ -188,15 +188,21 @@ class ESPCN(nn.Module):
     input_kind = "low_res"
 
     def __init__(self, scale: int, in_channels: int = 1, n1: int = 64, n2: int = 32, activation: str = "tanh",
-                 residual: bool = True):
+                 residual: bool = True, mid_layers: int = 0, f1: int = 5):
         super().__init__()
         _check("espcn", scale, in_channels)
         acts = {"tanh": nn.Tanh, "relu": nn.ReLU}
         if activation not in acts:
             raise ValueError(f"espcn: activation must be 'tanh' or 'relu', got {activation!r}")
+        # at most 6: the network then sees 10 low-res pixels around each output, within the margin
+        # of pycnn.superres.upscale_y's tiles (12)
+        if isinstance(mid_layers, bool) or not isinstance(mid_layers, int) or not 0 <= mid_layers <= 6:
+            raise ValueError(f"espcn: mid_layers must be an int in 0..6, got {mid_layers!r}")
         self.scale = scale
-        self.body = nn.Sequential(_conv(in_channels, n1, 5), acts[activation](), _conv(n1, n2, 3),
-                                  acts[activation](), _conv(n2, in_channels * scale * scale, 3))
+        layers = [_conv(in_channels, n1, f1), acts[activation](), _conv(n1, n2, 3), acts[activation]()]
+        for _ in range(mid_layers):
+            layers += [_conv(n2, n2, 3), acts[activation]()]
+        self.body = nn.Sequential(*layers, _conv(n2, in_channels * scale * scale, 3))
         _he_init(self.body, nonlinearity=activation)
         self.shuffle = pnn.PixelShuffle(scale)
         self.skip = CubicUpsample(scale, in_channels) if residual else None

@@ -72,8 +72,18 @@ def _model_scale(model: nn.Module) -> int:
     return int(scale)
 
 
-@torch.no_grad()
-def upscale_y(model: nn.Module, low_res_y: np.ndarray, tile: int = 256, device="cpu") -> np.ndarray:
+def _symmetry(image: np.ndarray, k: int, inverse: bool = False) -> np.ndarray:
+    """One of the 8 flips/transposes of the square (k in 0..7; the bits as in ``_random_symmetry``),
+    or its inverse."""
+    ops = [(k & 1, lambda a: a[:, ::-1]), (k & 2, lambda a: a[::-1]), (k & 4, lambda a: a.T)]
+    for on, op in (reversed(ops) if inverse else ops):
+        if on:
+            image = op(image)
+    return np.ascontiguousarray(image)
+
+
+def upscale_y(model: nn.Module, low_res_y: np.ndarray, tile: int = 256, device="cpu",
+              ensemble: bool = False) -> np.ndarray:
     """``low_res_y`` (H x W, float in [0, 1]) upscaled ``model.scale`` times by ``model``: float32
     (H * scale) x (W * scale), clipped to [0, 1].
 
@@ -81,7 +91,26 @@ def upscale_y(model: nn.Module, low_res_y: np.ndarray, tile: int = 256, device="
     ``tile`` low-res pixels that overlap by more than the networks' reach (12 low-res pixels on each
     side; SRCNN, FSRCNN and ESPCN see at most 8), so the result equals a whole-image pass, with
     bounded memory. The model's train/eval mode is left as it was found.
-    """
+
+    ``ensemble=True``: the mean of the model's upscalings of the 8 flips/transposes of the
+    image, each turned back (Lim et al. 2017's "self-ensemble"): 8 times the inference cost, no
+    training. The model was trained on all 8 orientations (``fit``'s augmentation), and its errors
+    in them are partly independent, so the mean is closer to the truth."""
+    if not ensemble:
+        return _upscale_y(model, low_res_y, tile, device)
+    lr = np.asarray(low_res_y, dtype=np.float32)
+    if lr.ndim != 2 or min(lr.shape) < 1:
+        raise ValueError(f"upscale_y: expected an H x W image, got shape {lr.shape}")
+    total = None
+    for k in range(8):
+        out = _symmetry(_upscale_y(model, _symmetry(lr, k), tile, device), k, inverse=True).astype(np.float64)
+        total = out if total is None else total + out
+    return (total / 8).astype(np.float32)
+
+
+@torch.no_grad()
+def _upscale_y(model: nn.Module, low_res_y: np.ndarray, tile: int = 256, device="cpu") -> np.ndarray:
+    """One pass of :func:`upscale_y` (tiled)."""
     scale = _model_scale(model)
     lr = np.asarray(low_res_y, dtype=np.float32)
     if lr.ndim != 2 or min(lr.shape) < 1:
@@ -116,21 +145,22 @@ def _ycbcr(rgb: np.ndarray):
     return rgb2ycbcr(rgb) / 255.0  # Y in [16, 235] / 255, Cb and Cr in [16, 240] / 255
 
 
-def upscale_image(model: nn.Module, low_res: np.ndarray, device="cpu") -> np.ndarray:
+def upscale_image(model: nn.Module, low_res: np.ndarray, device="cpu", ensemble: bool = False) -> np.ndarray:
     """An RGB (H x W x 3) or grey (H x W) image in [0, 1] upscaled ``model.scale`` times: Y by the
     model, the colour difference channels Cb and Cr by bicubic (the eye resolves little colour
-    detail; SRCNN does the same). RGBA: the alpha channel is resized by bicubic too."""
+    detail; SRCNN does the same). RGBA: the alpha channel is resized by bicubic too. ``ensemble``:
+    see :func:`upscale_y`."""
     from skimage.color import ycbcr2rgb
     scale = _model_scale(model)
     img = np.asarray(low_res, dtype=np.float32)
     if img.ndim == 2:
-        y = upscale_y(model, rgb_to_y(img), device=device)
+        y = upscale_y(model, rgb_to_y(img), device=device, ensemble=ensemble)
         return np.clip((y * 255.0 - 16.0) / 219.0, 0.0, 1.0)  # back from Y's studio range
     if img.ndim != 3 or img.shape[2] not in (3, 4):
         raise ValueError(f"upscale_image: expected H x W, H x W x 3 or H x W x 4, got shape {img.shape}")
     shape = (img.shape[0] * scale, img.shape[1] * scale)
     ycc = _ycbcr(img[..., :3])
-    y = upscale_y(model, ycc[..., 0], device=device)
+    y = upscale_y(model, ycc[..., 0], device=device, ensemble=ensemble)
     chroma = bicubic_resize(ycc[..., 1:], shape)
     rgb = np.clip(ycbcr2rgb(np.concatenate([y[..., None], chroma], axis=-1) * 255.0), 0.0, 1.0).astype(np.float32)
     if img.shape[2] == 4:
@@ -139,7 +169,7 @@ def upscale_image(model: nn.Module, low_res: np.ndarray, device="cpu") -> np.nda
 
 
 def evaluate(model: nn.Module, names: Sequence[str] = TEST_SOURCES, crop: Optional[int] = None,
-             device="cpu") -> dict:
+             device="cpu", ensemble: bool = False) -> dict:
     """PSNR and SSIM of ``model`` and of bicubic on the held-out images (whole, or a centred
     ``crop`` x ``crop`` high-res window of each: the quick demo). Returns per-image rows and
     their means: {"images": [{name, psnr, ssim, bicubic_psnr, bicubic_ssim}], "psnr", "ssim",
@@ -153,7 +183,7 @@ def evaluate(model: nn.Module, names: Sequence[str] = TEST_SOURCES, crop: Option
             top, left = max(0, (y.shape[0] - crop) // 2), max(0, (y.shape[1] - crop) // 2)
             y = y[top:top + crop, left:left + crop]
         hr, lr, bic = degrade(y, scale)
-        sr = upscale_y(model, lr, device=device)
+        sr = upscale_y(model, lr, device=device, ensemble=ensemble)
         rows.append({"name": name, "psnr": psnr(sr, hr, scale), "ssim": ssim(sr, hr, scale),
                      "bicubic_psnr": psnr(bic, hr, scale), "bicubic_ssim": ssim(bic, hr, scale)})
     means = {k: float(np.mean([r[k] for r in rows])) for k in ("psnr", "ssim", "bicubic_psnr", "bicubic_ssim")}
