@@ -27,12 +27,24 @@ HOLE_FRACTIONS = (0.1, 0.25, 0.4, 0.5)
 MASK_KINDS = ("strokes", "square")
 
 
+# Photographs that ship inside installed packages (none is a held-out image; scikit-image's `cat` IS
+# chelsea and is never used): scikit-learn's two sample images and matplotlib's portrait.
+PHOTOS = ("china", "flower", "grace_hopper")
+
+
 def load_grey(name: str) -> np.ndarray:
-    """A bundled scikit-image picture as float32 grey in [0, 1] (never a download)."""
+    """A bundled picture (scikit-image's, or one of ``PHOTOS``) as float32 grey in [0, 1] (never a download)."""
     import skimage.data as sd
     from skimage import color, util
     if name == "motorcycle_left":
         img = sd.stereo_motorcycle()[0]
+    elif name in ("china", "flower"):
+        from sklearn.datasets import load_sample_image
+        img = load_sample_image(f"{name}.jpg")
+    elif name == "grace_hopper":
+        from matplotlib import cbook
+        from skimage import io
+        img = io.imread(cbook.get_sample_data("grace_hopper.jpg", asfileobj=False))
     else:
         img = getattr(sd, name)()
     img = util.img_as_float32(img)
@@ -156,8 +168,11 @@ def inpainting(seed: int = 0, patch: int = 64, train_patches: int = 3000, test_p
     train, train_extra = _with_masks(pool[n_val:], None, rng, bank=mask_bank, fractions=hole_fractions)
     combos = [(f, k) for f in hole_fractions for k in MASK_KINDS]
     val, val_extra = _with_masks(pool[:n_val], None, rng, fractions=hole_fractions)
-    test_patches = np.concatenate([_cut_patches(load_grey(name), patch, test_per_image, rng) for name in held_out])
-    test, test_extra = _with_masks(test_patches, combos, rng)
+    # the test split draws from its own generator: it does not change with the training sources or sizes
+    test_rng = np.random.default_rng([seed, 1])
+    test_patches = np.concatenate([_cut_patches(load_grey(name), patch, test_per_image, test_rng)
+                                   for name in held_out])
+    test, test_extra = _with_masks(test_patches, combos, test_rng)
     images = train.tensors[0]
     mean, std = images.mean(dim=(0, 2, 3)), images.std(dim=(0, 2, 3))
     return Splits(train, val, test, classes=("image",), task="inpainting", mean=mean, std=std,
