@@ -205,3 +205,35 @@ def test_loss_counts_each_images_hole_psnr():
     # 10*log10 of the hole MSE rises by ~10 dB (1e-5 -> 1.1e-4): the PSNR term outweighs the L1 term
     assert I.loss_fn(off, image, mask) - perfect == pytest.approx(l1_part + I.PSNR_WEIGHT * np.log10(11), rel=1e-4)
     assert I.PSNR_WEIGHT * np.log10(11) > l1_part
+
+
+def test_photo_sources_and_a_test_split_that_does_not_depend_on_them(splits):
+    photo = data.load_grey("china")
+    assert photo.shape == (427, 640) and photo.dtype == np.float32 and 0 <= photo.min() < photo.max() <= 1
+    other = D.get("inpainting", **dict(TINY, train_patches=4, sources=("grace_hopper",)))
+    ref = splits
+    assert torch.equal(other.test.tensors[0], ref.test.tensors[0])  # same held-out patches and masks
+    assert torch.equal(other.test.tensors[1], ref.test.tensors[1])
+    assert not torch.equal(other.train.tensors[0], ref.train.tensors[0])
+    with pytest.raises(ValueError, match="held out"):  # scikit-image's cat is the held-out chelsea
+        D.get("inpainting", sources=("cat",), held_out=("chelsea",))
+
+
+def test_normalized_model_is_equivariant_to_contrast_and_brightness(monkeypatch):
+    import importlib
+    P = importlib.import_module("pycnn.models.pconv_unet")  # the module (pycnn.models.pconv_unet is also a function)
+    monkeypatch.setattr(P, "NORM_FLOOR", 0.0)  # exact equivariance without the floor
+    torch.manual_seed(0)
+    model = M.get("pconv_unet", depth=2, width=4, normalize=True).double()
+    for p in model.parameters():  # a non-zero correction (the last layer starts at zero)
+        torch.nn.init.normal_(p, std=0.3)
+    x = torch.rand(2, 1, 24, 20, dtype=torch.float64)
+    m = torch.ones_like(x)
+    m[..., 6:18, 4:15] = 0
+    out = model(x * m, m)
+    assert (out - P.smooth_fill(x * m, m)).abs().mean() > 1e-3
+    y = 0.3 * x + 0.2  # less contrast, brighter: the same fill and correction, rescaled
+    assert torch.allclose(model(y * m, m), 0.3 * out + 0.2, atol=1e-9)
+    plain = M.get("pconv_unet", depth=2, width=4).double()
+    plain.load_state_dict(model.state_dict())
+    assert not torch.allclose(plain(y * m, m), 0.3 * plain(x * m, m) + 0.2, atol=1e-4)  # the test can fail
