@@ -86,10 +86,17 @@ def test_fit_evaluate_and_table(splits):
     assert len(history["epochs"]) == 1 and np.isfinite(history["epochs"][-1]["loss"])
     table = I.evaluate(model, splits)
     assert set(table) == set(data.HOLE_FRACTIONS) | {"all"} and table["all"]["count"] == 8
-    assert set(table[0.5]) == {"count", "ours", "biharmonic"}
+    assert set(table[0.5]) == {"count", "ours", "fill", "biharmonic"}
     assert set(table[0.5]["ours"]) == {"hole_psnr", "hole_l1", "psnr", "ssim"}
     text = I.format_table(table)
-    assert "50%" in text and "biharm" in text
+    assert "50%" in text and "biharm" in text and "fill" in text
+    images, masks = splits.test.tensors  # the fill column is smooth_fill alone, scored like the others
+    fill = I.fill_only(model, images, masks)
+    assert torch.equal(fill[masks.bool()], images[masks.bool()])
+    sel = torch.nonzero(splits.extra["test"]["hole_fraction"] == 0.5).flatten().tolist()
+    expect = np.mean([I.image_metrics(images[i, 0].numpy(), fill[i, 0].numpy(), masks[i, 0].numpy() < 0.5)["hole_l1"]
+                      for i in sel])
+    assert table[0.5]["fill"]["hole_l1"] == pytest.approx(expect, rel=1e-6)
 
 
 def test_commands(tmp_path, capsys):

@@ -13,16 +13,19 @@ QUICK_DATA = {"train_patches": 64, "test_per_image": 1, "mask_bank": 2, "sources
 
 
 def _table_html(table: dict) -> str:
+    from pycnn.restoration.inpainting import METHODS
     cols = (("hole_psnr", "hole PSNR (dB)", "{:.2f}"), ("hole_l1", "hole L1", "{:.4f}"),
             ("psnr", "PSNR (dB)", "{:.2f}"), ("ssim", "SSIM", "{:.4f}"))
+    names = [k for k, _ in METHODS if any(k in row for row in table.values())]
+    label = {"ours": "ours", "fill": "fill alone", "biharmonic": "biharmonic"}
     head = "<tr><th>hole (of area)</th><th>images</th>" + "".join(
-        f"<th>{html.escape(t)}: ours</th><th>biharmonic</th>" for _, t, _ in cols) + "</tr>"
+        "".join(f"<th>{html.escape(t) + ': ' if j == 0 else ''}{label[k]}</th>" for j, k in enumerate(names))
+        for _, t, _ in cols) + "</tr>"
     rows = []
     for key, row in table.items():
-        label = "all" if key == "all" else f"{100 * key:.0f}%"
-        cells = "".join(f'<td class="num">{f.format(row["ours"][k])}</td><td class="num">{f.format(row["biharmonic"][k])}</td>'
-                        for k, _, f in cols)
-        rows.append(f"<tr><td>{label}</td><td class=\"num\">{row['count']}</td>{cells}</tr>")
+        name = "all" if key == "all" else f"{100 * key:.0f}%"
+        cells = "".join(f'<td class="num">{f.format(row[k][m]) if k in row else ""}</td>' for m, _, f in cols for k in names)
+        rows.append(f"<tr><td>{name}</td><td class=\"num\">{row['count']}</td>{cells}</tr>")
     return f"<table>{head}{''.join(rows)}</table>"
 
 
