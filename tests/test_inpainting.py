@@ -109,6 +109,7 @@ def test_commands(tmp_path, capsys):
                    "--model-option", "width=4", "--epochs", "1", "--batch-size", "4", "--out", str(out), "--quiet"])
     text = capsys.readouterr().out
     assert rc == 0 and "biharm" in text and "50%" in text
+    assert I.load_model(str(out / "last.pt")).normalize  # recorded by fit: a new checkpoint loads as trained
     rc = cli.main(["evaluate", "--checkpoint", str(out / "last.pt")])
     text = capsys.readouterr().out
     assert rc == 0 and "hole PSNR" in text
@@ -191,7 +192,7 @@ def test_untrained_model_returns_the_fill_and_learns_a_residual(splits):
 def test_checkpoint_of_the_plain_unet_still_loads(tmp_path):
     from pycnn.train import save_checkpoint
     torch.manual_seed(0)
-    plain = M.get("pconv_unet", depth=2, width=4, fill_iters=0)
+    plain = M.get("pconv_unet", depth=2, width=4, fill_iters=0, normalize=False)  # as built before both options
     save_checkpoint(str(tmp_path / "old.pt"), {"model": plain.state_dict(), "epoch": 1, "task": "inpaint",
                                                "config": {"model": "pconv_unet", "model_kwargs": {"depth": 2, "width": 4}}})
     loaded = I.load_model(str(tmp_path / "old.pt"))
@@ -231,7 +232,7 @@ def test_normalized_model_is_equivariant_to_contrast_and_brightness(monkeypatch)
     P = importlib.import_module("pycnn.models.pconv_unet")  # the module (pycnn.models.pconv_unet is also a function)
     monkeypatch.setattr(P, "NORM_FLOOR", 0.0)  # exact equivariance without the floor
     torch.manual_seed(0)
-    model = M.get("pconv_unet", depth=2, width=4, normalize=True).double()
+    model = M.get("pconv_unet", depth=2, width=4).double()  # normalize=True is the default
     for p in model.parameters():  # a non-zero correction (the last layer starts at zero)
         torch.nn.init.normal_(p, std=0.3)
     x = torch.rand(2, 1, 24, 20, dtype=torch.float64)
@@ -241,6 +242,6 @@ def test_normalized_model_is_equivariant_to_contrast_and_brightness(monkeypatch)
     assert (out - P.smooth_fill(x * m, m)).abs().mean() > 1e-3
     y = 0.3 * x + 0.2  # less contrast, brighter: the same fill and correction, rescaled
     assert torch.allclose(model(y * m, m), 0.3 * out + 0.2, atol=1e-9)
-    plain = M.get("pconv_unet", depth=2, width=4).double()
+    plain = M.get("pconv_unet", depth=2, width=4, normalize=False).double()
     plain.load_state_dict(model.state_dict())
     assert not torch.allclose(plain(y * m, m), 0.3 * plain(x * m, m) + 0.2, atol=1e-4)  # the test can fail
