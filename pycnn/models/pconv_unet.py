@@ -71,7 +71,7 @@ class PConvUNet(nn.Module):
         centre, scale = 0.5, 1.0
         if self.normalize:
             centre, scale = _known_mean_std(image, mask)
-        x, m = (image - centre) / scale, mask  # centred: a hole's zero is then the mid grey
+        x, m = (image - centre) / scale, mask  # centred: a hole's zero is the mid grey (or the known mean)
         base = 0.5
         if self.fill_iters:
             with torch.no_grad():  # a fixed function of the input: nothing to learn, no gradient needed
@@ -103,11 +103,10 @@ NORM_FLOOR = 0.01  # added to the known pixels' std: a flat patch's sensor noise
 def _known_mean_std(image: torch.Tensor, mask: torch.Tensor):
     """Mean and standard deviation (+ ``NORM_FLOOR``) of each image's known pixels, per channel: the
     network works in these units, so its correction scales with the image's contrast."""
-    floor = NORM_FLOOR
     n = mask.sum((-2, -1), keepdim=True).clamp_min(1)
     mean = (image * mask).sum((-2, -1), keepdim=True) / n
     var = (((image - mean) * mask) ** 2).sum((-2, -1), keepdim=True) / n
-    return mean, var.sqrt() + floor
+    return mean, var.sqrt() + NORM_FLOOR
 
 
 def _neighbour_mean(u: torch.Tensor) -> torch.Tensor:
