@@ -86,10 +86,17 @@ def test_fit_evaluate_and_table(splits):
     assert len(history["epochs"]) == 1 and np.isfinite(history["epochs"][-1]["loss"])
     table = I.evaluate(model, splits)
     assert set(table) == set(data.HOLE_FRACTIONS) | {"all"} and table["all"]["count"] == 8
-    assert set(table[0.5]) == {"count", "ours", "biharmonic"}
+    assert set(table[0.5]) == {"count", "ours", "fill", "biharmonic"}
     assert set(table[0.5]["ours"]) == {"hole_psnr", "hole_l1", "psnr", "ssim"}
     text = I.format_table(table)
-    assert "50%" in text and "biharm" in text
+    assert "50%" in text and "biharm" in text and "fill" in text
+    images, masks = splits.test.tensors  # the fill column is smooth_fill alone, scored like the others
+    fill = I.fill_only(model, images, masks)
+    assert torch.equal(fill[masks.bool()], images[masks.bool()])
+    sel = torch.nonzero(splits.extra["test"]["hole_fraction"] == 0.5).flatten().tolist()
+    expect = np.mean([I.image_metrics(images[i, 0].numpy(), fill[i, 0].numpy(), masks[i, 0].numpy() < 0.5)["hole_l1"]
+                      for i in sel])
+    assert table[0.5]["fill"]["hole_l1"] == pytest.approx(expect, rel=1e-6)
 
 
 def test_commands(tmp_path, capsys):
@@ -102,6 +109,7 @@ def test_commands(tmp_path, capsys):
                    "--model-option", "width=4", "--epochs", "1", "--batch-size", "4", "--out", str(out), "--quiet"])
     text = capsys.readouterr().out
     assert rc == 0 and "biharm" in text and "50%" in text
+    assert I.load_model(str(out / "last.pt")).normalize  # recorded by fit: a new checkpoint loads as trained
     rc = cli.main(["evaluate", "--checkpoint", str(out / "last.pt")])
     text = capsys.readouterr().out
     assert rc == 0 and "hole PSNR" in text
@@ -184,7 +192,7 @@ def test_untrained_model_returns_the_fill_and_learns_a_residual(splits):
 def test_checkpoint_of_the_plain_unet_still_loads(tmp_path):
     from pycnn.train import save_checkpoint
     torch.manual_seed(0)
-    plain = M.get("pconv_unet", depth=2, width=4, fill_iters=0)
+    plain = M.get("pconv_unet", depth=2, width=4, fill_iters=0, normalize=False)  # as built before both options
     save_checkpoint(str(tmp_path / "old.pt"), {"model": plain.state_dict(), "epoch": 1, "task": "inpaint",
                                                "config": {"model": "pconv_unet", "model_kwargs": {"depth": 2, "width": 4}}})
     loaded = I.load_model(str(tmp_path / "old.pt"))
@@ -202,6 +210,39 @@ def test_loss_counts_each_images_hole_psnr():
     assert perfect == pytest.approx(I.PSNR_WEIGHT * np.log10(I.PSNR_FLOOR))
     off = image + 0.01 * (1 - mask)  # a small error in the holes
     l1_part = I.HOLE_WEIGHT * 0.01 * 0.25
-    # 10*log10 of the hole MSE rises by ~10 dB (1e-5 -> 1.1e-4): the PSNR term outweighs the L1 term
-    assert I.loss_fn(off, image, mask) - perfect == pytest.approx(l1_part + I.PSNR_WEIGHT * np.log10(11), rel=1e-4)
-    assert I.PSNR_WEIGHT * np.log10(11) > l1_part
+    # the floored hole MSE rises from PSNR_FLOOR to 1e-4 + PSNR_FLOOR: the PSNR term outweighs the L1 term
+    rise = np.log10((1e-4 + I.PSNR_FLOOR) / I.PSNR_FLOOR)
+    assert I.loss_fn(off, image, mask) - perfect == pytest.approx(l1_part + I.PSNR_WEIGHT * rise, rel=1e-4)
+    assert I.PSNR_WEIGHT * rise > l1_part
+
+
+def test_photo_sources_and_a_test_split_that_does_not_depend_on_them(splits):
+    photo = data.load_grey("china")
+    assert photo.shape == (427, 640) and photo.dtype == np.float32 and 0 <= photo.min() < photo.max() <= 1
+    other = D.get("inpainting", **dict(TINY, train_patches=4, sources=("grace_hopper",)))
+    ref = splits
+    assert torch.equal(other.test.tensors[0], ref.test.tensors[0])  # same held-out patches and masks
+    assert torch.equal(other.test.tensors[1], ref.test.tensors[1])
+    assert not torch.equal(other.train.tensors[0], ref.train.tensors[0])
+    with pytest.raises(ValueError, match="held out"):  # scikit-image's cat is the held-out chelsea
+        D.get("inpainting", sources=("cat",), held_out=("chelsea",))
+
+
+def test_normalized_model_is_equivariant_to_contrast_and_brightness(monkeypatch):
+    import importlib
+    P = importlib.import_module("pycnn.models.pconv_unet")  # the module (pycnn.models.pconv_unet is also a function)
+    monkeypatch.setattr(P, "NORM_FLOOR", 0.0)  # exact equivariance without the floor
+    torch.manual_seed(0)
+    model = M.get("pconv_unet", depth=2, width=4).double()  # normalize=True is the default
+    for p in model.parameters():  # a non-zero correction (the last layer starts at zero)
+        torch.nn.init.normal_(p, std=0.3)
+    x = torch.rand(2, 1, 24, 20, dtype=torch.float64)
+    m = torch.ones_like(x)
+    m[..., 6:18, 4:15] = 0
+    out = model(x * m, m)
+    assert (out - P.smooth_fill(x * m, m)).abs().mean() > 1e-3
+    y = 0.3 * x + 0.2  # less contrast, brighter: the same fill and correction, rescaled
+    assert torch.allclose(model(y * m, m), 0.3 * out + 0.2, atol=1e-9)
+    plain = M.get("pconv_unet", depth=2, width=4, normalize=False).double()
+    plain.load_state_dict(model.state_dict())
+    assert not torch.allclose(plain(y * m, m), 0.3 * plain(x * m, m) + 0.2, atol=1e-4)  # the test can fail

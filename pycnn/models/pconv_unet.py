@@ -18,6 +18,12 @@ to it (the last layer starts at zero, so an untrained model returns the fill). T
 convolutions still see the masked image with its mask: the fill only tells every hole pixel,
 from the first layer on, what the smooth continuation of its surroundings is; what is learnt is
 the texture and edges a smooth fill cannot make.
+
+With ``normalize`` (the default) the network works in units of each image's known pixels: its
+inputs are shifted by their mean and divided by their standard deviation (+ ``NORM_FLOOR``), and
+its output is multiplied back by it. The model is then equivariant to brightness and contrast (a
+learnt correction applies to dark and bright, flat and busy patches alike), and on a nearly flat
+patch, where the fill is already right to 40-50 dB, the correction is small by construction.
 """
 from __future__ import annotations
 
@@ -30,7 +36,7 @@ import pycnn.nn as pnn
 
 class PConvUNet(nn.Module):
     def __init__(self, in_channels: int = 1, depth: int = 4, width: int = 16, max_width: int = 64,
-                 fill_iters: int = 8, biharmonic_iters: int = 20):
+                 fill_iters: int = 8, biharmonic_iters: int = 20, normalize: bool = True):
         super().__init__()
         if depth < 1 or width < 1 or in_channels < 1:
             raise ValueError(f"pconv_unet: depth, width and in_channels must be positive, got {depth}, {width}, "
@@ -40,6 +46,7 @@ class PConvUNet(nn.Module):
         if not isinstance(biharmonic_iters, int) or biharmonic_iters < 0:
             raise ValueError(f"pconv_unet: biharmonic_iters must be an int >= 0, got {biharmonic_iters!r}")
         self.in_channels, self.fill_iters, self.biharmonic_iters = in_channels, fill_iters, biharmonic_iters
+        self.normalize = bool(normalize)
         inputs = 2 * in_channels if fill_iters else in_channels  # the masked image (+ its smooth fill)
         chans = [min(width * 2 ** i, max_width) for i in range(depth)]
         self.encoders = nn.ModuleList()
@@ -61,12 +68,15 @@ class PConvUNet(nn.Module):
     def forward(self, image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         if mask.shape[1] == 1 and image.shape[1] > 1:
             mask = mask.expand(-1, image.shape[1], -1, -1)
-        x, m = image - 0.5, mask  # centred: a hole's zero is then the mid grey
+        centre, scale = 0.5, 1.0
+        if self.normalize:
+            centre, scale = _known_mean_std(image, mask)
+        x, m = (image - centre) / scale, mask  # centred: a hole's zero is the mid grey (or the known mean)
         base = 0.5
         if self.fill_iters:
             with torch.no_grad():  # a fixed function of the input: nothing to learn, no gradient needed
                 base = smooth_fill(image * mask, mask, self.fill_iters, self.biharmonic_iters)
-            x, m = torch.cat([x, base - 0.5], 1), torch.cat([m, torch.ones_like(m)], 1)
+            x, m = torch.cat([x, (base - centre) / scale], 1), torch.cat([m, torch.ones_like(m)], 1)
         feats, masks = [x], [m]
         for enc in self.encoders:
             x, m = enc(x, m)
@@ -84,7 +94,19 @@ class PConvUNet(nn.Module):
             x, m = dec(x, m)
             if i + 1 < len(self.decoders):
                 x = F.leaky_relu(x, 0.2)
-        return x + base
+        return x * scale + base
+
+
+NORM_FLOOR = 0.01  # added to the known pixels' std: a flat patch's sensor noise is not blown up to unit size
+
+
+def _known_mean_std(image: torch.Tensor, mask: torch.Tensor):
+    """Mean and standard deviation (+ ``NORM_FLOOR``) of each image's known pixels, per channel: the
+    network works in these units, so its correction scales with the image's contrast."""
+    n = mask.sum((-2, -1), keepdim=True).clamp_min(1)
+    mean = (image * mask).sum((-2, -1), keepdim=True) / n
+    var = (((image - mean) * mask) ** 2).sum((-2, -1), keepdim=True) / n
+    return mean, var.sqrt() + NORM_FLOOR
 
 
 def _neighbour_mean(u: torch.Tensor) -> torch.Tensor:
@@ -173,7 +195,7 @@ def composite(image: torch.Tensor, mask: torch.Tensor, prediction: torch.Tensor)
 
 
 def pconv_unet(in_channels: int = 1, num_classes=None, image_size=None, depth: int = 4, width: int = 16,
-               max_width: int = 64, fill_iters: int = 8, biharmonic_iters: int = 20) -> nn.Module:
+               max_width: int = 64, fill_iters: int = 8, biharmonic_iters: int = 20, normalize: bool = True) -> nn.Module:
     """The inpainting U-Net; ``num_classes`` and ``image_size`` are accepted for the uniform signature."""
     return PConvUNet(in_channels, depth=depth, width=width, max_width=max_width, fill_iters=fill_iters,
-                     biharmonic_iters=biharmonic_iters)
+                     biharmonic_iters=biharmonic_iters, normalize=normalize)

@@ -47,7 +47,8 @@ def _print_table(model, splits, split: str, device) -> None:
     from pycnn.restoration import inpainting as I
     t0 = time.perf_counter()
     table = I.evaluate(model, splits, split, device=device)
-    print(f"{split}: by hole fraction (of the image area); ours and skimage's inpaint_biharmonic "
+    print(f"{split}: by hole fraction (of the image area); ours, the classical fill it starts from (smooth_fill) "
+          f"alone and skimage's inpaint_biharmonic "
           f"({time.perf_counter() - t0:.0f} s)")
     print(I.format_table(table))
 
