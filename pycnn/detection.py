@@ -26,14 +26,22 @@ __all__ = ["fit_detection", "detect", "evaluate_detection", "watershed_instances
            "format_scores", "draw_detections"]
 
 
-def flip_targets(images: Tensor, targets: List[dict], horizontal: Tensor, vertical: Tensor):
-    """Images and their targets flipped per image (bool [N] each): galaxies have no up or left,
-    so flips are free extra data."""
+def flip_targets(images: Tensor, targets: List[dict], horizontal: Tensor, vertical: Tensor,
+                 transpose: Optional[Tensor] = None):
+    """Images and their targets flipped per image (bool [N] each), and with ``transpose`` (square
+    images only) first transposed (x <-> y): galaxies have no up or left, so the flips and, with
+    the transpose, all eight 90-degree rotations and reflections are free extra data."""
     images = images.clone()
     out = []
     h, w = images.shape[-2:]
+    if transpose is not None and transpose.any() and h != w:
+        raise ValueError(f"flip_targets: transpose needs square images, got {h}x{w}")
     for i, t in enumerate(targets):
         boxes, masks = t["boxes"].clone(), t["masks"]
+        if transpose is not None and transpose[i]:
+            images[i] = images[i].transpose(-1, -2)
+            masks = masks.transpose(-1, -2)
+            boxes = boxes[:, [1, 0, 3, 2]]
         if horizontal[i]:
             images[i] = images[i].flip(-1)
             masks = masks.flip(-1)
@@ -50,10 +58,11 @@ def fit_detection(model: nn.Module, images: Tensor, targets: List[dict], val_ima
                   val_targets: Optional[List[dict]] = None, *, epochs: int = 10, batch_size: int = 8,
                   lr: float = 2e-3, weight_decay: float = 1e-4, warmup_steps: int = 50, augment: bool = True,
                   out: Optional[str] = None, config: Optional[dict] = None, seed: int = 0, progress: bool = True,
-                  max_steps: Optional[int] = None, val_every: int = 1,
+                  max_steps: Optional[int] = None, val_every: int = 1, transpose: bool = False,
                   on_epoch: Optional[Callable[[dict], None]] = None) -> History:
     """Trains a detection model (``model(images, targets)`` -> dict of losses) with AdamW, linear
-    warm-up and cosine decay, random flips when ``augment``. After every ``val_every`` epochs the
+    warm-up and cosine decay, random flips when ``augment`` (and random transposes with
+    ``transpose``: all eight 90-degree rotations/reflections, square images). After every ``val_every`` epochs the
     validation mask AP is measured; ``out/last.pt`` and ``out/best.pt`` (best validation mask AP)
     are written in pycnn.train's checkpoint format. History.steps holds the summed loss per step,
     History.epochs per-epoch means of each loss, the validation APs, and wall and CPU seconds."""
@@ -93,7 +102,8 @@ def fit_detection(model: nn.Module, images: Tensor, targets: List[dict], val_ima
             x, t = images[b], [targets[int(i)] for i in b]
             if augment:
                 x, t = flip_targets(x, t, torch.rand(len(b), generator=gen) < 0.5,
-                                    torch.rand(len(b), generator=gen) < 0.5)
+                                    torch.rand(len(b), generator=gen) < 0.5,
+                                    (torch.rand(len(b), generator=gen) < 0.5) if transpose else None)
             losses = model(x, t)
             loss = sum(losses.values())
             opt.zero_grad(set_to_none=True)

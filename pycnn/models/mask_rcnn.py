@@ -31,7 +31,8 @@ from torch import Tensor, nn
 import pycnn.nn as pnn
 from pycnn import ops
 
-__all__ = ["MaskRCNN", "mask_rcnn", "BoxCoder", "Matcher", "sample_balanced", "AnchorGenerator", "paste_masks"]
+__all__ = ["MaskRCNN", "mask_rcnn", "BoxCoder", "Matcher", "sample_balanced", "AnchorGenerator", "paste_masks",
+           "scale_boxes", "mask_iou", "soft_nms"]
 
 
 # ---- box utilities ----------------------------------------------------------------------------
@@ -117,6 +118,46 @@ def _clip_boxes(boxes: Tensor, size: Tuple[int, int]) -> Tensor:
 def _remove_small(boxes: Tensor, min_size: float) -> Tensor:
     return torch.nonzero(((boxes[:, 2] - boxes[:, 0]) >= min_size) & ((boxes[:, 3] - boxes[:, 1]) >= min_size)
                          ).flatten()
+
+
+def scale_boxes(boxes: Tensor, factor: float) -> Tensor:
+    """Boxes [K, 4] scaled by ``factor`` about their centres (not clipped: RoIAlign reads zeros
+    outside the image and paste_masks places any box)."""
+    if factor == 1.0:
+        return boxes
+    centre = 0.5 * (boxes[:, :2] + boxes[:, 2:])
+    half = 0.5 * factor * (boxes[:, 2:] - boxes[:, :2])
+    return torch.cat([centre - half, centre + half], 1)
+
+
+def mask_iou(a: Tensor, b: Tensor) -> Tensor:
+    """IoU of every pair of binary masks, a [K, H, W] x b [L, H, W] -> [K, L] (0 where both are empty)."""
+    a, b = a.flatten(1).to(torch.float32), b.flatten(1).to(torch.float32)
+    inter = a @ b.T
+    union = a.sum(1)[:, None] + b.sum(1)[None] - inter
+    return inter / union.clamp(min=1.0)
+
+
+def soft_nms(iou: Tensor, scores: Tensor, sigma: float) -> Tuple[Tensor, Tensor]:
+    """Gaussian Soft-NMS (Bodla et al. 2017) on a precomputed pairwise ``iou`` [K, K]: repeatedly
+    take the highest-scoring detection left and multiply every other remaining score by
+    exp(-iou^2 / sigma). Nothing is dropped: returns (order, decayed scores in that order), the
+    order being descending in the decayed scores. Overlapping galaxies whose boxes or masks
+    overlap a lot keep a (lowered) score instead of vanishing as in hard NMS."""
+    if sigma <= 0:
+        raise ValueError(f"soft_nms: sigma must be > 0, got {sigma}")
+    k = len(scores)
+    current = scores.detach().clone().to(torch.float64)
+    decay = torch.exp(-iou.detach().to(torch.float64) ** 2 / sigma)
+    alive = torch.ones(k, dtype=torch.bool)
+    order, final = [], []
+    for _ in range(k):
+        i = int(torch.where(alive, current, torch.tensor(-math.inf, dtype=torch.float64)).argmax())
+        order.append(i)
+        final.append(float(current[i]))
+        alive[i] = False
+        current = torch.where(alive, current * decay[i], current)
+    return torch.tensor(order, dtype=torch.int64), torch.tensor(final, dtype=scores.dtype)
 
 
 def _rois(boxes: List[Tensor]) -> Tensor:
@@ -216,10 +257,14 @@ class MaskRCNN(nn.Module):
                  box_positive_fraction: float = 0.25, box_fg_iou: float = 0.5, box_bg_iou: float = 0.5,
                  representation: int = 256, mask_channels: int = 32, score_thresh: float = 0.05,
                  nms_thresh: float = 0.5, detections_per_img: int = 100, mask_threshold: float = 0.5,
-                 sampling_ratio: int = 2, mask_rescore: bool = False):
+                 sampling_ratio: int = 2, mask_rescore: bool = False, mask_roi_scale: float = 1.0,
+                 soft_nms_sigma: float = 0.0):
         super().__init__()
         if num_classes < 2:
             raise ValueError(f"mask_rcnn: num_classes must be >= 2 (background + objects), got {num_classes}")
+        if not mask_roi_scale >= 1.0 or not soft_nms_sigma >= 0.0:
+            raise ValueError(f"mask_rcnn: mask_roi_scale must be >= 1 and soft_nms_sigma >= 0, "
+                             f"got {mask_roi_scale}, {soft_nms_sigma}")
         if in_channels < 1 or width < 2 or width % 2:
             raise ValueError(f"mask_rcnn: in_channels must be >= 1 and width an even number >= 2, "
                              f"got {in_channels}, {width}")
@@ -258,6 +303,7 @@ class MaskRCNN(nn.Module):
         self.box_batch_size, self.box_positive_fraction = box_batch_size, box_positive_fraction
         self.score_thresh, self.nms_thresh, self.detections_per_img = score_thresh, nms_thresh, detections_per_img
         self.mask_threshold, self.sampling_ratio, self.mask_rescore = mask_threshold, sampling_ratio, mask_rescore
+        self.mask_roi_scale, self.soft_nms_sigma = float(mask_roi_scale), float(soft_nms_sigma)
         self.spatial_scale = 1.0 / self.backbone.stride
 
     # -- pieces ----------------------------------------------------------------------------------
@@ -361,7 +407,9 @@ class MaskRCNN(nn.Module):
         pred = box_deltas.reshape(len(x), -1, 4)[pos, labels_all[pos]]
         box_loss = F.smooth_l1_loss(pred, reg_targets, beta=1 / 9, reduction="sum") / max(1, len(labels_all))
         # Mask branch: positive RoIs only, the mask of the gt class.
-        pos_rois = [r[lab > 0] for r, lab in zip(rois, labels)]
+        # With mask_roi_scale > 1 the mask RoI is the box enlarged about its centre, in training and
+        # inference alike, so a box that is a little too small does not cut the galaxy's mask off.
+        pos_rois = [scale_boxes(r[lab > 0], self.mask_roi_scale) for r, lab in zip(rois, labels)]
         pos_matched = [m[lab > 0] for m, lab in zip(matched, labels)]
         if len(pos) == 0:
             mask_loss = self.mask_head[0].weight.sum() * 0.0  # keeps the graph connected
@@ -382,6 +430,7 @@ class MaskRCNN(nn.Module):
         results = []
         start = 0
         c = self.num_classes
+        soft = self.soft_nms_sigma > 0
         for props in proposals:
             n = len(props)
             scores = scores_all[start:start + n, 1:].reshape(-1)
@@ -392,11 +441,15 @@ class MaskRCNN(nn.Module):
             boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
             keep = _remove_small(boxes, 1e-2)
             boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
-            keep = ops.batched_nms(boxes, scores, labels, self.nms_thresh)[:self.detections_per_img]
+            if soft:  # every candidate gets a mask; Soft-NMS on the masks below decides
+                keep = scores.argsort(descending=True)
+            else:
+                keep = ops.batched_nms(boxes, scores, labels, self.nms_thresh)[:self.detections_per_img]
             results.append({"boxes": boxes[keep], "labels": labels[keep], "scores": scores[keep]})
         dets = [r["boxes"] for r in results]
         if sum(len(d) for d in dets):
-            mask_logits = self.mask_head(self._roi_align(features, dets, 14))
+            rois = [scale_boxes(d, self.mask_roi_scale) for d in dets]
+            mask_logits = self.mask_head(self._roi_align(features, rois, 14))
             labels = torch.cat([r["labels"] for r in results])
             probs = torch.sigmoid(mask_logits[torch.arange(len(labels)), labels])
         else:
@@ -405,9 +458,10 @@ class MaskRCNN(nn.Module):
         for r in results:
             n = len(r["boxes"])
             p = probs[start:start + n]
-            pasted = paste_masks(p, r["boxes"], size)
+            pasted = paste_masks(p, scale_boxes(r["boxes"], self.mask_roi_scale), size)
             r["masks"] = pasted > self.mask_threshold
             r["mask_probs"] = pasted
+            order = None
             if self.mask_rescore and n:
                 # The class score says "a galaxy is here", not how well this box and mask fit it;
                 # the mean mask probability inside the mask does (SOLOv2's "maskness"), so sharp,
@@ -416,6 +470,16 @@ class MaskRCNN(nn.Module):
                 maskness = (p * inside).flatten(1).sum(1) / inside.flatten(1).sum(1).clamp(min=1.0)
                 r["scores"] = r["scores"] * maskness
                 order = r["scores"].argsort(descending=True)
+            if soft and n:
+                # Soft-NMS on mask IoU, class-wise: blended galaxies can share much of a box while
+                # their masks differ; duplicates of one galaxy overlap in both and sink in rank.
+                iou = mask_iou(r["masks"], r["masks"]) * (r["labels"][:, None] == r["labels"][None]).to(torch.float32)
+                order, decayed = soft_nms(iou, r["scores"], self.soft_nms_sigma)
+                order = order[:self.detections_per_img]
+                r["scores"] = decayed[:self.detections_per_img]
+                for key in ("boxes", "labels", "masks", "mask_probs"):
+                    r[key] = r[key][order]
+            elif order is not None:
                 for key in ("boxes", "labels", "scores", "masks", "mask_probs"):
                     r[key] = r[key][order]
             start += n
