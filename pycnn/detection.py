@@ -39,7 +39,7 @@ def flip_targets(images: Tensor, targets: List[dict], horizontal: Tensor, vertic
     for i, t in enumerate(targets):
         boxes, masks = t["boxes"].clone(), t["masks"]
         if transpose is not None and transpose[i]:
-            images[i] = images[i].transpose(-1, -2)
+            images[i] = images[i].transpose(-1, -2).clone()  # in place would read what it writes
             masks = masks.transpose(-1, -2)
             boxes = boxes[:, [1, 0, 3, 2]]
         if horizontal[i]:
