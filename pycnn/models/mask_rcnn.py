@@ -258,13 +258,13 @@ class MaskRCNN(nn.Module):
                  representation: int = 256, mask_channels: int = 32, score_thresh: float = 0.05,
                  nms_thresh: float = 0.5, detections_per_img: int = 100, mask_threshold: float = 0.5,
                  sampling_ratio: int = 2, mask_rescore: bool = False, mask_roi_scale: float = 1.0,
-                 soft_nms_sigma: float = 0.0):
+                 soft_nms_sigma: float = 0.0, box_roi_scale: float = 1.0):
         super().__init__()
         if num_classes < 2:
             raise ValueError(f"mask_rcnn: num_classes must be >= 2 (background + objects), got {num_classes}")
-        if not mask_roi_scale >= 1.0 or not soft_nms_sigma >= 0.0:
-            raise ValueError(f"mask_rcnn: mask_roi_scale must be >= 1 and soft_nms_sigma >= 0, "
-                             f"got {mask_roi_scale}, {soft_nms_sigma}")
+        if not mask_roi_scale >= 1.0 or not box_roi_scale >= 1.0 or not soft_nms_sigma >= 0.0:
+            raise ValueError(f"mask_rcnn: mask_roi_scale and box_roi_scale must be >= 1 and soft_nms_sigma >= 0, "
+                             f"got {mask_roi_scale}, {box_roi_scale}, {soft_nms_sigma}")
         if in_channels < 1 or width < 2 or width % 2:
             raise ValueError(f"mask_rcnn: in_channels must be >= 1 and width an even number >= 2, "
                              f"got {in_channels}, {width}")
@@ -304,6 +304,7 @@ class MaskRCNN(nn.Module):
         self.score_thresh, self.nms_thresh, self.detections_per_img = score_thresh, nms_thresh, detections_per_img
         self.mask_threshold, self.sampling_ratio, self.mask_rescore = mask_threshold, sampling_ratio, mask_rescore
         self.mask_roi_scale, self.soft_nms_sigma = float(mask_roi_scale), float(soft_nms_sigma)
+        self.box_roi_scale = float(box_roi_scale)
         self.spatial_scale = 1.0 / self.backbone.stride
 
     # -- pieces ----------------------------------------------------------------------------------
@@ -396,7 +397,9 @@ class MaskRCNN(nn.Module):
     def _losses(self, features, logits, deltas, anchors, proposals, targets) -> Dict[str, Tensor]:
         rpn_obj, rpn_box = self._rpn_loss(logits, deltas, anchors, targets)
         rois, matched, labels = self._sample_rois(proposals, targets)
-        x = self.box_head(self._roi_align(features, rois, 7))
+        # With box_roi_scale > 1 the box head reads a margin around each proposal (its deltas stay
+        # relative to the proposal): a proposal that cuts a galaxy off shows where it continues.
+        x = self.box_head(self._roi_align(features, [scale_boxes(r, self.box_roi_scale) for r in rois], 7))
         class_logits, box_deltas = self.cls_score(x), self.bbox_pred(x)
         labels_all = torch.cat(labels)
         cls_loss = F.cross_entropy(class_logits, labels_all)
@@ -423,7 +426,7 @@ class MaskRCNN(nn.Module):
                 "loss_box_reg": box_loss, "loss_mask": mask_loss}
 
     def _detect(self, features, proposals, size) -> List[Dict[str, Tensor]]:
-        x = self.box_head(self._roi_align(features, proposals, 7))
+        x = self.box_head(self._roi_align(features, [scale_boxes(p, self.box_roi_scale) for p in proposals], 7))
         scores_all = F.softmax(self.cls_score(x), -1)
         boxes_all = _clip_boxes(self.box_coder.decode(self.bbox_pred(x), torch.cat(proposals))
                                 .reshape(len(x), -1, 4), size)
