@@ -160,6 +160,54 @@ def soft_nms(iou: Tensor, scores: Tensor, sigma: float) -> Tuple[Tensor, Tensor]
     return torch.tensor(order, dtype=torch.int64), torch.tensor(final, dtype=scores.dtype)
 
 
+class Dihedral:
+    """One of the image's flips/transposes (transpose first, then horizontal, then vertical flip;
+    the transpose needs a square image), applied to images or maps [..., H, W] and to boxes
+    [K, 4], and undone. Test-time augmentation averages the heads' outputs over these views."""
+
+    def __init__(self, transpose: bool, horizontal: bool, vertical: bool, size: Tuple[int, int]):
+        self.transpose, self.horizontal, self.vertical, self.size = transpose, horizontal, vertical, size
+
+    @staticmethod
+    def all(size: Tuple[int, int]) -> List["Dihedral"]:
+        """The identity first; all 8 views of a square image, the 4 flips otherwise."""
+        transposes = (False, True) if size[0] == size[1] else (False,)
+        return [Dihedral(t, h, v, size) for t in transposes for h in (False, True) for v in (False, True)]
+
+    def image(self, x: Tensor) -> Tensor:
+        if self.transpose:
+            x = x.transpose(-1, -2)
+        if self.horizontal:
+            x = x.flip(-1)
+        if self.vertical:
+            x = x.flip(-2)
+        return x
+
+    def unimage(self, x: Tensor) -> Tensor:
+        if self.vertical:
+            x = x.flip(-2)
+        if self.horizontal:
+            x = x.flip(-1)
+        if self.transpose:
+            x = x.transpose(-1, -2)
+        return x
+
+    def _flip_boxes(self, b: Tensor) -> Tensor:
+        h, w = self.size  # square whenever transposed, so the sizes hold in either frame
+        if self.horizontal:
+            b = torch.stack([w - b[:, 2], b[:, 1], w - b[:, 0], b[:, 3]], 1)
+        if self.vertical:
+            b = torch.stack([b[:, 0], h - b[:, 3], b[:, 2], h - b[:, 1]], 1)
+        return b
+
+    def boxes(self, b: Tensor) -> Tensor:
+        return self._flip_boxes(b[:, [1, 0, 3, 2]] if self.transpose else b)
+
+    def unboxes(self, b: Tensor) -> Tensor:
+        b = self._flip_boxes(b)
+        return b[:, [1, 0, 3, 2]] if self.transpose else b
+
+
 def _rois(boxes: List[Tensor]) -> Tensor:
     """[K, 5] (batch index, x1, y1, x2, y2) from one box list per image."""
     return torch.cat([torch.cat([torch.full_like(b[:, :1], i), b], 1) for i, b in enumerate(boxes)])
@@ -258,7 +306,7 @@ class MaskRCNN(nn.Module):
                  representation: int = 256, mask_channels: int = 32, score_thresh: float = 0.05,
                  nms_thresh: float = 0.5, detections_per_img: int = 100, mask_threshold: float = 0.5,
                  sampling_ratio: int = 2, mask_rescore: bool = False, mask_roi_scale: float = 1.0,
-                 soft_nms_sigma: float = 0.0, box_roi_scale: float = 1.0):
+                 soft_nms_sigma: float = 0.0, box_roi_scale: float = 1.0, tta: bool = False):
         super().__init__()
         if num_classes < 2:
             raise ValueError(f"mask_rcnn: num_classes must be >= 2 (background + objects), got {num_classes}")
@@ -304,7 +352,7 @@ class MaskRCNN(nn.Module):
         self.score_thresh, self.nms_thresh, self.detections_per_img = score_thresh, nms_thresh, detections_per_img
         self.mask_threshold, self.sampling_ratio, self.mask_rescore = mask_threshold, sampling_ratio, mask_rescore
         self.mask_roi_scale, self.soft_nms_sigma = float(mask_roi_scale), float(soft_nms_sigma)
-        self.box_roi_scale = float(box_roi_scale)
+        self.box_roi_scale, self.tta = float(box_roi_scale), bool(tta)
         self.spatial_scale = 1.0 / self.backbone.stride
 
     # -- pieces ----------------------------------------------------------------------------------
@@ -392,7 +440,10 @@ class MaskRCNN(nn.Module):
         proposals = self._proposals(logits, deltas, anchors, size)
         if self.training:
             return self._losses(features, logits, deltas, anchors, proposals, targets)
-        return self._detect(features, proposals, size)
+        views = [(Dihedral(False, False, False, size), features)]
+        if self.tta:  # each other view's features, for the box and mask heads to average over
+            views += [(v, self.backbone(v.image(images))) for v in Dihedral.all(size)[1:]]
+        return self._detect(views, proposals, size)
 
     def _losses(self, features, logits, deltas, anchors, proposals, targets) -> Dict[str, Tensor]:
         rpn_obj, rpn_box = self._rpn_loss(logits, deltas, anchors, targets)
@@ -425,11 +476,33 @@ class MaskRCNN(nn.Module):
         return {"loss_objectness": rpn_obj, "loss_rpn_box_reg": rpn_box, "loss_classifier": cls_loss,
                 "loss_box_reg": box_loss, "loss_mask": mask_loss}
 
-    def _detect(self, features, proposals, size) -> List[Dict[str, Tensor]]:
-        x = self.box_head(self._roi_align(features, [scale_boxes(p, self.box_roi_scale) for p in proposals], 7))
-        scores_all = F.softmax(self.cls_score(x), -1)
-        boxes_all = _clip_boxes(self.box_coder.decode(self.bbox_pred(x), torch.cat(proposals))
-                                .reshape(len(x), -1, 4), size)
+    def _box_head_view(self, view: "Dihedral", features: Tensor, proposals: List[Tensor]) -> Tuple[Tensor, Tensor]:
+        """Class probabilities [K, C] and decoded boxes [K, C, 4] (image frame) of the proposals
+        seen in one view."""
+        props = [view.boxes(p) for p in proposals]
+        x = self.box_head(self._roi_align(features, [scale_boxes(p, self.box_roi_scale) for p in props], 7))
+        boxes = self.box_coder.decode(self.bbox_pred(x), torch.cat(props)).reshape(-1, 4)
+        return F.softmax(self.cls_score(x), -1), view.unboxes(boxes).reshape(len(x), -1, 4)
+
+    def _mask_probs_view(self, view: "Dihedral", features: Tensor, dets: List[Tensor], labels: Tensor,
+                         size: Tuple[int, int]) -> Tuple[Tensor, Tensor]:
+        """Mask probabilities of the detections pasted into the image [K, H, W] in one view, and
+        each mask's "maskness" [K]: its mean probability where it is above ``mask_threshold``
+        (SOLOv2's rule, on the 28x28 map)."""
+        rois = [scale_boxes(view.boxes(d), self.mask_roi_scale) for d in dets]
+        logits = self.mask_head(self._roi_align(features, rois, 14))
+        probs = torch.sigmoid(logits[torch.arange(len(labels)), labels])
+        inside = (probs > self.mask_threshold).to(probs)
+        maskness = (probs * inside).flatten(1).sum(1) / inside.flatten(1).sum(1).clamp(min=1.0)
+        vsize = size[::-1] if view.transpose else size
+        return view.unimage(paste_masks(probs, torch.cat(rois), vsize)), maskness
+
+    def _detect(self, views, proposals, size) -> List[Dict[str, Tensor]]:
+        # Test-time augmentation (``tta``): the box head's probabilities and boxes, and then the
+        # masks, are averaged over the views; the proposals come from the image as it is.
+        outs = [self._box_head_view(v, f, proposals) for v, f in views]
+        scores_all = torch.stack([o[0] for o in outs]).mean(0)
+        boxes_all = _clip_boxes(torch.stack([o[1] for o in outs]).mean(0), size)
         results = []
         start = 0
         c = self.num_classes
@@ -450,18 +523,17 @@ class MaskRCNN(nn.Module):
                 keep = ops.batched_nms(boxes, scores, labels, self.nms_thresh)[:self.detections_per_img]
             results.append({"boxes": boxes[keep], "labels": labels[keep], "scores": scores[keep]})
         dets = [r["boxes"] for r in results]
-        if sum(len(d) for d in dets):
-            rois = [scale_boxes(d, self.mask_roi_scale) for d in dets]
-            mask_logits = self.mask_head(self._roi_align(features, rois, 14))
-            labels = torch.cat([r["labels"] for r in results])
-            probs = torch.sigmoid(mask_logits[torch.arange(len(labels)), labels])
+        labels = torch.cat([r["labels"] for r in results])
+        if len(labels):
+            outs = [self._mask_probs_view(v, f, dets, labels, size) for v, f in views]
+            pasted_all = torch.stack([o[0] for o in outs]).mean(0)
+            maskness_all = torch.stack([o[1] for o in outs]).mean(0)
         else:
-            probs = features.new_zeros(0, 28, 28)
+            pasted_all, maskness_all = views[0][1].new_zeros(0, *size), views[0][1].new_zeros(0)
         start = 0
         for r in results:
             n = len(r["boxes"])
-            p = probs[start:start + n]
-            pasted = paste_masks(p, scale_boxes(r["boxes"], self.mask_roi_scale), size)
+            pasted = pasted_all[start:start + n]
             r["masks"] = pasted > self.mask_threshold
             r["mask_probs"] = pasted
             order = None
@@ -469,9 +541,7 @@ class MaskRCNN(nn.Module):
                 # The class score says "a galaxy is here", not how well this box and mask fit it;
                 # the mean mask probability inside the mask does (SOLOv2's "maskness"), so sharp,
                 # confident masks rank above blurred ones covering two galaxies.
-                inside = (p > self.mask_threshold).to(p)
-                maskness = (p * inside).flatten(1).sum(1) / inside.flatten(1).sum(1).clamp(min=1.0)
-                r["scores"] = r["scores"] * maskness
+                r["scores"] = r["scores"] * maskness_all[start:start + n]
                 order = r["scores"].argsort(descending=True)
             if soft and n:
                 # Soft-NMS on mask IoU, class-wise: blended galaxies can share much of a box while
