@@ -391,3 +391,62 @@ def test_flip_targets_transpose(data):
         assert torch.equal(b["boxes"], masks_to_boxes(b["masks"]))
     with pytest.raises(ValueError, match="square"):
         flip_targets(torch.zeros(1, 1, 4, 6), [t[0]], no[:1], no[:1], yes[:1])
+
+
+# ---- test-time augmentation and the MaskIoU head -----------------------------------------------
+
+def test_dihedral_views_round_trip_and_agree():
+    from pycnn.data.instances import masks_to_boxes
+    from pycnn.models.mask_rcnn import Dihedral
+    gen = torch.Generator().manual_seed(0)
+    masks = torch.zeros(3, 20, 20, dtype=torch.bool)
+    masks[0, 2:7, 3:15], masks[1, 10:19, 0:4], masks[2, 5:6, 12:20] = True, True, True
+    boxes = masks_to_boxes(masks)
+    views = Dihedral.all((20, 20))
+    assert len(views) == 8 and len(Dihedral.all((20, 24))) == 4
+    assert len({(v.transpose, v.horizontal, v.vertical) for v in views}) == 8
+    x = torch.rand(2, 1, 20, 20, generator=gen)
+    for v in views:
+        assert torch.equal(v.unimage(v.image(x)), x)
+        assert torch.equal(v.unboxes(v.boxes(boxes)), boxes)
+        assert torch.equal(v.boxes(boxes), masks_to_boxes(v.image(masks)))  # boxes move with the image
+
+
+def test_pasted_mask_iou_against_reference():
+    from pycnn.models.mask_rcnn import mask_iou, paste_masks, pasted_mask_iou
+    gen = torch.Generator().manual_seed(2)
+    probs = torch.rand(4, 28, 28, generator=gen)
+    boxes = torch.tensor([[2.0, 3, 10, 7], [-3, -2, 5, 14], [5.3, 1.2, 15.7, 15.9], [0, 0, 16, 16]])
+    gt = torch.rand(4, 16, 16, generator=gen) < 0.5
+    iou = pasted_mask_iou(probs, boxes, gt, 0.5)
+    pasted = paste_masks(probs, boxes, (16, 16)) > 0.5
+    for k in range(4):
+        assert abs(float(iou[k]) - float(mask_iou(pasted[k:k + 1], gt[k:k + 1])[0, 0])) < 1e-6
+
+
+def test_mask_iou_head_trains_and_rescores(data):
+    model = _small_model(mask_iou_head=True)
+    x, t = _batch(data, 2)
+    losses = model.train()(x, t)
+    assert "loss_mask_iou" in losses and math.isfinite(float(losses["loss_mask_iou"].detach()))
+    sum(losses.values()).backward()
+    assert model.maskiou_head[0].weight.grad.abs().sum() > 0
+    model.eval()
+    model.score_thresh = 0.0
+    # A MaskIoU head that predicts known values: 0.8 for class 1 (its bias), 0 from the input.
+    last = model.maskiou_head[-1]
+    with torch.no_grad():
+        last.weight.zero_()
+        last.bias.copy_(torch.tensor([0.0, 0.8]))
+        model.use_mask_iou = False
+        plain = model(x)[0]
+        model.use_mask_iou = True
+        rescored = model(x)[0]
+    assert torch.allclose(plain["mask_iou"], torch.full_like(plain["mask_iou"], 0.8))
+    assert torch.allclose(rescored["scores"], plain["scores"] * 0.8)
+    with torch.no_grad():
+        model.tta = True
+        tta = model(x)
+    for d in tta:
+        k = len(d["boxes"])
+        assert k > 0 and d["masks"].shape == (k, 64, 64) and bool((d["scores"][:-1] >= d["scores"][1:]).all())

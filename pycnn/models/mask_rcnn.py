@@ -32,7 +32,7 @@ import pycnn.nn as pnn
 from pycnn import ops
 
 __all__ = ["MaskRCNN", "mask_rcnn", "BoxCoder", "Matcher", "sample_balanced", "AnchorGenerator", "paste_masks",
-           "scale_boxes", "mask_iou", "soft_nms"]
+           "scale_boxes", "mask_iou", "soft_nms", "pasted_mask_iou", "Dihedral"]
 
 
 # ---- box utilities ----------------------------------------------------------------------------
@@ -306,7 +306,8 @@ class MaskRCNN(nn.Module):
                  representation: int = 256, mask_channels: int = 32, score_thresh: float = 0.05,
                  nms_thresh: float = 0.5, detections_per_img: int = 100, mask_threshold: float = 0.5,
                  sampling_ratio: int = 2, mask_rescore: bool = False, mask_roi_scale: float = 1.0,
-                 soft_nms_sigma: float = 0.0, box_roi_scale: float = 1.0, tta: bool = False):
+                 soft_nms_sigma: float = 0.0, box_roi_scale: float = 1.0, tta: bool = False,
+                 mask_iou_head: bool = False):
         super().__init__()
         if num_classes < 2:
             raise ValueError(f"mask_rcnn: num_classes must be >= 2 (background + objects), got {num_classes}")
@@ -341,6 +342,18 @@ class MaskRCNN(nn.Module):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
                 nn.init.zeros_(m.bias)
 
+        # Mask Scoring R-CNN's MaskIoU head (Huang et al. 2019): from the mask RoI's features and the
+        # predicted mask (max-pooled to 14x14) it predicts the IoU of that mask with its galaxy's,
+        # per class; detections are then ranked by class score x predicted mask IoU.
+        self.maskiou_head = None
+        if mask_iou_head:
+            self.maskiou_head = nn.Sequential(
+                pnn.Conv2d(c + 1, mask_channels, 3, padding=1), nn.ReLU(inplace=True),
+                pnn.Conv2d(mask_channels, mask_channels, 3, stride=2, padding=1), nn.ReLU(inplace=True),
+                nn.Flatten(), pnn.Linear(mask_channels * 7 * 7, 128), nn.ReLU(inplace=True),
+                pnn.Linear(128, num_classes))
+            self.mask_pool = pnn.MaxPool2d(2, 2)
+
         self.rpn_coder = BoxCoder((1.0, 1.0, 1.0, 1.0))
         self.box_coder = BoxCoder((10.0, 10.0, 5.0, 5.0))
         self.rpn_matcher = Matcher(rpn_fg_iou, rpn_bg_iou, allow_low_quality=True)
@@ -353,6 +366,7 @@ class MaskRCNN(nn.Module):
         self.mask_threshold, self.sampling_ratio, self.mask_rescore = mask_threshold, sampling_ratio, mask_rescore
         self.mask_roi_scale, self.soft_nms_sigma = float(mask_roi_scale), float(soft_nms_sigma)
         self.box_roi_scale, self.tta = float(box_roi_scale), bool(tta)
+        self.use_mask_iou = mask_iou_head  # rank by class score x predicted mask IoU
         self.spatial_scale = 1.0 / self.backbone.stride
 
     # -- pieces ----------------------------------------------------------------------------------
@@ -468,13 +482,30 @@ class MaskRCNN(nn.Module):
         if len(pos) == 0:
             mask_loss = self.mask_head[0].weight.sum() * 0.0  # keeps the graph connected
         else:
-            mask_logits = self.mask_head(self._roi_align(features, pos_rois, 14))
+            mask_features = self._roi_align(features, pos_rois, 14)
+            mask_logits = self.mask_head(mask_features)
             m = mask_logits.shape[-1]
             mask_targets = self._mask_targets(pos_rois, pos_matched, targets, m)
             chosen = mask_logits[torch.arange(len(pos)), labels_all[pos]]
             mask_loss = F.binary_cross_entropy_with_logits(chosen, mask_targets.to(chosen))
-        return {"loss_objectness": rpn_obj, "loss_rpn_box_reg": rpn_box, "loss_classifier": cls_loss,
-                "loss_box_reg": box_loss, "loss_mask": mask_loss}
+        losses = {"loss_objectness": rpn_obj, "loss_rpn_box_reg": rpn_box, "loss_classifier": cls_loss,
+                  "loss_box_reg": box_loss, "loss_mask": mask_loss}
+        if self.maskiou_head is not None:
+            if len(pos) == 0:
+                losses["loss_mask_iou"] = sum(p.sum() for p in self.maskiou_head.parameters()) * 0.0
+            else:
+                probs = torch.sigmoid(chosen.detach())
+                gt = torch.cat([t["masks"][mm] for t, mm in zip(targets, pos_matched)])
+                iou_target = pasted_mask_iou(probs, torch.cat(pos_rois), gt, self.mask_threshold)
+                pred = self._predict_mask_iou(mask_features, probs, labels_all[pos])
+                losses["loss_mask_iou"] = F.mse_loss(pred, iou_target)
+        return losses
+
+    def _predict_mask_iou(self, mask_features: Tensor, probs: Tensor, labels: Tensor) -> Tensor:
+        """MaskIoU head: predicted IoU [K] of each mask (probabilities [K, 28, 28]) of class ``labels``."""
+        binary = self.mask_pool((probs > self.mask_threshold).to(mask_features)[:, None])
+        out = self.maskiou_head(torch.cat([mask_features, binary], 1))
+        return out[torch.arange(len(labels)), labels]
 
     def _box_head_view(self, view: "Dihedral", features: Tensor, proposals: List[Tensor]) -> Tuple[Tensor, Tensor]:
         """Class probabilities [K, C] and decoded boxes [K, C, 4] (image frame) of the proposals
@@ -490,10 +521,13 @@ class MaskRCNN(nn.Module):
         each mask's "maskness" [K]: its mean probability where it is above ``mask_threshold``
         (SOLOv2's rule, on the 28x28 map)."""
         rois = [scale_boxes(view.boxes(d), self.mask_roi_scale) for d in dets]
-        logits = self.mask_head(self._roi_align(features, rois, 14))
+        mask_features = self._roi_align(features, rois, 14)
+        logits = self.mask_head(mask_features)
         probs = torch.sigmoid(logits[torch.arange(len(labels)), labels])
         inside = (probs > self.mask_threshold).to(probs)
         maskness = (probs * inside).flatten(1).sum(1) / inside.flatten(1).sum(1).clamp(min=1.0)
+        if self.maskiou_head is not None:
+            maskness = torch.stack([maskness, self._predict_mask_iou(mask_features, probs, labels).clamp(0.0, 1.0)], 1)
         vsize = size[::-1] if view.transpose else size
         return view.unimage(paste_masks(probs, torch.cat(rois), vsize)), maskness
 
@@ -529,7 +563,8 @@ class MaskRCNN(nn.Module):
             pasted_all = torch.stack([o[0] for o in outs]).mean(0)
             maskness_all = torch.stack([o[1] for o in outs]).mean(0)
         else:
-            pasted_all, maskness_all = views[0][1].new_zeros(0, *size), views[0][1].new_zeros(0)
+            pasted_all = views[0][1].new_zeros(0, *size)
+            maskness_all = views[0][1].new_zeros((0, 2) if self.maskiou_head is not None else (0,))
         start = 0
         for r in results:
             n = len(r["boxes"])
@@ -537,11 +572,20 @@ class MaskRCNN(nn.Module):
             r["masks"] = pasted > self.mask_threshold
             r["mask_probs"] = pasted
             order = None
+            if self.maskiou_head is not None:  # [K, 2]: maskness, predicted mask IoU
+                mask_iou_pred = maskness_all[start:start + n, 1]
+                r["mask_iou"] = mask_iou_pred
+                if self.use_mask_iou and n:
+                    r["scores"] = r["scores"] * mask_iou_pred
+                    order = r["scores"].argsort(descending=True)
+                maskness_now = maskness_all[start:start + n, 0]
+            else:
+                maskness_now = maskness_all[start:start + n]
             if self.mask_rescore and n:
                 # The class score says "a galaxy is here", not how well this box and mask fit it;
                 # the mean mask probability inside the mask does (SOLOv2's "maskness"), so sharp,
                 # confident masks rank above blurred ones covering two galaxies.
-                r["scores"] = r["scores"] * maskness_all[start:start + n]
+                r["scores"] = r["scores"] * maskness_now
                 order = r["scores"].argsort(descending=True)
             if soft and n:
                 # Soft-NMS on mask IoU, class-wise: blended galaxies can share much of a box while
@@ -550,11 +594,13 @@ class MaskRCNN(nn.Module):
                 order, decayed = soft_nms(iou, r["scores"], self.soft_nms_sigma)
                 order = order[:self.detections_per_img]
                 r["scores"] = decayed[:self.detections_per_img]
-                for key in ("boxes", "labels", "masks", "mask_probs"):
-                    r[key] = r[key][order]
+                for key in ("boxes", "labels", "masks", "mask_probs", "mask_iou"):
+                    if key in r:
+                        r[key] = r[key][order]
             elif order is not None:
-                for key in ("boxes", "labels", "scores", "masks", "mask_probs"):
-                    r[key] = r[key][order]
+                for key in ("boxes", "labels", "scores", "masks", "mask_probs", "mask_iou"):
+                    if key in r:
+                        r[key] = r[key][order]
             start += n
         return results
 
@@ -587,6 +633,17 @@ def paste_masks(masks: Tensor, boxes: Tensor, size: Tuple[int, int]) -> Tensor:
     at = lambda yi, xi: padded[kk, yi[:, :, None], xi[:, None, :]]  # noqa: E731  [K, H, W]
     return ((1 - fy) * ((1 - fx) * at(yi0, xi0) + fx * at(yi0, xi1)) +
             fy * ((1 - fx) * at(yi1, xi0) + fx * at(yi1, xi1)))
+
+
+def pasted_mask_iou(probs: Tensor, boxes: Tensor, gt_masks: Tensor, threshold: float = 0.5) -> Tensor:
+    """IoU [K], in the whole image, of each RoI mask (probabilities [K, M, M] over ``boxes``
+    [K, 4]) pasted and thresholded, with its own true mask ``gt_masks`` [K, H, W]: the MaskIoU
+    head's target (a mask the RoI cuts off counts as the miss it is)."""
+    pasted = paste_masks(probs, boxes, tuple(gt_masks.shape[-2:])) > threshold
+    gt = gt_masks.bool()
+    inter = (pasted & gt).flatten(1).sum(1)
+    union = (pasted | gt).flatten(1).sum(1)
+    return inter.to(probs) / union.clamp(min=1).to(probs)
 
 
 def mask_rcnn(in_channels: int = 1, num_classes: int = 2, **kwargs) -> MaskRCNN:
