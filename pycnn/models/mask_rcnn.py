@@ -307,7 +307,7 @@ class MaskRCNN(nn.Module):
                  nms_thresh: float = 0.5, detections_per_img: int = 100, mask_threshold: float = 0.5,
                  sampling_ratio: int = 2, mask_rescore: bool = False, mask_roi_scale: float = 1.0,
                  soft_nms_sigma: float = 0.0, box_roi_scale: float = 1.0, tta: bool = False,
-                 mask_iou_head: bool = False):
+                 mask_iou_head: bool = False, mask_iou_train_iou: float = 0.5):
         super().__init__()
         if num_classes < 2:
             raise ValueError(f"mask_rcnn: num_classes must be >= 2 (background + objects), got {num_classes}")
@@ -367,6 +367,7 @@ class MaskRCNN(nn.Module):
         self.mask_roi_scale, self.soft_nms_sigma = float(mask_roi_scale), float(soft_nms_sigma)
         self.box_roi_scale, self.tta = float(box_roi_scale), bool(tta)
         self.use_mask_iou = mask_iou_head  # rank by class score x predicted mask IoU
+        self.mask_iou_train_iou = float(mask_iou_train_iou)
         self.spatial_scale = 1.0 / self.backbone.stride
 
     # -- pieces ----------------------------------------------------------------------------------
@@ -498,6 +499,29 @@ class MaskRCNN(nn.Module):
                 gt = torch.cat([t["masks"][mm] for t, mm in zip(targets, pos_matched)])
                 iou_target = pasted_mask_iou(probs, torch.cat(pos_rois), gt, self.mask_threshold)
                 pred = self._predict_mask_iou(mask_features, probs, labels_all[pos])
+                if self.mask_iou_train_iou < self.box_matcher.low:
+                    # Also the sampled negatives that overlap a galaxy by at least mask_iou_train_iou:
+                    # at inference the head has to rank such poorly placed boxes low as well.
+                    near, gts, labs = [], [], []  # one box list per image (maybe empty): the batch index
+                    for r, lab, t in zip(rois, labels, targets):
+                        neg = r[lab == 0]
+                        if len(t["boxes"]) == 0 or len(neg) == 0:
+                            near.append(r.new_zeros(0, 4))
+                            continue
+                        best, idx = ops.box_iou(neg, t["boxes"].to(neg)).max(1)
+                        ok = best >= self.mask_iou_train_iou
+                        near.append(scale_boxes(neg[ok], self.mask_roi_scale))
+                        gts.append(t["masks"][idx[ok]])
+                        labs.append(t["labels"][idx[ok]])
+                    if sum(len(b) for b in near):
+                        near_features = self._roi_align(features, near, 14)
+                        near_labels = torch.cat(labs)
+                        with torch.no_grad():  # the mask head learns from positives only, as before
+                            near_logits = self.mask_head(near_features)
+                            near_probs = torch.sigmoid(near_logits[torch.arange(len(near_labels)), near_labels])
+                        near_target = pasted_mask_iou(near_probs, torch.cat(near), torch.cat(gts), self.mask_threshold)
+                        pred = torch.cat([pred, self._predict_mask_iou(near_features, near_probs, near_labels)])
+                        iou_target = torch.cat([iou_target, near_target])
                 losses["loss_mask_iou"] = F.mse_loss(pred, iou_target)
         return losses
 
