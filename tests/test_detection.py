@@ -425,12 +425,13 @@ def test_pasted_mask_iou_against_reference():
 
 
 def test_mask_iou_head_trains_and_rescores(data):
-    model = _small_model(mask_iou_head=True)
     x, t = _batch(data, 2)
-    losses = model.train()(x, t)
-    assert "loss_mask_iou" in losses and math.isfinite(float(losses["loss_mask_iou"].detach()))
-    sum(losses.values()).backward()
-    assert model.maskiou_head[0].weight.grad.abs().sum() > 0
+    for train_iou in (0.25, 0.5):  # with and without the near-miss negatives
+        model = _small_model(mask_iou_head=True, mask_iou_train_iou=train_iou)
+        losses = model.train()(x, t)
+        assert "loss_mask_iou" in losses and math.isfinite(float(losses["loss_mask_iou"].detach()))
+        sum(losses.values()).backward()
+        assert model.maskiou_head[0].weight.grad.abs().sum() > 0
     model.eval()
     model.score_thresh = 0.0
     # A MaskIoU head that predicts known values: 0.8 for class 1 (its bias), 0 from the input.
