@@ -15,6 +15,10 @@ layers, class scores and class-specific box deltas) and RoIAlign 14x14 mask head
 a 2x2 stride-2 transposed conv to 28x28, one mask logit map per class). Inference keeps scores
 above ``score_thresh``, runs class-wise NMS and pastes each 28x28 mask back into the image; with
 ``mask_rescore`` each score is then multiplied by its mask's mean probability inside the mask.
+Options (off by default): ``mask_iou_head`` (Mask Scoring R-CNN's MaskIoU head; scores times the
+predicted mask IoU), ``soft_nms_sigma`` (Gaussian Soft-NMS on mask IoU instead of box NMS),
+``tta`` (heads averaged over the 8 flips/transposes), ``mask_roi_scale`` / ``box_roi_scale``
+(enlarged RoIs for the mask / box head).
 
 RoIAlign runs with ``aligned=True`` (half-pixel shift) everywhere: boxes are in pixel-edge
 coordinates, so pixel i's centre is i + 0.5 and the shift makes samples land on it.
