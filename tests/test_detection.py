@@ -288,3 +288,166 @@ def test_paste_masks_equals_grid_sample():
     grid = torch.stack([gx[:, None, :].expand(4, h, w), gy[:, :, None].expand(4, h, w)], -1)
     ref = F.grid_sample(masks[:, None], grid, mode="bilinear", padding_mode="zeros", align_corners=False)[:, 0]
     assert torch.allclose(paste_masks(masks, boxes, (h, w)), ref, atol=1e-5)
+
+
+# ---- Soft-NMS on masks, enlarged mask RoIs, transposes ------------------------------------------
+
+def _soft_nms_reference(iou, scores, sigma):
+    """Soft-NMS written the slow, obvious way on Python floats."""
+    left = {i: float(s) for i, s in enumerate(scores)}
+    order, final = [], []
+    while left:
+        i = max(left, key=lambda j: (left[j], -j))
+        order.append(i)
+        final.append(left.pop(i))
+        for j in left:
+            left[j] *= math.exp(-float(iou[i, j]) ** 2 / sigma)
+    return order, final
+
+
+def test_soft_nms_against_reference():
+    from pycnn.models.mask_rcnn import mask_iou, soft_nms
+    gen = torch.Generator().manual_seed(0)
+    for k in (0, 1, 2, 7, 30):
+        masks = torch.rand(k, 12, 12, generator=gen) < 0.4
+        masks[:k // 3] = masks[k // 3: 2 * (k // 3)]  # exact duplicates: IoU 1
+        scores = torch.rand(k, generator=gen)
+        iou = mask_iou(masks, masks)
+        for sigma in (0.05, 0.3, 2.0):
+            order, final = soft_nms(iou, scores, sigma)
+            ref_order, ref_final = _soft_nms_reference(iou, scores, sigma)
+            assert order.tolist() == ref_order
+            assert torch.allclose(final, torch.tensor(ref_final, dtype=torch.float32), atol=1e-6)
+            assert bool((final[:-1] >= final[1:]).all())  # pick order is descending in the decayed scores
+    # Disjoint masks: nothing decays. A duplicate of the best: its score times exp(-1 / sigma).
+    a = torch.zeros(3, 4, 4, dtype=torch.bool)
+    a[0, :2], a[1, :2], a[2, 2:] = True, True, True
+    order, final = soft_nms(mask_iou(a, a), torch.tensor([0.9, 0.8, 0.7]), 0.5)
+    assert order.tolist() == [0, 2, 1]
+    assert torch.allclose(final, torch.tensor([0.9, 0.7, 0.8 * math.exp(-2.0)]))
+    with pytest.raises(ValueError, match="sigma"):
+        soft_nms(torch.zeros(1, 1), torch.ones(1), 0.0)
+
+
+def test_mask_iou_against_reference():
+    from pycnn.models.mask_rcnn import mask_iou
+    gen = torch.Generator().manual_seed(1)
+    a, b = torch.rand(5, 9, 7, generator=gen) < 0.5, torch.rand(3, 9, 7, generator=gen) < 0.3
+    b[0] = False  # empty mask: IoU 0, not NaN
+    iou = mask_iou(a, b)
+    for i in range(5):
+        for j in range(3):
+            union = int((a[i] | b[j]).sum())
+            expected = int((a[i] & b[j]).sum()) / union if union else 0.0
+            assert abs(float(iou[i, j]) - expected) < 1e-6
+
+
+def test_scale_boxes():
+    from pycnn.models.mask_rcnn import scale_boxes
+    boxes = torch.tensor([[2.0, 4.0, 6.0, 12.0], [-1.0, 0.0, 1.0, 1.0]])
+    assert torch.equal(scale_boxes(boxes, 1.0), boxes)
+    assert torch.allclose(scale_boxes(boxes, 1.5), torch.tensor([[1.0, 2.0, 7.0, 14.0], [-1.5, -0.25, 1.5, 1.25]]))
+
+
+def test_soft_nms_and_enlarged_mask_rois_in_the_model(data):
+    model = _small_model(mask_roi_scale=1.25, soft_nms_sigma=0.3, mask_rescore=True)
+    x, t = _batch(data, 2)
+    sum(model.train()(x, t).values()).backward()  # the enlarged RoIs train
+    model.eval()
+    model.score_thresh = 0.0  # an untrained model: keep every candidate
+    with torch.no_grad():
+        dets = model(x)
+    for d in dets:
+        k = len(d["boxes"])
+        assert k > 0 and d["masks"].shape == (k, 64, 64) and d["mask_probs"].shape == (k, 64, 64)
+        assert bool((d["scores"][:-1] >= d["scores"][1:]).all())
+    # Enlarged RoIs: a mask of ones covers the enlarged box, so it reaches past the box itself.
+    model.mask_head = _FixedMaskHead([0.99])
+    with torch.no_grad():
+        d = model(x[:1])[0]
+    from pycnn.models.mask_rcnn import scale_boxes
+    i = int(((d["boxes"][:, 2] - d["boxes"][:, 0]) * (d["boxes"][:, 3] - d["boxes"][:, 1])).argmax())
+    top = scale_boxes(d["boxes"][i:i + 1], 1.25)[0]
+    assert float(top[1]) < float(d["boxes"][i, 1])
+    rows = torch.nonzero(d["masks"][i].any(1)).flatten()
+    assert int(rows.min()) < float(d["boxes"][i, 1]) - 0.5 or float(d["boxes"][i, 1]) < 1.0
+    with pytest.raises(ValueError, match="mask_roi_scale"):
+        M.get("mask_rcnn", mask_roi_scale=0.8)
+
+
+def test_flip_targets_transpose(data):
+    from pycnn.detection import flip_targets
+    from pycnn.data.instances import masks_to_boxes
+    x, t = _batch(data, 3)
+    yes, no = torch.ones(3, dtype=torch.bool), torch.zeros(3, dtype=torch.bool)
+    xt, tt = flip_targets(x, t, no, no, yes)
+    assert torch.equal(xt, x.transpose(-1, -2))
+    for a, b in zip(t, tt):
+        assert torch.equal(b["masks"], a["masks"].transpose(-1, -2))
+        assert torch.equal(b["boxes"], masks_to_boxes(b["masks"]))  # boxes still fit their masks
+    # All three: the boxes still fit the moved masks.
+    xa, ta = flip_targets(x, t, yes, yes, yes)
+    for b in ta:
+        assert torch.equal(b["boxes"], masks_to_boxes(b["masks"]))
+    with pytest.raises(ValueError, match="square"):
+        flip_targets(torch.zeros(1, 1, 4, 6), [t[0]], no[:1], no[:1], yes[:1])
+
+
+# ---- test-time augmentation and the MaskIoU head -----------------------------------------------
+
+def test_dihedral_views_round_trip_and_agree():
+    from pycnn.data.instances import masks_to_boxes
+    from pycnn.models.mask_rcnn import Dihedral
+    gen = torch.Generator().manual_seed(0)
+    masks = torch.zeros(3, 20, 20, dtype=torch.bool)
+    masks[0, 2:7, 3:15], masks[1, 10:19, 0:4], masks[2, 5:6, 12:20] = True, True, True
+    boxes = masks_to_boxes(masks)
+    views = Dihedral.all((20, 20))
+    assert len(views) == 8 and len(Dihedral.all((20, 24))) == 4
+    assert len({(v.transpose, v.horizontal, v.vertical) for v in views}) == 8
+    x = torch.rand(2, 1, 20, 20, generator=gen)
+    for v in views:
+        assert torch.equal(v.unimage(v.image(x)), x)
+        assert torch.equal(v.unboxes(v.boxes(boxes)), boxes)
+        assert torch.equal(v.boxes(boxes), masks_to_boxes(v.image(masks)))  # boxes move with the image
+
+
+def test_pasted_mask_iou_against_reference():
+    from pycnn.models.mask_rcnn import mask_iou, paste_masks, pasted_mask_iou
+    gen = torch.Generator().manual_seed(2)
+    probs = torch.rand(4, 28, 28, generator=gen)
+    boxes = torch.tensor([[2.0, 3, 10, 7], [-3, -2, 5, 14], [5.3, 1.2, 15.7, 15.9], [0, 0, 16, 16]])
+    gt = torch.rand(4, 16, 16, generator=gen) < 0.5
+    iou = pasted_mask_iou(probs, boxes, gt, 0.5)
+    pasted = paste_masks(probs, boxes, (16, 16)) > 0.5
+    for k in range(4):
+        assert abs(float(iou[k]) - float(mask_iou(pasted[k:k + 1], gt[k:k + 1])[0, 0])) < 1e-6
+
+
+def test_mask_iou_head_trains_and_rescores(data):
+    x, t = _batch(data, 2)
+    for train_iou in (0.25, 0.5):  # with and without the near-miss negatives
+        model = _small_model(mask_iou_head=True, mask_iou_train_iou=train_iou)
+        losses = model.train()(x, t)
+        assert "loss_mask_iou" in losses and math.isfinite(float(losses["loss_mask_iou"].detach()))
+        sum(losses.values()).backward()
+        assert model.maskiou_head[0].weight.grad.abs().sum() > 0
+    model.eval()
+    model.score_thresh = 0.0
+    # A MaskIoU head that predicts known values: 0.8 for class 1 (its bias), 0 from the input.
+    last = model.maskiou_head[-1]
+    with torch.no_grad():
+        last.weight.zero_()
+        last.bias.copy_(torch.tensor([0.0, 0.8]))
+        model.use_mask_iou = False
+        plain = model(x)[0]
+        model.use_mask_iou = True
+        rescored = model(x)[0]
+    assert torch.allclose(plain["mask_iou"], torch.full_like(plain["mask_iou"], 0.8))
+    assert torch.allclose(rescored["scores"], plain["scores"] * 0.8)
+    with torch.no_grad():
+        model.tta = True
+        tta = model(x)
+    for d in tta:
+        k = len(d["boxes"])
+        assert k > 0 and d["masks"].shape == (k, 64, 64) and bool((d["scores"][:-1] >= d["scores"][1:]).all())

@@ -15,6 +15,10 @@ layers, class scores and class-specific box deltas) and RoIAlign 14x14 mask head
 a 2x2 stride-2 transposed conv to 28x28, one mask logit map per class). Inference keeps scores
 above ``score_thresh``, runs class-wise NMS and pastes each 28x28 mask back into the image; with
 ``mask_rescore`` each score is then multiplied by its mask's mean probability inside the mask.
+Options (off by default): ``mask_iou_head`` (Mask Scoring R-CNN's MaskIoU head; scores times the
+predicted mask IoU), ``soft_nms_sigma`` (Gaussian Soft-NMS on mask IoU instead of box NMS),
+``tta`` (heads averaged over the 8 flips/transposes), ``mask_roi_scale`` / ``box_roi_scale``
+(enlarged RoIs for the mask / box head).
 
 RoIAlign runs with ``aligned=True`` (half-pixel shift) everywhere: boxes are in pixel-edge
 coordinates, so pixel i's centre is i + 0.5 and the shift makes samples land on it.
@@ -31,7 +35,8 @@ from torch import Tensor, nn
 import pycnn.nn as pnn
 from pycnn import ops
 
-__all__ = ["MaskRCNN", "mask_rcnn", "BoxCoder", "Matcher", "sample_balanced", "AnchorGenerator", "paste_masks"]
+__all__ = ["MaskRCNN", "mask_rcnn", "BoxCoder", "Matcher", "sample_balanced", "AnchorGenerator", "paste_masks",
+           "scale_boxes", "mask_iou", "soft_nms", "pasted_mask_iou", "Dihedral"]
 
 
 # ---- box utilities ----------------------------------------------------------------------------
@@ -117,6 +122,94 @@ def _clip_boxes(boxes: Tensor, size: Tuple[int, int]) -> Tensor:
 def _remove_small(boxes: Tensor, min_size: float) -> Tensor:
     return torch.nonzero(((boxes[:, 2] - boxes[:, 0]) >= min_size) & ((boxes[:, 3] - boxes[:, 1]) >= min_size)
                          ).flatten()
+
+
+def scale_boxes(boxes: Tensor, factor: float) -> Tensor:
+    """Boxes [K, 4] scaled by ``factor`` about their centres (not clipped: RoIAlign reads zeros
+    outside the image and paste_masks places any box)."""
+    if factor == 1.0:
+        return boxes
+    centre = 0.5 * (boxes[:, :2] + boxes[:, 2:])
+    half = 0.5 * factor * (boxes[:, 2:] - boxes[:, :2])
+    return torch.cat([centre - half, centre + half], 1)
+
+
+def mask_iou(a: Tensor, b: Tensor) -> Tensor:
+    """IoU of every pair of binary masks, a [K, H, W] x b [L, H, W] -> [K, L] (0 where both are empty)."""
+    a, b = a.flatten(1).to(torch.float32), b.flatten(1).to(torch.float32)
+    inter = a @ b.T
+    union = a.sum(1)[:, None] + b.sum(1)[None] - inter
+    return inter / union.clamp(min=1.0)
+
+
+def soft_nms(iou: Tensor, scores: Tensor, sigma: float) -> Tuple[Tensor, Tensor]:
+    """Gaussian Soft-NMS (Bodla et al. 2017) on a precomputed pairwise ``iou`` [K, K]: repeatedly
+    take the highest-scoring detection left and multiply every other remaining score by
+    exp(-iou^2 / sigma). Nothing is dropped: returns (order, decayed scores in that order), the
+    order being descending in the decayed scores. Overlapping galaxies whose boxes or masks
+    overlap a lot keep a (lowered) score instead of vanishing as in hard NMS."""
+    if sigma <= 0:
+        raise ValueError(f"soft_nms: sigma must be > 0, got {sigma}")
+    k = len(scores)
+    current = scores.detach().clone().to(torch.float64)
+    decay = torch.exp(-iou.detach().to(torch.float64) ** 2 / sigma)
+    alive = torch.ones(k, dtype=torch.bool)
+    order, final = [], []
+    for _ in range(k):
+        i = int(torch.where(alive, current, torch.tensor(-math.inf, dtype=torch.float64)).argmax())
+        order.append(i)
+        final.append(float(current[i]))
+        alive[i] = False
+        current = torch.where(alive, current * decay[i], current)
+    return torch.tensor(order, dtype=torch.int64), torch.tensor(final, dtype=scores.dtype)
+
+
+class Dihedral:
+    """One of the image's flips/transposes (transpose first, then horizontal, then vertical flip;
+    the transpose needs a square image), applied to images or maps [..., H, W] and to boxes
+    [K, 4], and undone. Test-time augmentation averages the heads' outputs over these views."""
+
+    def __init__(self, transpose: bool, horizontal: bool, vertical: bool, size: Tuple[int, int]):
+        self.transpose, self.horizontal, self.vertical, self.size = transpose, horizontal, vertical, size
+
+    @staticmethod
+    def all(size: Tuple[int, int]) -> List["Dihedral"]:
+        """The identity first; all 8 views of a square image, the 4 flips otherwise."""
+        transposes = (False, True) if size[0] == size[1] else (False,)
+        return [Dihedral(t, h, v, size) for t in transposes for h in (False, True) for v in (False, True)]
+
+    def image(self, x: Tensor) -> Tensor:
+        if self.transpose:
+            x = x.transpose(-1, -2)
+        if self.horizontal:
+            x = x.flip(-1)
+        if self.vertical:
+            x = x.flip(-2)
+        return x
+
+    def unimage(self, x: Tensor) -> Tensor:
+        if self.vertical:
+            x = x.flip(-2)
+        if self.horizontal:
+            x = x.flip(-1)
+        if self.transpose:
+            x = x.transpose(-1, -2)
+        return x
+
+    def _flip_boxes(self, b: Tensor) -> Tensor:
+        h, w = self.size  # square whenever transposed, so the sizes hold in either frame
+        if self.horizontal:
+            b = torch.stack([w - b[:, 2], b[:, 1], w - b[:, 0], b[:, 3]], 1)
+        if self.vertical:
+            b = torch.stack([b[:, 0], h - b[:, 3], b[:, 2], h - b[:, 1]], 1)
+        return b
+
+    def boxes(self, b: Tensor) -> Tensor:
+        return self._flip_boxes(b[:, [1, 0, 3, 2]] if self.transpose else b)
+
+    def unboxes(self, b: Tensor) -> Tensor:
+        b = self._flip_boxes(b)
+        return b[:, [1, 0, 3, 2]] if self.transpose else b
 
 
 def _rois(boxes: List[Tensor]) -> Tensor:
@@ -216,10 +309,15 @@ class MaskRCNN(nn.Module):
                  box_positive_fraction: float = 0.25, box_fg_iou: float = 0.5, box_bg_iou: float = 0.5,
                  representation: int = 256, mask_channels: int = 32, score_thresh: float = 0.05,
                  nms_thresh: float = 0.5, detections_per_img: int = 100, mask_threshold: float = 0.5,
-                 sampling_ratio: int = 2, mask_rescore: bool = False):
+                 sampling_ratio: int = 2, mask_rescore: bool = False, mask_roi_scale: float = 1.0,
+                 soft_nms_sigma: float = 0.0, box_roi_scale: float = 1.0, tta: bool = False,
+                 mask_iou_head: bool = False, mask_iou_train_iou: float = 0.5):
         super().__init__()
         if num_classes < 2:
             raise ValueError(f"mask_rcnn: num_classes must be >= 2 (background + objects), got {num_classes}")
+        if not mask_roi_scale >= 1.0 or not box_roi_scale >= 1.0 or not soft_nms_sigma >= 0.0:
+            raise ValueError(f"mask_rcnn: mask_roi_scale and box_roi_scale must be >= 1 and soft_nms_sigma >= 0, "
+                             f"got {mask_roi_scale}, {box_roi_scale}, {soft_nms_sigma}")
         if in_channels < 1 or width < 2 or width % 2:
             raise ValueError(f"mask_rcnn: in_channels must be >= 1 and width an even number >= 2, "
                              f"got {in_channels}, {width}")
@@ -248,6 +346,18 @@ class MaskRCNN(nn.Module):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
                 nn.init.zeros_(m.bias)
 
+        # Mask Scoring R-CNN's MaskIoU head (Huang et al. 2019): from the mask RoI's features and the
+        # predicted mask (max-pooled to 14x14) it predicts the IoU of that mask with its galaxy's,
+        # per class; detections are then ranked by class score x predicted mask IoU.
+        self.maskiou_head = None
+        if mask_iou_head:
+            self.maskiou_head = nn.Sequential(
+                pnn.Conv2d(c + 1, mask_channels, 3, padding=1), nn.ReLU(inplace=True),
+                pnn.Conv2d(mask_channels, mask_channels, 3, stride=2, padding=1), nn.ReLU(inplace=True),
+                nn.Flatten(), pnn.Linear(mask_channels * 7 * 7, 128), nn.ReLU(inplace=True),
+                pnn.Linear(128, num_classes))
+            self.mask_pool = pnn.MaxPool2d(2, 2)
+
         self.rpn_coder = BoxCoder((1.0, 1.0, 1.0, 1.0))
         self.box_coder = BoxCoder((10.0, 10.0, 5.0, 5.0))
         self.rpn_matcher = Matcher(rpn_fg_iou, rpn_bg_iou, allow_low_quality=True)
@@ -258,6 +368,10 @@ class MaskRCNN(nn.Module):
         self.box_batch_size, self.box_positive_fraction = box_batch_size, box_positive_fraction
         self.score_thresh, self.nms_thresh, self.detections_per_img = score_thresh, nms_thresh, detections_per_img
         self.mask_threshold, self.sampling_ratio, self.mask_rescore = mask_threshold, sampling_ratio, mask_rescore
+        self.mask_roi_scale, self.soft_nms_sigma = float(mask_roi_scale), float(soft_nms_sigma)
+        self.box_roi_scale, self.tta = float(box_roi_scale), bool(tta)
+        self.use_mask_iou = mask_iou_head  # rank by class score x predicted mask IoU
+        self.mask_iou_train_iou = float(mask_iou_train_iou)
         self.spatial_scale = 1.0 / self.backbone.stride
 
     # -- pieces ----------------------------------------------------------------------------------
@@ -345,12 +459,17 @@ class MaskRCNN(nn.Module):
         proposals = self._proposals(logits, deltas, anchors, size)
         if self.training:
             return self._losses(features, logits, deltas, anchors, proposals, targets)
-        return self._detect(features, proposals, size)
+        views = [(Dihedral(False, False, False, size), features)]
+        if self.tta:  # each other view's features, for the box and mask heads to average over
+            views += [(v, self.backbone(v.image(images))) for v in Dihedral.all(size)[1:]]
+        return self._detect(views, proposals, size)
 
     def _losses(self, features, logits, deltas, anchors, proposals, targets) -> Dict[str, Tensor]:
         rpn_obj, rpn_box = self._rpn_loss(logits, deltas, anchors, targets)
         rois, matched, labels = self._sample_rois(proposals, targets)
-        x = self.box_head(self._roi_align(features, rois, 7))
+        # With box_roi_scale > 1 the box head reads a margin around each proposal (its deltas stay
+        # relative to the proposal): a proposal that cuts a galaxy off shows where it continues.
+        x = self.box_head(self._roi_align(features, [scale_boxes(r, self.box_roi_scale) for r in rois], 7))
         class_logits, box_deltas = self.cls_score(x), self.bbox_pred(x)
         labels_all = torch.cat(labels)
         cls_loss = F.cross_entropy(class_logits, labels_all)
@@ -361,27 +480,95 @@ class MaskRCNN(nn.Module):
         pred = box_deltas.reshape(len(x), -1, 4)[pos, labels_all[pos]]
         box_loss = F.smooth_l1_loss(pred, reg_targets, beta=1 / 9, reduction="sum") / max(1, len(labels_all))
         # Mask branch: positive RoIs only, the mask of the gt class.
-        pos_rois = [r[lab > 0] for r, lab in zip(rois, labels)]
+        # With mask_roi_scale > 1 the mask RoI is the box enlarged about its centre, in training and
+        # inference alike, so a box that is a little too small does not cut the galaxy's mask off.
+        pos_rois = [scale_boxes(r[lab > 0], self.mask_roi_scale) for r, lab in zip(rois, labels)]
         pos_matched = [m[lab > 0] for m, lab in zip(matched, labels)]
         if len(pos) == 0:
             mask_loss = self.mask_head[0].weight.sum() * 0.0  # keeps the graph connected
         else:
-            mask_logits = self.mask_head(self._roi_align(features, pos_rois, 14))
+            mask_features = self._roi_align(features, pos_rois, 14)
+            mask_logits = self.mask_head(mask_features)
             m = mask_logits.shape[-1]
             mask_targets = self._mask_targets(pos_rois, pos_matched, targets, m)
             chosen = mask_logits[torch.arange(len(pos)), labels_all[pos]]
             mask_loss = F.binary_cross_entropy_with_logits(chosen, mask_targets.to(chosen))
-        return {"loss_objectness": rpn_obj, "loss_rpn_box_reg": rpn_box, "loss_classifier": cls_loss,
-                "loss_box_reg": box_loss, "loss_mask": mask_loss}
+        losses = {"loss_objectness": rpn_obj, "loss_rpn_box_reg": rpn_box, "loss_classifier": cls_loss,
+                  "loss_box_reg": box_loss, "loss_mask": mask_loss}
+        if self.maskiou_head is not None:
+            if len(pos) == 0:
+                losses["loss_mask_iou"] = sum(p.sum() for p in self.maskiou_head.parameters()) * 0.0
+            else:
+                probs = torch.sigmoid(chosen.detach())
+                gt = torch.cat([t["masks"][mm] for t, mm in zip(targets, pos_matched)])
+                iou_target = pasted_mask_iou(probs, torch.cat(pos_rois), gt, self.mask_threshold)
+                pred = self._predict_mask_iou(mask_features, probs, labels_all[pos])
+                if self.mask_iou_train_iou < self.box_matcher.low:
+                    # Also the sampled negatives that overlap a galaxy by at least mask_iou_train_iou:
+                    # at inference the head has to rank such poorly placed boxes low as well.
+                    near, gts, labs = [], [], []  # one box list per image (maybe empty): the batch index
+                    for r, lab, t in zip(rois, labels, targets):
+                        neg = r[lab == 0]
+                        if len(t["boxes"]) == 0 or len(neg) == 0:
+                            near.append(r.new_zeros(0, 4))
+                            continue
+                        best, idx = ops.box_iou(neg, t["boxes"].to(neg)).max(1)
+                        ok = best >= self.mask_iou_train_iou
+                        near.append(scale_boxes(neg[ok], self.mask_roi_scale))
+                        gts.append(t["masks"][idx[ok]])
+                        labs.append(t["labels"][idx[ok]])
+                    if sum(len(b) for b in near):
+                        near_features = self._roi_align(features, near, 14)
+                        near_labels = torch.cat(labs)
+                        with torch.no_grad():  # the mask head learns from positives only, as before
+                            near_logits = self.mask_head(near_features)
+                            near_probs = torch.sigmoid(near_logits[torch.arange(len(near_labels)), near_labels])
+                        near_target = pasted_mask_iou(near_probs, torch.cat(near), torch.cat(gts), self.mask_threshold)
+                        pred = torch.cat([pred, self._predict_mask_iou(near_features, near_probs, near_labels)])
+                        iou_target = torch.cat([iou_target, near_target])
+                losses["loss_mask_iou"] = F.mse_loss(pred, iou_target)
+        return losses
 
-    def _detect(self, features, proposals, size) -> List[Dict[str, Tensor]]:
-        x = self.box_head(self._roi_align(features, proposals, 7))
-        scores_all = F.softmax(self.cls_score(x), -1)
-        boxes_all = _clip_boxes(self.box_coder.decode(self.bbox_pred(x), torch.cat(proposals))
-                                .reshape(len(x), -1, 4), size)
+    def _predict_mask_iou(self, mask_features: Tensor, probs: Tensor, labels: Tensor) -> Tensor:
+        """MaskIoU head: predicted IoU [K] of each mask (probabilities [K, 28, 28]) of class ``labels``."""
+        binary = self.mask_pool((probs > self.mask_threshold).to(mask_features)[:, None])
+        out = self.maskiou_head(torch.cat([mask_features, binary], 1))
+        return out[torch.arange(len(labels)), labels]
+
+    def _box_head_view(self, view: "Dihedral", features: Tensor, proposals: List[Tensor]) -> Tuple[Tensor, Tensor]:
+        """Class probabilities [K, C] and decoded boxes [K, C, 4] (image frame) of the proposals
+        seen in one view."""
+        props = [view.boxes(p) for p in proposals]
+        x = self.box_head(self._roi_align(features, [scale_boxes(p, self.box_roi_scale) for p in props], 7))
+        boxes = self.box_coder.decode(self.bbox_pred(x), torch.cat(props)).reshape(-1, 4)
+        return F.softmax(self.cls_score(x), -1), view.unboxes(boxes).reshape(len(x), -1, 4)
+
+    def _mask_probs_view(self, view: "Dihedral", features: Tensor, dets: List[Tensor], labels: Tensor,
+                         size: Tuple[int, int]) -> Tuple[Tensor, Tensor]:
+        """Mask probabilities of the detections pasted into the image [K, H, W] in one view, and
+        each mask's "maskness" [K]: its mean probability where it is above ``mask_threshold``
+        (SOLOv2's rule, on the 28x28 map)."""
+        rois = [scale_boxes(view.boxes(d), self.mask_roi_scale) for d in dets]
+        mask_features = self._roi_align(features, rois, 14)
+        logits = self.mask_head(mask_features)
+        probs = torch.sigmoid(logits[torch.arange(len(labels)), labels])
+        inside = (probs > self.mask_threshold).to(probs)
+        maskness = (probs * inside).flatten(1).sum(1) / inside.flatten(1).sum(1).clamp(min=1.0)
+        if self.maskiou_head is not None:
+            maskness = torch.stack([maskness, self._predict_mask_iou(mask_features, probs, labels).clamp(0.0, 1.0)], 1)
+        vsize = size[::-1] if view.transpose else size
+        return view.unimage(paste_masks(probs, torch.cat(rois), vsize)), maskness
+
+    def _detect(self, views, proposals, size) -> List[Dict[str, Tensor]]:
+        # Test-time augmentation (``tta``): the box head's probabilities and boxes, and then the
+        # masks, are averaged over the views; the proposals come from the image as it is.
+        outs = [self._box_head_view(v, f, proposals) for v, f in views]
+        scores_all = torch.stack([o[0] for o in outs]).mean(0)
+        boxes_all = _clip_boxes(torch.stack([o[1] for o in outs]).mean(0), size)
         results = []
         start = 0
         c = self.num_classes
+        soft = self.soft_nms_sigma > 0
         for props in proposals:
             n = len(props)
             scores = scores_all[start:start + n, 1:].reshape(-1)
@@ -392,32 +579,56 @@ class MaskRCNN(nn.Module):
             boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
             keep = _remove_small(boxes, 1e-2)
             boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
-            keep = ops.batched_nms(boxes, scores, labels, self.nms_thresh)[:self.detections_per_img]
+            if soft:  # every candidate gets a mask; Soft-NMS on the masks below decides
+                keep = scores.argsort(descending=True)
+            else:
+                keep = ops.batched_nms(boxes, scores, labels, self.nms_thresh)[:self.detections_per_img]
             results.append({"boxes": boxes[keep], "labels": labels[keep], "scores": scores[keep]})
         dets = [r["boxes"] for r in results]
-        if sum(len(d) for d in dets):
-            mask_logits = self.mask_head(self._roi_align(features, dets, 14))
-            labels = torch.cat([r["labels"] for r in results])
-            probs = torch.sigmoid(mask_logits[torch.arange(len(labels)), labels])
+        labels = torch.cat([r["labels"] for r in results])
+        if len(labels):
+            outs = [self._mask_probs_view(v, f, dets, labels, size) for v, f in views]
+            pasted_all = torch.stack([o[0] for o in outs]).mean(0)
+            maskness_all = torch.stack([o[1] for o in outs]).mean(0)
         else:
-            probs = features.new_zeros(0, 28, 28)
+            pasted_all = views[0][1].new_zeros(0, *size)
+            maskness_all = views[0][1].new_zeros((0, 2) if self.maskiou_head is not None else (0,))
         start = 0
         for r in results:
             n = len(r["boxes"])
-            p = probs[start:start + n]
-            pasted = paste_masks(p, r["boxes"], size)
+            pasted = pasted_all[start:start + n]
             r["masks"] = pasted > self.mask_threshold
             r["mask_probs"] = pasted
+            order = None
+            if self.maskiou_head is not None:  # [K, 2]: maskness, predicted mask IoU
+                mask_iou_pred = maskness_all[start:start + n, 1]
+                r["mask_iou"] = mask_iou_pred
+                if self.use_mask_iou and n:
+                    r["scores"] = r["scores"] * mask_iou_pred
+                    order = r["scores"].argsort(descending=True)
+                maskness_now = maskness_all[start:start + n, 0]
+            else:
+                maskness_now = maskness_all[start:start + n]
             if self.mask_rescore and n:
                 # The class score says "a galaxy is here", not how well this box and mask fit it;
                 # the mean mask probability inside the mask does (SOLOv2's "maskness"), so sharp,
                 # confident masks rank above blurred ones covering two galaxies.
-                inside = (p > self.mask_threshold).to(p)
-                maskness = (p * inside).flatten(1).sum(1) / inside.flatten(1).sum(1).clamp(min=1.0)
-                r["scores"] = r["scores"] * maskness
+                r["scores"] = r["scores"] * maskness_now
                 order = r["scores"].argsort(descending=True)
-                for key in ("boxes", "labels", "scores", "masks", "mask_probs"):
-                    r[key] = r[key][order]
+            if soft and n:
+                # Soft-NMS on mask IoU, class-wise: blended galaxies can share much of a box while
+                # their masks differ; duplicates of one galaxy overlap in both and sink in rank.
+                iou = mask_iou(r["masks"], r["masks"]) * (r["labels"][:, None] == r["labels"][None]).to(torch.float32)
+                order, decayed = soft_nms(iou, r["scores"], self.soft_nms_sigma)
+                order = order[:self.detections_per_img]
+                r["scores"] = decayed[:self.detections_per_img]
+                for key in ("boxes", "labels", "masks", "mask_probs", "mask_iou"):
+                    if key in r:
+                        r[key] = r[key][order]
+            elif order is not None:
+                for key in ("boxes", "labels", "scores", "masks", "mask_probs", "mask_iou"):
+                    if key in r:
+                        r[key] = r[key][order]
             start += n
         return results
 
@@ -450,6 +661,17 @@ def paste_masks(masks: Tensor, boxes: Tensor, size: Tuple[int, int]) -> Tensor:
     at = lambda yi, xi: padded[kk, yi[:, :, None], xi[:, None, :]]  # noqa: E731  [K, H, W]
     return ((1 - fy) * ((1 - fx) * at(yi0, xi0) + fx * at(yi0, xi1)) +
             fy * ((1 - fx) * at(yi1, xi0) + fx * at(yi1, xi1)))
+
+
+def pasted_mask_iou(probs: Tensor, boxes: Tensor, gt_masks: Tensor, threshold: float = 0.5) -> Tensor:
+    """IoU [K], in the whole image, of each RoI mask (probabilities [K, M, M] over ``boxes``
+    [K, 4]) pasted and thresholded, with its own true mask ``gt_masks`` [K, H, W]: the MaskIoU
+    head's target (a mask the RoI cuts off counts as the miss it is)."""
+    pasted = paste_masks(probs, boxes, tuple(gt_masks.shape[-2:])) > threshold
+    gt = gt_masks.bool()
+    inter = (pasted & gt).flatten(1).sum(1)
+    union = (pasted | gt).flatten(1).sum(1)
+    return inter.to(probs) / union.clamp(min=1).to(probs)
 
 
 def mask_rcnn(in_channels: int = 1, num_classes: int = 2, **kwargs) -> MaskRCNN:
