@@ -15,7 +15,7 @@ from typing import Dict, Sequence
 import numpy as np
 import torch
 
-__all__ = ["coco_ap", "completeness_purity", "box_iou_xyxy", "mask_iou"]
+__all__ = ["coco_ap", "completeness_purity", "best_score_threshold", "box_iou_xyxy", "mask_iou"]
 
 IOU_THRESHOLDS = np.linspace(0.5, 0.95, 10)   # pycocotools: np.linspace(.5, .95, 10)
 RECALL_POINTS = np.linspace(0.0, 1.0, 101)    # pycocotools: 101 recall thresholds
@@ -168,3 +168,20 @@ def completeness_purity(preds: Sequence[dict], targets: Sequence[dict], iou_type
     return {"completeness": n_match / n_true if n_true else float("nan"),
             "purity": n_match / n_det if n_det else float("nan"),
             "true_objects": n_true, "detections": n_det, "matched": n_match}
+
+
+def best_score_threshold(preds: Sequence[dict], targets: Sequence[dict], iou_type: str = "segm",
+                         iou_threshold: float = 0.5, candidates: Sequence[float] = tuple(np.arange(1, 20) / 20)
+                         ) -> float:
+    """The score threshold (of ``candidates``) with the best F1 of completeness and purity: a
+    catalogue's operating point, chosen on a validation split and then applied to the test split.
+    Scores are not calibrated alike across detectors (a product of class score and predicted mask
+    IoU is lower than a class score), so a fixed 0.5 would compare them at arbitrary points."""
+    best, best_f1 = float(candidates[0]), -1.0
+    for t in candidates:
+        cp = completeness_purity(preds, targets, iou_type, iou_threshold, float(t))
+        c, p = cp["completeness"], cp["purity"]
+        f1 = 0.0 if not (c + p > 0) else 2 * c * p / (c + p)  # nan (no detections) counts as 0
+        if f1 > best_f1:
+            best, best_f1 = float(t), f1
+    return best

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from pycnn.metrics import box_iou_xyxy, coco_ap, completeness_purity, mask_iou
+from pycnn.metrics import best_score_threshold, box_iou_xyxy, coco_ap, completeness_purity, mask_iou
 
 
 def _box_masks(boxes, h=32, w=32):
@@ -61,6 +61,19 @@ def test_greedy_matching_one_gt_per_detection():
     assert r["map"] == pytest.approx(1.0)  # the true positive comes first, the FP after full recall
     c = completeness_purity(p, t, "bbox")
     assert c["completeness"] == 1.0 and c["purity"] == 0.5
+
+
+def test_best_score_threshold_is_the_best_f1_operating_point():
+    # Two objects found at scores 0.9 and 0.3, a false detection at 0.6: at threshold 0.3 both
+    # objects and the false one (F1 0.8), at 0.6 one object and the false one (F1 0.5), at 0.9 one
+    # object alone (F1 0.67). Ties keep the candidate tried first (0.1 finds what 0.3 finds).
+    t = [_target([[0, 0, 10, 10], [20, 20, 30, 30]])]
+    p = [_pred([[0, 0, 10, 10], [40, 40, 50, 50], [20, 20, 30, 30]], [0.9, 0.6, 0.3])]
+    assert best_score_threshold(p, t, "bbox", candidates=(0.1, 0.3, 0.6, 0.9)) == 0.1
+    assert best_score_threshold(p, t, "bbox", candidates=(0.6, 0.9, 0.3)) == 0.3
+    assert best_score_threshold(p, t, "bbox", candidates=(0.6, 0.9)) == 0.9
+    # no detections at all above any candidate: the first candidate, no crash on nan
+    assert best_score_threshold(p, t, "bbox", candidates=(0.95, 0.99)) == 0.95
 
 
 def test_iou_helpers():
