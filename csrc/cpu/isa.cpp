@@ -40,9 +40,10 @@ bool cpu_avx2() {
 bool cpu_avx512() {
 #if defined(PYCNN_EMULATE_AVX512)
   return cpu_avx2();  // a test build: the avx512 kernels run on AVX2 instructions (csrc/simd/vec.h)
-#endif
+#else
   return cpu_avx2() && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
          __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512bw");
+#endif
 }
 #endif
 

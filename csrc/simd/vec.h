@@ -60,7 +60,7 @@
 #elif defined(PYCNN_ISA_AVX512)
 #define PYCNN_NATIVE_AVX512 1
 #endif
-#if defined(PYCNN_ISA_AVX512) && defined(PYCNN_AVX512_EMULATED)
+#if defined(PYCNN_AVX512_EMULATED)
 #define PYCNN_TARGET_BEGIN PYCNN_TARGET_PUSH("avx2,fma,bmi,bmi2")
 #elif defined(PYCNN_ISA_AVX512) && defined(__clang__)
 // (Clang's target attribute takes no vector-width preference; explicit 64-byte vectors are
@@ -155,14 +155,13 @@ PYCNN_INLINE void store(T* p, V v) {
 
 // a * b + c, fused where the target has FMA (one rounding; the generic build rounds twice).
 #if defined(PYCNN_AVX512_EMULATED)
-// a * b + c lane-wise with one rounding, as AVX2 FMAs on each 256-bit piece.
-template <typename V, typename F>
+// a * b + c lane-wise with one rounding, as AVX2 FMAs (fma256) on each 256-bit piece P of V.
+template <typename P, typename V, typename F>
 PYCNN_INLINE V fma_by_pieces(V a, V b, V c, F fma256) {
-  using P = decltype(fma256(a, b, c, 0));
   constexpr int n = int(sizeof(V) / sizeof(P));
   P pa[n], pb[n], pc[n];
   std::memcpy(pa, &a, sizeof(V)), std::memcpy(pb, &b, sizeof(V)), std::memcpy(pc, &c, sizeof(V));
-  for (int i = 0; i < n; ++i) pa[i] = fma256(pa[i], pb[i], pc[i], i);
+  for (int i = 0; i < n; ++i) pa[i] = fma256(pa[i], pb[i], pc[i]);
   std::memcpy(&a, pa, sizeof(V));
   return a;
 }
@@ -170,9 +169,7 @@ PYCNN_INLINE V fma_by_pieces(V a, V b, V c, F fma256) {
 
 PYCNN_INLINE vec<float> fma(vec<float> a, vec<float> b, vec<float> c) {
 #if defined(PYCNN_AVX512_EMULATED)
-  return fma_by_pieces(a, b, c, [](auto x, auto y, auto z, int) -> __m256 {
-    return _mm256_fmadd_ps(x, y, z);
-  });
+  return fma_by_pieces<__m256>(a, b, c, [](__m256 x, __m256 y, __m256 z) { return _mm256_fmadd_ps(x, y, z); });
 #elif defined(PYCNN_NATIVE_AVX512)
   return _mm512_fmadd_ps(a, b, c);
 #elif defined(PYCNN_ISA_AVX2)
@@ -185,9 +182,7 @@ PYCNN_INLINE vec<float> fma(vec<float> a, vec<float> b, vec<float> c) {
 }
 PYCNN_INLINE vec<double> fma(vec<double> a, vec<double> b, vec<double> c) {
 #if defined(PYCNN_AVX512_EMULATED)
-  return fma_by_pieces(a, b, c, [](auto x, auto y, auto z, int) -> __m256d {
-    return _mm256_fmadd_pd(x, y, z);
-  });
+  return fma_by_pieces<__m256d>(a, b, c, [](__m256d x, __m256d y, __m256d z) { return _mm256_fmadd_pd(x, y, z); });
 #elif defined(PYCNN_NATIVE_AVX512)
   return _mm512_fmadd_pd(a, b, c);
 #elif defined(PYCNN_ISA_AVX2)
