@@ -451,3 +451,46 @@ def test_mask_iou_head_trains_and_rescores(data):
     for d in tta:
         k = len(d["boxes"])
         assert k > 0 and d["masks"].shape == (k, 64, 64) and bool((d["scores"][:-1] >= d["scores"][1:]).all())
+
+
+def test_pick_class_boxes_against_reference():
+    from pycnn.models.mask_rcnn import _pick_class_boxes
+    gen = torch.Generator().manual_seed(5)
+    boxes, logits = torch.randn(6, 4 * 3, generator=gen), torch.randn(6, 3, generator=gen)
+    labels = torch.tensor([0, 2, 0, 1, 0, 2])
+    for lab in (None, labels):
+        got = _pick_class_boxes(boxes, logits, lab)
+        for i in range(6):
+            c = int(lab[i]) if lab is not None and lab[i] > 0 else 1 + int(logits[i, 1:].argmax())
+            assert torch.equal(got[i], boxes[i, 4 * c:4 * c + 4])
+
+
+def test_cascade_stage_trains_and_refines(data):
+    x, t = _batch(data, 2)
+    model = _small_model(cascade_ious=(0.6, 0.7))
+    losses = model.train()(x, t)
+    assert {"loss_classifier_2", "loss_box_reg_2", "loss_classifier_3", "loss_box_reg_3"} <= set(losses)
+    assert all(math.isfinite(float(v.detach())) for v in losses.values())
+    sum(losses.values()).backward()
+    for stage in model.cascade:
+        assert stage.cls_score.weight.grad.abs().sum() > 0 and stage.head[1].weight.grad.abs().sum() > 0
+    # Further stages that predict nothing (zero deltas, zero logits): the boxes stay the first
+    # stage's (clipped) and the class probabilities are the mean of the first stage's and uniform.
+    model.eval()
+    with torch.no_grad():
+        for stage in model.cascade:
+            for layer in (stage.cls_score, stage.bbox_pred):
+                layer.weight.zero_()
+                layer.bias.zero_()
+        feats = model.backbone(x)
+        props = [torch.tensor([[10.0, 12.0, 30.0, 28.0], [0.0, 0.0, 20.0, 60.0]]),
+                 torch.tensor([[5.0, 5.0, 40.0, 41.0]])]
+        from pycnn.models.mask_rcnn import Dihedral
+        probs, boxes = model._box_head_view(Dihedral(False, False, False, (64, 64)), feats, props)
+        cascade = model.cascade
+        model.cascade = torch.nn.ModuleList()
+        probs1, boxes1 = model._box_head_view(Dihedral(False, False, False, (64, 64)), feats, props)
+        model.cascade = cascade
+    c = model.num_classes
+    assert torch.allclose(probs, (probs1 * 1 + 2 / c) / 3, atol=1e-6)
+    assert torch.allclose(boxes[:, 1], boxes1[:, 1].clamp(0, 64), atol=1e-4)
