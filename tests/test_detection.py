@@ -491,6 +491,13 @@ def test_cascade_stage_trains_and_refines(data):
         model.cascade = torch.nn.ModuleList()
         probs1, boxes1 = model._box_head_view(Dihedral(False, False, False, (64, 64)), feats, props)
         model.cascade = cascade
+        model.cascade_scores = "last"
+        probs_last, _ = model._box_head_view(Dihedral(False, False, False, (64, 64)), feats, props)
     c = model.num_classes
     assert torch.allclose(probs, (probs1 * 1 + 2 / c) / 3, atol=1e-6)
+    assert torch.allclose(probs_last, torch.full_like(probs_last, 1 / c))
     assert torch.allclose(boxes[:, 1], boxes1[:, 1].clamp(0, 64), atol=1e-4)
+    with pytest.raises(ValueError, match="cascade_ious"):
+        _small_model(cascade_ious=(0.6, 1.2))
+    with pytest.raises(ValueError, match="cascade_scores"):
+        _small_model(cascade_ious=(0.6,), cascade_scores="max")

@@ -342,7 +342,7 @@ class MaskRCNN(nn.Module):
                  sampling_ratio: int = 2, mask_rescore: bool = False, mask_roi_scale: float = 1.0,
                  soft_nms_sigma: float = 0.0, box_roi_scale: float = 1.0, tta: bool = False,
                  mask_iou_head: bool = False, mask_iou_train_iou: float = 0.5,
-                 cascade_ious: Sequence[float] = ()):
+                 cascade_ious: Sequence[float] = (), cascade_scores: str = "mean"):
         super().__init__()
         if num_classes < 2:
             raise ValueError(f"mask_rcnn: num_classes must be >= 2 (background + objects), got {num_classes}")
@@ -376,6 +376,9 @@ class MaskRCNN(nn.Module):
         # the paper's finer coder weights and loss weights per further stage
         self.cascade_coders = [BoxCoder((10.0 * k, 10.0 * k, 5.0 * k, 5.0 * k)) for k in range(2, 2 + len(self.cascade))]
         self.cascade_loss_weights = [0.5 ** k for k in range(1, 1 + len(self.cascade))]
+        if cascade_scores not in ("mean", "last"):
+            raise ValueError(f"mask_rcnn: cascade_scores must be 'mean' or 'last', got {cascade_scores!r}")
+        self.cascade_scores = cascade_scores  # the stages' mean class probabilities, or the last stage's
         layers, cin = [], c
         for _ in range(4):
             layers += [pnn.Conv2d(cin, mask_channels, 3, padding=1), nn.ReLU(inplace=True)]
@@ -635,8 +638,9 @@ class MaskRCNN(nn.Module):
             logits, deltas = stage(self._roi_align(features, [scale_boxes(r, self.box_roi_scale)
                                                               for r in rois.split(sizes)], 7))
             boxes = coder.decode(deltas, rois)
-            probs = probs + F.softmax(logits, -1)
-        probs = probs / (1 + len(self.cascade))
+            probs = probs + F.softmax(logits, -1) if self.cascade_scores == "mean" else F.softmax(logits, -1)
+        if self.cascade_scores == "mean":
+            probs = probs / (1 + len(self.cascade))
         boxes = boxes.reshape(-1, 4)
         return probs, view.unboxes(boxes).reshape(len(x), -1, 4)
 
