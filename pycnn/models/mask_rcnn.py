@@ -300,36 +300,6 @@ class Backbone(nn.Module):
 
 # ---- the model ----------------------------------------------------------------------------------
 
-class CascadeStage(nn.Module):
-    """One further box head of a cascade: two FC layers on the 7x7 RoI, class scores, class-specific
-    box deltas (the same layout as the first box head)."""
-
-    def __init__(self, in_features: int, representation: int, num_classes: int):
-        super().__init__()
-        self.head = nn.Sequential(nn.Flatten(), pnn.Linear(in_features, representation), nn.ReLU(inplace=True),
-                                  pnn.Linear(representation, representation), nn.ReLU(inplace=True))
-        self.cls_score = pnn.Linear(representation, num_classes)
-        self.bbox_pred = pnn.Linear(representation, 4 * num_classes)
-        nn.init.normal_(self.cls_score.weight, std=0.01)
-        nn.init.normal_(self.bbox_pred.weight, std=0.001)
-        nn.init.zeros_(self.cls_score.bias)
-        nn.init.zeros_(self.bbox_pred.bias)
-
-    def forward(self, x: Tensor) -> Tuple[Tensor, Tensor]:
-        x = self.head(x)
-        return self.cls_score(x), self.bbox_pred(x)
-
-
-def _pick_class_boxes(boxes: Tensor, class_logits: Tensor, labels: Optional[Tensor] = None) -> Tensor:
-    """From class-specific boxes [K, 4 * C]: each RoI's box of ``labels`` where > 0, else of its
-    highest-scoring object class (what the next cascade stage refines)."""
-    k = len(boxes)
-    best = class_logits[:, 1:].argmax(1) + 1
-    if labels is not None:
-        best = torch.where(labels > 0, labels, best)
-    return boxes.reshape(k, -1, 4)[torch.arange(k), best]
-
-
 class MaskRCNN(nn.Module):
     def __init__(self, in_channels: int = 1, num_classes: int = 2, width: int = 32,
                  anchor_sizes: Sequence[float] = (8, 16, 32, 64), aspect_ratios: Sequence[float] = (0.5, 1.0, 2.0),
@@ -341,8 +311,7 @@ class MaskRCNN(nn.Module):
                  nms_thresh: float = 0.5, detections_per_img: int = 100, mask_threshold: float = 0.5,
                  sampling_ratio: int = 2, mask_rescore: bool = False, mask_roi_scale: float = 1.0,
                  soft_nms_sigma: float = 0.0, box_roi_scale: float = 1.0, tta: bool = False,
-                 mask_iou_head: bool = False, mask_iou_train_iou: float = 0.5,
-                 cascade_ious: Sequence[float] = (), cascade_scores: str = "mean"):
+                 mask_iou_head: bool = False, mask_iou_train_iou: float = 0.5):
         super().__init__()
         if num_classes < 2:
             raise ValueError(f"mask_rcnn: num_classes must be >= 2 (background + objects), got {num_classes}")
@@ -365,20 +334,6 @@ class MaskRCNN(nn.Module):
         nn.init.normal_(self.bbox_pred.weight, std=0.001)
         nn.init.zeros_(self.cls_score.bias)
         nn.init.zeros_(self.bbox_pred.bias)
-        # Cascade R-CNN (Cai & Vasconcelos 2018): each further box head refines the previous one's
-        # boxes and is trained on them at a higher foreground IoU, so the last stage's boxes and the
-        # stages' averaged class scores favour well-placed boxes.
-        self.cascade_ious = tuple(float(t) for t in cascade_ious)
-        if any(not 0.0 < t < 1.0 for t in self.cascade_ious):
-            raise ValueError(f"mask_rcnn: cascade_ious must lie in (0, 1), got {self.cascade_ious}")
-        self.cascade = nn.ModuleList(CascadeStage(c * 7 * 7, representation, num_classes)
-                                     for _ in self.cascade_ious)
-        # the paper's finer coder weights and loss weights per further stage
-        self.cascade_coders = [BoxCoder((10.0 * k, 10.0 * k, 5.0 * k, 5.0 * k)) for k in range(2, 2 + len(self.cascade))]
-        self.cascade_loss_weights = [0.5 ** k for k in range(1, 1 + len(self.cascade))]
-        if cascade_scores not in ("mean", "last"):
-            raise ValueError(f"mask_rcnn: cascade_scores must be 'mean' or 'last', got {cascade_scores!r}")
-        self.cascade_scores = cascade_scores  # the stages' mean class probabilities, or the last stage's
         layers, cin = [], c
         for _ in range(4):
             layers += [pnn.Conv2d(cin, mask_channels, 3, padding=1), nn.ReLU(inplace=True)]
@@ -503,13 +458,13 @@ class MaskRCNN(nn.Module):
         anchors = self.anchors(tuple(features.shape[-2:]))
         proposals = self._proposals(logits, deltas, anchors, size)
         if self.training:
-            return self._losses(features, logits, deltas, anchors, proposals, targets, size)
+            return self._losses(features, logits, deltas, anchors, proposals, targets)
         views = [(Dihedral(False, False, False, size), features)]
         if self.tta:  # each other view's features, for the box and mask heads to average over
             views += [(v, self.backbone(v.image(images))) for v in Dihedral.all(size)[1:]]
         return self._detect(views, proposals, size)
 
-    def _losses(self, features, logits, deltas, anchors, proposals, targets, size) -> Dict[str, Tensor]:
+    def _losses(self, features, logits, deltas, anchors, proposals, targets) -> Dict[str, Tensor]:
         rpn_obj, rpn_box = self._rpn_loss(logits, deltas, anchors, targets)
         rois, matched, labels = self._sample_rois(proposals, targets)
         # With box_roi_scale > 1 the box head reads a margin around each proposal (its deltas stay
@@ -524,47 +479,6 @@ class MaskRCNN(nn.Module):
         reg_targets = self.box_coder.encode(gt_boxes[pos], torch.cat(rois)[pos])
         pred = box_deltas.reshape(len(x), -1, 4)[pos, labels_all[pos]]
         box_loss = F.smooth_l1_loss(pred, reg_targets, beta=1 / 9, reduction="sum") / max(1, len(labels_all))
-        cascade_losses = {}
-        stage_boxes, stage_logits, stage_labels = torch.cat(rois), class_logits, labels_all
-        sizes = [len(r) for r in rois]
-        for k, (stage, iou_thresh) in enumerate(zip(self.cascade, self.cascade_ious)):
-            # the previous stage's refined boxes (no gradient through them, as in the paper), plus
-            # the true boxes, matched at this stage's IoU; all of them train the stage
-            prev_coder = self.box_coder if k == 0 else self.cascade_coders[k - 1]
-            with torch.no_grad():
-                refined = prev_coder.decode(stage_deltas if k else box_deltas, stage_boxes)
-                refined = _pick_class_boxes(refined, stage_logits, stage_labels)
-                refined = _clip_boxes(refined, size)
-            boxes_k, matched_k, labels_k = [], [], []
-            for r, t in zip(refined.split(sizes), targets):
-                r = torch.cat([r, t["boxes"].to(r)])
-                r = r[_remove_small(r, 1e-2)]
-                if len(t["boxes"]):
-                    best, idx = ops.box_iou(r, t["boxes"].to(r)).max(1)
-                    lab = torch.where(best >= iou_thresh, t["labels"][idx], torch.zeros_like(idx))
-                else:
-                    idx = torch.zeros(len(r), dtype=torch.int64)
-                    lab = torch.zeros(len(r), dtype=torch.int64)
-                boxes_k.append(r)
-                matched_k.append(idx)
-                labels_k.append(lab)
-            sizes = [len(b) for b in boxes_k]
-            logits_k, stage_deltas = stage(self._roi_align(features, [scale_boxes(b, self.box_roi_scale)
-                                                                      for b in boxes_k], 7))
-            lab_all = torch.cat(labels_k)
-            gt_k = torch.cat([t["boxes"][m] if len(t["boxes"]) else torch.zeros(len(m), 4)
-                              for t, m in zip(targets, matched_k)]).to(logits_k)
-            pos_k = torch.nonzero(lab_all > 0).flatten()
-            stage_boxes = torch.cat(boxes_k)
-            coder = self.cascade_coders[k]
-            reg_k = coder.encode(gt_k[pos_k], stage_boxes[pos_k])
-            pred_k = stage_deltas.reshape(len(lab_all), -1, 4)[pos_k, lab_all[pos_k]]
-            w = self.cascade_loss_weights[k]
-            cascade_losses[f"loss_classifier_{k + 2}"] = w * F.cross_entropy(logits_k, lab_all)
-            cascade_losses[f"loss_box_reg_{k + 2}"] = w * F.smooth_l1_loss(
-                pred_k, reg_k, beta=1 / 9, reduction="sum") / max(1, len(lab_all))
-            stage_logits, stage_labels = logits_k.detach(), lab_all
-            stage_deltas = stage_deltas.detach()
         # Mask branch: positive RoIs only, the mask of the gt class.
         # With mask_roi_scale > 1 the mask RoI is the box enlarged about its centre, in training and
         # inference alike, so a box that is a little too small does not cut the galaxy's mask off.
@@ -580,7 +494,7 @@ class MaskRCNN(nn.Module):
             chosen = mask_logits[torch.arange(len(pos)), labels_all[pos]]
             mask_loss = F.binary_cross_entropy_with_logits(chosen, mask_targets.to(chosen))
         losses = {"loss_objectness": rpn_obj, "loss_rpn_box_reg": rpn_box, "loss_classifier": cls_loss,
-                  "loss_box_reg": box_loss, "loss_mask": mask_loss, **cascade_losses}
+                  "loss_box_reg": box_loss, "loss_mask": mask_loss}
         if self.maskiou_head is not None:
             if len(pos) == 0:
                 losses["loss_mask_iou"] = sum(p.sum() for p in self.maskiou_head.parameters()) * 0.0
@@ -626,23 +540,8 @@ class MaskRCNN(nn.Module):
         seen in one view."""
         props = [view.boxes(p) for p in proposals]
         x = self.box_head(self._roi_align(features, [scale_boxes(p, self.box_roi_scale) for p in props], 7))
-        logits, rois = self.cls_score(x), torch.cat(props)
-        boxes = self.box_coder.decode(self.bbox_pred(x), rois)
-        probs = F.softmax(logits, -1)
-        sizes = [len(p) for p in props]
-        for stage, coder in zip(self.cascade, self.cascade_coders):
-            # Cascade inference: refine each RoI's box of its best class, score the refined box
-            # again; the class probabilities are averaged over the stages, the boxes are the last's.
-            rois = _pick_class_boxes(boxes, logits)
-            rois = _clip_boxes(rois, view.size[::-1] if view.transpose else view.size)
-            logits, deltas = stage(self._roi_align(features, [scale_boxes(r, self.box_roi_scale)
-                                                              for r in rois.split(sizes)], 7))
-            boxes = coder.decode(deltas, rois)
-            probs = probs + F.softmax(logits, -1) if self.cascade_scores == "mean" else F.softmax(logits, -1)
-        if self.cascade_scores == "mean":
-            probs = probs / (1 + len(self.cascade))
-        boxes = boxes.reshape(-1, 4)
-        return probs, view.unboxes(boxes).reshape(len(x), -1, 4)
+        boxes = self.box_coder.decode(self.bbox_pred(x), torch.cat(props)).reshape(-1, 4)
+        return F.softmax(self.cls_score(x), -1), view.unboxes(boxes).reshape(len(x), -1, 4)
 
     def _mask_probs_view(self, view: "Dihedral", features: Tensor, dets: List[Tensor], labels: Tensor,
                          size: Tuple[int, int]) -> Tuple[Tensor, Tensor]:
