@@ -67,6 +67,8 @@ def main():
            "steps": epochs * per_epoch, "batch": args.batch, "patch": args.patch, "lr": args.lr, "loss": args.loss,
            "seed": args.seed, "train_cpu_s": round(cpu, 1), "gain": round(one["gain"], 3),
            "gain_ensemble": round(ens["gain"], 3),
+           **{f"{k}{tag}": round(m[k], 4) for tag, m in (("", one), ("_ensemble", ens))
+              for k in ("psnr", "ssim", "bicubic_psnr", "bicubic_ssim")},
            "per_image": {i["name"]: round(i["psnr"] - i["bicubic_psnr"], 3) for i in one["images"]},
            "per_image_ensemble": {i["name"]: round(i["psnr"] - i["bicubic_psnr"], 3) for i in ens["images"]}}
     print(json.dumps(row), flush=True)
