@@ -3,7 +3,7 @@ them on the held-out images against bicubic, and shows crops.
 
 Full demo: ESPCN (ReLU, one more 3x3 layer) at x2, x3, x4 (``DEMO_RUNS``), 2500 /
 2500 / 2000 steps of 16 patches, all chosen on the validation images, scored in one pass and with
-the self-ensemble: about 270 s of one core's CPU time of training in all (measured on a shared
+the self-ensemble: about 250 s of one core's CPU time of training in all (measured on a shared
 core, 2026-11-30).
 Quick demo: 30 steps of SRCNN x2 on a few small images, measured on a centred 128 x 128 window of
 each held-out image (about 13 s of CPU time measured on the loaded machine, data and metrics
@@ -25,10 +25,11 @@ DEMO_RUNS = {
     # 16, epochs of 500 steps, Adam lr 2e-3 with a cosine schedule; x2 and x4 with ReLU and one
     # more 3x3 layer (mid_layers=1: validation +1.80 vs +1.54 dB at x2, +0.75 vs +0.70 at x4); x3
     # too, at lr 1e-3 (at 2e-3 one of two seeds ended at +0.50 dB: +1.13 mean of two seeds vs +0.92
-    # without the layer). Scored in one pass and with the self-ensemble (8 passes at test time).
+    # without the layer). lr 1e-3 at x2 too (+1.89 vs +1.80, two seeds each), not at x4 (+0.69 vs
+    # +0.75). Scored in one pass and with the self-ensemble (8 passes at test time).
     "full": [dict(model="espcn", scale=scale, epochs=epochs, n_train=8000, lr=lr, batch_size=16,
                   model_options={"activation": "relu", "mid_layers": 1}, ensemble=True)
-             for scale, epochs, lr in ((2, 5, 2e-3), (3, 5, 1e-3), (4, 4, 2e-3))],
+             for scale, epochs, lr in ((2, 5, 1e-3), (3, 5, 1e-3), (4, 4, 2e-3))],
     # SRCNN starts exactly at its bicubic input (identity skip, last layer near zero), so a few
     # dozen steps cannot fall below bicubic (all three residual models now start there; SRCNN
     # works on the full-size image, which suits the quick demo's small crops).
