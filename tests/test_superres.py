@@ -165,6 +165,28 @@ def test_photo_sources_ship_with_installed_packages():
         D.get("super_resolution", sources="chelsea")
 
 
+def test_validation_images_are_neither_test_images_nor_chosen_on():
+    """The validation images (for choosing a configuration) are photographs that ship with the
+    installed packages, not test images; while choosing, training leaves them out; evaluate()
+    measures on them by name and refuses any image that is neither test nor validation."""
+    assert set(DS.VALIDATION_SOURCES) <= set(DS.PHOTOGRAPHS) and set(DS.VALIDATION_SOURCES).isdisjoint(DS.TEST_SOURCES)
+    for named in ("photographs", "default", "all", DS.DEFAULT_SOURCES):
+        kept = DS.without_validation(named)
+        assert kept and set(kept).isdisjoint(DS.VALIDATION_SOURCES)
+        assert set(kept) | set(DS.VALIDATION_SOURCES) >= set(DS._named_sources(named))
+    assert DS.without_validation("coins") == ("coins",) and DS.without_validation("rocket") == ()
+    assert [n for n, _ in DS.whole_images(DS.VALIDATION_SOURCES)] == list(DS.VALIDATION_SOURCES)
+    with pytest.raises(ValueError, match="not test .* or validation"):
+        DS.whole_images(("coins",))
+    torch.manual_seed(0)
+    model = M.get("espcn", scale=4)  # residual: starts near bicubic
+    r = SR.evaluate(model, names="validation", crop=64)
+    assert [i["name"] for i in r["images"]] == list(DS.VALIDATION_SOURCES) and abs(r["gain"]) < 0.1
+    assert [i["name"] for i in SR.evaluate(model, names="test", crop=32)["images"]] == list(DS.TEST_SOURCES)
+    with pytest.raises(ValueError, match="whole_images"):
+        SR.evaluate(model, names=("grass",), crop=32)
+
+
 def test_data_rejects_bad_options():
     with pytest.raises(ValueError, match="scale must be one of"):
         D.get("super_resolution", scale=5)
@@ -389,6 +411,7 @@ def test_demo_run_takes_model_options_and_self_ensemble():
     assert len(r["metrics"]["images"]) == len(DS.TEST_SOURCES) and math.isfinite(r["metrics"]["gain"])
     plain = SR.evaluate(r["model"], crop=48)
     assert r["metrics"]["psnr"] != plain["psnr"]  # the ensemble's, not one pass's
+    assert r["one_pass"]["psnr"] == plain["psnr"]  # and one pass's beside it
     c = report_section.crops(r["model"], "camera", 10, 10, 24, ensemble=True)
     assert c["ours"][0].shape == (24, 24, 3) and math.isfinite(c["ours"][1])
     for spec in report_section.DEMO_RUNS["full"]:  # the demo's runs: photographs, never a held-out image

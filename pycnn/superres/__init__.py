@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from pycnn.data.superres import TEST_SOURCES, bicubic_resize, degrade, rgb_to_y, test_images
+from pycnn.data.superres import TEST_SOURCES, VALIDATION_SOURCES, bicubic_resize, degrade, rgb_to_y, whole_images
 
 __all__ = ["psnr", "ssim", "crop_border", "upscale_y", "upscale_image", "evaluate", "fit", "evaluate_patches"]
 
@@ -171,13 +171,16 @@ def upscale_image(model: nn.Module, low_res: np.ndarray, device="cpu", ensemble:
 def evaluate(model: nn.Module, names: Sequence[str] = TEST_SOURCES, crop: Optional[int] = None,
              device="cpu", ensemble: bool = False) -> dict:
     """PSNR and SSIM of ``model`` and of bicubic on the held-out images (whole, or a centred
-    ``crop`` x ``crop`` high-res window of each: the quick demo). Returns per-image rows and
+    ``crop`` x ``crop`` high-res window of each: the quick demo); ``names=VALIDATION_SOURCES``
+    (or ``"validation"``) measures on the validation images instead, for choosing a configuration. Returns per-image rows and
     their means: {"images": [{name, psnr, ssim, bicubic_psnr, bicubic_ssim}], "psnr", "ssim",
     "bicubic_psnr", "bicubic_ssim", "gain" (PSNR dB over bicubic), "scale", "seconds"}."""
     scale = _model_scale(model)
+    if isinstance(names, str):
+        names = {"test": TEST_SOURCES, "validation": VALIDATION_SOURCES}.get(names, (names,))
     t0 = time.perf_counter()
     rows = []
-    for name, image in test_images(names):
+    for name, image in whole_images(names):
         y = rgb_to_y(image)
         if crop is not None:
             top, left = max(0, (y.shape[0] - crop) // 2), max(0, (y.shape[1] - crop) // 2)
