@@ -15,6 +15,8 @@ from typing import Dict, Sequence
 import numpy as np
 import torch
 
+from pycnn.models.mask_rcnn import mask_iou as _pairwise_mask_iou  # the model's Soft-NMS uses it too
+
 __all__ = ["coco_ap", "completeness_purity", "best_score_threshold", "box_iou_xyxy", "mask_iou"]
 
 IOU_THRESHOLDS = np.linspace(0.5, 0.95, 10)   # pycocotools: np.linspace(.5, .95, 10)
@@ -35,12 +37,9 @@ def box_iou_xyxy(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def mask_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU [len(a), len(b)] of boolean masks [K, H, W] (0 where both are empty)."""
-    a = np.asarray(a, bool).reshape(len(a), -1).astype(np.float64)
-    b = np.asarray(b, bool).reshape(len(b), -1).astype(np.float64)
-    inter = a @ b.T
-    union = a.sum(1)[:, None] + b.sum(1)[None] - inter
-    return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
+    """IoU [len(a), len(b)] of boolean masks [K, H, W] (0 where both are empty), in float64."""
+    a, b = (torch.from_numpy(np.asarray(m, bool).reshape(len(m), -1)) for m in (a, b))
+    return _pairwise_mask_iou(a, b, torch.float64).numpy()
 
 
 def _np(t) -> np.ndarray:

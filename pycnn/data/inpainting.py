@@ -31,24 +31,17 @@ HOLE_FRACTIONS = (0.1, 0.25, 0.4, 0.5)
 MASK_KINDS = ("strokes", "square")
 
 
-# Photographs that ship inside other installed packages (none is a held-out image; scikit-image's `cat` IS
-# chelsea and is never used): scikit-learn's two sample images and matplotlib's portrait.
-PHOTOS = ("china", "flower", "grace_hopper")
-
-
 def load_grey(name: str) -> np.ndarray:
-    """A bundled picture (scikit-image's, or one of ``PHOTOS``) as float32 grey in [0, 1] (never a download)."""
+    """A bundled picture (scikit-image's, or a photograph of ``pycnn.data.superres.PHOTO_SOURCES``:
+    scikit-learn's china and flower, matplotlib's grace_hopper) as float32 grey in [0, 1] (never a
+    download). scikit-image's ``cat`` is chelsea, a held-out image, and is never used."""
     import skimage.data as sd
     from skimage import color, util
+    from pycnn.data.superres import PHOTO_SOURCES, load_photo
     if name == "motorcycle_left":
         img = sd.stereo_motorcycle()[0]
-    elif name in ("china", "flower"):
-        from sklearn.datasets import load_sample_image
-        img = load_sample_image(f"{name}.jpg")
-    elif name == "grace_hopper":
-        from matplotlib import cbook
-        from skimage import io
-        img = io.imread(cbook.get_sample_data("grace_hopper.jpg", asfileobj=False))
+    elif name in PHOTO_SOURCES:
+        img = load_photo(name)
     else:
         img = getattr(sd, name)()
     img = util.img_as_float32(img)

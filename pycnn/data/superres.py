@@ -62,7 +62,7 @@ from torch.utils.data import TensorDataset
 from pycnn.data.datasets import Splits, _check_seed
 
 __all__ = ["super_resolution", "bicubic_resize", "cubic_kernel", "mod_crop", "downscale", "degrade", "rgb_to_y", "load_image",
-           "test_images", "whole_images", "without_validation", "TRAIN_SOURCES", "PHOTO_SOURCES", "PHOTOGRAPHS",
+           "load_photo", "test_images", "whole_images", "without_validation", "TRAIN_SOURCES", "PHOTO_SOURCES", "PHOTOGRAPHS",
            "DEFAULT_SOURCES", "TEST_SOURCES", "VALIDATION_SOURCES"]
 
 TEST_SOURCES = ("astronaut", "camera", "chelsea", "coffee", "hubble_deep_field")
@@ -167,16 +167,15 @@ def load_image(name: str) -> np.ndarray:
     import skimage.data
     if name not in TRAIN_SOURCES + TEST_SOURCES:
         raise ValueError(f"super_resolution: unknown source image {name!r}")
-    if name in PHOTO_SOURCES:
-        return _load_photo(name)
-    img = getattr(skimage.data, name)()
+    img = load_photo(name) if name in PHOTO_SOURCES else getattr(skimage.data, name)()
     if name == "stereo_motorcycle":
         img = img[0]  # (left, right, disparity): the right view is nearly the same picture
     return np.asarray(img, dtype=np.float32) / 255.0
 
 
-def _load_photo(name: str) -> np.ndarray:
-    """One of ``PHOTO_SOURCES`` read from the package that ships it (a clear error if missing)."""
+def load_photo(name: str) -> np.ndarray:
+    """One of ``PHOTO_SOURCES`` as read (uint8 RGB) from the package that ships it (a clear error if
+    missing); the inpainting data reads them through here too."""
     import os
     import skimage.io
     package, filename = _PHOTO_FILES[name]
@@ -190,7 +189,7 @@ def _load_photo(name: str) -> np.ndarray:
     except ImportError as e:
         raise ImportError(f"super_resolution: training image {name!r} ships with {package}, which is not "
                           f"installed (pip install pycnn[data])") from e
-    return np.asarray(skimage.io.imread(path), dtype=np.float32) / 255.0
+    return skimage.io.imread(path)
 
 
 def degrade(high_res_y: np.ndarray, scale: int):

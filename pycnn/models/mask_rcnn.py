@@ -134,9 +134,10 @@ def scale_boxes(boxes: Tensor, factor: float) -> Tensor:
     return torch.cat([centre - half, centre + half], 1)
 
 
-def mask_iou(a: Tensor, b: Tensor) -> Tensor:
-    """IoU of every pair of binary masks, a [K, H, W] x b [L, H, W] -> [K, L] (0 where both are empty)."""
-    a, b = a.flatten(1).to(torch.float32), b.flatten(1).to(torch.float32)
+def mask_iou(a: Tensor, b: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
+    """IoU of every pair of binary masks, a [K, H, W] x b [L, H, W] -> [K, L] (0 where both are
+    empty), computed in ``dtype`` (pycnn.metrics' mask IoU is this one in float64)."""
+    a, b = a.flatten(1).to(dtype), b.flatten(1).to(dtype)
     inter = a @ b.T
     union = a.sum(1)[:, None] + b.sum(1)[None] - inter
     return inter / union.clamp(min=1.0)
