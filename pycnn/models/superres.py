@@ -188,7 +188,7 @@ class ESPCN(nn.Module):
     input_kind = "low_res"
 
     def __init__(self, scale: int, in_channels: int = 1, n1: int = 64, n2: int = 32, activation: str = "tanh",
-                 residual: bool = True, mid_layers: int = 0, f1: int = 5):
+                 residual: bool = True, mid_layers: int = 0):
         super().__init__()
         _check("espcn", scale, in_channels)
         acts = {"tanh": nn.Tanh, "relu": nn.ReLU}
@@ -199,7 +199,7 @@ class ESPCN(nn.Module):
         if isinstance(mid_layers, bool) or not isinstance(mid_layers, int) or not 0 <= mid_layers <= 6:
             raise ValueError(f"espcn: mid_layers must be an int in 0..6, got {mid_layers!r}")
         self.scale = scale
-        layers = [_conv(in_channels, n1, f1), acts[activation](), _conv(n1, n2, 3), acts[activation]()]
+        layers = [_conv(in_channels, n1, 5), acts[activation](), _conv(n1, n2, 3), acts[activation]()]
         for _ in range(mid_layers):
             layers += [_conv(n2, n2, 3), acts[activation]()]
         self.body = nn.Sequential(*layers, _conv(n2, in_channels * scale * scale, 3))
