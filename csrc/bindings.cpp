@@ -191,10 +191,10 @@ PYBIND11_MODULE(_C, m) {
   }, nogil);
 
   m.def("batch_norm_stats", [](int dt, int64_t N, int64_t C, int64_t S, uintptr_t x,
-                               uintptr_t mean, uintptr_t var) {
+                               uintptr_t mean, uintptr_t var, uintptr_t invstd, double eps) {
     dispatch(dt, "batch_norm", [&](auto tag) {
       PYCNN_T;
-      cpu::ops<T>().batch_norm_stats(N, C, S, p<T>(x), p<T>(mean), p<T>(var));
+      cpu::ops<T>().batch_norm_stats(N, C, S, p<T>(x), p<T>(mean), p<T>(var), p<T>(invstd), eps);
     });
   }, nogil);
   m.def("batch_norm_apply", [](int dt, int64_t N, int64_t C, int64_t S, uintptr_t x,

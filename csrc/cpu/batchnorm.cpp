@@ -296,12 +296,15 @@ void stats_columns(int64_t N, int64_t C, int64_t S, const T* x, T* mean, T* var)
 }  // namespace
 
 template <typename T>
-void batch_norm_stats(int64_t N, int64_t C, int64_t S, const T* x, T* mean, T* var) {
+void batch_norm_stats(int64_t N, int64_t C, int64_t S, const T* x, T* mean, T* var, T* invstd, double eps) {
   if (C <= 0) return;
   if (S >= kMinRow)
     stats_rows(N, C, S, x, mean, var);
   else
     stats_columns(N, C, S, x, mean, var);
+  // Here rather than as two tensor ops in Python, whose dispatch cost more than this loop.
+  if (invstd)
+    for (int64_t c = 0; c < C; ++c) invstd[c] = T(1) / std::sqrt(var[c] + T(eps));
 }
 
 // ---- apply --------------------------------------------------------------------------------
@@ -564,7 +567,7 @@ void batch_norm_backward(int64_t N, int64_t C, int64_t S, const T* x, const T* g
 }
 
 #define PYCNN_INSTANTIATE(T)                                                                   \
-  template void batch_norm_stats<T>(int64_t, int64_t, int64_t, const T*, T*, T*);              \
+  template void batch_norm_stats<T>(int64_t, int64_t, int64_t, const T*, T*, T*, T*, double);  \
   template void batch_norm_apply<T>(int64_t, int64_t, int64_t, const T*, const T*, const T*,   \
                                     const T*, const T*, const T*, bool, T*);                   \
   template void batch_norm_update_running<T>(int64_t, const T*, const T*, double, double, T*, T*); \

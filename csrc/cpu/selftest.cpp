@@ -230,7 +230,8 @@ void check_batch_norm(const char* isa, int64_t S) {
   const int64_t N = 3, C = 5;
   const auto x = random_vector<T>(size_t(N * C * S), 21);
   std::vector<T> mean(C), var(C), invstd(C), y(x.size());
-  ops<T>().batch_norm_stats(N, C, S, x.data(), mean.data(), var.data());
+  std::vector<T> stats_invstd(C);
+  ops<T>().batch_norm_stats(N, C, S, x.data(), mean.data(), var.data(), stats_invstd.data(), 1e-5);
   std::vector<double> rmean(C, 0.0), rvar(C, 0.0), ry(x.size());
   for (int64_t c = 0; c < C; ++c) {
     for (int64_t n = 0; n < N; ++n)
@@ -249,6 +250,7 @@ void check_batch_norm(const char* isa, int64_t S) {
   const std::string name = std::string(isa) + " batch_norm S=" + std::to_string(S);
   expect_close<T>(name + " mean", mean, rmean);
   expect_close<T>(name + " var", var, rvar);
+  expect_close<T>(name + " invstd", stats_invstd, std::vector<double>(invstd.begin(), invstd.end()));
   expect_close<T>(name + " apply", y, ry);
   // Fused with a residual and ReLU (ResNet's block end), and the backward through all three.
   const auto r = random_vector<T>(x.size(), 22), gy = random_vector<T>(x.size(), 23);

@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import inspect
 import math
+import threading
 
 import torch
 
@@ -39,6 +40,7 @@ def set_workspace_limit(nbytes: int) -> None:
     if nbytes < 1:
         raise ValueError(f"set_workspace_limit: limit must be positive, got {nbytes}")
     _workspace_limit_bytes = int(nbytes)
+    _cpu_workspaces.__dict__.clear()  # this thread's kept buffer may exceed the new limit
 
 
 def get_workspace_limit() -> int:
@@ -90,7 +92,7 @@ def check_cuda_runtime() -> None:
 
 def call(name: str, like: torch.Tensor, *args):
     """Runs native kernel `name` for tensors of `like`'s device and dtype."""
-    if like.device.type == "cpu":
+    if like.is_cpu:
         if torch.get_num_threads() != _kernel_threads:  # torch.set_num_threads was called
             sync_threads()
         return getattr(_C, name)(_DTYPE_CODE[like.dtype], *args)
@@ -107,11 +109,27 @@ def ptr(t: torch.Tensor | None) -> int:
 
 
 def workspace(like: torch.Tensor, per_sample: int, batch: int) -> torch.Tensor:
-    """A scratch tensor of whole samples' columns, at most the workspace limit (>= 1 sample)."""
+    """A scratch tensor of whole samples' columns, at most the workspace limit (>= 1 sample).
+
+    On the CPU one buffer per thread and dtype is kept and reused (grown when a call needs more;
+    the limit caps it): a fresh one per call cost an allocation (~3 us) or, for large ones, the
+    page faults of new memory, three times per convolution's forward and backward. Kernels run
+    to completion before the call returns, so the next call may reuse it; each thread has its own.
+    CUDA buffers come from torch's caching allocator (kernels are asynchronous, no sharing)."""
     if per_sample == 0 or batch == 0:
         return like.new_empty(0)
     fit = max(1, _workspace_limit_bytes // (per_sample * like.element_size()))
-    return like.new_empty(min(batch, fit) * per_sample)
+    numel = min(batch, fit) * per_sample
+    if not like.is_cpu:
+        return like.new_empty(numel)
+    buffers = _cpu_workspaces.__dict__
+    buf = buffers.get(like.dtype)
+    if buf is None or buf.numel() < numel:
+        buffers[like.dtype] = buf = torch.empty(numel, dtype=like.dtype)
+    return buf
+
+
+_cpu_workspaces = threading.local()  # dtype -> this thread's CPU workspace (see workspace)
 
 
 # ---- ops: torch.library custom ops, and their eager fast path ---------------------------------
@@ -194,9 +212,11 @@ def register_autograd(name: str, backward, setup_context) -> None:
         # would otherwise return tensors cut from the graph (a gradient penalty silently losing
         # its dependence on the saved inputs). torch's once_differentiable looks at the incoming
         # gradients only, not at the saved tensors, so it is not enough here.
+        if not torch.is_grad_enabled():  # the usual backward (no create_graph): nothing to guard
+            return backward(ctx, *grads)
         with torch.no_grad():
             outputs = backward(ctx, *grads)
-        if not torch.is_grad_enabled() or not any(
+        if not any(
                 isinstance(t, torch.Tensor) and t.requires_grad for t in (*grads, *ctx.saved_tensors)):
             return outputs
         error = torch._C._functions.DelayedError(
