@@ -23,6 +23,8 @@ IntPair = Union[int, Sequence[int]]
 
 
 def _pair(op: str, name: str, v) -> Tuple[int, int]:
+    if type(v) is tuple and len(v) == 2 and type(v[0]) is int and type(v[1]) is int:
+        return v  # what nn modules store: nothing to convert (this runs several times per layer call)
     if isinstance(v, (bool, str)):
         raise TypeError(f"{op}: {name} must be an int or a pair of ints, got {v!r}")
     if isinstance(v, int):

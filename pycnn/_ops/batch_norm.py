@@ -283,8 +283,10 @@ def _batch_norm(x: Tensor, running_mean: Optional[Tensor], running_var: Optional
             if (running_mean.dtype is mean.dtype is running_var.dtype and running_mean.device == mean.device
                     and mean.dtype in native._DTYPE_CODE and running_mean.is_contiguous()
                     and running_var.is_contiguous() and not running_mean.requires_grad
-                    and not running_var.requires_grad and native.fast_path_applies((running_mean, running_var))):
-                # one native call instead of four tensor ops (their dispatch is the cost here)
+                    and not running_var.requires_grad
+                    and (run is native.run_eager or native.fast_path_applies((running_mean, running_var)))):
+                # One native call instead of four tensor ops (their dispatch is the cost here). On the
+                # fast path (run_eager) the running stats already passed fast_path_applies as arguments.
                 native.call("batch_norm_update_running", mean, mean.shape[0], native.ptr(mean), native.ptr(var),
                             float(momentum), n / (n - 1), native.ptr(running_mean), native.ptr(running_var))
                 torch.autograd.graph.increment_version((running_mean, running_var))  # as an in-place op would
