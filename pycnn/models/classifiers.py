@@ -130,7 +130,7 @@ def resnet(in_channels: int = 3, num_classes: int = 10, image_size: Size = 32, d
         for i in range(n):
             layers.append(BasicBlock(c, out, stride=2 if stage > 0 and i == 0 else 1))
             c = out
-    return nn.Sequential(*layers, pnn.GlobalAvgPool2d(), pnn.Linear(c, num_classes))
+    return pnn.Sequential(*layers, pnn.GlobalAvgPool2d(), pnn.Linear(c, num_classes))
 
 
 def separable_cnn(in_channels: int = 3, num_classes: int = 10, image_size: Size = 32,
@@ -149,4 +149,4 @@ def separable_cnn(in_channels: int = 3, num_classes: int = 10, image_size: Size 
         if min(h, w) >= 2:
             layers.append(pnn.MaxPool2d(2))
             h, w = h // 2, w // 2
-    return nn.Sequential(*layers, pnn.GlobalAvgPool2d(), pnn.Linear(c, num_classes))
+    return pnn.Sequential(*layers, pnn.GlobalAvgPool2d(), pnn.Linear(c, num_classes))

@@ -5,16 +5,17 @@
     model = pnn.convert(torchvision_like_model)    # a copy with every supported torch layer swapped
     print(pnn.summary(model))                      # which modules run on pycnn, which on torch
 
-Layers without weights worth rewriting (ReLU, Flatten, Sequential, ...) are torch.nn's own and
-are re-exported here so a model can be written against ``pycnn.nn`` alone.
+Layers without weights worth rewriting (ReLU, Flatten, Identity, ...) are torch.nn's own and
+are re-exported here so a model can be written against ``pycnn.nn`` alone. ``Sequential`` is
+torch's with one addition: a BatchNorm2d followed by a ReLU inside it runs as one kernel.
 """
-from torch.nn import Dropout, Flatten, Identity, Module, ModuleList, ReLU, Sequential  # noqa: F401
+from torch.nn import Dropout, Flatten, Identity, Module, ModuleList, ReLU  # noqa: F401
 
 from pycnn.nn.convert import ConversionSummary, convert, summary, to_torch
 from pycnn.nn.normalize import Normalize, normalized
 from pycnn.nn.modules import (BatchNorm2d, Conv2d, ConvTranspose2d, DepthwiseConv2d, GlobalAvgPool2d, Linear,
                               MaxPool2d, MaxUnpool2d, PartialConv2d, PixelShuffle,
-                              SeparableConv2d, batch_norm_add_relu)
+                              SeparableConv2d, Sequential, batch_norm_add_relu)
 
 __all__ = ["Conv2d", "ConvTranspose2d", "MaxPool2d", "MaxUnpool2d", "BatchNorm2d", "DepthwiseConv2d",
            "SeparableConv2d", "PartialConv2d", "Linear", "GlobalAvgPool2d", "PixelShuffle", "convert", "to_torch", "summary", "ConversionSummary",

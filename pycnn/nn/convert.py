@@ -27,6 +27,7 @@ _TO_PYCNN = {
 }
 _TO_TORCH = {v: k for k, v in _TO_PYCNN.items()}
 _TO_TORCH[M.DepthwiseConv2d] = nn.Conv2d  # same state as Conv2d(groups=in_channels)
+_TO_TORCH[M.Sequential] = nn.Sequential  # (convert leaves containers alone: only to_torch maps it)
 _PYCNN_TYPES = tuple(t for t in (getattr(M, name) for name in M.__all__) if isinstance(t, type))
 
 

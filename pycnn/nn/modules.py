@@ -19,7 +19,7 @@ from pycnn._ops import native
 
 __all__ = ["Conv2d", "ConvTranspose2d", "MaxPool2d", "MaxUnpool2d", "BatchNorm2d", "Linear",
            "DepthwiseConv2d", "SeparableConv2d", "GlobalAvgPool2d", "PixelShuffle", "PartialConv2d",
-           "batch_norm_add_relu"]
+           "Sequential", "batch_norm_add_relu"]
 
 
 class Conv2d(nn.Conv2d):
@@ -118,6 +118,30 @@ def batch_norm_add_relu(bn: nn.Module, input: Tensor, residual: Optional[Tensor]
     if residual is not None:
         y = y + residual
     return relu(y) if relu is not None else y
+
+
+class Sequential(nn.Sequential):
+    """torch.nn.Sequential that runs a BatchNorm2d followed by an nn.ReLU as one pycnn kernel.
+
+    The stem of a ResNet (and many CNNs) is ``Conv2d, BatchNorm2d, ReLU``: as separate layers the
+    ReLU reads and writes the whole activation once more forward and once more backward
+    (threshold_backward). Each pycnn BatchNorm2d directly followed by an nn.ReLU goes through
+    ``batch_norm_add_relu``, which fuses them only when nothing could tell (no hooks, eager
+    fast path) and otherwise calls both layers as before. Same children, same state_dict keys and
+    same numbers as torch.nn.Sequential; ``to_torch`` turns it back into one."""
+
+    def forward(self, input):
+        layers = list(self._modules.values())
+        i = 0
+        while i < len(layers):
+            layer = layers[i]
+            if type(layer) is BatchNorm2d and i + 1 < len(layers) and type(layers[i + 1]) is nn.ReLU:
+                input = batch_norm_add_relu(layer, input, relu=layers[i + 1])
+                i += 2
+            else:
+                input = layer(input)
+                i += 1
+        return input
 
 
 class Linear(nn.Linear):
