@@ -307,9 +307,10 @@ def test_resnet_block_fuses_only_where_nothing_can_tell():
     finally:
         native.call = original
     applies = [(residual != 0, act) for name, residual, act in calls if name == "batch_norm_apply"]
-    # stem (its ReLU is a separate module of a Sequential), then per block: BN + ReLU fused,
+    # stem (BN and the ReLU after it in pnn.Sequential: fused), then per block: BN + ReLU fused,
     # BN + shortcut + ReLU fused, and (stages 2, 3) the shortcut's own BN
-    assert applies == [(False, False), (False, True), (True, True), (False, True), (False, False), (True, True),
+    assert type(model) is pnn.Sequential and type(twin) is torch.nn.Sequential
+    assert applies == [(False, True), (False, True), (True, True), (False, True), (False, False), (True, True),
                        (False, True), (False, False), (True, True)]
     out.sum().backward()
     twin(x).sum().backward()
@@ -323,3 +324,10 @@ def test_resnet_block_fuses_only_where_nothing_can_tell():
     finally:
         handle.remove()
     assert len(seen) == 1  # unfused: the ReLU module ran and its hook saw it
+    stem_seen = []
+    handle = model[2].register_forward_hook(lambda m, i, o: stem_seen.append(o))  # the stem's ReLU
+    try:
+        torch.testing.assert_close(model(x), twin(x), rtol=1e-10, atol=1e-10)
+    finally:
+        handle.remove()
+    assert len(stem_seen) == 1 and bool((stem_seen[0] >= 0).all())

@@ -305,10 +305,12 @@ def test_batch_norm_empty_batch_like_cpu():
     for dtype in (torch.float32, torch.float64):
         mean = torch.full((3,), float("nan"), device=DEV, dtype=dtype)
         var = torch.full((3,), float("nan"), device=DEV, dtype=dtype)
+        invstd = torch.full((3,), float("nan"), device=DEV, dtype=dtype)
         _C_cuda.batch_norm_stats(torch.cuda.current_stream().cuda_stream, native._CUDA_DTYPE_CODE[dtype],
-                                 0, 3, 4, 0, mean.data_ptr(), var.data_ptr())
+                                 0, 3, 4, 0, mean.data_ptr(), var.data_ptr(), invstd.data_ptr(), 0.25)
         torch.cuda.synchronize()
         assert torch.equal(mean, torch.zeros_like(mean)) and torch.equal(var, torch.zeros_like(var))
+        assert torch.equal(invstd, torch.full_like(invstd, 2.0))  # 1 / sqrt(0 + eps)
     rm, rv = torch.zeros(3, device=DEV), torch.ones(3, device=DEV)
     y = PF.batch_norm(torch.randn(0, 3, 4, device=DEV), rm, rv, None, None, True)
     assert y.shape == (0, 3, 4)

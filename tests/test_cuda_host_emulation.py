@@ -233,9 +233,11 @@ def test_batch_norm_long_rows_and_running_stats(cuda):
 
 def test_batch_norm_empty_batch_statistics_are_zero(cuda):
     for dtype in (torch.float32, torch.float64):
-        mean, var = torch.full((3,), float("nan"), dtype=dtype), torch.full((3,), float("nan"), dtype=dtype)
-        cuda.module.batch_norm_stats(0, native._DTYPE_CODE[dtype], 0, 3, 4, 0, mean.data_ptr(), var.data_ptr())
+        mean, var, invstd = (torch.full((3,), float("nan"), dtype=dtype) for _ in range(3))
+        cuda.module.batch_norm_stats(0, native._DTYPE_CODE[dtype], 0, 3, 4, 0, mean.data_ptr(), var.data_ptr(),
+                                     invstd.data_ptr(), 0.25)
         assert torch.equal(mean, torch.zeros(3, dtype=dtype)) and torch.equal(var, torch.zeros(3, dtype=dtype))
+        assert torch.equal(invstd, torch.full((3,), 2.0, dtype=dtype))  # 1 / sqrt(0 + eps)
     check_op(lambda x, w, b: PF.batch_norm(x, None, None, w, b, True),
              lambda x, w, b: F.batch_norm(x, None, None, w, b, True), [torch.randn(0, 3, 4), torch.randn(3),
                                                                         torch.randn(3)])

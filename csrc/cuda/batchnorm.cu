@@ -39,7 +39,8 @@ __device__ __forceinline__ void for_channel(I N, I C, I S, I c, F&& f) {
 
 template <typename T, typename I>
 __global__ void __launch_bounds__(kBnThreads)
-bn_stats_kernel(I N, I C, I S, const T* __restrict__ x, T* __restrict__ mean, T* __restrict__ var) {
+bn_stats_kernel(I N, I C, I S, const T* __restrict__ x, T* __restrict__ mean, T* __restrict__ var,
+                T* __restrict__ invstd, double eps) {
   using A = acc_t<T>;
   __shared__ A partial[kBnThreads / 32];
   __shared__ A channel_mean;
@@ -60,7 +61,9 @@ bn_stats_kernel(I N, I C, I S, const T* __restrict__ x, T* __restrict__ mean, T*
     sq = block_sum(sq, partial);
     if (threadIdx.x == 0) {
       mean[c] = T(m);
-      var[c] = T(count > 0 ? sq / count : A(0));
+      const T v = T(count > 0 ? sq / count : A(0));
+      var[c] = v;
+      if (invstd) invstd[c] = T(1) / std::sqrt(v + T(eps));  // in T, as the CPU kernel
     }
     __syncthreads();  // channel_mean is rewritten by the next channel
   }
@@ -169,12 +172,14 @@ void batch_norm_update_running(Stream stream, int64_t C, const T* mean, const T*
 }
 
 template <typename T>
-void batch_norm_stats(Stream stream, int64_t N, int64_t C, int64_t S, const T* x, T* mean, T* var) {
+void batch_norm_stats(Stream stream, int64_t N, int64_t C, int64_t S, const T* x, T* mean, T* var, T* invstd,
+                      double eps) {
   if (C == 0) return;
   if (fits_int32(N * C * S))
-    PYCNN_LAUNCH(grid_per_item(C), kBnThreads, stream, bn_stats_kernel<T, int32_t>)(int32_t(N), int32_t(C), int32_t(S), x, mean, var);
+    PYCNN_LAUNCH(grid_per_item(C), kBnThreads, stream, bn_stats_kernel<T, int32_t>)(int32_t(N), int32_t(C), int32_t(S), x, mean,
+                                                                                   var, invstd, eps);
   else
-    PYCNN_LAUNCH(grid_per_item(C), kBnThreads, stream, bn_stats_kernel<T, int64_t>)(N, C, S, x, mean, var);
+    PYCNN_LAUNCH(grid_per_item(C), kBnThreads, stream, bn_stats_kernel<T, int64_t>)(N, C, S, x, mean, var, invstd, eps);
   check_launch("batch_norm");
 }
 
@@ -208,7 +213,7 @@ void batch_norm_backward(Stream stream, int64_t N, int64_t C, int64_t S, const T
 }
 
 #define PYCNN_INSTANTIATE(T)                                                                       \
-  template void batch_norm_stats<T>(Stream, int64_t, int64_t, int64_t, const T*, T*, T*);          \
+  template void batch_norm_stats<T>(Stream, int64_t, int64_t, int64_t, const T*, T*, T*, T*, double); \
   template void batch_norm_update_running<T>(Stream, int64_t, const T*, const T*, double, double, T*, T*); \
   template void batch_norm_apply<T>(Stream, int64_t, int64_t, int64_t, const T*, const T*,         \
                                     const T*, const T*, const T*, const T*, bool, T*);             \

@@ -188,10 +188,10 @@ PYBIND11_MODULE(_C_cuda, m) {
   }, nogil);
 
   m.def("batch_norm_stats", [](uintptr_t stream, int dt, int64_t N, int64_t C, int64_t S, uintptr_t x,
-                               uintptr_t mean, uintptr_t var) {
+                               uintptr_t mean, uintptr_t var, uintptr_t invstd, double eps) {
     dispatch(dt, "batch_norm", [&](auto tag) {
       PYCNN_T;
-      cuda::batch_norm_stats<T>(st(stream), N, C, S, p<T>(x), p<T>(mean), p<T>(var));
+      cuda::batch_norm_stats<T>(st(stream), N, C, S, p<T>(x), p<T>(mean), p<T>(var), p<T>(invstd), eps);
     });
   }, nogil);
   m.def("batch_norm_update_running", [](uintptr_t stream, int dt, int64_t C, uintptr_t mean, uintptr_t var,

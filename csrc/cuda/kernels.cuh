@@ -99,7 +99,8 @@ void max_unpool2d_backward(Stream stream, int64_t planes, int64_t in_size, int64
 
 // ---- batchnorm.cu: x viewed as [N, C, S] ------------------------------------------------------
 template <typename T>
-void batch_norm_stats(Stream stream, int64_t N, int64_t C, int64_t S, const T* x, T* mean, T* var);
+void batch_norm_stats(Stream stream, int64_t N, int64_t C, int64_t S, const T* x, T* mean, T* var, T* invstd,
+                      double eps);
 // running = (1 - momentum) * running + momentum * batch (var scaled by unbias = n / (n - 1)).
 template <typename T>
 void batch_norm_update_running(Stream stream, int64_t C, const T* mean, const T* var, double momentum,

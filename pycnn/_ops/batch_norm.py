@@ -129,18 +129,13 @@ def batch_norm_forward(x: Tensor, running_mean: Optional[Tensor], running_var: O
     weight = None if weight is None else weight.contiguous()
     bias = None if bias is None else bias.contiguous()
     N, C, S = _split(x)
-    if training and x.is_cpu:  # the CPU kernel also gives invstd (two tensor ops' dispatch saved)
+    if training:  # the kernel also gives invstd = 1 / sqrt(var + eps): two tensor ops' dispatch saved
         mean, var, invstd = x.new_empty(C), x.new_empty(C), x.new_empty(C)
         if C > 0:  # an empty batch gives mean 0 and variance 0 (both kernels, CPU and CUDA)
             native.call("batch_norm_stats", x, N, C, S, native.ptr(x), native.ptr(mean), native.ptr(var),
                         native.ptr(invstd), float(eps))
     else:
-        if training:
-            mean, var = x.new_empty(C), x.new_empty(C)
-            if C > 0:
-                native.call("batch_norm_stats", x, N, C, S, native.ptr(x), native.ptr(mean), native.ptr(var))
-        else:
-            mean, var = running_mean.contiguous().clone(), running_var.contiguous().clone()
+        mean, var = running_mean.contiguous().clone(), running_var.contiguous().clone()
         invstd = torch.rsqrt(var + eps)
     y = torch.empty_like(x, memory_format=torch.contiguous_format)
     if y.numel():
