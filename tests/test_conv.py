@@ -92,6 +92,44 @@ def test_conv2d_batch_larger_than_workspace():
     assert pycnn.get_workspace_limit() == old
 
 
+def test_cpu_workspace_is_kept_per_thread_and_dtype():
+    """The CPU workspace is reused between calls (no allocation per convolution), grown when a call
+    needs more, separate per dtype and per thread (two threads never share one), and released by
+    set_workspace_limit; convolutions give the same results either way."""
+    import threading
+    x, w, b = _tensors((3, 3, 6, 6), (4, 3, 3), 1, True)
+    a = native.workspace(x, 100, 2)
+    assert a.numel() >= 200 and native.workspace(x, 50, 2).data_ptr() == a.data_ptr()
+    bigger = native.workspace(x, 300, 2)
+    assert bigger.numel() >= 600 and native.workspace(x, 100, 2).data_ptr() == bigger.data_ptr()
+    assert native.workspace(x.double(), 100, 2).data_ptr() != bigger.data_ptr()
+    other = []
+    t = threading.Thread(target=lambda: other.append(native.workspace(x, 100, 2).data_ptr()))
+    t.start()
+    t.join()
+    assert other[0] != bigger.data_ptr()
+    pycnn.set_workspace_limit(pycnn.get_workspace_limit())  # same limit: this thread's buffers released
+    assert native.workspace(x, 100, 2).numel() == 200
+    check_op(PF.conv2d, F.conv2d, [x, w, b, 1, 1])
+
+
+def test_conv_shape_memo_never_skips_a_check():
+    """_conv_shape remembers checked argument sizes; a call that differs in anything the checks
+    read (stride, padding, groups, the op naming the error, malformed lists) is checked afresh."""
+    from pycnn._ops import conv as C
+    x, w = torch.randn(2, 4, 6, 6), torch.randn(4, 4, 3, 3)
+    first = C._conv_shape(x, w, [1, 1], [1, 1, 1, 1], [1, 1], 1)
+    assert C._conv_shape(x, w, [1, 1], [1, 1, 1, 1], [1, 1], 1) is first  # remembered
+    with pytest.raises(ValueError, match="conv2d: stride must be positive"):
+        C._conv_shape(x, w, [0, 1], [1, 1, 1, 1], [1, 1], 1)
+    with pytest.raises(ValueError, match="conv2d: weight has 4 input channels per group"):
+        C._conv_shape(x, w, [1, 1], [1, 1, 1, 1], [1, 1], 2)
+    with pytest.raises(ValueError, match="partial_conv2d: kernel 3x3"):
+        C._conv_shape(torch.randn(2, 4, 1, 1), w, [1, 1], [0, 0, 0, 0], [1, 1], 1, op="partial_conv2d")
+    with pytest.raises(ValueError, match="conv2d: stride must be a list of 2 ints"):
+        C._conv_shape(x, w, [[1], 1], [1, 1, 1, 1], [1, 1], 1)  # unhashable: checked, not remembered
+
+
 def test_conv2d_asymmetric_padding_direct_op():
     x, w, b = _tensors((2, 3, 7, 6), (4, 3, 2), 1, True)
     top, bottom, left, right = 2, 0, 1, 3
