@@ -328,7 +328,7 @@ class MaskRCNN(nn.Module):
                  mask_iou_head: bool = False, mask_iou_train_iou: float = 0.5, box_loss_weight: float = 1.0,
                  box_loss_beta: float = 1 / 9, box_giou_weight: float = 0.0,
                  box_coder_weights: Sequence[float] = (10.0, 10.0, 5.0, 5.0), box_head_convs: int = 0,
-                 box_head_channels: int = 0, mask_head_convs: int = 4):
+                 box_head_channels: int = 0, mask_head_convs: int = 4, mask_on_refined: bool = False):
         super().__init__()
         if num_classes < 2:
             raise ValueError(f"mask_rcnn: num_classes must be >= 2 (background + objects), got {num_classes}")
@@ -387,6 +387,7 @@ class MaskRCNN(nn.Module):
         self.box_coder = BoxCoder(box_coder_weights)
         self.box_loss_weight, self.box_loss_beta = float(box_loss_weight), float(box_loss_beta)
         self.box_giou_weight = float(box_giou_weight)
+        self.mask_on_refined = bool(mask_on_refined)
         self.rpn_matcher = Matcher(rpn_fg_iou, rpn_bg_iou, allow_low_quality=True)
         self.box_matcher = Matcher(box_fg_iou, box_bg_iou)
         self.rpn_pre_nms_top_n, self.rpn_post_nms_top_n = tuple(rpn_pre_nms_top_n), tuple(rpn_post_nms_top_n)
@@ -485,13 +486,13 @@ class MaskRCNN(nn.Module):
         anchors = self.anchors(tuple(features.shape[-2:]))
         proposals = self._proposals(logits, deltas, anchors, size)
         if self.training:
-            return self._losses(features, logits, deltas, anchors, proposals, targets)
+            return self._losses(features, logits, deltas, anchors, proposals, targets, size)
         views = [(Dihedral(False, False, False, size), features)]
         if self.tta:  # each other view's features, for the box and mask heads to average over
             views += [(v, self.backbone(v.image(images))) for v in Dihedral.all(size)[1:]]
         return self._detect(views, proposals, size)
 
-    def _losses(self, features, logits, deltas, anchors, proposals, targets) -> Dict[str, Tensor]:
+    def _losses(self, features, logits, deltas, anchors, proposals, targets, images_size) -> Dict[str, Tensor]:
         rpn_obj, rpn_box = self._rpn_loss(logits, deltas, anchors, targets)
         rois, matched, labels = self._sample_rois(proposals, targets)
         # With box_roi_scale > 1 the box head reads a margin around each proposal (its deltas stay
@@ -516,7 +517,13 @@ class MaskRCNN(nn.Module):
         # Mask branch: positive RoIs only, the mask of the gt class.
         # With mask_roi_scale > 1 the mask RoI is the box enlarged about its centre, in training and
         # inference alike, so a box that is a little too small does not cut the galaxy's mask off.
-        pos_rois = [scale_boxes(r[lab > 0], self.mask_roi_scale) for r, lab in zip(rois, labels)]
+        pos_boxes = [r[lab > 0] for r, lab in zip(rois, labels)]
+        if self.mask_on_refined and len(pos):
+            # The mask head then trains on the boxes it is given at inference: the box head's
+            # refined boxes (detached), tighter than the proposals, not the proposals themselves.
+            refined = _clip_boxes(self.box_coder.decode(pred.detach(), torch.cat(rois)[pos]), images_size)
+            pos_boxes = list(refined.split([len(b) for b in pos_boxes]))
+        pos_rois = [scale_boxes(b, self.mask_roi_scale) for b in pos_boxes]
         pos_matched = [m[lab > 0] for m, lab in zip(matched, labels)]
         if len(pos) == 0:
             mask_loss = self.mask_head[0].weight.sum() * 0.0  # keeps the graph connected
