@@ -112,19 +112,6 @@ def sample_balanced(matches: Tensor, batch_size: int, positive_fraction: float,
     return pos, neg
 
 
-def generalized_box_iou(a: Tensor, b: Tensor) -> Tensor:
-    """GIoU of matching pairs of boxes a [K, 4], b [K, 4] -> [K]: IoU minus the share of the
-    smallest enclosing box that neither covers (differentiable; -1..1)."""
-    area_a = (a[:, 2] - a[:, 0]).clamp(min=0) * (a[:, 3] - a[:, 1]).clamp(min=0)
-    area_b = (b[:, 2] - b[:, 0]).clamp(min=0) * (b[:, 3] - b[:, 1]).clamp(min=0)
-    lt, rb = torch.maximum(a[:, :2], b[:, :2]), torch.minimum(a[:, 2:], b[:, 2:])
-    inter = (rb - lt).clamp(min=0).prod(1)
-    union = area_a + area_b - inter
-    iou = inter / union.clamp(min=1e-7)
-    hull = (torch.maximum(a[:, 2:], b[:, 2:]) - torch.minimum(a[:, :2], b[:, :2])).clamp(min=0).prod(1)
-    return iou - (hull - union) / hull.clamp(min=1e-7)
-
-
 def _clip_boxes(boxes: Tensor, size: Tuple[int, int]) -> Tensor:
     h, w = size
     x = boxes[..., 0::2].clamp(0, w)
@@ -325,10 +312,7 @@ class MaskRCNN(nn.Module):
                  nms_thresh: float = 0.5, detections_per_img: int = 100, mask_threshold: float = 0.5,
                  sampling_ratio: int = 2, mask_rescore: bool = False, mask_roi_scale: float = 1.0,
                  soft_nms_sigma: float = 0.0, box_roi_scale: float = 1.0, tta: bool = False,
-                 mask_iou_head: bool = False, mask_iou_train_iou: float = 0.5, box_loss_weight: float = 1.0,
-                 box_loss_beta: float = 1 / 9, box_giou_weight: float = 0.0,
-                 box_coder_weights: Sequence[float] = (10.0, 10.0, 5.0, 5.0), box_head_convs: int = 0,
-                 box_head_channels: int = 0, mask_head_convs: int = 4, mask_on_refined: bool = False):
+                 mask_iou_head: bool = False, mask_iou_train_iou: float = 0.5):
         super().__init__()
         if num_classes < 2:
             raise ValueError(f"mask_rcnn: num_classes must be >= 2 (background + objects), got {num_classes}")
@@ -343,16 +327,8 @@ class MaskRCNN(nn.Module):
         c = self.backbone.out_channels
         self.anchors = AnchorGenerator(anchor_sizes, aspect_ratios, self.backbone.stride)
         self.rpn_head = RPNHead(c, self.anchors.num_anchors)
-        # box_head_convs > 0: 3x3 convs on the 7x7 RoI features before the FC layers (torchvision's
-        # "v2" box head, made small: box_head_channels each), so the head sees shapes, not just a
-        # flattened vector, when it places the box of a galaxy partly hidden by another.
-        convs, cin = [], c
-        for _ in range(box_head_convs):
-            convs += [pnn.Conv2d(cin, box_head_channels or c, 3, padding=1), nn.ReLU(inplace=True)]
-            cin = box_head_channels or c
-        self.box_head = nn.Sequential(*convs, nn.Flatten(), pnn.Linear(cin * 7 * 7, representation),
-                                      nn.ReLU(inplace=True), pnn.Linear(representation, representation),
-                                      nn.ReLU(inplace=True))
+        self.box_head = nn.Sequential(nn.Flatten(), pnn.Linear(c * 7 * 7, representation), nn.ReLU(inplace=True),
+                                      pnn.Linear(representation, representation), nn.ReLU(inplace=True))
         self.cls_score = pnn.Linear(representation, num_classes)
         self.bbox_pred = pnn.Linear(representation, 4 * num_classes)
         nn.init.normal_(self.cls_score.weight, std=0.01)
@@ -360,7 +336,7 @@ class MaskRCNN(nn.Module):
         nn.init.zeros_(self.cls_score.bias)
         nn.init.zeros_(self.bbox_pred.bias)
         layers, cin = [], c
-        for _ in range(mask_head_convs):
+        for _ in range(4):
             layers += [pnn.Conv2d(cin, mask_channels, 3, padding=1), nn.ReLU(inplace=True)]
             cin = mask_channels
         layers += [pnn.ConvTranspose2d(mask_channels, mask_channels, 2, stride=2), nn.ReLU(inplace=True),
@@ -384,10 +360,7 @@ class MaskRCNN(nn.Module):
             self.mask_pool = pnn.MaxPool2d(2, 2)
 
         self.rpn_coder = BoxCoder((1.0, 1.0, 1.0, 1.0))
-        self.box_coder = BoxCoder(box_coder_weights)
-        self.box_loss_weight, self.box_loss_beta = float(box_loss_weight), float(box_loss_beta)
-        self.box_giou_weight = float(box_giou_weight)
-        self.mask_on_refined = bool(mask_on_refined)
+        self.box_coder = BoxCoder((10.0, 10.0, 5.0, 5.0))
         self.rpn_matcher = Matcher(rpn_fg_iou, rpn_bg_iou, allow_low_quality=True)
         self.box_matcher = Matcher(box_fg_iou, box_bg_iou)
         self.rpn_pre_nms_top_n, self.rpn_post_nms_top_n = tuple(rpn_pre_nms_top_n), tuple(rpn_post_nms_top_n)
@@ -486,13 +459,13 @@ class MaskRCNN(nn.Module):
         anchors = self.anchors(tuple(features.shape[-2:]))
         proposals = self._proposals(logits, deltas, anchors, size)
         if self.training:
-            return self._losses(features, logits, deltas, anchors, proposals, targets, size)
+            return self._losses(features, logits, deltas, anchors, proposals, targets)
         views = [(Dihedral(False, False, False, size), features)]
         if self.tta:  # each other view's features, for the box and mask heads to average over
             views += [(v, self.backbone(v.image(images))) for v in Dihedral.all(size)[1:]]
         return self._detect(views, proposals, size)
 
-    def _losses(self, features, logits, deltas, anchors, proposals, targets, images_size) -> Dict[str, Tensor]:
+    def _losses(self, features, logits, deltas, anchors, proposals, targets) -> Dict[str, Tensor]:
         rpn_obj, rpn_box = self._rpn_loss(logits, deltas, anchors, targets)
         rois, matched, labels = self._sample_rois(proposals, targets)
         # With box_roi_scale > 1 the box head reads a margin around each proposal (its deltas stay
@@ -506,24 +479,11 @@ class MaskRCNN(nn.Module):
         pos = torch.nonzero(labels_all > 0).flatten()
         reg_targets = self.box_coder.encode(gt_boxes[pos], torch.cat(rois)[pos])
         pred = box_deltas.reshape(len(x), -1, 4)[pos, labels_all[pos]]
-        box_loss = F.smooth_l1_loss(pred, reg_targets, beta=self.box_loss_beta, reduction="sum") / max(1, len(labels_all))
-        if self.box_giou_weight > 0 and len(pos):
-            # GIoU loss (Rezatofighi et al. 2019) on the decoded boxes: it weighs an error by how much
-            # it costs in overlap, the quantity AP75 asks for, where the deltas' L1 treats all alike.
-            decoded = self.box_coder.decode(pred, torch.cat(rois)[pos])
-            box_loss = box_loss + self.box_giou_weight * (1 - generalized_box_iou(decoded, gt_boxes[pos])).sum() / max(
-                1, len(labels_all))
-        box_loss = self.box_loss_weight * box_loss
+        box_loss = F.smooth_l1_loss(pred, reg_targets, beta=1 / 9, reduction="sum") / max(1, len(labels_all))
         # Mask branch: positive RoIs only, the mask of the gt class.
         # With mask_roi_scale > 1 the mask RoI is the box enlarged about its centre, in training and
         # inference alike, so a box that is a little too small does not cut the galaxy's mask off.
-        pos_boxes = [r[lab > 0] for r, lab in zip(rois, labels)]
-        if self.mask_on_refined and len(pos):
-            # The mask head then trains on the boxes it is given at inference: the box head's
-            # refined boxes (detached), tighter than the proposals, not the proposals themselves.
-            refined = _clip_boxes(self.box_coder.decode(pred.detach(), torch.cat(rois)[pos]), images_size)
-            pos_boxes = list(refined.split([len(b) for b in pos_boxes]))
-        pos_rois = [scale_boxes(b, self.mask_roi_scale) for b in pos_boxes]
+        pos_rois = [scale_boxes(r[lab > 0], self.mask_roi_scale) for r, lab in zip(rois, labels)]
         pos_matched = [m[lab > 0] for m, lab in zip(matched, labels)]
         if len(pos) == 0:
             mask_loss = self.mask_head[0].weight.sum() * 0.0  # keeps the graph connected
