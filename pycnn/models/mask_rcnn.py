@@ -271,8 +271,9 @@ class RPNHead(nn.Module):
 # ---- backbone -------------------------------------------------------------------------------------
 
 def _conv_bn(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
-    return nn.Sequential(pnn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False), pnn.BatchNorm2d(cout),
-                         nn.ReLU(inplace=True))
+    # pnn.Sequential: its BN + ReLU run as one kernel (torch.nn.Sequential's children and state_dict)
+    return pnn.Sequential(pnn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False), pnn.BatchNorm2d(cout),
+                          nn.ReLU(inplace=True))
 
 
 class Backbone(nn.Module):

@@ -21,7 +21,9 @@ class DoubleConv(nn.Module):
         self.relu2 = nn.ReLU()
 
     def forward(self, x):
-        return self.relu2(self.bn2(self.conv2(self.relu1(self.bn1(self.conv1(x))))))
+        # BN + ReLU as one pycnn kernel where nothing can tell the difference (see batch_norm_add_relu)
+        y = pnn.batch_norm_add_relu(self.bn1, self.conv1(x), relu=self.relu1)
+        return pnn.batch_norm_add_relu(self.bn2, self.conv2(y), relu=self.relu2)
 
 
 class UNet(nn.Module):
