@@ -234,7 +234,8 @@ def register_autograd(name: str, backward, setup_context) -> None:
     # which this Function has not), unwraps dead functorch wrappers (the fast path takes no
     # functorch tensors) and routes functorch transforms (checked in run_eager). The C++ apply
     # underneath it does the work: calling it directly saves ~5-10 us a call (measured).
-    _RAW_APPLY[name] = torch._C._FunctionBase.__dict__["apply"].__get__(None, function)
+    raw_apply = vars(torch._C._FunctionBase).get("apply")
+    _RAW_APPLY[name] = function.apply if raw_apply is None else raw_apply.__get__(None, function)
 
 
 def register_body(name: str, fn) -> None:
