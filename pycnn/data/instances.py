@@ -112,7 +112,8 @@ def galaxy_blends(split: str = "train", n: int = 1050, blend_seed: int = 1, seed
     split's pool as ``galaxy_instances(seed=seed, ...)`` splits them (so blends of the training
     pool never hold a validation or test galaxy), drawn by a generator seeded with
     (``seed``, ``blend_seed``): fresh training images per epoch at the cost of the blending.
-    Returns (images [n, 1, H, W], masks [n, 3, H, W]), as in a split's TensorDataset."""
+    Returns images [n, 1, H, W] and masks [n, 3, H, W], as in a split's TensorDataset, and the
+    galaxy ids [n, 3] (catalogue index, -1 padding) as in its ``extra``."""
     name = "galaxy_blends"
     galaxies, pools, _ = _galaxy_pools(name, seed, size, zoom, noise, threshold, min_area, flux_range,
                                        three_fraction, val_fraction, test_fraction)
@@ -122,9 +123,9 @@ def galaxy_blends(split: str = "train", n: int = 1050, blend_seed: int = 1, seed
         raise ValueError(f"{name}: n must be a positive int, got {n!r}")
     blend_seed = _check_seed(name, blend_seed)
     rng = np.random.default_rng([seed, blend_seed])
-    images, masks, _, _ = _blend(rng, pools[("train", "val", "test").index(split)], n, galaxies, size, noise,
-                                 threshold, flux_range, three_fraction, min_pixels)
-    return images, masks
+    images, masks, ids, _ = _blend(rng, pools[("train", "val", "test").index(split)], n, galaxies, size, noise,
+                                   threshold, flux_range, three_fraction, min_pixels)
+    return images, masks, ids
 
 
 def _galaxy_pools(name, seed, size, zoom, noise, threshold, min_area, flux_range, three_fraction,
