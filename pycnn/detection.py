@@ -22,8 +22,8 @@ from torch import Tensor, nn
 from pycnn.metrics import best_score_threshold, coco_ap, completeness_purity
 from pycnn.train import History, load_checkpoint, save_checkpoint
 
-__all__ = ["fit_detection", "detect", "evaluate_detection", "watershed_instances", "flip_targets",
-           "format_scores", "draw_detections"]
+__all__ = ["fit_detection", "reblended_training_data", "detect", "evaluate_detection", "watershed_instances",
+           "flip_targets", "format_scores", "draw_detections"]
 
 
 def flip_targets(images: Tensor, targets: List[dict], horizontal: Tensor, vertical: Tensor,
@@ -59,13 +59,18 @@ def fit_detection(model: nn.Module, images: Tensor, targets: List[dict], val_ima
                   lr: float = 2e-3, weight_decay: float = 1e-4, warmup_steps: int = 50, augment: bool = True,
                   out: Optional[str] = None, config: Optional[dict] = None, seed: int = 0, progress: bool = True,
                   max_steps: Optional[int] = None, val_every: int = 1, transpose: bool = False,
-                  on_epoch: Optional[Callable[[dict], None]] = None) -> History:
+                  on_epoch: Optional[Callable[[dict], None]] = None,
+                  fresh_data: Optional[Callable[[int], tuple]] = None) -> History:
     """Trains a detection model (``model(images, targets)`` -> dict of losses) with AdamW, linear
     warm-up and cosine decay, random flips when ``augment`` (and random transposes with
     ``transpose``: all eight 90-degree rotations/reflections, square images). After every ``val_every`` epochs the
     validation mask AP is measured; ``out/last.pt`` and ``out/best.pt`` (best validation mask AP)
     are written in pycnn.train's checkpoint format. History.steps holds the summed loss per step,
-    History.epochs per-epoch means of each loss, the validation APs, and wall and CPU seconds."""
+    History.epochs per-epoch means of each loss, the validation APs, and wall and CPU seconds.
+    ``fresh_data(epoch)``, if given, is called before every epoch after the first (epoch = 1, 2,
+    ...) and returns that epoch's (images, targets) in place of the given ones, as many of them
+    (new blends of the same training galaxies: :func:`reblended_training_data`); its time counts
+    in the epoch's seconds."""
     if epochs < 1 or batch_size < 1:
         raise ValueError(f"fit_detection: epochs and batch_size must be positive, got {epochs}, {batch_size}")
     if len(images) == 0 or len(images) != len(targets):
@@ -87,6 +92,12 @@ def fit_detection(model: nn.Module, images: Tensor, targets: List[dict], val_ima
         if max_steps is not None and step >= max_steps:
             break
         t0, cpu0 = time.perf_counter(), time.process_time()
+        if fresh_data is not None and epoch > 0:
+            n_before = len(images)
+            images, targets = fresh_data(epoch)
+            if len(images) != n_before or len(targets) != n_before:  # the schedule counted on them
+                raise ValueError(f"fit_detection: fresh_data({epoch}) gave {len(images)} images and "
+                                 f"{len(targets)} targets, expected {n_before} of each")
         model.train()
         perm = torch.randperm(len(images), generator=gen)
         sums: Dict[str, float] = {}
@@ -255,6 +266,20 @@ def load_instances(data_kwargs: dict):
     splits = D.get("galaxy_instances", **data_kwargs)
     targets = {k: D.instance_targets(getattr(splits, k).tensors[1]) for k in ("train", "val", "test")}
     return splits, targets
+
+
+def reblended_training_data(data_kwargs: dict, count: int, mean, std) -> Callable[[int], tuple]:
+    """``fresh_data`` for :func:`fit_detection`: for epoch e, ``count`` new blends of the training
+    galaxies of ``galaxy_instances(**data_kwargs)`` (blend seed e; validation and test galaxies
+    stay out), normalised with the given (the original training split's) mean and std."""
+    from pycnn.data import instance_targets
+    from pycnn.data.instances import galaxy_blends
+    kwargs = {k: v for k, v in data_kwargs.items() if k != "n"}  # n: the data set's size, not this count
+
+    def fresh_data(epoch: int):
+        images, masks, _ = galaxy_blends("train", count, blend_seed=epoch, **kwargs)
+        return _normalise(images, mean, std), instance_targets(masks)
+    return fresh_data
 
 
 def _normalise(images: Tensor, mean, std) -> Tensor:

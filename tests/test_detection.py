@@ -62,6 +62,25 @@ def test_data_bad_arguments():
             D.get("galaxy_instances", **kwargs)
 
 
+def test_galaxy_blends_from_one_split_pool(data):
+    from pycnn.data import galaxy_blends
+    x, m, ids = galaxy_blends("train", 200, blend_seed=1, seed=3)  # the pools of `data` (seed 3)
+    assert x.shape == (200, 1, 64, 64) and m.shape == (200, 3, 64, 64) and ids.shape == (200, 3)
+    assert torch.equal(m.flatten(2).amax(2) > 0, ids >= 0) and 0 <= float(x.min()) <= float(x.max()) <= 1
+    used = set(ids.flatten().tolist()) - {-1}
+    held_out = {g for s in ("val", "test") for g in data.extra[s]["galaxy_ids"].flatten().tolist()} - {-1}
+    assert len(used) > 20 and not used & held_out  # training galaxies only, many of them
+    val = set(galaxy_blends("val", 50, blend_seed=1, seed=3)[2].flatten().tolist()) - {-1}
+    assert not val & used and val & held_out
+    few = galaxy_blends("train", 6, blend_seed=1, seed=3)[0]
+    assert torch.equal(galaxy_blends("train", 6, blend_seed=1, seed=3)[0], few)  # seeded
+    assert not torch.equal(galaxy_blends("train", 6, blend_seed=2, seed=3)[0], few)
+    assert not torch.equal(few, data.train.tensors[0][:6])  # new blends, not the split's own
+    for kwargs, word in (({"split": "x"}, "split"), ({"n": 0}, "n must"), ({"blend_seed": -1}, "seed")):
+        with pytest.raises(ValueError, match=word):
+            galaxy_blends(**kwargs)
+
+
 def test_masks_to_boxes_edges():
     m = torch.zeros(2, 6, 8, dtype=torch.bool)
     m[0, 1:3, 2:5] = True
@@ -222,6 +241,27 @@ def test_short_training_loss_falls(data):
     steps = history.steps
     assert len(steps) == 8 and all(math.isfinite(s) for s in steps)
     assert np.mean(steps[-2:]) < 0.85 * np.mean(steps[:2]), steps
+
+
+def test_fit_detection_fresh_data_per_epoch(data):
+    from pycnn.detection import _normalise, fit_detection, reblended_training_data
+    fresh = reblended_training_data({"n": 40, "seed": 3}, 2, data.mean.tolist(), data.std.tolist())
+    x, t = fresh(1)
+    raw, m, _ = D.galaxy_blends("train", 2, blend_seed=1, seed=3)
+    assert torch.allclose(x, _normalise(raw, data.mean.tolist(), data.std.tolist()))
+    assert all(torch.equal(a["masks"], b["masks"]) for a, b in zip(t, D.instance_targets(m)))
+    seen = []
+
+    def recording(epoch):
+        seen.append(epoch)
+        return fresh(epoch)
+    x0, t0 = _batch(data, 2)
+    history = fit_detection(_small_model(), x0, t0, epochs=3, batch_size=2, warmup_steps=1, progress=False,
+                            fresh_data=recording)
+    assert seen == [1, 2] and len(history.steps) == 3
+    with pytest.raises(ValueError, match="fresh_data"):
+        fit_detection(_small_model(), x0, t0, epochs=2, batch_size=2, progress=False,
+                      fresh_data=lambda e: tuple(v[:1] for v in fresh(e)))  # fewer images than the schedule
 
 
 # ---- baseline and command line -------------------------------------------------------------------

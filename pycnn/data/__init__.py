@@ -9,8 +9,8 @@ from pycnn.data.datasets import NAMES, Splits, digits, faces, galaxies, galaxy_c
 from pycnn.data import augment  # noqa: F401
 from pycnn.data.folder import IMAGE_EXTENSIONS, image_folder, load_image
 from pycnn.data.superres import super_resolution
-from pycnn.data.instances import galaxy_instances, instance_targets, masks_to_boxes
+from pycnn.data.instances import galaxy_blends, galaxy_instances, instance_targets, masks_to_boxes
 
 __all__ = ["NAMES", "Splits", "digits", "faces", "textures", "galaxies", "galaxy_class_map", "get", "augment",
-           "image_folder", "load_image", "IMAGE_EXTENSIONS", "galaxy_instances", "instance_targets", "masks_to_boxes",
-           "super_resolution"]
+           "image_folder", "load_image", "IMAGE_EXTENSIONS", "galaxy_instances", "galaxy_blends", "instance_targets",
+           "masks_to_boxes", "super_resolution"]

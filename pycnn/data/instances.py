@@ -18,7 +18,7 @@ from torch.utils.data import TensorDataset
 from pycnn.data.datasets import (Splits, _channel_stats, _check_fractions, _check_seed, _find_galaxies, _shift,
                                  _split_counts)
 
-__all__ = ["galaxy_instances", "instance_targets", "masks_to_boxes", "MAX_INSTANCES"]
+__all__ = ["galaxy_instances", "galaxy_blends", "instance_targets", "masks_to_boxes", "MAX_INSTANCES"]
 
 MAX_INSTANCES = 3
 
@@ -88,10 +88,53 @@ def galaxy_instances(seed: int = 0, n: int = 1500, size: int = 64, zoom: int = 2
     ``galaxy_ids`` [N, 3] (catalogue index, -1 padding) and ``flux`` [N, 3].
     """
     name = "galaxy_instances"
-    seed = _check_seed(name, seed)
-    _check_fractions(name, val_fraction, test_fraction)
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 3:
         raise ValueError(f"{name}: n must be an int >= 3, got {n!r}")
+    galaxies, pools, rng = _galaxy_pools(name, seed, size, zoom, noise, threshold, min_area, flux_range,
+                                         three_fraction, val_fraction, test_fraction)
+    sets, extra = [], {}
+    for split, pool, count in zip(("train", "val", "test"), pools, _split_counts(n, val_fraction, test_fraction)):
+        images, masks, ids, fluxes = _blend(rng, pool, count, galaxies, size, noise, threshold, flux_range,
+                                            three_fraction, min_pixels)
+        sets.append(TensorDataset(images, masks))
+        extra[split] = {"galaxy_ids": ids, "flux": fluxes}
+    mean, std = _channel_stats(sets[0].tensors[0])
+    return Splits(*sets, classes=("galaxy",), task="detection", mean=mean, std=std, extra=extra,
+                  info={"source": "skimage.data.hubble_deep_field", "max_instances": MAX_INSTANCES,
+                        "galaxies": {k: int(len(p)) for k, p in zip(("train", "val", "test"), pools)}})
+
+
+def galaxy_blends(split: str = "train", n: int = 1050, blend_seed: int = 1, seed: int = 0, size: int = 64,
+                  zoom: int = 2, noise: float = 0.01, threshold: float = 0.1, min_area: int = 40,
+                  flux_range: tuple = (0.5, 2.0), three_fraction: float = 0.5, min_pixels: int = 30,
+                  val_fraction: float = 0.15, test_fraction: float = 0.15):
+    """``n`` new blends, made as :func:`galaxy_instances` makes them, from the galaxies of one
+    split's pool as ``galaxy_instances(seed=seed, ...)`` splits them (so blends of the training
+    pool never hold a validation or test galaxy), drawn by a generator seeded with
+    (``seed``, ``blend_seed``): fresh training images per epoch at the cost of the blending.
+    Returns images [n, 1, H, W] and masks [n, 3, H, W], as in a split's TensorDataset, and the
+    galaxy ids [n, 3] (catalogue index, -1 padding) as in its ``extra``."""
+    name = "galaxy_blends"
+    galaxies, pools, _ = _galaxy_pools(name, seed, size, zoom, noise, threshold, min_area, flux_range,
+                                       three_fraction, val_fraction, test_fraction)
+    if split not in ("train", "val", "test"):
+        raise ValueError(f"{name}: split must be 'train', 'val' or 'test', got {split!r}")
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        raise ValueError(f"{name}: n must be a positive int, got {n!r}")
+    blend_seed = _check_seed(name, blend_seed)
+    rng = np.random.default_rng([seed, blend_seed])
+    images, masks, ids, _ = _blend(rng, pools[("train", "val", "test").index(split)], n, galaxies, size, noise,
+                                   threshold, flux_range, three_fraction, min_pixels)
+    return images, masks, ids
+
+
+def _galaxy_pools(name, seed, size, zoom, noise, threshold, min_area, flux_range, three_fraction,
+                  val_fraction, test_fraction):
+    """Checks the blending arguments; returns the found galaxies (light and smoothed light
+    upsampled by ``zoom``, footprint radius in output pixels), the train / val / test pools of
+    their indices, and the generator that drew the pools (galaxy_instances' blends continue it)."""
+    seed = _check_seed(name, seed)
+    _check_fractions(name, val_fraction, test_fraction)
     if isinstance(zoom, bool) or not isinstance(zoom, (int, np.integer)) or zoom < 1:
         raise ValueError(f"{name}: zoom must be a positive int, got {zoom!r}")
     if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 16 or size % (2 * zoom):
@@ -110,55 +153,54 @@ def galaxy_instances(seed: int = 0, n: int = 1500, size: int = 64, zoom: int = 2
         raise ValueError(f"{name}: only {len(light)} galaxies pass threshold={threshold}, min_area={min_area}")
     up = lambda a: F.interpolate(torch.from_numpy(a)[:, None], scale_factor=zoom, mode="bilinear",  # noqa: E731
                                  align_corners=False)[:, 0].numpy()
-    light_t, smooth_t = up(light), up(smooth)
     radius = np.sqrt(areas / np.pi) * zoom  # of the footprint, in output pixels
 
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(light))
     n_gal = _split_counts(len(light), val_fraction, test_fraction)
     pools = np.split(order, [n_gal[0], n_gal[0] + n_gal[1]])
-    n_images = _split_counts(n, val_fraction, test_fraction)
+    return (up(light), up(smooth), radius), pools, rng
 
-    sets, extra = [], {}
-    for split, pool, count in zip(("train", "val", "test"), pools, n_images):
-        images = np.zeros((count, size, size), np.float32)
-        masks = np.zeros((count, MAX_INSTANCES, size, size), np.float32)
-        ids = np.full((count, MAX_INSTANCES), -1, np.int64)
-        fluxes = np.zeros((count, MAX_INSTANCES), np.float32)
-        for i in range(count):
-            k = 3 if rng.random() < three_fraction else 2
-            chosen = rng.choice(pool, size=k, replace=False)
-            centres: list = []
-            placed = []  # (light, mask, id, flux) of each galaxy in the frame
-            for g in chosen:
-                rot, flip = rng.integers(0, 4), rng.integers(0, 2)
-                scale = float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
-                lg, sg = np.rot90(light_t[g], rot), np.rot90(smooth_t[g], rot)
-                if flip:
-                    lg, sg = lg[:, ::-1], sg[:, ::-1]
-                if not centres:
-                    cy, cx = rng.uniform(-size / 16, size / 16, size=2)
-                else:
-                    j = rng.integers(0, len(centres))
-                    dist = rng.uniform(0.3, 1.0) * (radius[g] + radius[chosen[j]])
-                    angle = rng.uniform(0, 2 * np.pi)
-                    cy, cx = centres[j][0] + dist * np.sin(angle), centres[j][1] + dist * np.cos(angle)
-                centres.append((cy, cx))
-                dy, dx = int(round(cy)), int(round(cx))
-                lg = _shift(np.ascontiguousarray(lg) * scale, dy, dx)
-                mg = _shift((np.ascontiguousarray(sg) * scale > threshold).astype(np.float32), dy, dx)
-                if mg.sum() >= min_pixels:
-                    placed.append((lg, mg, g, float(lg.sum())))
-            placed.sort(key=lambda p: -p[3])  # brightest first
-            for j, (lg, mg, g, flux) in enumerate(placed):
-                images[i] += lg
-                masks[i, j], ids[i, j], fluxes[i, j] = mg, g, flux
-        if noise > 0:
-            images += rng.normal(0.0, noise, size=images.shape).astype(np.float32)
-        np.clip(images, 0.0, 1.0, out=images)
-        sets.append(TensorDataset(torch.from_numpy(images).unsqueeze(1), torch.from_numpy(masks)))
-        extra[split] = {"galaxy_ids": torch.from_numpy(ids), "flux": torch.from_numpy(fluxes)}
-    mean, std = _channel_stats(sets[0].tensors[0])
-    return Splits(*sets, classes=("galaxy",), task="detection", mean=mean, std=std, extra=extra,
-                  info={"source": "skimage.data.hubble_deep_field", "max_instances": MAX_INSTANCES,
-                        "galaxies": {k: int(len(p)) for k, p in zip(("train", "val", "test"), pools)}})
+
+def _blend(rng, pool, count, galaxies, size, noise, threshold, flux_range, three_fraction, min_pixels):
+    """``count`` images of 2 or 3 galaxies from ``pool`` (steps 2 and 3 of galaxy_instances):
+    images [count, 1, H, W], masks [count, 3, H, W], galaxy ids and fluxes [count, 3] as tensors."""
+    light_t, smooth_t, radius = galaxies
+    lo, hi = (float(v) for v in flux_range)
+    images = np.zeros((count, size, size), np.float32)
+    masks = np.zeros((count, MAX_INSTANCES, size, size), np.float32)
+    ids = np.full((count, MAX_INSTANCES), -1, np.int64)
+    fluxes = np.zeros((count, MAX_INSTANCES), np.float32)
+    for i in range(count):
+        k = 3 if rng.random() < three_fraction else 2
+        chosen = rng.choice(pool, size=k, replace=False)
+        centres: list = []
+        placed = []  # (light, mask, id, flux) of each galaxy in the frame
+        for g in chosen:
+            rot, flip = rng.integers(0, 4), rng.integers(0, 2)
+            scale = float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
+            lg, sg = np.rot90(light_t[g], rot), np.rot90(smooth_t[g], rot)
+            if flip:
+                lg, sg = lg[:, ::-1], sg[:, ::-1]
+            if not centres:
+                cy, cx = rng.uniform(-size / 16, size / 16, size=2)
+            else:
+                j = rng.integers(0, len(centres))
+                dist = rng.uniform(0.3, 1.0) * (radius[g] + radius[chosen[j]])
+                angle = rng.uniform(0, 2 * np.pi)
+                cy, cx = centres[j][0] + dist * np.sin(angle), centres[j][1] + dist * np.cos(angle)
+            centres.append((cy, cx))
+            dy, dx = int(round(cy)), int(round(cx))
+            lg = _shift(np.ascontiguousarray(lg) * scale, dy, dx)
+            mg = _shift((np.ascontiguousarray(sg) * scale > threshold).astype(np.float32), dy, dx)
+            if mg.sum() >= min_pixels:
+                placed.append((lg, mg, g, float(lg.sum())))
+        placed.sort(key=lambda p: -p[3])  # brightest first
+        for j, (lg, mg, g, flux) in enumerate(placed):
+            images[i] += lg
+            masks[i, j], ids[i, j], fluxes[i, j] = mg, g, flux
+    if noise > 0:
+        images += rng.normal(0.0, noise, size=images.shape).astype(np.float32)
+    np.clip(images, 0.0, 1.0, out=images)
+    return (torch.from_numpy(images).unsqueeze(1), torch.from_numpy(masks), torch.from_numpy(ids),
+            torch.from_numpy(fluxes))
