@@ -289,6 +289,8 @@ def cmd_train(args) -> int:
     task = _check_fit(args.model, splits)
     out = args.out or (os.path.dirname(os.path.abspath(resume_file)) if resume_file else
                        T.new_run_folder("runs", args.model, data_name))
+    if getattr(args, "new_blends", False) and task != "detect":
+        raise UsageError("--new-blends: only for detection training (mask_rcnn on galaxy_instances)")
     if task == "detect":
         if resume_file:
             raise UsageError("--resume: detection runs cannot be resumed yet; start a new run")
@@ -562,6 +564,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="extra dataset argument, e.g. n=400 (galaxies), grayscale=True or val=0.2 (a folder); repeatable")
     t.add_argument("--augment", action="store_true",
                    help="random shifts (classification) or flips (segmentation) of each training batch")
+    t.add_argument("--new-blends", action="store_true",
+                   help="galaxy_instances only: new blends of the training galaxies every epoch (detection)")
     t.add_argument("--seed", type=int, default=0, help="initial weights, shuffling")
     t.add_argument("--data-seed", type=int, default=0, help="the dataset's train/val/test split")
     t.add_argument("--out", default=None, help="checkpoint folder (last.pt, best.pt), new or empty "

@@ -303,14 +303,18 @@ def train_command(args, splits, data_kwargs: dict, model_options: dict) -> int:
     config = {"model": args.model, "model_kwargs": model_kwargs, "data": args.data, "data_kwargs": data_kwargs,
               "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
               "normalize": {"mean": mean, "std": std}, "augment": True}
+    fresh = None
+    if getattr(args, "new_blends", False):  # galaxy_instances is the only detection data set
+        fresh = reblended_training_data(data_kwargs, len(splits.train), mean, std)
+        config["new_blends"] = True
     n_params = sum(p.numel() for p in model.parameters())
-    print(f"training {args.model} ({n_params:,} parameters) on {args.data} {splits.sizes()} for {args.epochs} epochs; "
-          f"checkpoints in {args.out}")
+    print(f"training {args.model} ({n_params:,} parameters) on {args.data} {splits.sizes()} for {args.epochs} epochs"
+          f"{' (new training blends every epoch)' if fresh else ''}; checkpoints in {args.out}")
     t0 = time.perf_counter()
     history = fit_detection(model, _normalise(splits.train.tensors[0], mean, std), targets["train"],
                             _normalise(splits.val.tensors[0], mean, std), targets["val"], epochs=args.epochs,
                             batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, out=args.out,
-                            config=config, seed=args.seed, progress=not args.quiet)
+                            config=config, seed=args.seed, progress=not args.quiet, fresh_data=fresh)
     print(f"trained {len(history.epochs)} epochs ({len(history.steps)} steps) in {time.perf_counter() - t0:.1f} s")
     print(format_scores("test", evaluate_detection(model, _normalise(splits.test.tensors[0], mean, std),
                                                    targets["test"])))

@@ -301,6 +301,29 @@ def test_cli_train_evaluate_detect(tmp_path, capsys):
     assert "no such file" in capsys.readouterr().err
     assert main(["train", "--model", "unet", "--data", "galaxy_instances", "--data-option", "n=9"]) == 2
     assert "detection" in capsys.readouterr().err
+    assert main(["train", "--model", "lenet5", "--data", "digits", "--new-blends"]) == 2
+    assert "--new-blends" in capsys.readouterr().err
+
+
+def test_cli_train_detection_new_blends(tmp_path, capsys, monkeypatch):
+    # --new-blends hands fit_detection a fresh_data that blends the run's own training galaxies.
+    import pycnn.detection as PD
+    from pycnn.cli import main
+    seen = []
+    fit = PD.fit_detection
+
+    def recording_fit(*a, fresh_data=None, **kw):
+        seen.append(fresh_data)
+        return fit(*a, fresh_data=fresh_data, **kw)
+    monkeypatch.setattr(PD, "fit_detection", recording_fit)
+    rc = main(["train", "--model", "mask_rcnn", "--data", "galaxy_instances", "--epochs", "2", "--batch-size", "4",
+               "--data-option", "n=12", "--model-option", "width=8", "--model-option", "mask_channels=8",
+               "--out", str(tmp_path / "run"), "--quiet", "--new-blends"])
+    assert rc == 0 and "new training blends every epoch" in capsys.readouterr().out
+    x, t = seen[0](1)  # epoch 1's data: 8 new blends (the training split of n=12) of the data seed's pool
+    _, masks, _ = D.galaxy_blends("train", 8, blend_seed=1, seed=0)
+    assert len(x) == len(t) == 8 and all(torch.equal(a["masks"], b["masks"])
+                                         for a, b in zip(t, D.instance_targets(masks)))
 
 
 def test_demo_section_quick(tmp_path):
