@@ -289,7 +289,7 @@ def cmd_train(args) -> int:
     task = _check_fit(args.model, splits)
     out = args.out or (os.path.dirname(os.path.abspath(resume_file)) if resume_file else
                        T.new_run_folder("runs", args.model, data_name))
-    if getattr(args, "new_blends", False) and task != "detect":
+    if args.new_blends and task != "detect":
         raise UsageError("--new-blends: only for detection training (mask_rcnn on galaxy_instances)")
     if task == "detect":
         if resume_file:

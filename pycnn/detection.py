@@ -304,7 +304,7 @@ def train_command(args, splits, data_kwargs: dict, model_options: dict) -> int:
               "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
               "normalize": {"mean": mean, "std": std}, "augment": True}
     fresh = None
-    if getattr(args, "new_blends", False):  # galaxy_instances is the only detection data set
+    if args.new_blends:  # galaxy_instances is the only detection data set
         fresh = reblended_training_data(data_kwargs, len(splits.train), mean, std)
         config["new_blends"] = True
     n_params = sum(p.numel() for p in model.parameters())

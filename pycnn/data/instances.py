@@ -115,13 +115,13 @@ def galaxy_blends(split: str = "train", n: int = 1050, blend_seed: int = 1, seed
     Returns images [n, 1, H, W] and masks [n, 3, H, W], as in a split's TensorDataset, and the
     galaxy ids [n, 3] (catalogue index, -1 padding) as in its ``extra``."""
     name = "galaxy_blends"
-    galaxies, pools, _ = _galaxy_pools(name, seed, size, zoom, noise, threshold, min_area, flux_range,
-                                       three_fraction, val_fraction, test_fraction)
     if split not in ("train", "val", "test"):
         raise ValueError(f"{name}: split must be 'train', 'val' or 'test', got {split!r}")
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
         raise ValueError(f"{name}: n must be a positive int, got {n!r}")
     blend_seed = _check_seed(name, blend_seed)
+    galaxies, pools, _ = _galaxy_pools(name, seed, size, zoom, noise, threshold, min_area, flux_range,
+                                       three_fraction, val_fraction, test_fraction)
     rng = np.random.default_rng([seed, blend_seed])
     images, masks, ids, _ = _blend(rng, pools[("train", "val", "test").index(split)], n, galaxies, size, noise,
                                    threshold, flux_range, three_fraction, min_pixels)
