@@ -65,11 +65,27 @@ CASES = [
     ((2, 17, 11, 11), 5, 1),      # 5 outputs: one register tile, mostly padding rows
 ]
 
+# float32 outputs of 1 MiB and more are written with streaming stores (winograd.cpp kStreamBytes).
+STREAMED = [
+    ((4, 16, 64, 64), 16),     # output and input gradient 1 MiB each, rows vector-aligned
+    ((2, 8, 61, 67), 33),      # 67-wide rows: most row starts off the vector alignment
+]
+
 
 @pytest.mark.parametrize("x_shape,K,padding", CASES)
 def test_winograd_matches_torch(isa, x_shape, K, padding):
     assert _algorithm(x_shape, K, padding) == "winograd"
     check_op(PF.conv2d, F.conv2d, list(_inputs(x_shape, K)) + [1, padding])
+
+
+@pytest.mark.parametrize("x_shape,K", STREAMED)
+def test_winograd_streamed_outputs_match_torch(isa, x_shape, K):
+    N, _, H, W = x_shape
+    assert _algorithm(x_shape, K, 1) == "winograd" and N * K * H * W * 4 >= 1 << 20
+    # The weight gradient sums N*H*W = 16384 products per weight: float32 rounding (ours and
+    # torch's) reaches ~5e-4 there.
+    tol = {torch.float32: dict(rtol=1e-4, atol=2e-3), torch.float64: dict(rtol=1e-7, atol=1e-7)}
+    check_op(PF.conv2d, F.conv2d, list(_inputs(x_shape, K)) + [1, 1], tol=tol)
 
 
 # F(4x4): 4x4 output tiles from 6x6 input tiles. Edge cases of its layout: odd sizes, maps

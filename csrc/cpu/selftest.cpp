@@ -165,6 +165,10 @@ void check_convs(const char* isa) {
       conv_shape(2, 12, 17, 19, 20, 3, 3, 1, 1, 0, 0, 1, 1, 1),
       conv_shape(1, 8, 2, 3, 8, 3, 3, 1, 1, 2, 2, 1, 1, 1),
       conv_shape(2, 33, 13, 21, 17, 3, 3, 1, 1, 1, 1, 1, 1, 1),
+      // outputs (and input gradients) of 1 MiB and more in float: streaming stores (winograd.cpp
+      // kStreamBytes), on aligned rows and on 67-wide rows that are mostly not
+      conv_shape(4, 16, 64, 64, 16, 3, 3, 1, 1, 1, 1, 1, 1, 1),
+      conv_shape(2, 8, 61, 67, 33, 3, 3, 1, 1, 1, 1, 1, 1, 1),
       // direct / implicit-im2col shapes
       conv_shape(2, 1, 28, 28, 6, 5, 5, 1, 1, 0, 0, 1, 1, 1),
       conv_shape(2, 3, 11, 23, 5, 3, 3, 1, 1, 1, 1, 2, 2, 1),

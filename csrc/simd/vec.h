@@ -255,6 +255,42 @@ PYCNN_INLINE void store_first(T* p, V v, int64_t n) {
 #endif
 }
 
+// Streaming (non-temporal) stores, for outputs larger than the caches. A plain store to a line
+// that is not in cache first reads the whole line from memory (read-for-ownership); in a
+// training step the fresh output buffers of the large layers are such memory (the step's
+// saved activations exceed L3). A non-temporal store writes the line without that read. x86:
+// p must be aligned to the vector's size (store_stream_first checks and falls back to store);
+// other targets: plain stores. After its last streaming store each thread calls stream_fence()
+// (x86 sfence: the stores are weakly ordered, and another thread reads the output next).
+template <typename T, typename V>
+PYCNN_INLINE void store_stream(T* p, V v) {
+  static_assert(std::is_same_v<V, vec<T>>, "store_stream: vector and pointer types differ");
+#if defined(PYCNN_NATIVE_AVX512)
+  if constexpr (sizeof(T) == 4) _mm512_stream_ps(p, v);
+  else _mm512_stream_pd(p, v);
+#elif defined(PYCNN_ISA_AVX2) || defined(PYCNN_AVX512_EMULATED)
+  // (emulated avx512: its 64-byte vector as two 32-byte halves)
+  for (size_t h = 0; h < sizeof(V); h += 32) {
+    __m256 piece;
+    std::memcpy(&piece, reinterpret_cast<const char*>(&v) + h, 32);
+    _mm256_stream_ps(reinterpret_cast<float*>(reinterpret_cast<char*>(p) + h), piece);
+  }
+#else
+  store(p, v);
+#endif
+}
+// store_first, streamed where the whole vector is stored to an aligned address.
+template <typename T, typename V>
+PYCNN_INLINE void store_stream_first(T* p, V v, int64_t n) {
+  if (n >= kLanesOf<T> && reinterpret_cast<uintptr_t>(p) % sizeof(V) == 0) return store_stream(p, v);
+  store_first(p, v, n);
+}
+PYCNN_INLINE void stream_fence() {
+#if defined(PYCNN_ISA_AVX2) || defined(PYCNN_ISA_AVX512)
+  _mm_sfence();
+#endif
+}
+
 // The first n lanes of p (the rest 0); never reads past p + n.
 template <typename T>
 PYCNN_INLINE vec<T> load_first(const T* p, int64_t n) {
