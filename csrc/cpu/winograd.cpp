@@ -691,8 +691,12 @@ bool conv2d_backward_weight_winograd_f32(const Conv2dShape& s, const float* x, c
     }
   });
   float* sum = part.get();
-  for (int64_t r = 1; r < chunks; ++r)
-    for (int64_t e = 0; e < p_elems; ++e) sum[e] += sum[r * p_elems + e];
+  // The chunks added in chunk order, each element on its own (the threads split the elements:
+  // the same sums as one thread, and no longer a serial pass of up to 8 x 256 KiB per call).
+  parallel_for(p_elems, 4096, [&](int64_t e0, int64_t e1) {
+    for (int64_t r = 1; r < chunks; ++r)
+      for (int64_t e = e0; e < e1; ++e) sum[e] += sum[r * p_elems + e];
+  });
   parallel_for(s.K, 8, [&](int64_t k0, int64_t k1) { finish_rows(s, cpad, sum, k0, k1, gw); });
   return true;
 }
