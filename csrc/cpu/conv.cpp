@@ -375,8 +375,8 @@ void weight_grad_dot(const Conv2dShape& s, const float* x, const float* gy, floa
 // GFLOP/s, 64ch 32x32: channel planes 4 KB apart alias in L1's sets).
 // Tile: MR output channels x NV vectors of pixels, MR x NV accumulators: MR = 8 with 32
 // registers (16 accumulators), 4 (x 3 vectors) or 6 (x 2) with 16, whichever pads K less (per
-// col row NV loads and MR broadcasts for MR NV FMAs). Each output is summed from its bias over (c, i, j) in order,
-// whatever thread computes it (deterministic).
+// col row NV loads and MR broadcasts for MR NV FMAs). Each output is summed from its bias over
+// (c, i, j) in order, whatever thread computes it (deterministic).
 constexpr int kDirectNV = 2;
 constexpr int kDirectMRSmall = 4;
 // The small tile's vectors of pixels: 3 on 16-register targets, so that 12 accumulators (not 8)
