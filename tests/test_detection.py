@@ -106,6 +106,21 @@ def test_matcher_thresholds_and_low_quality():
     assert Matcher(0.5, 0.5)(torch.zeros(0, 3)).tolist() == [Matcher.BELOW] * 3
 
 
+def test_matcher_batched_equals_per_image():
+    # The RPN matches all images at once: rows padded with IoU -1 must change nothing, including
+    # the low-quality matches and an image without boxes.
+    g = torch.Generator().manual_seed(3)
+    per_image = [torch.rand(k, 40, generator=g) * (torch.rand(k, 40, generator=g) > 0.3) for k in (3, 1, 0, 2)]
+    per_image[1][0, 7] = per_image[1][0, 9] = 0.95  # a tie: both are gt 0's best
+    padded = torch.full((4, 3, 40), -1.0)
+    for i, iou in enumerate(per_image):
+        padded[i, :len(iou)] = iou
+    for m in (Matcher(0.7, 0.3, allow_low_quality=True), Matcher(0.5, 0.5)):
+        expected = torch.stack([m(iou) for iou in per_image])
+        assert torch.equal(m(padded), expected)
+    assert Matcher(0.7, 0.3, True)(torch.zeros(2, 0, 5)).tolist() == [[Matcher.BELOW] * 5] * 2
+
+
 def test_sampler_balance():
     matches = torch.tensor([0] * 10 + [Matcher.BELOW] * 100 + [Matcher.BETWEEN] * 5)
     pos, neg = sample_balanced(matches, 16, 0.25, torch.Generator().manual_seed(0))

@@ -85,16 +85,19 @@ class Matcher:
         self.high, self.low, self.allow_low_quality = high, low, allow_low_quality
 
     def __call__(self, iou: Tensor) -> Tensor:
-        """iou [G, P] -> matched gt index per prediction [P] (or BELOW / BETWEEN)."""
-        if iou.shape[0] == 0:
-            return torch.full((iou.shape[1],), self.BELOW, dtype=torch.int64)
-        best, idx = iou.max(0)
+        """iou [G, P] -> matched gt index per prediction [P] (or BELOW / BETWEEN). Also batched:
+        iou [B, G, P] -> [B, P], each image's rows padded with IoU -1 up to G (a padding row never
+        matches: every real IoU is >= 0, and it keeps no low-quality match)."""
+        if iou.shape[-2] == 0:
+            return torch.full(iou.shape[:-2] + iou.shape[-1:], self.BELOW, dtype=torch.int64)
+        best, idx = iou.max(-2)
         matches = idx.clone()
         matches[best < self.high] = self.BETWEEN
         matches[best < self.low] = self.BELOW
         if self.allow_low_quality:
-            best_per_gt = iou.max(1, keepdim=True).values
-            _, pred = torch.nonzero((iou == best_per_gt) & (best_per_gt > 0), as_tuple=True)
+            best_per_gt = iou.max(-1, keepdim=True).values
+            where = torch.nonzero((iou == best_per_gt) & (best_per_gt > 0), as_tuple=True)
+            pred = (*where[:-2], where[-1])  # (image,) prediction
             matches[pred] = idx[pred]
         return matches
 
@@ -386,9 +389,12 @@ class MaskRCNN(nn.Module):
         pre, post = (self.rpn_pre_nms_top_n, self.rpn_post_nms_top_n)
         pre, post = (pre[0], post[0]) if self.training else (pre[1], post[1])
         out = []
-        for obj, d in zip(logits.detach(), deltas.detach()):
-            obj, idx = obj.topk(min(pre, obj.numel()))
-            boxes = _clip_boxes(self.rpn_coder.decode(d[idx], anchors[idx]), size)
+        # The top-scoring anchors of every image and their boxes in one go; NMS per image.
+        n = logits.shape[0]
+        top, idx = logits.detach().topk(min(pre, logits.shape[1]), dim=1)
+        picked = deltas.detach()[torch.arange(n)[:, None], idx].reshape(-1, 4)
+        boxes_all = _clip_boxes(self.rpn_coder.decode(picked, anchors[idx.flatten()]), size).reshape(n, -1, 4)
+        for obj, boxes in zip(top, boxes_all):
             keep = _remove_small(boxes, 1e-3)
             boxes, obj = boxes[keep], obj[keep]
             keep = ops.nms(boxes, obj, self.rpn_nms_thresh)[:post]
@@ -396,18 +402,31 @@ class MaskRCNN(nn.Module):
         return out
 
     def _rpn_loss(self, logits, deltas, anchors, targets) -> Tuple[Tensor, Tensor]:
-        labels, reg_targets, index = [], [], []
-        for i, t in enumerate(targets):
-            matches = self.rpn_matcher(ops.box_iou(t["boxes"], anchors))
-            pos, neg = sample_balanced(matches, self.rpn_batch_size, self.rpn_positive_fraction)
+        labels, index = [], []
+        # Every image's anchors matched at once: the IoUs of all true boxes with the anchors, each
+        # image's rows padded with -1 to the most boxes an image has.
+        gts = [t["boxes"].to(anchors) for t in targets]
+        counts = [len(g) for g in gts]
+        g_max = max(counts, default=0)
+        gt_pad = anchors.new_zeros(len(gts), g_max, 4)
+        iou = anchors.new_full((len(gts), g_max, len(anchors)), -1.0)
+        if sum(counts):
+            img = torch.repeat_interleave(torch.arange(len(gts)), torch.tensor(counts))
+            slot = torch.cat([torch.arange(c) for c in counts])
+            gt_pad[img, slot] = torch.cat(gts)
+            iou[img, slot] = ops.box_iou(torch.cat(gts), anchors)
+        matches = self.rpn_matcher(iou)
+        for i in range(len(targets)):
+            pos, neg = sample_balanced(matches[i], self.rpn_batch_size, self.rpn_positive_fraction)
             index += [torch.stack([torch.full_like(pos, i), pos], 1), torch.stack([torch.full_like(neg, i), neg], 1)]
             labels += [torch.ones(len(pos)), torch.zeros(len(neg))]
-            reg_targets.append(self.rpn_coder.encode(t["boxes"][matches[pos]], anchors[pos]))
         index = torch.cat(index)
         labels = torch.cat(labels).to(logits)
-        obj_loss = F.binary_cross_entropy_with_logits(logits[index[:, 0], index[:, 1]], labels)
         pos_index = index[labels > 0]
-        box_loss = F.smooth_l1_loss(deltas[pos_index[:, 0], pos_index[:, 1]], torch.cat(reg_targets).to(deltas),
+        matched_gt = gt_pad[pos_index[:, 0], matches[pos_index[:, 0], pos_index[:, 1]]]
+        reg_targets = self.rpn_coder.encode(matched_gt, anchors[pos_index[:, 1]])
+        obj_loss = F.binary_cross_entropy_with_logits(logits[index[:, 0], index[:, 1]], labels)
+        box_loss = F.smooth_l1_loss(deltas[pos_index[:, 0], pos_index[:, 1]], reg_targets.to(deltas),
                                     beta=1 / 9, reduction="sum") / max(1, len(index))
         return obj_loss, box_loss
 
@@ -432,15 +451,20 @@ class MaskRCNN(nn.Module):
 
     def _mask_targets(self, rois: List[Tensor], matched: List[Tensor], targets: List[dict], size: int) -> Tensor:
         """Each positive RoI's gt mask cut by RoIAlign at ``size`` x ``size`` (torchvision's rule)."""
-        out = []
-        for boxes, m, t in zip(rois, matched, targets):
-            if len(boxes) == 0:
-                continue
-            gt = t["masks"][:, None].to(boxes.dtype)
-            cut = ops.roi_align(gt, torch.cat([m[:, None].to(boxes), boxes], 1), size, spatial_scale=1.0,
-                                sampling_ratio=self.sampling_ratio, aligned=True)
-            out.append(cut[:, 0])
-        return torch.cat(out) if out else torch.zeros(0, size, size)
+        boxes = torch.cat(rois) if rois else torch.zeros(0, 4)
+        if len(boxes) == 0:
+            return torch.zeros(0, size, size)
+        # One RoIAlign over every image's masks stacked: RoI i reads the plane of its own galaxy.
+        first = 0
+        planes, which = [], []
+        for m, t in zip(matched, targets):
+            planes.append(t["masks"])
+            which.append(m + first)
+            first += len(t["masks"])
+        gt = torch.cat(planes)[:, None].to(boxes.dtype)
+        cut = ops.roi_align(gt, torch.cat([torch.cat(which)[:, None].to(boxes), boxes], 1), size, spatial_scale=1.0,
+                            sampling_ratio=self.sampling_ratio, aligned=True)
+        return cut[:, 0]
 
     # -- forward ---------------------------------------------------------------------------------
 
@@ -659,10 +683,12 @@ def paste_masks(masks: Tensor, boxes: Tensor, size: Tuple[int, int]) -> Tensor:
     fx, fy = (u - x0)[:, None, :], (v - y0)[:, :, None]
     xi0, xi1 = (x0.long() + 1).clamp(0, m_w + 1), (x0.long() + 2).clamp(0, m_w + 1)
     yi0, yi1 = (y0.long() + 1).clamp(0, m_h + 1), (y0.long() + 2).clamp(0, m_h + 1)
-    kk = torch.arange(k, device=masks.device)[:, None, None]
-    at = lambda yi, xi: padded[kk, yi[:, :, None], xi[:, None, :]]  # noqa: E731  [K, H, W]
-    return ((1 - fy) * ((1 - fx) * at(yi0, xi0) + fx * at(yi0, xi1)) +
-            fy * ((1 - fx) * at(yi1, xi0) + fx * at(yi1, xi1)))
+    # Separably (the same operations in the same order as interpolating each pixel from its four
+    # cells, so the same bits): along x for every mask row, then along y.
+    rows = lambda xi: padded.gather(2, xi[:, None, :].expand(k, m_h + 2, w))  # noqa: E731  [K, M+2, W]
+    across = (1 - fx) * rows(xi0) + fx * rows(xi1)
+    cols = lambda yi: across.gather(1, yi[:, :, None].expand(k, h, w))  # noqa: E731  [K, H, W]
+    return (1 - fy) * cols(yi0) + fy * cols(yi1)
 
 
 def pasted_mask_iou(probs: Tensor, boxes: Tensor, gt_masks: Tensor, threshold: float = 0.5) -> Tensor:
