@@ -183,6 +183,10 @@ ALIGN_CASES = [
     (1, 2, 7, 6, 5, 5, 0.25, 0, True, 1.5),
     (3, 1, 12, 10, 8, (4, 3), 1.0, 3, False, 0.0),
     (1, 4, 5, 5, 4, 7, 1.0, -1, False, 4.0),     # bins smaller than a pixel
+    # channels enough for the channel-vector kernels on every target (half a vector or more),
+    # partial vectors, and for 37 more than one block of vectors
+    (2, 13, 9, 11, 6, (3, 4), 0.5, 2, True, 3.0),
+    (2, 37, 7, 8, 5, 7, 0.5, -1, False, 2.0),
 ]
 
 
@@ -349,9 +353,10 @@ def test_opcheck_roi_ops():
     torch.library.opcheck(torch.ops.pycnn.roi_pool_backward.default, (gy, rois, arg, [2, 3, 7, 8], 0.5))
 
 
-def test_roi_ops_on_every_cpu_target(each_isa):
+@pytest.mark.parametrize("C", [2, 19])  # RoIAlign's scalar kernels and (19) its channel-vector ones
+def test_roi_ops_on_every_cpu_target(each_isa, C):
     # the kernels are compiled once per target (csrc/simd/vec.h): each gives the reference values
-    N, C, H, W = 2, 2, 7, 9
+    N, H, W = 2, 7, 9
     x = distinct(N, C, H, W).requires_grad_()
     rois = random_rois(6, N, H, W, 0.5, 2.0, seed=10, dtype=torch.float64)
     out = ops.roi_align(x, rois, 3, 0.5, -1, True)

@@ -16,10 +16,22 @@
 // Napkin math (Mask R-CNN box head, float: 512 RoIs x 256 channels x 7x7 bins, 2x2 samples):
 // 25.7 M samples x 4 taps = ~100 M multiply-adds forward, the same backward, on inputs of a few
 // MB that stay in cache: compute bound, ~20-40 ms on one core with scalar code.
+//
+// So with channels enough to fill half a vector, both directions run on channel vectors instead:
+// a sample's four taps are the same pixels in every channel, so the input is copied once into a
+// channels-last scratch ([N, H, W, Cp], Cp = C rounded up to whole vectors, padding lanes zero)
+// and each tap becomes one vector multiply-add per Cp / L channels. The forward splits the RoIs
+// across threads and writes each RoI's [C, PH, PW] output from a [PH * PW, Cp] buffer. The
+// backward splits (image, block of channel vectors) pairs across threads; each accumulates its
+// block of one image's gradient channels-last, RoIs in index order and bins and samples in the
+// scalar path's order, then writes it back to [C, H, W]: the same fixed order per element, so
+// results do not depend on the thread count. Measured in the Mask R-CNN demo's training step
+// (2 threads, AVX2, 32 channels, 256 RoIs 7x7 and 64 RoIs 14x14): see README "Detection".
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #include "common/parallel.h"
@@ -117,12 +129,206 @@ void align_plane_backward(const RoiShape& s, const RoiTaps<T>& t, const T* gy, T
     }
 }
 
+// ---- channel-vectorised RoIAlign ------------------------------------------------------------
+
+constexpr int kChannelVectors = 4;  // channel vectors a bin keeps in registers at a time
+
+template <typename T>
+bool channel_vectorised(const RoiShape& s) {
+  return 2 * s.C >= kLanesOf<T>;  // at least half a vector of channels
+}
+
+template <typename T>
+int64_t padded_channels(const RoiShape& s) {
+  constexpr int64_t L = kLanesOf<T>;
+  return (s.C + L - 1) / L * L;
+}
+
+// x [N, C, H, W] -> xt [N, H, W, cp], padding lanes zero.
+template <typename T>
+void to_channels_last(const RoiShape& s, int64_t cp, const T* x, T* xt) {
+  parallel_for(s.N * s.H, grain_for(s.W * cp), [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t n = r / s.H, h = r % s.H;
+      T* dst = xt + r * s.W * cp;
+      for (int64_t c = 0; c < s.C; ++c) {
+        const T* src = x + ((n * s.C + c) * s.H + h) * s.W;
+        for (int64_t w = 0; w < s.W; ++w) dst[w * cp + c] = src[w];
+      }
+      for (int64_t w = 0; w < s.W; ++w) std::fill(dst + w * cp + s.C, dst + (w + 1) * cp, T(0));
+    }
+  });
+}
+
+// One bin of one RoI over NV channel vectors starting at img (a channels-last image plus the
+// block's channel offset); row stride W * cp. Writes the bin's average to out.
+template <typename T, int NV>
+PYCNN_INLINE void bin_forward_vec(const RoiTaps<T>& t, int64_t ph, int64_t pw, const T* img, int64_t row,
+                                  int64_t cp, T* out) {
+  constexpr int L = kLanesOf<T>;
+  vec<T> acc[NV];
+  for (int j = 0; j < NV; ++j) acc[j] = zero<T>();
+  const int64_t gh = t.r.grid_h, gw = t.r.grid_w;
+  for (int64_t iy = 0; iy < gh; ++iy) {
+    const Tap<T>& ty = t.ys[ph * gh + iy];
+    if (ty.low < 0) continue;
+    const T* row_low = img + ty.low * row;
+    const T* row_high = img + ty.high * row;
+    for (int64_t ix = 0; ix < gw; ++ix) {
+      const Tap<T>& tx = t.xs[pw * gw + ix];
+      if (tx.low < 0) continue;
+      const vec<T> w_ll = broadcast<T>(ty.w_low * tx.w_low), w_lh = broadcast<T>(ty.w_low * tx.w_high);
+      const vec<T> w_hl = broadcast<T>(ty.w_high * tx.w_low), w_hh = broadcast<T>(ty.w_high * tx.w_high);
+      const T* a = row_low + tx.low * cp;
+      const T* b = row_low + tx.high * cp;
+      const T* c = row_high + tx.low * cp;
+      const T* d = row_high + tx.high * cp;
+      for (int j = 0; j < NV; ++j) {
+        acc[j] = fma(w_ll, load<T>(a + j * L), acc[j]);
+        acc[j] = fma(w_lh, load<T>(b + j * L), acc[j]);
+        acc[j] = fma(w_hl, load<T>(c + j * L), acc[j]);
+        acc[j] = fma(w_hh, load<T>(d + j * L), acc[j]);
+      }
+    }
+  }
+  const vec<T> scale = broadcast<T>(t.r.inv_count);
+  for (int j = 0; j < NV; ++j) store(out + j * L, acc[j] * scale);
+}
+
+// The transpose of bin_forward_vec: adds g (NV vectors, already times inv_count) at the bin's taps.
+template <typename T, int NV>
+PYCNN_INLINE void bin_backward_vec(const RoiTaps<T>& t, int64_t ph, int64_t pw, const vec<T>* g, T* img,
+                                   int64_t row, int64_t cp) {
+  constexpr int L = kLanesOf<T>;
+  const int64_t gh = t.r.grid_h, gw = t.r.grid_w;
+  for (int64_t iy = 0; iy < gh; ++iy) {
+    const Tap<T>& ty = t.ys[ph * gh + iy];
+    if (ty.low < 0) continue;
+    T* row_low = img + ty.low * row;
+    T* row_high = img + ty.high * row;
+    for (int64_t ix = 0; ix < gw; ++ix) {
+      const Tap<T>& tx = t.xs[pw * gw + ix];
+      if (tx.low < 0) continue;
+      const vec<T> w_ll = broadcast<T>(ty.w_low * tx.w_low), w_lh = broadcast<T>(ty.w_low * tx.w_high);
+      const vec<T> w_hl = broadcast<T>(ty.w_high * tx.w_low), w_hh = broadcast<T>(ty.w_high * tx.w_high);
+      // In the scalar path's order; low == high at the far edge adds twice to one pixel.
+      T* a = row_low + tx.low * cp;
+      T* b = row_low + tx.high * cp;
+      T* c = row_high + tx.low * cp;
+      T* d = row_high + tx.high * cp;
+      for (int j = 0; j < NV; ++j) store(a + j * L, fma(w_ll, g[j], load<T>(a + j * L)));
+      for (int j = 0; j < NV; ++j) store(b + j * L, fma(w_lh, g[j], load<T>(b + j * L)));
+      for (int j = 0; j < NV; ++j) store(c + j * L, fma(w_hl, g[j], load<T>(c + j * L)));
+      for (int j = 0; j < NV; ++j) store(d + j * L, fma(w_hh, g[j], load<T>(d + j * L)));
+    }
+  }
+}
+
+template <int NV>
+using Vectors = std::integral_constant<int, NV>;
+
+// f(Vectors<nv>{}) for nv = 1 .. kChannelVectors: a block's vector count as a compile-time
+// constant, so its accumulators stay in registers.
+template <typename F>
+PYCNN_INLINE void with_vectors(int64_t nv, F&& f) {
+  static_assert(kChannelVectors == 4, "with_vectors: one case per block size");
+  switch (nv) {
+    case 4: f(Vectors<4>{}); break;
+    case 3: f(Vectors<3>{}); break;
+    case 2: f(Vectors<2>{}); break;
+    default: f(Vectors<1>{}); break;
+  }
+}
+
+template <typename T>
+std::vector<T>& channels_last_scratch() {
+  // Kept per calling thread (a fresh buffer per call would be page faults); every element is
+  // written before it is read.
+  thread_local std::vector<T> buffer;
+  return buffer;
+}
+
+template <typename T>
+void roi_align_forward_vec(const RoiShape& s, const T* x, const T* rois, T* y) {
+  constexpr int64_t L = kLanesOf<T>;
+  const int64_t cp = padded_channels<T>(s), vectors = cp / L, bins = s.PH * s.PW, row = s.W * cp;
+  std::vector<T>& xt = channels_last_scratch<T>();
+  if (xt.size() < size_t(s.N * s.H * row)) xt.resize(size_t(s.N * s.H * row));
+  to_channels_last(s, cp, x, xt.data());
+  const T* xt_data = xt.data();
+  parallel_for(s.K, grain_for(bins * 4 * cp), [&](int64_t k0, int64_t k1) {
+    RoiTaps<T> taps;
+    std::vector<T> buf(size_t(bins * cp));
+    for (int64_t k = k0; k < k1; ++k) {
+      taps.compute(s, rois + 5 * k);
+      T* out = y + k * s.C * bins;
+      if (taps.r.batch < 0) {
+        std::fill(out, out + s.C * bins, T(0));
+        continue;
+      }
+      const T* img = xt_data + taps.r.batch * s.H * row;
+      for (int64_t ph = 0; ph < s.PH; ++ph)
+        for (int64_t pw = 0; pw < s.PW; ++pw) {
+          T* bin_out = buf.data() + (ph * s.PW + pw) * cp;
+          for (int64_t v = 0; v < vectors; v += kChannelVectors)
+            with_vectors(std::min<int64_t>(kChannelVectors, vectors - v), [&](auto nv) {
+              bin_forward_vec<T, decltype(nv)::value>(taps, ph, pw, img + v * L, row, cp, bin_out + v * L);
+            });
+        }
+      for (int64_t c = 0; c < s.C; ++c)
+        for (int64_t b = 0; b < bins; ++b) out[c * bins + b] = buf[size_t(b * cp + c)];
+    }
+  });
+}
+
+template <typename T>
+void roi_align_backward_vec(const RoiShape& s, const T* gy, const T* rois, T* gx) {
+  constexpr int64_t L = kLanesOf<T>;
+  const int64_t cp = padded_channels<T>(s), vectors = cp / L, bins = s.PH * s.PW, in_plane = s.H * s.W;
+  const int64_t blocks = (vectors + kChannelVectors - 1) / kChannelVectors;
+  parallel_for(s.N * blocks, 1, [&](int64_t t0, int64_t t1) {
+    RoiTaps<T> taps;
+    std::vector<T> acc;  // one image's block of gradient channels, channels-last [H, W, width]
+    std::vector<T> g;    // one RoI's output gradient for the block, [bins, width], times inv_count
+    for (int64_t task = t0; task < t1; ++task) {
+      const int64_t n = task / blocks, v0 = task % blocks * kChannelVectors;
+      const int64_t nv = std::min<int64_t>(kChannelVectors, vectors - v0);
+      const int64_t width = nv * L, c0 = v0 * L, c1 = std::min(s.C, c0 + width);
+      acc.assign(size_t(in_plane * width), T(0));
+      g.assign(size_t(bins * width), T(0));
+      for (int64_t k = 0; k < s.K; ++k) {  // RoIs in index order: the fixed accumulation order
+        if (roi::batch_index_of(double(rois[5 * k]), s.N) != n) continue;
+        taps.compute(s, rois + 5 * k);
+        if (taps.r.batch < 0) continue;
+        for (int64_t c = c0; c < c1; ++c)
+          for (int64_t b = 0; b < bins; ++b)
+            g[size_t(b * width + c - c0)] = gy[(k * s.C + c) * bins + b] * taps.r.inv_count;
+        for (int64_t ph = 0; ph < s.PH; ++ph)
+          for (int64_t pw = 0; pw < s.PW; ++pw) {
+            const T* gb = g.data() + (ph * s.PW + pw) * width;
+            with_vectors(nv, [&](auto nv_const) {
+              constexpr int NV = decltype(nv_const)::value;
+              vec<T> gv[NV];
+              for (int j = 0; j < NV; ++j) gv[j] = load<T>(gb + j * L);
+              bin_backward_vec<T, NV>(taps, ph, pw, gv, acc.data(), s.W * width, width);
+            });
+          }
+      }
+      for (int64_t c = c0; c < c1; ++c) {
+        T* plane = gx + (n * s.C + c) * in_plane;
+        for (int64_t i = 0; i < in_plane; ++i) plane[i] = acc[size_t(i * width + c - c0)];
+      }
+    }
+  });
+}
+
 }  // namespace
 
 template <typename T>
 void roi_align_forward(const RoiShape& s, const T* x, const T* rois, T* y) {
   const int64_t out_plane = s.PH * s.PW, in_plane = s.H * s.W;
   if (s.K == 0 || s.C == 0 || out_plane == 0) return;
+  if (channel_vectorised<T>(s) && in_plane > 0) return roi_align_forward_vec(s, x, rois, y);
   parallel_for(s.K * s.C, grain_for(out_plane * 4), [&](int64_t begin, int64_t end) {
     RoiTaps<T> taps;
     int64_t current = -1;
@@ -147,6 +353,7 @@ void roi_align_backward(const RoiShape& s, const T* gy, const T* rois, T* gx) {
   const int64_t out_plane = s.PH * s.PW, in_plane = s.H * s.W;
   const int64_t planes = s.N * s.C;
   if (planes == 0 || in_plane == 0) return;
+  if (channel_vectorised<T>(s) && out_plane > 0) return roi_align_backward_vec(s, gy, rois, gx);
   const int64_t per_plane = in_plane + s.K * out_plane * 4 / std::max<int64_t>(1, s.N);
   parallel_for(planes, grain_for(per_plane), [&](int64_t begin, int64_t end) {
     std::fill(gx + begin * in_plane, gx + end * in_plane, T(0));

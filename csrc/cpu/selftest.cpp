@@ -336,8 +336,10 @@ double bilinear(const std::vector<double>& plane, int64_t H, int64_t W, double y
 }
 
 template <typename T>
-void check_roi(const char* isa) {
-  RoiShape s{2, 3, 9, 11, 0, 3, 4, -1, 0.5, false};
+void check_roi(const char* isa, int64_t channels) {
+  // channels: 3 takes the scalar path where 3 channels fill less than half a vector; 13 and 37
+  // the channel-vector path with partial vectors and, for 37, more than one block of vectors.
+  RoiShape s{2, channels, 9, 11, 0, 3, 4, -1, 0.5, false};
   const std::vector<double> boxes = {0, 1, 2, 15, 12,  1, -3, -2, 8, 30,  1, 5, 5, 5.5, 5.2,  0, 20, 1, 30, 17,
                                      0, NAN, 1, 3, 4,  1, 4, 4, 4, 4};
   s.K = int64_t(boxes.size() / 5);
@@ -374,7 +376,8 @@ void check_roi(const char* isa) {
         }
       }
       char what[100];
-      std::snprintf(what, sizeof what, "%s roi_align aligned=%d ratio=%lld", isa, aligned, (long long)ratio);
+      std::snprintf(what, sizeof what, "%s roi_align C=%lld aligned=%d ratio=%lld", isa, (long long)s.C, aligned,
+                    (long long)ratio);
       expect_close<T>(what, y, want);
       const auto gy = random_vector<T>(out_size, 42);
       std::vector<T> gx(x.size());
@@ -444,7 +447,7 @@ void check_all(const char* isa) {
   check_batch_norm<T>(isa, 37);  // short rows: the column path
   check_batch_norm<T>(isa, 70);  // the row path
   check_linear<T>(isa);
-  check_roi<T>(isa);
+  for (int64_t channels : {3, 13, 37}) check_roi<T>(isa, channels);
 }
 
 }  // namespace
