@@ -425,7 +425,7 @@ _DEMO_MODEL = {"mask_channels": 16, "box_batch_size": 32, "nms_thresh": 0.6, "ma
                "soft_nms_sigma": 0.3, "mask_iou_head": True}
 DEMO = {
     "full": dict(data_kwargs={"n": 1500}, model_kwargs=_DEMO_MODEL, epochs=10, batch_size=8, lr=2e-3,
-                 test_images=None),
+                 test_images=None, new_blends=False, val_every=1),
     "quick": dict(data_kwargs={"n": 120}, model_kwargs=_DEMO_MODEL, epochs=1, batch_size=4, lr=2e-3, max_steps=6,
                   test_images=8),
 }
@@ -447,7 +447,8 @@ def run_detection_demo(quick: bool, out_dir: str, progress: bool = True, seed: i
     val_n = 4 if quick else 100
     config = {"model": "mask_rcnn", "model_kwargs": model_kwargs, "data": "galaxy_instances",
               "data_kwargs": dict(spec["data_kwargs"], seed=seed), "epochs": spec["epochs"],
-              "batch_size": spec["batch_size"], "lr": spec["lr"], "seed": seed, "normalize": {"mean": mean, "std": std}}
+              "batch_size": spec["batch_size"], "lr": spec["lr"], "seed": seed, "normalize": {"mean": mean, "std": std},
+              "new_blends": bool(spec.get("new_blends"))}
     print(f"[demo] mask_rcnn on galaxy_instances {splits.sizes()}, {spec['epochs']} epochs"
           + (f" (at most {spec['max_steps']} steps)" if spec.get("max_steps") else ""))
     t0 = time.perf_counter()
@@ -455,7 +456,10 @@ def run_detection_demo(quick: bool, out_dir: str, progress: bool = True, seed: i
                             _normalise(splits.val.tensors[0][:val_n], mean, std), targets["val"][:val_n],
                             epochs=spec["epochs"], batch_size=spec["batch_size"], lr=spec["lr"],
                             warmup_steps=2 if quick else 50, max_steps=spec.get("max_steps"),
-                            out=os.path.join(out_dir, "mask_rcnn"), config=config, seed=seed, progress=progress)
+                            out=os.path.join(out_dir, "mask_rcnn"), config=config, seed=seed, progress=progress,
+                            val_every=spec.get("val_every", 1),
+                            fresh_data=reblended_training_data(config["data_kwargs"], len(splits.train), mean, std)
+                            if spec.get("new_blends") else None)
     seconds = time.perf_counter() - t0
     # Completeness and purity at each detector's own operating point: the score threshold with the
     # best F1 on the validation images (a fixed 0.5 means different things for the two scorings).
