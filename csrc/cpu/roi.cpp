@@ -80,25 +80,33 @@ struct RoiTaps {
   }
 };
 
+// Calls f(ty, tx) for every sample of bin (ph, pw) that lies in the image, row-major: the one
+// walk over a bin's samples that all four RoIAlign kernels share (and so their summation order).
+template <typename T, typename F>
+PYCNN_INLINE void for_each_sample(const RoiTaps<T>& t, int64_t ph, int64_t pw, F&& f) {
+  const int64_t gh = t.r.grid_h, gw = t.r.grid_w;
+  for (int64_t iy = 0; iy < gh; ++iy) {
+    const Tap<T>& ty = t.ys[ph * gh + iy];
+    if (ty.low < 0) continue;
+    for (int64_t ix = 0; ix < gw; ++ix) {
+      const Tap<T>& tx = t.xs[pw * gw + ix];
+      if (tx.low >= 0) f(ty, tx);
+    }
+  }
+}
+
 // One output plane [PH, PW] of RoIAlign from one input plane.
 template <typename T>
 void align_plane_forward(const RoiShape& s, const RoiTaps<T>& t, const T* x, T* y) {
-  const int64_t gh = t.r.grid_h, gw = t.r.grid_w, W = s.W;
   for (int64_t ph = 0; ph < s.PH; ++ph)
     for (int64_t pw = 0; pw < s.PW; ++pw) {
       T sum = T(0);
-      for (int64_t iy = 0; iy < gh; ++iy) {
-        const Tap<T>& ty = t.ys[ph * gh + iy];
-        if (ty.low < 0) continue;
-        const T* row_low = x + ty.low * W;
-        const T* row_high = x + ty.high * W;
-        for (int64_t ix = 0; ix < gw; ++ix) {
-          const Tap<T>& tx = t.xs[pw * gw + ix];
-          if (tx.low < 0) continue;
-          sum += ty.w_low * (tx.w_low * row_low[tx.low] + tx.w_high * row_low[tx.high]) +
-                 ty.w_high * (tx.w_low * row_high[tx.low] + tx.w_high * row_high[tx.high]);
-        }
-      }
+      for_each_sample(t, ph, pw, [&](const Tap<T>& ty, const Tap<T>& tx) {
+        const T* row_low = x + ty.low * s.W;
+        const T* row_high = x + ty.high * s.W;
+        sum += ty.w_low * (tx.w_low * row_low[tx.low] + tx.w_high * row_low[tx.high]) +
+               ty.w_high * (tx.w_low * row_high[tx.low] + tx.w_high * row_high[tx.high]);
+      });
       y[ph * s.PW + pw] = sum * t.r.inv_count;
     }
 }
@@ -106,26 +114,19 @@ void align_plane_forward(const RoiShape& s, const RoiTaps<T>& t, const T* x, T* 
 // The transpose of align_plane_forward: adds one RoI's output gradient into an input plane.
 template <typename T>
 void align_plane_backward(const RoiShape& s, const RoiTaps<T>& t, const T* gy, T* gx) {
-  const int64_t gh = t.r.grid_h, gw = t.r.grid_w, W = s.W;
   for (int64_t ph = 0; ph < s.PH; ++ph)
     for (int64_t pw = 0; pw < s.PW; ++pw) {
       const T g = gy[ph * s.PW + pw] * t.r.inv_count;
       if (g == T(0)) continue;
-      for (int64_t iy = 0; iy < gh; ++iy) {
-        const Tap<T>& ty = t.ys[ph * gh + iy];
-        if (ty.low < 0) continue;
-        T* row_low = gx + ty.low * W;
-        T* row_high = gx + ty.high * W;
+      for_each_sample(t, ph, pw, [&](const Tap<T>& ty, const Tap<T>& tx) {
+        T* row_low = gx + ty.low * s.W;
+        T* row_high = gx + ty.high * s.W;
         const T g_low = g * ty.w_low, g_high = g * ty.w_high;
-        for (int64_t ix = 0; ix < gw; ++ix) {
-          const Tap<T>& tx = t.xs[pw * gw + ix];
-          if (tx.low < 0) continue;
-          row_low[tx.low] += g_low * tx.w_low;
-          row_low[tx.high] += g_low * tx.w_high;
-          row_high[tx.low] += g_high * tx.w_low;
-          row_high[tx.high] += g_high * tx.w_high;
-        }
-      }
+        row_low[tx.low] += g_low * tx.w_low;
+        row_low[tx.high] += g_low * tx.w_high;
+        row_high[tx.low] += g_high * tx.w_low;
+        row_high[tx.high] += g_high * tx.w_high;
+      });
     }
 }
 
@@ -161,36 +162,27 @@ void to_channels_last(const RoiShape& s, int64_t cp, const T* x, T* xt) {
 }
 
 // One bin of one RoI over NV channel vectors starting at img (a channels-last image plus the
-// block's channel offset); row stride W * cp. Writes the bin's average to out.
+// block's channel offset); row stride `row`, pixel stride cp. Writes the bin's average to out.
 template <typename T, int NV>
 PYCNN_INLINE void bin_forward_vec(const RoiTaps<T>& t, int64_t ph, int64_t pw, const T* img, int64_t row,
                                   int64_t cp, T* out) {
   constexpr int L = kLanesOf<T>;
   vec<T> acc[NV];
   for (int j = 0; j < NV; ++j) acc[j] = zero<T>();
-  const int64_t gh = t.r.grid_h, gw = t.r.grid_w;
-  for (int64_t iy = 0; iy < gh; ++iy) {
-    const Tap<T>& ty = t.ys[ph * gh + iy];
-    if (ty.low < 0) continue;
-    const T* row_low = img + ty.low * row;
-    const T* row_high = img + ty.high * row;
-    for (int64_t ix = 0; ix < gw; ++ix) {
-      const Tap<T>& tx = t.xs[pw * gw + ix];
-      if (tx.low < 0) continue;
-      const vec<T> w_ll = broadcast<T>(ty.w_low * tx.w_low), w_lh = broadcast<T>(ty.w_low * tx.w_high);
-      const vec<T> w_hl = broadcast<T>(ty.w_high * tx.w_low), w_hh = broadcast<T>(ty.w_high * tx.w_high);
-      const T* a = row_low + tx.low * cp;
-      const T* b = row_low + tx.high * cp;
-      const T* c = row_high + tx.low * cp;
-      const T* d = row_high + tx.high * cp;
-      for (int j = 0; j < NV; ++j) {
-        acc[j] = fma(w_ll, load<T>(a + j * L), acc[j]);
-        acc[j] = fma(w_lh, load<T>(b + j * L), acc[j]);
-        acc[j] = fma(w_hl, load<T>(c + j * L), acc[j]);
-        acc[j] = fma(w_hh, load<T>(d + j * L), acc[j]);
-      }
+  for_each_sample(t, ph, pw, [&](const Tap<T>& ty, const Tap<T>& tx) {
+    const vec<T> w_ll = broadcast<T>(ty.w_low * tx.w_low), w_lh = broadcast<T>(ty.w_low * tx.w_high);
+    const vec<T> w_hl = broadcast<T>(ty.w_high * tx.w_low), w_hh = broadcast<T>(ty.w_high * tx.w_high);
+    const T* a = img + ty.low * row + tx.low * cp;
+    const T* b = img + ty.low * row + tx.high * cp;
+    const T* c = img + ty.high * row + tx.low * cp;
+    const T* d = img + ty.high * row + tx.high * cp;
+    for (int j = 0; j < NV; ++j) {
+      acc[j] = fma(w_ll, load<T>(a + j * L), acc[j]);
+      acc[j] = fma(w_lh, load<T>(b + j * L), acc[j]);
+      acc[j] = fma(w_hl, load<T>(c + j * L), acc[j]);
+      acc[j] = fma(w_hh, load<T>(d + j * L), acc[j]);
     }
-  }
+  });
   const vec<T> scale = broadcast<T>(t.r.inv_count);
   for (int j = 0; j < NV; ++j) store(out + j * L, acc[j] * scale);
 }
@@ -200,28 +192,19 @@ template <typename T, int NV>
 PYCNN_INLINE void bin_backward_vec(const RoiTaps<T>& t, int64_t ph, int64_t pw, const vec<T>* g, T* img,
                                    int64_t row, int64_t cp) {
   constexpr int L = kLanesOf<T>;
-  const int64_t gh = t.r.grid_h, gw = t.r.grid_w;
-  for (int64_t iy = 0; iy < gh; ++iy) {
-    const Tap<T>& ty = t.ys[ph * gh + iy];
-    if (ty.low < 0) continue;
-    T* row_low = img + ty.low * row;
-    T* row_high = img + ty.high * row;
-    for (int64_t ix = 0; ix < gw; ++ix) {
-      const Tap<T>& tx = t.xs[pw * gw + ix];
-      if (tx.low < 0) continue;
-      const vec<T> w_ll = broadcast<T>(ty.w_low * tx.w_low), w_lh = broadcast<T>(ty.w_low * tx.w_high);
-      const vec<T> w_hl = broadcast<T>(ty.w_high * tx.w_low), w_hh = broadcast<T>(ty.w_high * tx.w_high);
-      // In the scalar path's order; low == high at the far edge adds twice to one pixel.
-      T* a = row_low + tx.low * cp;
-      T* b = row_low + tx.high * cp;
-      T* c = row_high + tx.low * cp;
-      T* d = row_high + tx.high * cp;
-      for (int j = 0; j < NV; ++j) store(a + j * L, fma(w_ll, g[j], load<T>(a + j * L)));
-      for (int j = 0; j < NV; ++j) store(b + j * L, fma(w_lh, g[j], load<T>(b + j * L)));
-      for (int j = 0; j < NV; ++j) store(c + j * L, fma(w_hl, g[j], load<T>(c + j * L)));
-      for (int j = 0; j < NV; ++j) store(d + j * L, fma(w_hh, g[j], load<T>(d + j * L)));
-    }
-  }
+  for_each_sample(t, ph, pw, [&](const Tap<T>& ty, const Tap<T>& tx) {
+    const vec<T> w_ll = broadcast<T>(ty.w_low * tx.w_low), w_lh = broadcast<T>(ty.w_low * tx.w_high);
+    const vec<T> w_hl = broadcast<T>(ty.w_high * tx.w_low), w_hh = broadcast<T>(ty.w_high * tx.w_high);
+    // In the scalar kernel's order; low == high at the far edge adds twice to one pixel.
+    T* a = img + ty.low * row + tx.low * cp;
+    T* b = img + ty.low * row + tx.high * cp;
+    T* c = img + ty.high * row + tx.low * cp;
+    T* d = img + ty.high * row + tx.high * cp;
+    for (int j = 0; j < NV; ++j) store(a + j * L, fma(w_ll, g[j], load<T>(a + j * L)));
+    for (int j = 0; j < NV; ++j) store(b + j * L, fma(w_lh, g[j], load<T>(b + j * L)));
+    for (int j = 0; j < NV; ++j) store(c + j * L, fma(w_hl, g[j], load<T>(c + j * L)));
+    for (int j = 0; j < NV; ++j) store(d + j * L, fma(w_hh, g[j], load<T>(d + j * L)));
+  });
 }
 
 template <int NV>
