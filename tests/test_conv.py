@@ -280,6 +280,8 @@ KERNEL_CASES = [
     ((2, 3, 11, 128), (4, 2, 2), 2, 0, 1, True, "direct"),           # stride 2, rows of 64: direct
     ((2, 3, 12, 135), (5, 5, 4), 2, 1, (2, 3), True, "direct"),      # stride 2 with dilation: phases
     ((2, 3, 12, 128), (5, 3, 3), (3, 1), 1, 1, True, "direct"),      # vertical stride 3
+    ((2, 5, 10, 32), (7, 3, 3), 2, 1, 1, True, "direct"),            # stride 2, OW 16 (ResNet's s2 3x3)
+    ((3, 4, 9, 31), (6, 3, 3), 2, 1, 1, False, "direct"),            # odd W: the last tap reads the zero margin
     ((2, 4, 10, 66), (6, 3, 3), (1, 2), 3, 1, True, "im2col_gemm"),  # stride (1, 2), padding > reach
     ((2, 6, 9, 11), (4, 2, 2), 2, 0, 1, True, "im2col_gemm"),        # kernel == stride (conv_transpose)
     ((2, 5, 13, 35), (5, 3, 3), 3, 1, 2, True, "im2col_gemm"),       # stride 3: the scalar packer

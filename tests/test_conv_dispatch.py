@@ -130,6 +130,7 @@ FORWARD_CASES = [
     Case("gemm_1x1_stride2", (1, 3, 6, 7), (2, 1, 1), stride=2, allowed=G_),
     # ResNet's stage-transition conv: stride 2, OW 16 (direct where that is two vectors: AVX2, NEON)
     Case("stride2_ow16", (2, 16, 32, 32), (32, 3, 3), stride=2, padding=1, allowed=D_),
+    Case("stride2_ow8", (2, 16, 16, 16), (32, 3, 3), stride=2, padding=1, allowed=D_),   # direct where OW is whole vectors
     # pointwise GEMM: x itself is the column matrix
     Case("pointwise", (2, 5, 6, 7), (3, 1, 1), allowed=P_),
     Case("pointwise_groups2", (2, 4, 5, 5), (4, 1, 1), groups=2, bias=False, allowed=P_),

@@ -139,7 +139,7 @@ BLOCK_SIZES = [
     (13, 17, 513),     # two k blocks (float), three (double)
     (29, 23, 1100),    # three k blocks (float), five (double): accumulation onto C across blocks
     (200, 37, 33),     # M > 192: more than one row block for every kernel
-    (389, 19, 17),     # several row blocks, the last one ragged
+    (389, 19, 17),     # several row blocks (of 12 or 13 micro-panels on AVX2), the last panel ragged
     (3, 4100, 9),      # N > 4096: two column blocks (float), three (double)
     (7, 8300, 5),      # three column blocks (float), five (double)
 ]

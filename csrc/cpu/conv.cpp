@@ -7,8 +7,9 @@
 // Float (every target, written once over simd/vec.h; double keeps the plain GEMM path above as
 // the reference): forward_kernel picks Winograd (winograd.cpp) where it takes the shape, else the
 // direct kernel for one group and stride 1 (every ResNet 3x3 stride-1 layer, and through it the
-// stride-1 input gradient) or horizontal stride 2 on long rows (conv_transpose2d 2x2 s2's input
-// gradient) (conv2d_forward_direct_f32: no GEMM panels at all), else the GEMM with
+// stride-1 input gradient) or horizontal stride 2 with rows of whole vectors (ResNet's stride-2
+// 3x3 layers, conv_transpose2d 2x2 s2's input gradient) (conv2d_forward_direct_f32: no GEMM
+// panels at all), else the GEMM with
 // vectorised implicit im2col (pack_im2col_vec). The float weight gradient with one group is a
 // batch of dot products (weight_grad_dot) instead of a GEMM over transposed columns.
 // col is im2col(x) for one sample: all groups stacked, C*kh*kw rows of P columns. The forward
@@ -422,11 +423,29 @@ void direct_tile(int64_t C, int64_t cstride, int64_t taps, const int64_t* tap_of
   }
 }
 
-// d[u] = src[u*sw + off] for u in [lo, hi), 0 for the rest of [0, SW) (sw 1 or 2): a masked
-// load (stride 2: two and a compaction) and store per L columns (memcpy and two fills cost ~3
-// calls per 8-float row of an 8x8 map).
-void stage_row(const float* src, int64_t off, int64_t lo, int64_t hi, int64_t SW, int64_t sw, float* d) {
-  for (int64_t u = 0; u < SW; u += L) store_first(d + u, load_row_strided(src, u * sw + off, lo - u, hi - u, sw), SW - u);
+// The input row h of channel plane xc into prow[pw, pw + W) of a zero-margined row buffer (all
+// zeros when h is outside the map). Full vectors, the tail loaded masked: what lands past W is
+// zeros, so the right margin stays zero.
+PYCNN_ALWAYS_INLINE void pad_row(const float* xc, int64_t h, int64_t H, int64_t W, int64_t pw, float* prow) {
+  const bool live = h >= 0 && h < H;
+  const float* src = xc + (live ? h : 0) * W;
+  for (int64_t i = 0; i < W; i += L) store(prow + pw + i, live ? load_first(src + i, W - i) : zero<float>());
+}
+
+// d[u] = prow[u*sw + off] for u in [0, SW) (sw 1 or 2) from a padded row: plain loads (stride 2:
+// two and a compaction) and whole-vector stores. The last store runs up to L - 1 floats past SW:
+// callers stage rows in increasing address order, so that spill lands in a row written later (or
+// in the buffer's slack). Masked loads and stores per row edge (vmaskmovps) were ~40 % of the
+// stride-2 forward of ResNet's 16 -> 32 layer on AVX2.
+PYCNN_ALWAYS_INLINE void stage_padded_row(const float* prow, int64_t off, int64_t SW, int64_t sw, float* d) {
+  if (sw == 1) {
+    for (int64_t u = 0; u < SW; u += L) store(d + u, load(prow + off + u));
+  } else {
+    for (int64_t u = 0; u < SW; u += L) {
+      const float* q = prow + off + 2 * u;
+      store(d + u, even_lanes(load(q), load(q + L)));
+    }
+  }
 }
 
 // Where the direct forward applies: one group, not pointwise, and stride 1, or any vertical
@@ -474,10 +493,16 @@ void conv2d_forward_direct(const Conv2dShape& s, const float* x, const float* w,
   const int64_t R = rows_for(band);
   const int64_t cstride = cstride_for(band);
   const int64_t plane = s.H * s.W;
+  const int64_t SWv = (SW + L - 1) / L * L;  // staged columns written, whole vectors
+  const int64_t reach = shifted ? SWv + (s.kw - 1) * s.dw : s.sw * SWv + s.sw - 1 + L;
+  const int64_t PW = (std::max(s.pw + (s.W + L - 1) / L * L, reach) + L - 1) / L * L;
   parallel_for(s.N * bands, 1, [&](int64_t t0, int64_t t1) {
     thread_local std::vector<float> stage;
     // + NV*L: the shifted layout's last vector may read past the band's pixels (never stored).
     if (stage.size() < size_t(s.C * cstride + NV * L)) stage.resize(size_t(s.C * cstride + NV * L));
+    // One channel's R input rows, zero-padded: pw zeros, the row (rounded up to whole vectors),
+    // then zeros as far as the staging loads reach (stride 2 reads 2L floats per vector).
+    std::vector<float> padded(size_t(R * PW), 0.0f);
     // Vector v of a tile at tap (i, j) reads stage + tap_off[i*kw + j] + pix_off[v].
     std::vector<int64_t> tap_off(static_cast<size_t>(taps));
     for (int64_t i = 0; i < s.kh; ++i)
@@ -489,18 +514,14 @@ void conv2d_forward_direct(const Conv2dShape& s, const float* x, const float* w,
       const int64_t oh1 = std::min(s.OH, oh0 + band);
       const float* xs = x + n * s.C * plane;
       const int64_t rq = rows_for(oh1 - oh0);
-      for (int64_t c = 0; c < s.C; ++c)
-        for (int64_t jc = 0; jc < copies; ++jc) {
-          // Staged column u reads input column u*sw + off; live where that lies in [0, W).
-          const int64_t off = shifted ? jc * s.dw - s.pw : jc - s.pw;
-          const ColumnRange live_u = valid_columns(off, s.W, s.sw, SW);
-          for (int64_t q = 0; q < rq; ++q) {
-            const int64_t h = oh0 * s.sh - s.ph + q;
-            const bool live = h >= 0 && h < s.H;
-            stage_row(live ? xs + c * plane + h * s.W : xs, off, live ? live_u.lo : 0, live ? live_u.hi : 0, SW, s.sw,
-                      stage.data() + c * cstride + (jc * R + q) * SW);
-          }
-        }
+      for (int64_t c = 0; c < s.C; ++c) {
+        for (int64_t q = 0; q < rq; ++q) pad_row(xs + c * plane, oh0 * s.sh - s.ph + q, s.H, s.W, s.pw, padded.data() + q * PW);
+        // Copy jc of row q: staged column u reads padded column u*sw + jc*dw (shifted) or + jc (rows).
+        for (int64_t jc = 0; jc < copies; ++jc)
+          for (int64_t q = 0; q < rq; ++q)
+            stage_padded_row(padded.data() + q * PW, shifted ? jc * s.dw : jc, SW, s.sw,
+                             stage.data() + c * cstride + (jc * R + q) * SW);
+      }
       const int64_t npix = (oh1 - oh0) * s.OW;
       for (int64_t p0 = 0; p0 < npix; p0 += L * NV) {
         for (int64_t v = 0; v < NV; ++v) {
@@ -531,13 +552,12 @@ void conv2d_forward_direct_f32(const Conv2dShape& s, const float* x, const float
 // GFLOP/s direct vs GEMM, noise +-30% on this shared VM): stride 1 always, e.g. 3 -> 16 32x32
 // 22-26 vs 12-18, 16 -> 16 32x32 25-42 vs 20-23, 32 -> 32 16x16 53-58 vs 35-37, 64 -> 64 8x8
 // 54-59 vs 46-47, 6 -> 16 5x5 10x10 18-25 vs 8-13 (1 -> 6 5x5 28x28 even). Horizontal stride 2
-// for rows of at least one tile (kDirectNV vectors): 32 -> 64 2x2 s2 64x64 (conv_transpose2d's
-// input gradient, OW 32) 32-37 vs 26-31; ResNet's 16 -> 32 3x3 s2 32x32 N32 (OW 16) 2.0 vs 4.8 ms
-// (2026-11-30; an earlier kernel measured 23-29 vs 21-26 GFLOP/s); not 32 -> 64 3x3 s2 (OW 8)
-// 26 vs 37-41, nor 1x1 s2 4-9 vs 6-24 (one tap: the staging is as much work as the FMAs).
-bool direct_forward_pays(const Conv2dShape& s) {
-  return (s.sh == 1 && s.sw == 1) || (s.OW >= kDirectNV * L && s.kh * s.kw > 1);
-}
+// with more than one tap, since the staging reads zero-padded row copies (2026-12-01; 1 thread,
+// N32, ms direct vs GEMM): ResNet's 32 -> 64 3x3 s2 16x16 (OW 8) 1.29 vs 1.63, 8 -> 16 3x3 s2
+// 16x16 0.105 vs 0.161, 64 -> 128 3x3 s2 16x16 equal; 16 -> 32 3x3 s2 32x32 (OW 16) 1.59 vs 2.08
+// for the masked staging it replaced. Not 1x1 s2 (0.56 vs 0.47: one tap, the staging is as much
+// work as the FMAs).
+bool direct_forward_pays(const Conv2dShape& s) { return (s.sh == 1 && s.sw == 1) || s.kh * s.kw > 1; }
 
 // The kernel conv2d_forward runs: the one place that picks it (conv2d_forward_algorithm reports
 // it). Winograd where winograd.cpp takes the shape, else the direct kernel where it applies and

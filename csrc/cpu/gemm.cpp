@@ -194,9 +194,14 @@ void gemm_packed(const KernelChoice<T>& kern, bool trans_a, int64_t M, int64_t N
                  const T* a_prepacked = nullptr) {
   const int MR = kern.mr, NR = kern.nr;
   const int threads = get_num_threads();
-  // Even row blocks (a ragged last block would idle a thread): mblocks blocks of mc rows.
+  // Even row blocks (a ragged last block would idle a thread): the mpanels MR-row micro-panels
+  // dealt out to mblocks blocks, so blocks differ by at most one micro-panel. (Blocks of a
+  // uniform mc rounded up to MR rows left the last one short: M = 1024, MR = 6: seven blocks
+  // of 132 rows and one of 100, so at 2 threads one computed 528 rows and the other 496.)
   const int64_t mblocks = ceil_div(M, kern.mc);
-  const int64_t mc = ceil_div(ceil_div(M, mblocks), MR) * MR;
+  const int64_t mpanels = ceil_div(M, MR);
+  const int64_t mc = ceil_div(mpanels, mblocks) * MR;  // the largest block's rows
+  auto block_row = [&](int64_t ib) { return ib * mpanels / mblocks * MR; };
   // Even k blocks too (K = 576 with kc 512 -> 2 x 288, not 512 + 64): each extra k block is
   // one more read-modify-write pass over C.
   const int64_t kc_max = ceil_div(K, ceil_div(K, kern.kc));
@@ -225,9 +230,9 @@ void gemm_packed(const KernelChoice<T>& kern, bool trans_a, int64_t M, int64_t N
         int64_t packed_block = -1;
         for (int64_t t = t0; t < t1; ++t) {
           const int64_t ib = t / ngroups, g = t % ngroups;
-          const int64_t ic = ib * mc;
+          const int64_t ic = block_row(ib);
           if (ic >= M) continue;
-          const int64_t mc_here = std::min(mc, M - ic);
+          const int64_t mc_here = std::min(block_row(ib + 1), M) - ic;
           if (a_prepacked) {
             // Layout of gemm_pack_a: k block pc at pc * Mpad, row panel i at i * kc within it.
             apack = const_cast<T*>(a_prepacked) + pc * (ceil_div(M, MR) * MR) + ic * kc;
