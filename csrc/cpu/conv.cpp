@@ -247,21 +247,61 @@ void pack_im2col_vec(const Conv2dShape& s, const float* x, int64_t j0, int64_t j
   }
 }
 
-// im2col of channels [0, C) of one sample (horizontal stride 1 or 2), L pixels per piece.
+// ---- Zero-padded row copies: the staging of the direct forward and of im2col_vec --------------
+// Width of a row buffer holding pw zeros, the W input columns (rounded up to whole vectors) and
+// zeros as far as `reach` (the first column no load touches).
+int64_t padded_width(int64_t pw, int64_t W, int64_t reach) {
+  return (std::max(pw + (W + L - 1) / L * L, reach) + L - 1) / L * L;
+}
+
+// The input row h of channel plane xc into prow[pw, pw + W) of a zero-margined row buffer (all
+// zeros when h is outside the map). Full vectors, the tail loaded masked: what lands past W is
+// zeros, so the right margin stays zero.
+PYCNN_ALWAYS_INLINE void pad_row(const float* xc, int64_t h, int64_t H, int64_t W, int64_t pw, float* prow) {
+  const bool live = h >= 0 && h < H;
+  const float* src = xc + (live ? h : 0) * W;
+  for (int64_t i = 0; i < W; i += L) store(prow + pw + i, live ? load_first(src + i, W - i) : zero<float>());
+}
+
+// d[u] = prow[u*sw + off] for u in [0, SW) (sw 1 or 2) from a padded row: plain loads (stride 2:
+// two and a compaction) and whole-vector stores. The last store runs up to L - 1 floats past SW:
+// callers stage rows in increasing address order, so that spill lands in a row written later (or
+// in the buffer's slack). Masked loads and stores per row edge (vmaskmovps) were ~40 % of the
+// stride-2 forward of ResNet's 16 -> 32 layer on AVX2.
+PYCNN_ALWAYS_INLINE void stage_padded_row(const float* prow, int64_t off, int64_t SW, int64_t sw, float* d) {
+  if (sw == 1) {
+    for (int64_t u = 0; u < SW; u += L) store(d + u, load(prow + off + u));
+  } else {
+    for (int64_t u = 0; u < SW; u += L) {
+      const float* q = prow + off + 2 * u;
+      store(d + u, even_lanes(load(q), load(q + L)));
+    }
+  }
+}
+
+// im2col of channels [0, C) of one sample (horizontal stride 1 or 2) through a zero-padded copy
+// of each channel plane: the rows of every tap are then plain loads (stride 2: two and a
+// compaction) and whole-vector stores, with no masks at the padding (masked loads and stores per
+// piece made the columns more than half of the stride-2 3x3 weight gradient on AVX2). Writes up
+// to L - 1 floats past col + C * kh * kw * OH * OW (the rows go in increasing address order, so
+// every other spill lands in a row written after it).
 void im2col_vec(const Conv2dShape& s, const float* x, int64_t C, float* col) {
-  const int64_t P = s.OH * s.OW;
-  for (int64_t c = 0; c < C; ++c)
+  const int64_t P = s.OH * s.OW, OWv = (s.OW + L - 1) / L * L;
+  // Plane rows r = oh*sh + i*dh hold input row r - ph (zeros outside the map).
+  const int64_t nrows = (s.OH - 1) * s.sh + (s.kh - 1) * s.dh + 1;
+  const int64_t PW = padded_width(s.pw, s.W, (s.kw - 1) * s.dw + s.sw * OWv + L);
+  thread_local std::vector<float> plane;
+  if (plane.size() < size_t(nrows * PW)) plane.resize(size_t(nrows * PW));
+  std::fill(plane.begin(), plane.begin() + nrows * PW, 0.0f);  // the margins (another shape's data)
+  for (int64_t c = 0; c < C; ++c) {
+    for (int64_t r = 0; r < nrows; ++r) pad_row(x + c * s.H * s.W, r - s.ph, s.H, s.W, s.pw, plane.data() + r * PW);
     for (int64_t i = 0; i < s.kh; ++i)
       for (int64_t j = 0; j < s.kw; ++j) {
         float* row = col + ((c * s.kh + i) * s.kw + j) * P;
-        const int64_t off = j * s.dw - s.pw;
-        const ColumnRange valid = valid_columns(off, s.W, s.sw, s.OW);
-        for (int64_t oh = 0; oh < s.OH; ++oh) {
-          const float* src = input_row(s, x, c, i, oh);
-          for (int64_t ow = 0; ow < s.OW; ow += L)
-            im2col_piece(src, s.sw, off, valid, ow, std::min<int64_t>(L, s.OW - ow), row + oh * s.OW + ow);
-        }
+        for (int64_t oh = 0; oh < s.OH; ++oh)
+          stage_padded_row(plane.data() + (oh * s.sh + i * s.dh) * PW, j * s.dw, s.OW, s.sw, row + oh * s.OW);
       }
+  }
 }
 
 // ---- Weight gradient as dot products ----------------------------------------------------------
@@ -423,31 +463,6 @@ void direct_tile(int64_t C, int64_t cstride, int64_t taps, const int64_t* tap_of
   }
 }
 
-// The input row h of channel plane xc into prow[pw, pw + W) of a zero-margined row buffer (all
-// zeros when h is outside the map). Full vectors, the tail loaded masked: what lands past W is
-// zeros, so the right margin stays zero.
-PYCNN_ALWAYS_INLINE void pad_row(const float* xc, int64_t h, int64_t H, int64_t W, int64_t pw, float* prow) {
-  const bool live = h >= 0 && h < H;
-  const float* src = xc + (live ? h : 0) * W;
-  for (int64_t i = 0; i < W; i += L) store(prow + pw + i, live ? load_first(src + i, W - i) : zero<float>());
-}
-
-// d[u] = prow[u*sw + off] for u in [0, SW) (sw 1 or 2) from a padded row: plain loads (stride 2:
-// two and a compaction) and whole-vector stores. The last store runs up to L - 1 floats past SW:
-// callers stage rows in increasing address order, so that spill lands in a row written later (or
-// in the buffer's slack). Masked loads and stores per row edge (vmaskmovps) were ~40 % of the
-// stride-2 forward of ResNet's 16 -> 32 layer on AVX2.
-PYCNN_ALWAYS_INLINE void stage_padded_row(const float* prow, int64_t off, int64_t SW, int64_t sw, float* d) {
-  if (sw == 1) {
-    for (int64_t u = 0; u < SW; u += L) store(d + u, load(prow + off + u));
-  } else {
-    for (int64_t u = 0; u < SW; u += L) {
-      const float* q = prow + off + 2 * u;
-      store(d + u, even_lanes(load(q), load(q + L)));
-    }
-  }
-}
-
 // Where the direct forward applies: one group, not pointwise, and stride 1, or any vertical
 // stride with horizontal stride 1 or 2 where output rows are whole vectors (the rows layout of
 // conv2d_forward_direct). Where it pays: see forward_kernel.
@@ -495,7 +510,7 @@ void conv2d_forward_direct(const Conv2dShape& s, const float* x, const float* w,
   const int64_t plane = s.H * s.W;
   const int64_t SWv = (SW + L - 1) / L * L;  // staged columns written, whole vectors
   const int64_t reach = shifted ? SWv + (s.kw - 1) * s.dw : s.sw * SWv + s.sw - 1 + L;
-  const int64_t PW = (std::max(s.pw + (s.W + L - 1) / L * L, reach) + L - 1) / L * L;
+  const int64_t PW = padded_width(s.pw, s.W, reach);
   parallel_for(s.N * bands, 1, [&](int64_t t0, int64_t t1) {
     thread_local std::vector<float> stage;
     // + NV*L: the shifted layout's last vector may read past the band's pixels (never stored).
@@ -762,7 +777,8 @@ void conv2d_backward_weight(const Conv2dShape& s, const T* x, const T* gy, T* gw
         // Kept per thread across calls: a fresh 300-600 KB vector per call was a zero fill plus
         // ~100 page faults of a new mmap each time.
         thread_local std::vector<float> stage;
-        const size_t need = s.is_pointwise() ? 0 : size_t(std::min(dot_group(P), s.N) * (c1 - c0) * taps * P);
+        // + L: im2col_vec's last row may write up to L - 1 floats past the columns
+        const size_t need = s.is_pointwise() ? 0 : size_t(std::min(dot_group(P), s.N) * (c1 - c0) * taps * P + L);
         if (stage.size() < need) stage.resize(need);
         weight_grad_dot(s, x, gy, gw, c0, c1, stage.data());
       });
