@@ -276,14 +276,18 @@ KERNEL_CASES = [
     ((2, 3, 12, 29), (4, 5, 5), 1, 0, 1, True, "direct"),            # 5x5, odd width, no padding
     ((2, 20, 10, 16), (24, 3, 3), 1, 1, (2, 1), True, "direct"),     # 24 outputs, width a lane multiple
     ((3, 6, 14, 14), (16, 5, 5), 1, 0, 1, True, "direct"),           # LeNet conv2
-    ((2, 3, 9, 75), (5, 3, 3), 2, 1, 1, True, "im2col_gemm"),        # stride 2, rows of 38 > 2 vectors
+    ((2, 3, 9, 75), (5, 3, 3), 2, 1, 1, True, "direct"),             # stride 2, OW 38: shifted copies, 2 row phases
+    ((2, 33, 9, 75), (5, 3, 3), 2, 1, 1, True, "im2col_gemm"),       # the same with > 32 channels: GEMM
     ((2, 3, 11, 128), (4, 2, 2), 2, 0, 1, True, "direct"),           # stride 2, rows of 64: direct
     ((2, 3, 12, 135), (5, 5, 4), 2, 1, (2, 3), True, "direct"),      # stride 2 with dilation: phases
     ((2, 3, 12, 128), (5, 3, 3), (3, 1), 1, 1, True, "direct"),      # vertical stride 3
     ((2, 5, 10, 32), (7, 3, 3), 2, 1, 1, True, "direct"),            # stride 2, OW 16 (ResNet's s2 3x3)
     ((3, 4, 9, 31), (6, 3, 3), 2, 1, 1, False, "direct"),            # odd W: the last tap reads the zero margin
-    ((2, 4, 10, 66), (6, 3, 3), (1, 2), 3, 1, True, "im2col_gemm"),  # stride (1, 2), padding > reach
-    ((2, 6, 9, 11), (4, 2, 2), 2, 0, 1, True, "im2col_gemm"),        # kernel == stride (conv_transpose)
+    ((2, 4, 10, 66), (6, 3, 3), (1, 2), 3, 1, True, "direct"),       # stride (1, 2), padding > reach
+    ((2, 5, 14, 13), (6, 3, 3), (3, 1), 1, 2, True, "direct"),       # vertical stride 3, dilation 2, OW 13
+    ((2, 36, 10, 66), (6, 3, 3), (1, 2), 3, 1, True, "im2col_gemm"), # stride (1, 2), > 32 channels
+    ((2, 6, 9, 11), (4, 2, 2), 2, 0, 1, True, "direct"),             # kernel == stride (conv_transpose)
+    ((2, 34, 9, 11), (4, 2, 2), 2, 0, 1, True, "im2col_gemm"),       # the same with > 32 channels
     ((2, 5, 13, 35), (5, 3, 3), 3, 1, 2, True, "im2col_gemm"),       # stride 3: the scalar packer
     ((2, 8, 15, 15), (12, 1, 1), 2, 0, 1, True, "im2col_gemm"),      # 1x1 stride-2 shortcut
     ((2, 8, 7, 9), (12, 1, 1), 1, 0, 1, True, "pointwise_gemm"),

@@ -122,11 +122,15 @@ FORWARD_CASES = [
     Case("direct_2x2", (2, 16, 4, 5), (40, 2, 2), allowed=D_),                          # K past one 8-row tile
     Case("direct_1x1_padded", (1, 3, 4, 4), (5, 1, 1), padding=1, allowed=D_),          # 1x1 with padding
     # GEMM over implicit im2col: strided, grouped
-    Case("gemm_stride2", (2, 5, 9, 11), (7, 3, 3), stride=2, padding=1, allowed=G_),
-    Case("gemm_stride_1x2", (1, 4, 6, 19), (35, 3, 3), stride=(1, 2), padding=1, bias=False, allowed=G_),
+    Case("direct_stride2_ow6", (2, 5, 9, 11), (7, 3, 3), stride=2, padding=1, allowed=D_),   # shifted layout, 2 row phases
+    Case("gemm_stride2", (2, 40, 9, 11), (7, 3, 3), stride=2, padding=1, allowed=G_),       # > 32 channels, OW 6
+    Case("direct_stride_1x2", (1, 4, 6, 19), (35, 3, 3), stride=(1, 2), padding=1, bias=False, allowed=D_),
+    Case("direct_stride_3x1", (2, 6, 13, 11), (5, 3, 3), stride=(3, 1), padding=1, allowed=D_),  # 3 row phases
+    Case("gemm_stride_1x2", (1, 36, 6, 19), (35, 3, 3), stride=(1, 2), padding=1, bias=False, allowed=G_),
     Case("gemm_groups2", (2, 8, 7, 7), (6, 3, 3), padding=1, groups=2, allowed=G_),
     Case("gemm_groups2_3x3_wino_like", (1, 16, 8, 8), (16, 3, 3), padding=1, groups=2, allowed=G_),
-    Case("gemm_kernel_eq_stride", (2, 3, 8, 10), (40, 2, 2), stride=2, allowed=G_),
+    Case("direct_kernel_eq_stride", (2, 3, 8, 10), (40, 2, 2), stride=2, allowed=D_),
+    Case("gemm_kernel_eq_stride", (2, 34, 8, 10), (40, 2, 2), stride=2, allowed=G_),
     Case("gemm_1x1_stride2", (1, 3, 6, 7), (2, 1, 1), stride=2, allowed=G_),
     # ResNet's stage-transition conv: stride 2, OW 16 (direct where that is two vectors: AVX2, NEON)
     Case("stride2_ow16", (2, 16, 32, 32), (32, 3, 3), stride=2, padding=1, allowed=D_),
@@ -298,9 +302,10 @@ THREAD_CASES = [
     Case("wino_4ch", (3, 4, 7, 7), (5, 3, 3), padding=1, bias=False, allowed=W_),   # dot-product weight grad
     Case("wino_off", (3, 12, 8, 8), (8, 3, 3), padding=1, allowed=D_, winograd_off=True),
     Case("direct", (3, 3, 10, 12), (7, 5, 5), padding=2, allowed=D_),
-    Case("gemm_2ch", (4, 2, 9, 9), (6, 3, 3), stride=2, padding=1, allowed=G_),        # C = threads
-    Case("gemm_5ch", (5, 5, 11, 9), (7, 3, 3), stride=2, padding=1, allowed=G_),
-    Case("gemm_kernel_eq_stride", (3, 6, 8, 6), (9, 2, 2), stride=2, allowed=G_),
+    Case("s2_2ch", (4, 2, 9, 9), (6, 3, 3), stride=2, padding=1, allowed=D_),          # C = threads
+    Case("s2_5ch", (5, 5, 11, 9), (7, 3, 3), stride=2, padding=1, allowed=D_),
+    Case("gemm_s2_40ch", (2, 40, 9, 9), (7, 3, 3), stride=2, padding=1, allowed=G_),   # > 32 channels, OW 5
+    Case("kernel_eq_stride", (3, 6, 8, 6), (9, 2, 2), stride=2, allowed=D_),
     Case("gemm_groups2", (3, 8, 7, 7), (6, 3, 3), padding=1, groups=2, allowed=G_),
     Case("pointwise", (4, 6, 5, 7), (9, 1, 1), allowed=P_),
 ]

@@ -7,9 +7,9 @@
 // Float (every target, written once over simd/vec.h; double keeps the plain GEMM path above as
 // the reference): forward_kernel picks Winograd (winograd.cpp) where it takes the shape, else the
 // direct kernel for one group and stride 1 (every ResNet 3x3 stride-1 layer, and through it the
-// stride-1 input gradient) or horizontal stride 2 with rows of whole vectors (ResNet's stride-2
-// 3x3 layers, conv_transpose2d 2x2 s2's input gradient) (conv2d_forward_direct_f32: no GEMM
-// panels at all), else the GEMM with
+// stride-1 input gradient) or strided with horizontal stride <= 2 where output rows are whole
+// vectors or the input has at most 32 channels (ResNet's stride-2 3x3 layers, conv_transpose2d
+// 2x2 s2's input gradient) (conv2d_forward_direct_f32: no GEMM panels at all), else the GEMM with
 // vectorised implicit im2col (pack_im2col_vec). The float weight gradient with one group is a
 // batch of dot products (weight_grad_dot) instead of a GEMM over transposed columns.
 // col is im2col(x) for one sample: all groups stacked, C*kh*kw rows of P columns. The forward
@@ -463,12 +463,10 @@ void direct_tile(int64_t C, int64_t cstride, int64_t taps, const int64_t* tap_of
   }
 }
 
-// Where the direct forward applies: one group, not pointwise, and stride 1, or any vertical
-// stride with horizontal stride 1 or 2 where output rows are whole vectors (the rows layout of
-// conv2d_forward_direct). Where it pays: see forward_kernel.
-bool direct_forward_applies(const Conv2dShape& s) {
-  return s.groups == 1 && !s.is_pointwise() && ((s.sh == 1 && s.sw == 1) || (s.sw <= 2 && s.OW % L == 0));
-}
+// Where the direct forward applies: one group, not pointwise, horizontal stride 1 or 2 (what
+// stage_padded_row reads), any vertical stride (both staging layouts of conv2d_forward_direct).
+// Where it pays: see forward_kernel.
+bool direct_forward_applies(const Conv2dShape& s) { return s.groups == 1 && !s.is_pointwise() && s.sw <= 2; }
 
 template <int MR, int NV>
 void conv2d_forward_direct(const Conv2dShape& s, const float* x, const float* w, const float* bias, float* y) {
@@ -478,64 +476,75 @@ void conv2d_forward_direct(const Conv2dShape& s, const float* x, const float* w,
   std::vector<float> wp(size_t(mblocks * rows * MR), 0.0f);
   for (int64_t k = 0; k < s.K; ++k)
     for (int64_t r = 0; r < rows; ++r) wp[size_t(((k / MR) * rows + r) * MR + k % MR)] = w[k * rows + r];
-  // Two staging layouts for a band of output rows [oh0, oh1), which reads the R = (band-1)*sh +
-  // (kh-1)*dh + 1 input rows from oh0*sh - ph:
+  // Two staging layouts for a band of output rows [oh0, oh1), which reads the (band-1)*sh +
+  // (kh-1)*dh + 1 input rows from oh0*sh - ph (rows_for):
   //  rows:    OW % L == 0. sw copies (column phases) stage[c][f][q][u] = x[c][oh0*sh - ph + q][u*sw + f - pw],
   //           SW = OW + (kw-1)*dw / sw columns: each x row once (split by phase), its padding
   //           once; tap j reads phase j*dw % sw from column ow + j*dw / sw, and a vector never
   //           crosses an output row.
-  //  shifted: other OW (stride 1 only). kw copies shifted by j*dw, each exactly OW wide:
-  //           stage[c][j][q][ow] = x[c][oh0 - ph + q][ow + j*dw - pw], so L consecutive output
-  //           pixels (crossing output rows) are L consecutive floats at every tap.
+  //  shifted: other OW. kw * sh copies, each exactly OW wide: copy (j, f) holds the input rows of
+  //           row phase f, stage[c][j][f][k][ow] = x[c][(oh0 + k)*sh + f - ph][ow*sw + j*dw - pw],
+  //           so tap (i, j) of output pixel p reads copy (j, i*dh % sh) at p + (i*dh / sh)*OW,
+  //           and L consecutive output pixels (crossing output rows) are L consecutive floats.
   // The band grows while the staging stays under ~48 KB (L1 + a little; read once per MR block).
   const bool shifted = s.OW % L != 0;
   const int64_t SW = shifted ? s.OW : s.OW + (s.kw - 1) * s.dw / s.sw;
-  const int64_t copies = shifted ? s.kw : s.sw;
+  const int64_t copies = shifted ? s.kw * s.sh : s.sw;
   auto rows_for = [&](int64_t b) { return (b - 1) * s.sh + (s.kh - 1) * s.dh + 1; };
+  // Rows per copy: all the band reads (rows layout), or its rows of one phase (shifted).
+  auto copy_rows = [&](int64_t b) { return shifted ? b + (s.kh - 1) * s.dh / s.sh : rows_for(b); };
   // Channel copies an odd number of cache lines apart: a power-of-two stride put every 4th
   // channel in the same L1 sets.
   auto cstride_for = [&](int64_t b) {
-    const int64_t lines = (copies * rows_for(b) * SW + 15) / 16;
+    const int64_t lines = (copies * copy_rows(b) * SW + 15) / 16;
     return (lines | 1) * 16;
   };
-  // Rows layout: at least NV*L pixels per band where the rows are shorter (a full tile).
+  // At least NV*L pixels per band where the rows are shorter (a full tile; with one 7-pixel row
+  // per band a 24-pixel tile computed 70 % padding).
   int64_t band = 1;
-  while (!shifted && band * s.OW < NV * L && band < s.OH) band *= 2;
+  while (band * s.OW < NV * L && band < s.OH) band *= 2;
   while (band * 2 <= s.OH && s.C * cstride_for(band * 2) * 4 <= 48 * 1024) band *= 2;
   if (shifted && s.C * cstride_for(s.OH) * 4 <= 64 * 1024) band = s.OH;  // whole small maps
   band = std::min(band, s.OH);
   const int64_t bands = (s.OH + band - 1) / band;
-  const int64_t R = rows_for(band);
+  const int64_t R = copy_rows(band);
+  // Padded input rows per band: shifted copies read row k*sh + f for k < R (some past the band's
+  // last row, never read by a tap: padding them keeps the loop plain).
+  const int64_t RP = shifted ? R * s.sh : R;
   const int64_t cstride = cstride_for(band);
   const int64_t plane = s.H * s.W;
   const int64_t SWv = (SW + L - 1) / L * L;  // staged columns written, whole vectors
-  const int64_t reach = shifted ? SWv + (s.kw - 1) * s.dw : s.sw * SWv + s.sw - 1 + L;
+  const int64_t reach = shifted ? s.sw * SWv + (s.kw - 1) * s.dw + L : s.sw * SWv + s.sw - 1 + L;
   const int64_t PW = padded_width(s.pw, s.W, reach);
   parallel_for(s.N * bands, 1, [&](int64_t t0, int64_t t1) {
     thread_local std::vector<float> stage;
     // + NV*L: the shifted layout's last vector may read past the band's pixels (never stored).
     if (stage.size() < size_t(s.C * cstride + NV * L)) stage.resize(size_t(s.C * cstride + NV * L));
-    // One channel's R input rows, zero-padded: pw zeros, the row (rounded up to whole vectors),
+    // One channel's RP input rows, zero-padded: pw zeros, the row (rounded up to whole vectors),
     // then zeros as far as the staging loads reach (stride 2 reads 2L floats per vector).
-    std::vector<float> padded(size_t(R * PW), 0.0f);
+    std::vector<float> padded(size_t(RP * PW), 0.0f);
     // Vector v of a tile at tap (i, j) reads stage + tap_off[i*kw + j] + pix_off[v].
     std::vector<int64_t> tap_off(static_cast<size_t>(taps));
     for (int64_t i = 0; i < s.kh; ++i)
       for (int64_t j = 0; j < s.kw; ++j)
-        tap_off[i * s.kw + j] = shifted ? (j * R + i * s.dh) * SW : (j * s.dw % s.sw * R + i * s.dh) * SW + j * s.dw / s.sw;
+        tap_off[i * s.kw + j] = shifted ? ((j * s.sh + i * s.dh % s.sh) * R + i * s.dh / s.sh) * SW
+                                        : (j * s.dw % s.sw * R + i * s.dh) * SW + j * s.dw / s.sw;
     int64_t pix_off[NV];
     for (int64_t task = t0; task < t1; ++task) {
       const int64_t n = task / bands, oh0 = (task % bands) * band;
       const int64_t oh1 = std::min(s.OH, oh0 + band);
       const float* xs = x + n * s.C * plane;
-      const int64_t rq = rows_for(oh1 - oh0);
+      const int64_t rq = copy_rows(oh1 - oh0);  // rows of each copy this band fills
       for (int64_t c = 0; c < s.C; ++c) {
-        for (int64_t q = 0; q < rq; ++q) pad_row(xs + c * plane, oh0 * s.sh - s.ph + q, s.H, s.W, s.pw, padded.data() + q * PW);
-        // Copy jc of row q: staged column u reads padded column u*sw + jc*dw (shifted) or + jc (rows).
+        for (int64_t q = 0; q < (shifted ? rq * s.sh : rq); ++q)
+          pad_row(xs + c * plane, oh0 * s.sh - s.ph + q, s.H, s.W, s.pw, padded.data() + q * PW);
+        // Row q of copy jc: staged column u reads padded column u*sw + jc (rows layout), or
+        // padded row q*sh + f at column u*sw + j*dw (shifted, jc = j*sh + f).
         for (int64_t jc = 0; jc < copies; ++jc)
-          for (int64_t q = 0; q < rq; ++q)
-            stage_padded_row(padded.data() + q * PW, shifted ? jc * s.dw : jc, SW, s.sw,
-                             stage.data() + c * cstride + (jc * R + q) * SW);
+          for (int64_t q = 0; q < rq; ++q) {
+            const int64_t prow = shifted ? q * s.sh + jc % s.sh : q, off = shifted ? jc / s.sh * s.dw : jc;
+            stage_padded_row(padded.data() + prow * PW, off, SW, s.sw, stage.data() + c * cstride + (jc * R + q) * SW);
+          }
       }
       const int64_t npix = (oh1 - oh0) * s.OW;
       for (int64_t p0 = 0; p0 < npix; p0 += L * NV) {
@@ -571,8 +580,17 @@ void conv2d_forward_direct_f32(const Conv2dShape& s, const float* x, const float
 // N32, ms direct vs GEMM): ResNet's 32 -> 64 3x3 s2 16x16 (OW 8) 1.29 vs 1.63, 8 -> 16 3x3 s2
 // 16x16 0.105 vs 0.161, 64 -> 128 3x3 s2 16x16 equal; 16 -> 32 3x3 s2 32x32 (OW 16) 1.59 vs 2.08
 // for the masked staging it replaced. Not 1x1 s2 (0.56 vs 0.47: one tap, the staging is as much
-// work as the FMAs).
-bool direct_forward_pays(const Conv2dShape& s) { return (s.sh == 1 && s.sw == 1) || s.kh * s.kw > 1; }
+// work as the FMAs). Strided shapes whose output rows are not whole vectors (the shifted layout:
+// kw * sh copies of every row) where the input has at most 32 channels (1 thread, ms direct vs
+// GEMM, torch in brackets): 16 -> 16 3x3 s2 14x14 N64 (Mask R-CNN's MaskIoU head) 0.65-0.73 vs
+// 1.48-2.63 (0.46-0.53), 32 -> 32 3x3 s2 30x30 N16 2.03-2.11 vs 2.99-4.85 (1.08-1.17), 32 -> 64
+// 3x3 s2 14x14 N32 1.38-1.44 vs 2.10-3.22 (0.98-0.99), 32 -> 64 3x3 s2 28x28 N16 about the same;
+// with more channels the GEMM wins (64 -> 128 3x3 s2 56x56 N8 20.8 vs 15.6, 128 -> 256 3x3 s2
+// 28x28 N8 20.4 vs 14.9; 256 -> 512 14x14 equal), except kernel == stride (64 -> 32 2x2 s2
+// 28x28 N16: 2.30 vs 3.00), which is left to the GEMM with the rest.
+bool direct_forward_pays(const Conv2dShape& s) {
+  return (s.sh == 1 && s.sw == 1) || (s.kh * s.kw > 1 && (s.OW % L == 0 || s.C <= 32));
+}
 
 // The kernel conv2d_forward runs: the one place that picks it (conv2d_forward_algorithm reports
 // it). Winograd where winograd.cpp takes the shape, else the direct kernel where it applies and

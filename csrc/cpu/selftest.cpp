@@ -175,6 +175,8 @@ void check_convs(const char* isa) {
       conv_shape(2, 5, 9, 37, 7, 3, 3, 2, 2, 1, 1, 1, 1, 1),
       conv_shape(2, 16, 16, 16, 32, 3, 3, 2, 2, 1, 1, 1, 1, 1),
       conv_shape(2, 5, 9, 63, 7, 3, 3, 2, 2, 1, 1, 1, 1, 1),  // stride 2, OW 32 (direct on every target), odd W
+      conv_shape(2, 4, 14, 13, 6, 3, 3, 3, 1, 1, 1, 2, 2, 1),  // vertical stride 3, dilation 2: 3 row phases
+      conv_shape(2, 6, 9, 11, 4, 2, 2, 2, 2, 0, 0, 1, 1, 1),   // kernel == stride, OW 5: shifted copies
       conv_shape(2, 16, 10, 10, 20, 1, 1, 1, 1, 0, 0, 1, 1, 1),
       conv_shape(2, 16, 10, 10, 20, 1, 1, 2, 2, 0, 0, 1, 1, 1),
       conv_shape(2, 6, 9, 8, 9, 3, 2, 2, 1, 1, 2, 1, 2, 3),
