@@ -295,13 +295,16 @@ def _thread_count(n):
     pycnn.sync_threads()
 
 
-# Per forward algorithm, shapes with >= 2 input channels (the weight gradient splits them across
-# threads) and a batch (it sums the samples in order).
+# Per forward algorithm, shapes with several input channels (the weight gradient splits them across
+# threads; with fewer of them than threads it splits the output channels) and a batch (it sums the
+# samples in order); 1 to 4 threads.
 THREAD_CASES = [
     Case("wino", (4, 16, 9, 8), (8, 3, 3), padding=1, allowed=W_),
     Case("wino_4ch", (3, 4, 7, 7), (5, 3, 3), padding=1, bias=False, allowed=W_),   # dot-product weight grad
     Case("wino_off", (3, 12, 8, 8), (8, 3, 3), padding=1, allowed=D_, winograd_off=True),
     Case("direct", (3, 3, 10, 12), (7, 5, 5), padding=2, allowed=D_),
+    Case("lenet_1ch", (5, 1, 12, 12), (6, 5, 5), allowed=D_),                          # C < threads: split by K
+    Case("first_3ch", (3, 3, 9, 9), (13, 3, 3), padding=1, allowed=D_),                # C = 3 < 4 threads below
     Case("s2_2ch", (4, 2, 9, 9), (6, 3, 3), stride=2, padding=1, allowed=D_),          # C = threads
     Case("s2_5ch", (5, 5, 11, 9), (7, 3, 3), stride=2, padding=1, allowed=D_),
     Case("gemm_s2_40ch", (2, 40, 9, 9), (7, 3, 3), stride=2, padding=1, allowed=G_),   # > 32 channels, OW 5
@@ -323,10 +326,10 @@ def test_weight_gradient_threads(each_isa, case):
             check_op(PF.conv2d, F.conv2d, [x, w, b, *case.args()])
             for dtype in (torch.float32, torch.float64):
                 runs = []
-                for n in (1, 2, 3):
+                for n in (1, 2, 3, 4):
                     _thread_count(n)
                     runs.append(_forward_and_grads(case, dtype))
-                for n, run in zip((2, 3), runs[1:]):
+                for n, run in zip((2, 3, 4), runs[1:]):
                     for what, a, c in zip(("y", "gx", "gw", "gb"), runs[0], run):
                         assert torch.equal(a, c), f"{dtype} {what}: {n} threads differ from 1 thread"
     finally:

@@ -364,10 +364,12 @@ constexpr auto dot_tiles = dot_table(std::make_integer_sequence<int, kDotK>());
 // staged columns leave L2); 256 the same as 512 within the noise.
 int64_t dot_group(int64_t P) { return std::max<int64_t>(1, 512 / std::max<int64_t>(P, 1)); }
 
-// gw columns [c0*taps, c1*taps) (input channels [c0, c1), groups == 1) over the whole batch.
-// stage: dot_group(P) * (c1 - c0) * taps * P floats (none for pointwise convs).
+// gw rows [k0, k1), columns [c0*taps, c1*taps) (input channels [c0, c1), groups == 1) over the
+// whole batch. stage: dot_group(P) * (c1 - c0) * taps * P + L floats (none for pointwise convs).
+// Each gw element is its own sum (lanes over samples and pixels in order, then one fixed
+// reduction), whatever the tiles around it: any split of rows or columns gives the same bits.
 void weight_grad_dot(const Conv2dShape& s, const float* x, const float* gy, float* gw, int64_t c0, int64_t c1,
-                     float* stage) {
+                     int64_t k0, int64_t k1, float* stage) {
   const int64_t P = s.OH * s.OW, taps = s.kh * s.kw, rows = s.col_rows();
   const int64_t r0 = c0 * taps, nrows = (c1 - c0) * taps;
   const int64_t group = dot_group(P);
@@ -389,8 +391,8 @@ void weight_grad_dot(const Conv2dShape& s, const float* x, const float* gy, floa
     const float* g0 = gy + n0 * s.K * P;
     // gy rows in blocks of ~16 KB (L1-resident while every column-row tile streams past them).
     const int64_t kblock = std::max<int64_t>(kDotK, (4096 / std::max<int64_t>(ns * P, 1)) / kDotK * kDotK);
-    for (int64_t kb = 0; kb < s.K; kb += kblock) {
-      const int64_t ke = std::min(s.K, kb + kblock);
+    for (int64_t kb = k0; kb < k1; kb += kblock) {
+      const int64_t ke = std::min(k1, kb + kblock);
       for (int64_t rr = 0; rr < nrows; rr += kDotR) {
         const int64_t rt = std::min<int64_t>(kDotR, nrows - rr);
         for (int64_t k = kb; k < ke; k += kDotK) {
@@ -789,17 +791,25 @@ void conv2d_backward_weight(const Conv2dShape& s, const T* x, const T* gy, T* gw
   if constexpr (std::is_same_v<T, float>) {
     if (conv_winograd_enabled() && conv2d_backward_weight_winograd_f32(s, x, gy, gw)) return;
     if (G == 1) {
-      // Dot-product form (see weight_grad_dot_f32), taken whatever the thread count so that the
-      // result does not depend on it; each thread owns a run of input channels (gw columns).
-      parallel_for(s.C, 1, [&](int64_t c0, int64_t c1) {
+      // Dot-product form (see weight_grad_dot), taken whatever the thread count so that the
+      // result does not depend on it; each thread owns a run of input channels (gw columns), or,
+      // with fewer input channels than threads (a network's first layer: LeNet's 1 -> 6 ran on
+      // one of 2 threads), a run of output channels (gw rows), each thread building the columns
+      // of all the channels.
+      auto part = [&](int64_t c0, int64_t c1, int64_t k0, int64_t k1) {
         // Kept per thread across calls: a fresh 300-600 KB vector per call was a zero fill plus
         // ~100 page faults of a new mmap each time.
         thread_local std::vector<float> stage;
         // + L: im2col_vec's last row may write up to L - 1 floats past the columns
         const size_t need = s.is_pointwise() ? 0 : size_t(std::min(dot_group(P), s.N) * (c1 - c0) * taps * P + L);
         if (stage.size() < need) stage.resize(need);
-        weight_grad_dot(s, x, gy, gw, c0, c1, stage.data());
-      });
+        weight_grad_dot(s, x, gy, gw, c0, c1, k0, k1, stage.data());
+      };
+      const int64_t ktiles = (s.K + kDotK - 1) / kDotK;
+      if (s.C < threads && ktiles > 1)
+        parallel_for(ktiles, 1, [&](int64_t t0, int64_t t1) { part(0, s.C, t0 * kDotK, std::min(s.K, t1 * kDotK)); });
+      else
+        parallel_for(s.C, 1, [&](int64_t c0, int64_t c1) { part(c0, c1, 0, s.K); });
       return;
     }
   }
