@@ -191,13 +191,16 @@ def test_winograd_accuracy_against_float64(isa, C, H):
 
 
 def test_winograd4x4_accuracy_is_why_it_is_off():
-    # F(4x4)'s transforms (entries up to 5 in B, 8 in A, 1/24 in G) cost float32 accuracy:
-    # measured 5-9x torch's error on these layers, over ACCURACY_FACTOR, so it is off by default.
-    # Kept bounded (a broken transform would be orders of magnitude off).
+    # F(4x4)'s transforms (entries up to 5 in B, 8 in A, 1/24 in G) cost float32 accuracy: over
+    # ACCURACY_FACTOR x torch's error on each of these layers (measured 5-9x on an AMD AVX2 VM,
+    # 8-28x on an Intel AVX-512 VM, whose torch kernels err less), so it is off by default. Kept
+    # bounded in absolute terms, since torch's own error differs by machine: the outputs are O(1)
+    # (unit-variance weights), measured <= 5.5e-5 on generic, avx2 and avx512; a broken transform
+    # would be off by O(0.1-1).
     with winograd4x4(2):
         for C, H in RESNET_LAYERS:
             ours, ref = _accuracy(C, H)
-            assert ours <= 20 * ref, f"F(4x4) error {ours:.3g}, torch's {ref:.3g}"
+            assert ACCURACY_FACTOR * ref < ours <= 5e-4, f"F(4x4) error {ours:.3g}, torch's {ref:.3g}"
 
 
 @pytest.mark.parametrize("mode", [0, 2])
