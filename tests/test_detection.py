@@ -529,3 +529,45 @@ def test_mask_iou_head_trains_and_rescores(data):
     for d in tta:
         k = len(d["boxes"])
         assert k > 0 and d["masks"].shape == (k, 64, 64) and bool((d["scores"][:-1] >= d["scores"][1:]).all())
+
+
+def test_mask_dice_loss_adds_the_soft_dice_of_the_mask_logits(data):
+    # Same sampled RoIs (same seed) and weights: loss_mask(w) = BCE + w * mean soft Dice loss, so
+    # it is linear in w, and the Dice term lies in (0, 1); the other losses do not change.
+    x, t = _batch(data, 2)
+    model = _small_model().train()
+    captured = []
+    model.mask_head.register_forward_hook(lambda m, i, o: captured.append(o.detach()))
+
+    def losses(w):
+        model.mask_dice_weight = w
+        torch.manual_seed(1)
+        return {k: float(v.detach()) for k, v in model(x, t).items()}
+
+    l0, l1, l2 = losses(0.0), losses(1.0), losses(2.0)
+    dice = l1["loss_mask"] - l0["loss_mask"]
+    assert 0.0 < dice < 1.0
+    assert abs((l2["loss_mask"] - l0["loss_mask"]) - 2 * dice) < 1e-5
+    assert all(l0[k] == l1[k] for k in l0 if k != "loss_mask")
+    from pycnn.models.mask_rcnn import MaskRCNN
+    assert captured[0].shape[1:] == (2, 28, 28) and torch.equal(captured[0], captured[1])  # the same RoIs
+    with pytest.raises(ValueError, match="mask_dice_weight"):
+        MaskRCNN(mask_dice_weight=-1.0)
+
+
+def test_mask_head_batch_norm(data):
+    model = _small_model(mask_head_bn=True)
+    norms = [m for m in model.mask_head if isinstance(m, torch.nn.BatchNorm2d)]
+    assert len(norms) == 4 and all(type(m).__module__.startswith("pycnn") for m in norms)
+    x, t = _batch(data, 2)
+    model.train()
+    sum(model(x, t).values()).backward()
+    assert all(m.weight.grad.abs().sum() > 0 for m in norms)
+    assert all(m.num_batches_tracked == 1 for m in norms)
+    model.eval()
+    with torch.no_grad():
+        dets = model(x)
+    assert len(dets) == 2 and all(d["masks"].shape[1:] == (64, 64) for d in dets)
+    # A state dict without the norms (a model trained before the option) does not load into it.
+    with pytest.raises(RuntimeError):
+        model.load_state_dict(_small_model().state_dict())

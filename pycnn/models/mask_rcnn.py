@@ -18,7 +18,10 @@ above ``score_thresh``, runs class-wise NMS and pastes each 28x28 mask back into
 Options (off by default): ``mask_iou_head`` (Mask Scoring R-CNN's MaskIoU head; scores times the
 predicted mask IoU), ``soft_nms_sigma`` (Gaussian Soft-NMS on mask IoU instead of box NMS),
 ``tta`` (heads averaged over the 8 flips/transposes), ``mask_roi_scale`` / ``box_roi_scale``
-(enlarged RoIs for the mask / box head).
+(enlarged RoIs for the mask / box head), ``mask_head_bn`` (batch norm after each of the mask
+head's four convs) and ``mask_dice_weight`` (the mask loss adds that weight times the soft Dice
+loss of each positive RoI's mask, 1 - (2 sum(p t) + 1) / (sum p + sum t + 1), to the per-pixel
+binary cross-entropy: an overlap loss that counts a small galaxy's edge as much as a large one's).
 
 RoIAlign runs with ``aligned=True`` (half-pixel shift) everywhere: boxes are in pixel-edge
 coordinates, so pixel i's centre is i + 0.5 and the shift makes samples land on it.
@@ -316,13 +319,16 @@ class MaskRCNN(nn.Module):
                  nms_thresh: float = 0.5, detections_per_img: int = 100, mask_threshold: float = 0.5,
                  sampling_ratio: int = 2, mask_rescore: bool = False, mask_roi_scale: float = 1.0,
                  soft_nms_sigma: float = 0.0, box_roi_scale: float = 1.0, tta: bool = False,
-                 mask_iou_head: bool = False, mask_iou_train_iou: float = 0.5):
+                 mask_iou_head: bool = False, mask_iou_train_iou: float = 0.5, mask_head_bn: bool = False,
+                 mask_dice_weight: float = 0.0):
         super().__init__()
         if num_classes < 2:
             raise ValueError(f"mask_rcnn: num_classes must be >= 2 (background + objects), got {num_classes}")
         if not mask_roi_scale >= 1.0 or not box_roi_scale >= 1.0 or not soft_nms_sigma >= 0.0:
             raise ValueError(f"mask_rcnn: mask_roi_scale and box_roi_scale must be >= 1 and soft_nms_sigma >= 0, "
                              f"got {mask_roi_scale}, {box_roi_scale}, {soft_nms_sigma}")
+        if not mask_dice_weight >= 0.0:
+            raise ValueError(f"mask_rcnn: mask_dice_weight must be >= 0, got {mask_dice_weight}")
         if in_channels < 1 or width < 2 or width % 2:
             raise ValueError(f"mask_rcnn: in_channels must be >= 1 and width an even number >= 2, "
                              f"got {in_channels}, {width}")
@@ -341,7 +347,10 @@ class MaskRCNN(nn.Module):
         nn.init.zeros_(self.bbox_pred.bias)
         layers, cin = [], c
         for _ in range(4):
-            layers += [pnn.Conv2d(cin, mask_channels, 3, padding=1), nn.ReLU(inplace=True)]
+            layers += [pnn.Conv2d(cin, mask_channels, 3, padding=1)]
+            if mask_head_bn:
+                layers += [pnn.BatchNorm2d(mask_channels)]
+            layers += [nn.ReLU(inplace=True)]
             cin = mask_channels
         layers += [pnn.ConvTranspose2d(mask_channels, mask_channels, 2, stride=2), nn.ReLU(inplace=True),
                    pnn.Conv2d(mask_channels, num_classes, 1)]
@@ -377,6 +386,7 @@ class MaskRCNN(nn.Module):
         self.box_roi_scale, self.tta = float(box_roi_scale), bool(tta)
         self.use_mask_iou = mask_iou_head  # rank by class score x predicted mask IoU
         self.mask_iou_train_iou = float(mask_iou_train_iou)
+        self.mask_dice_weight = float(mask_dice_weight)
         self.spatial_scale = 1.0 / self.backbone.stride
 
     # -- pieces ----------------------------------------------------------------------------------
@@ -519,6 +529,10 @@ class MaskRCNN(nn.Module):
             mask_targets = self._mask_targets(pos_rois, pos_matched, targets, m)
             chosen = mask_logits[torch.arange(len(pos)), labels_all[pos]]
             mask_loss = F.binary_cross_entropy_with_logits(chosen, mask_targets.to(chosen))
+            if self.mask_dice_weight:
+                p, t = torch.sigmoid(chosen).flatten(1), mask_targets.to(chosen).flatten(1)
+                dice = 1 - (2 * (p * t).sum(1) + 1) / (p.sum(1) + t.sum(1) + 1)
+                mask_loss = mask_loss + self.mask_dice_weight * dice.mean()
         losses = {"loss_objectness": rpn_obj, "loss_rpn_box_reg": rpn_box, "loss_classifier": cls_loss,
                   "loss_box_reg": box_loss, "loss_mask": mask_loss}
         if self.maskiou_head is not None:
