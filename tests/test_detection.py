@@ -571,3 +571,17 @@ def test_mask_head_batch_norm(data):
     # A state dict without the norms (a model trained before the option) does not load into it.
     with pytest.raises(RuntimeError):
         model.load_state_dict(_small_model().state_dict())
+
+
+def test_box_loss_weight_scales_only_the_box_head_regression(data):
+    x, t = _batch(data, 2)
+    model = _small_model().train()
+
+    def losses(w):
+        model.box_loss_weight = w
+        torch.manual_seed(1)
+        return {k: float(v.detach()) for k, v in model(x, t).items()}
+
+    l1, l05 = losses(1.0), losses(0.5)
+    assert l1["loss_box_reg"] > 0 and abs(l05["loss_box_reg"] - 0.5 * l1["loss_box_reg"]) < 1e-6
+    assert all(l1[k] == l05[k] for k in l1 if k != "loss_box_reg")

@@ -21,7 +21,9 @@ predicted mask IoU), ``soft_nms_sigma`` (Gaussian Soft-NMS on mask IoU instead o
 (enlarged RoIs for the mask / box head), ``mask_head_bn`` (batch norm after each of the mask
 head's four convs) and ``mask_dice_weight`` (the mask loss adds that weight times the soft Dice
 loss of each positive RoI's mask, 1 - (2 sum(p t) + 1) / (sum p + sum t + 1), to the per-pixel
-binary cross-entropy: an overlap loss that counts a small galaxy's edge as much as a large one's).
+binary cross-entropy: an overlap loss that counts a small galaxy's edge as much as a large one's);
+``box_loss_weight`` scales the box head's regression loss (the backbone is shared, so a heavy box
+loss costs the masks).
 
 RoIAlign runs with ``aligned=True`` (half-pixel shift) everywhere: boxes are in pixel-edge
 coordinates, so pixel i's centre is i + 0.5 and the shift makes samples land on it.
@@ -320,15 +322,16 @@ class MaskRCNN(nn.Module):
                  sampling_ratio: int = 2, mask_rescore: bool = False, mask_roi_scale: float = 1.0,
                  soft_nms_sigma: float = 0.0, box_roi_scale: float = 1.0, tta: bool = False,
                  mask_iou_head: bool = False, mask_iou_train_iou: float = 0.5, mask_head_bn: bool = False,
-                 mask_dice_weight: float = 0.0):
+                 mask_dice_weight: float = 0.0, box_loss_weight: float = 1.0):
         super().__init__()
         if num_classes < 2:
             raise ValueError(f"mask_rcnn: num_classes must be >= 2 (background + objects), got {num_classes}")
         if not mask_roi_scale >= 1.0 or not box_roi_scale >= 1.0 or not soft_nms_sigma >= 0.0:
             raise ValueError(f"mask_rcnn: mask_roi_scale and box_roi_scale must be >= 1 and soft_nms_sigma >= 0, "
                              f"got {mask_roi_scale}, {box_roi_scale}, {soft_nms_sigma}")
-        if not mask_dice_weight >= 0.0:
-            raise ValueError(f"mask_rcnn: mask_dice_weight must be >= 0, got {mask_dice_weight}")
+        if not mask_dice_weight >= 0.0 or not box_loss_weight >= 0.0:
+            raise ValueError(f"mask_rcnn: mask_dice_weight and box_loss_weight must be >= 0, "
+                             f"got {mask_dice_weight}, {box_loss_weight}")
         if in_channels < 1 or width < 2 or width % 2:
             raise ValueError(f"mask_rcnn: in_channels must be >= 1 and width an even number >= 2, "
                              f"got {in_channels}, {width}")
@@ -387,6 +390,7 @@ class MaskRCNN(nn.Module):
         self.use_mask_iou = mask_iou_head  # rank by class score x predicted mask IoU
         self.mask_iou_train_iou = float(mask_iou_train_iou)
         self.mask_dice_weight = float(mask_dice_weight)
+        self.box_loss_weight = float(box_loss_weight)
         self.spatial_scale = 1.0 / self.backbone.stride
 
     # -- pieces ----------------------------------------------------------------------------------
@@ -514,7 +518,7 @@ class MaskRCNN(nn.Module):
         pos = torch.nonzero(labels_all > 0).flatten()
         reg_targets = self.box_coder.encode(gt_boxes[pos], torch.cat(rois)[pos])
         pred = box_deltas.reshape(len(x), -1, 4)[pos, labels_all[pos]]
-        box_loss = F.smooth_l1_loss(pred, reg_targets, beta=1 / 9, reduction="sum") / max(1, len(labels_all))
+        box_loss = self.box_loss_weight * F.smooth_l1_loss(pred, reg_targets, beta=1 / 9, reduction="sum") / max(1, len(labels_all))
         # Mask branch: positive RoIs only, the mask of the gt class.
         # With mask_roi_scale > 1 the mask RoI is the box enlarged about its centre, in training and
         # inference alike, so a box that is a little too small does not cut the galaxy's mask off.
