@@ -441,9 +441,9 @@ _DEMO_MODEL = {"mask_channels": 16, "box_batch_size": 32, "nms_thresh": 0.6, "ma
                "tta": True, "box_loss_weight": 0.5}
 DEMO = {
     # 20 epochs, each after the first on new blends of the training galaxies (issue #12's fifth
-    # round: the one lever that moved AP), validated every 4th: 243-271 s of training on the
-    # 2-core development VM at full speed, 351 s when the VM ran at half speed (README
-    # "Detection and instance segmentation").
+    # round: the one lever that moved AP), validated every 4th: 243-297 s of training on the
+    # 2-core development VMs (AMD avx2, Intel avx512) at their usual speeds, 351 s when one ran at
+    # half speed (README "Detection and instance segmentation").
     "full": dict(data_kwargs={"n": 1500}, model_kwargs=_DEMO_MODEL, epochs=20, batch_size=8, lr=2e-3,
                  test_images=None, new_blends=True, val_every=4),
     "quick": dict(data_kwargs={"n": 120}, model_kwargs=_DEMO_MODEL, epochs=1, batch_size=4, lr=2e-3, max_steps=6,
