@@ -585,3 +585,27 @@ def test_box_loss_weight_scales_only_the_box_head_regression(data):
     l1, l05 = losses(1.0), losses(0.5)
     assert l1["loss_box_reg"] > 0 and abs(l05["loss_box_reg"] - 0.5 * l1["loss_box_reg"]) < 1e-6
     assert all(l1[k] == l05[k] for k in l1 if k != "loss_box_reg")
+
+
+def test_mask_batch_size_caps_the_mask_heads_rois_per_image(data):
+    x, t = _batch(data, 3)
+    model = _small_model(mask_iou_head=True).train()  # box_batch_size 16 x 0.25: up to 4 positives per image
+    seen = []
+    model.mask_head.register_forward_hook(lambda m, args, out: seen.append(len(args[0])))
+
+    def losses(cap):
+        model.mask_batch_size = cap
+        torch.manual_seed(1)
+        return {k: float(v.detach()) for k, v in model(x, t).items()}
+
+    everything, capped = losses(0), losses(1)
+    assert seen == [12, 3]  # 4 positives per image, then the first one of each
+    # The RPN and box head train on the same sampled RoIs either way; only the mask branch changes.
+    assert all(everything[k] == capped[k] for k in ("loss_objectness", "loss_rpn_box_reg", "loss_classifier",
+                                                    "loss_box_reg"))
+    assert capped["loss_mask"] != everything["loss_mask"] and "loss_mask_iou" in capped
+    sum(model(x, t).values()).backward()  # the capped branch still trains the heads
+    assert model.mask_head[0].weight.grad.abs().sum() > 0
+    for bad in (-1, 1.5, True):
+        with pytest.raises(ValueError, match="mask_batch_size"):
+            _small_model(mask_batch_size=bad)

@@ -23,7 +23,8 @@ head's four convs) and ``mask_dice_weight`` (the mask loss adds that weight time
 loss of each positive RoI's mask, 1 - (2 sum(p t) + 1) / (sum p + sum t + 1), to the per-pixel
 binary cross-entropy: an overlap loss that counts a small galaxy's edge as much as a large one's);
 ``box_loss_weight`` scales the box head's regression loss (the backbone is shared, so a heavy box
-loss costs the masks).
+loss costs the masks); ``mask_batch_size`` caps the positive RoIs per image that train the mask
+(and MaskIoU) head (0: all of them).
 
 RoIAlign runs with ``aligned=True`` (half-pixel shift) everywhere: boxes are in pixel-edge
 coordinates, so pixel i's centre is i + 0.5 and the shift makes samples land on it.
@@ -322,7 +323,7 @@ class MaskRCNN(nn.Module):
                  sampling_ratio: int = 2, mask_rescore: bool = False, mask_roi_scale: float = 1.0,
                  soft_nms_sigma: float = 0.0, box_roi_scale: float = 1.0, tta: bool = False,
                  mask_iou_head: bool = False, mask_iou_train_iou: float = 0.5, mask_head_bn: bool = False,
-                 mask_dice_weight: float = 0.0, box_loss_weight: float = 1.0):
+                 mask_dice_weight: float = 0.0, box_loss_weight: float = 1.0, mask_batch_size: int = 0):
         super().__init__()
         if num_classes < 2:
             raise ValueError(f"mask_rcnn: num_classes must be >= 2 (background + objects), got {num_classes}")
@@ -332,6 +333,9 @@ class MaskRCNN(nn.Module):
         if not mask_dice_weight >= 0.0 or not box_loss_weight >= 0.0:
             raise ValueError(f"mask_rcnn: mask_dice_weight and box_loss_weight must be >= 0, "
                              f"got {mask_dice_weight}, {box_loss_weight}")
+        if isinstance(mask_batch_size, bool) or int(mask_batch_size) != mask_batch_size or mask_batch_size < 0:
+            raise ValueError(f"mask_rcnn: mask_batch_size must be an int >= 0 (0: every positive RoI), "
+                             f"got {mask_batch_size!r}")
         if in_channels < 1 or width < 2 or width % 2:
             raise ValueError(f"mask_rcnn: in_channels must be >= 1 and width an even number >= 2, "
                              f"got {in_channels}, {width}")
@@ -391,6 +395,7 @@ class MaskRCNN(nn.Module):
         self.mask_iou_train_iou = float(mask_iou_train_iou)
         self.mask_dice_weight = float(mask_dice_weight)
         self.box_loss_weight = float(box_loss_weight)
+        self.mask_batch_size = int(mask_batch_size)
         self.spatial_scale = 1.0 / self.backbone.stride
 
     # -- pieces ----------------------------------------------------------------------------------
@@ -519,11 +524,17 @@ class MaskRCNN(nn.Module):
         reg_targets = self.box_coder.encode(gt_boxes[pos], torch.cat(rois)[pos])
         pred = box_deltas.reshape(len(x), -1, 4)[pos, labels_all[pos]]
         box_loss = self.box_loss_weight * F.smooth_l1_loss(pred, reg_targets, beta=1 / 9, reduction="sum") / max(1, len(labels_all))
-        # Mask branch: positive RoIs only, the mask of the gt class.
+        # Mask branch: positive RoIs only, the mask of the gt class; with mask_batch_size, the first
+        # that many of each image's positives (sample_balanced put them first, in random order):
+        # they are jittered copies of a few galaxies, and the mask and MaskIoU heads cost a third
+        # of a step at 8 per image.
         # With mask_roi_scale > 1 the mask RoI is the box enlarged about its centre, in training and
         # inference alike, so a box that is a little too small does not cut the galaxy's mask off.
-        pos_rois = [scale_boxes(r[lab > 0], self.mask_roi_scale) for r, lab in zip(rois, labels)]
-        pos_matched = [m[lab > 0] for m, lab in zip(matched, labels)]
+        chosen_rois = [(lab > 0) & (torch.arange(len(lab)) < self.mask_batch_size) if self.mask_batch_size
+                       else lab > 0 for lab in labels]
+        pos_rois = [scale_boxes(r[q], self.mask_roi_scale) for r, q in zip(rois, chosen_rois)]
+        pos_matched = [m[q] for m, q in zip(matched, chosen_rois)]
+        pos = torch.nonzero(torch.cat(chosen_rois)).flatten()  # from here on: the mask branch's positives
         if len(pos) == 0:
             mask_loss = self.mask_head[0].weight.sum() * 0.0  # keeps the graph connected
         else:
