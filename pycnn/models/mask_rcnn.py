@@ -530,11 +530,11 @@ class MaskRCNN(nn.Module):
         # of a step at 8 per image.
         # With mask_roi_scale > 1 the mask RoI is the box enlarged about its centre, in training and
         # inference alike, so a box that is a little too small does not cut the galaxy's mask off.
-        chosen_rois = [(lab > 0) & (torch.arange(len(lab)) < self.mask_batch_size) if self.mask_batch_size
+        trains_mask = [(lab > 0) & (torch.arange(len(lab)) < self.mask_batch_size) if self.mask_batch_size
                        else lab > 0 for lab in labels]
-        pos_rois = [scale_boxes(r[q], self.mask_roi_scale) for r, q in zip(rois, chosen_rois)]
-        pos_matched = [m[q] for m, q in zip(matched, chosen_rois)]
-        pos = torch.nonzero(torch.cat(chosen_rois)).flatten()  # from here on: the mask branch's positives
+        pos_rois = [scale_boxes(r[q], self.mask_roi_scale) for r, q in zip(rois, trains_mask)]
+        pos_matched = [m[q] for m, q in zip(matched, trains_mask)]
+        pos = torch.nonzero(torch.cat(trains_mask)).flatten()  # from here on: the mask branch's positives
         if len(pos) == 0:
             mask_loss = self.mask_head[0].weight.sum() * 0.0  # keeps the graph connected
         else:
