@@ -81,6 +81,36 @@ def test_galaxy_blends_from_one_split_pool(data):
             galaxy_blends(**kwargs)
 
 
+def test_galaxy_blends_geometric_augmentation():
+    from pycnn.data import galaxy_blends
+    from pycnn.data.instances import _galaxy_pools, _varied_galaxies
+    args = ("t", 3, 64, 2, 0.01, 0.1, 40, (0.5, 2.0), 0.5, 0.15, 0.15)  # galaxy_instances(seed=3) pools
+    (light, smooth, radius), pools, _ = _galaxy_pools(*args)
+    rng = np.random.default_rng(0)
+    # No turn, size 1: one bilinear sampling of the native stamp is the upsampling itself.
+    (l1, s1, r1), src = _varied_galaxies(rng, pools[0], 2, 64, 2, 0.1, 40, False, (1.0, 1.0))
+    assert src.tolist() == np.repeat(pools[0], 2).tolist()
+    assert np.abs(l1 - light[src]).max() < 1e-5 and np.abs(s1 - smooth[src]).max() < 1e-5
+    assert np.allclose(r1, radius[src])
+    # Turned: footprints keep their area; sized by 1.25: areas grow by 1.25^2, radii by 1.25.
+    area = lambda s: (s > 0.1).sum((1, 2)).astype(float)  # noqa: E731
+    (_, st, _), src = _varied_galaxies(rng, pools[0], 1, 64, 2, 0.1, 40, True, (1.0, 1.0))
+    assert abs(np.median(area(st) / area(smooth[src])) - 1.0) < 0.05
+    assert not np.allclose(st, smooth[src], atol=1e-3)
+    (_, sz, rz), src = _varied_galaxies(rng, pools[0], 1, 64, 2, 0.1, 40, False, (1.25, 1.25))
+    assert abs(np.median(area(sz) / area(smooth[src])) - 1.5625) < 0.1 and np.allclose(rz, 1.25 * radius[src])
+    # Blends of the variants: training galaxies only, seeded, ids are catalogue indices.
+    x, m, ids = galaxy_blends("train", 100, blend_seed=1, seed=3, any_angle=True, size_range=(0.8, 1.25))
+    assert x.shape == (100, 1, 64, 64) and torch.equal(m.flatten(2).amax(2) > 0, ids >= 0)
+    assert set(ids.flatten().tolist()) - {-1} <= set(pools[0].tolist())
+    again = galaxy_blends("train", 100, blend_seed=1, seed=3, any_angle=True, size_range=(0.8, 1.25))[0]
+    assert torch.equal(x, again) and not torch.equal(x, galaxy_blends("train", 100, blend_seed=1, seed=3)[0])
+    for kwargs, word in (({"size_range": (0.0, 1.0)}, "size_range"), ({"size_range": (1.2, 1.1)}, "size_range"),
+                         ({"variants": 0}, "variants")):
+        with pytest.raises(ValueError, match=word):
+            galaxy_blends(**kwargs)
+
+
 def test_masks_to_boxes_edges():
     m = torch.zeros(2, 6, 8, dtype=torch.bool)
     m[0, 1:3, 2:5] = True

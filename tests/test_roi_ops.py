@@ -404,6 +404,28 @@ def test_nms_iou_exactly_at_threshold_is_kept():
     assert ops.nms(boxes, scores, 0.5).tolist() == [0, 1]  # box 2: IoU 0.51 with box 0
 
 
+def test_nms_compares_float32_iou_with_the_double_threshold():
+    # IoU 2 / 6 in float32 is 0.3333333433, above the double 1/3: suppressed at threshold 1/3 (a
+    # threshold rounded to float32 first would equal the IoU and keep the box), kept at the
+    # float32 value itself.
+    boxes = torch.tensor([[0, 0, 2, 2], [1, 0, 3, 2]], dtype=torch.float32)
+    scores = torch.tensor([0.9, 0.8])
+    assert ops.nms(boxes, scores, 1 / 3).tolist() == [0]
+    assert ops.nms(boxes, scores, float(torch.tensor(1 / 3, dtype=torch.float32))).tolist() == [0, 1]
+    assert ops.nms(boxes, scores, float("nan")).tolist() == [0, 1]  # no IoU is > NaN
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_nms_many_boxes_matches_brute_force(dtype):
+    # 613 boxes (not a whole number of vectors), real-valued coordinates, one NaN box and one of
+    # negative width, at the RPN's threshold.
+    boxes = random_boxes(613, seed=5, dtype=dtype, size=60.0)
+    boxes[17] = float("nan")
+    boxes[40, 2] = boxes[40, 0] - 1
+    scores = torch.rand(613, generator=torch.Generator().manual_seed(6), dtype=dtype)
+    assert torch.equal(ops.nms(boxes, scores, 0.7), nms_reference(boxes, scores, 0.7))
+
+
 def test_nms_ties_keep_input_order_and_empty_input():
     boxes = torch.tensor([[0, 0, 1, 1], [0, 0, 1, 1], [5, 5, 6, 6.0]])
     assert ops.nms(boxes, torch.tensor([0.5, 0.5, 0.5]), 0.5).tolist() == [0, 2]

@@ -107,25 +107,68 @@ def galaxy_instances(seed: int = 0, n: int = 1500, size: int = 64, zoom: int = 2
 def galaxy_blends(split: str = "train", n: int = 1050, blend_seed: int = 1, seed: int = 0, size: int = 64,
                   zoom: int = 2, noise: float = 0.01, threshold: float = 0.1, min_area: int = 40,
                   flux_range: tuple = (0.5, 2.0), three_fraction: float = 0.5, min_pixels: int = 30,
-                  val_fraction: float = 0.15, test_fraction: float = 0.15):
+                  val_fraction: float = 0.15, test_fraction: float = 0.15, any_angle: bool = False,
+                  size_range: tuple = (1.0, 1.0), variants: int = 8):
     """``n`` new blends, made as :func:`galaxy_instances` makes them, from the galaxies of one
     split's pool as ``galaxy_instances(seed=seed, ...)`` splits them (so blends of the training
     pool never hold a validation or test galaxy), drawn by a generator seeded with
     (``seed``, ``blend_seed``): fresh training images per epoch at the cost of the blending.
     Returns images [n, 1, H, W] and masks [n, 3, H, W], as in a split's TensorDataset, and the
-    galaxy ids [n, 3] (catalogue index, -1 padding) as in its ``extra``."""
+    galaxy ids [n, 3] (catalogue index, -1 padding) as in its ``extra``.
+
+    Geometric augmentation (off by default, so the blends look like galaxy_instances'): with
+    ``any_angle`` each galaxy is also turned by a uniform random angle (not only the quarter turns
+    and flips every blend gets), and its size is scaled by a log-uniform factor in ``size_range``
+    (surface brightness kept, so the footprint grows with it). The pool's galaxies are resampled
+    ``variants`` times each, once per call (one bilinear sampling of the native stamp, as the
+    unaugmented galaxies are upsampled), and the blends draw from those variants."""
     name = "galaxy_blends"
     if split not in ("train", "val", "test"):
         raise ValueError(f"{name}: split must be 'train', 'val' or 'test', got {split!r}")
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
         raise ValueError(f"{name}: n must be a positive int, got {n!r}")
     blend_seed = _check_seed(name, blend_seed)
+    lo, hi = (float(v) for v in size_range)
+    if not 0 < lo <= hi:
+        raise ValueError(f"{name}: size_range must be (low, high) with 0 < low <= high, got {size_range!r}")
+    if isinstance(variants, bool) or not isinstance(variants, (int, np.integer)) or variants < 1:
+        raise ValueError(f"{name}: variants must be a positive int, got {variants!r}")
     galaxies, pools, _ = _galaxy_pools(name, seed, size, zoom, noise, threshold, min_area, flux_range,
                                        three_fraction, val_fraction, test_fraction)
     rng = np.random.default_rng([seed, blend_seed])
-    images, masks, ids, _ = _blend(rng, pools[("train", "val", "test").index(split)], n, galaxies, size, noise,
-                                   threshold, flux_range, three_fraction, min_pixels)
+    pool = pools[("train", "val", "test").index(split)]
+    augment = any_angle or (lo, hi) != (1.0, 1.0)
+    if augment:
+        galaxies, source = _varied_galaxies(rng, pool, variants, size, zoom, threshold, min_area, any_angle, (lo, hi))
+        pool = np.arange(len(source))
+    images, masks, ids, _ = _blend(rng, pool, n, galaxies, size, noise, threshold, flux_range, three_fraction,
+                                   min_pixels)
+    if augment:  # variant index -> catalogue index
+        ids = torch.where(ids >= 0, torch.from_numpy(source)[ids.clamp_min(0)], ids)
     return images, masks, ids
+
+
+def _varied_galaxies(rng, pool, variants, size, zoom, threshold, min_area, any_angle, size_range):
+    """``variants`` resampled copies of each galaxy of ``pool`` (turned by a random angle when
+    ``any_angle``, sized by a log-uniform factor in ``size_range``): (light, smooth light, radius)
+    as _galaxy_pools gives them, and each copy's catalogue index."""
+    stamp = size // zoom
+    light, smooth, areas = _find_galaxies(threshold, min_area, max_extent=stamp // 2, stamp=stamp)
+    source = np.repeat(np.asarray(pool), variants)
+    k = len(source)
+    angle = rng.uniform(0.0, 2 * np.pi, k) if any_angle else np.zeros(k)
+    lo, hi = size_range
+    scale = np.exp(rng.uniform(np.log(lo), np.log(hi), k))
+    # affine_grid maps output coordinates to input ones (both normalised to [-1, 1] over the
+    # stamp): the inverse of "turn by angle, then scale".
+    cos, sin = np.cos(angle) / scale, np.sin(angle) / scale
+    theta = torch.from_numpy(np.stack([np.stack([cos, -sin, np.zeros(k)], 1),
+                                       np.stack([sin, cos, np.zeros(k)], 1)], 1)).float()
+    native = torch.from_numpy(np.stack([light[source], smooth[source]], 1))
+    grid = F.affine_grid(theta, [k, 2, size, size], align_corners=False)
+    out = F.grid_sample(native, grid, mode="bilinear", padding_mode="zeros", align_corners=False).clamp_min(0.0)
+    radius = np.sqrt(areas[source] / np.pi) * zoom * scale
+    return (out[:, 0].numpy(), out[:, 1].numpy(), radius), source
 
 
 def _galaxy_pools(name, seed, size, zoom, noise, threshold, min_area, flux_range, three_fraction,
