@@ -63,6 +63,8 @@ CASES = [
     ((2, 40, 6, 10), 33, 1),      # channel counts off the register tiles
     ((2, 5, 10, 10), 4, 1),       # 4-7 input channels: Winograd forward, dot-product weight gradient
     ((2, 17, 11, 11), 5, 1),      # 5 outputs: one register tile, mostly padding rows
+    ((5, 9, 14, 14), 14, 1),      # 14x14 (7 tiles a row) and K = 14: on 32-register targets the 8-row
+                                  # GEMM tile (12 rows would pad K to 24), its second block partial
 ]
 
 # float32 outputs of 1 MiB and more are written with streaming stores (winograd.cpp kStreamBytes).

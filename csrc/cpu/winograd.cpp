@@ -49,10 +49,18 @@ namespace {
 
 using V = vec<float>;
 constexpr int L = kLanesOf<float>;
-// GEMM register tile: kMR output channels x kNV vectors of tiles (accumulators kMR * kNV, plus
-// kNV loads and a broadcast): 6 x 2 on 16-register targets (15 registers), 12 x 2 on 32.
+// GEMM register tile: MR output channels x kNV vectors of tiles (accumulators MR * kNV, plus
+// kNV loads and a broadcast): 6 x 2 on 16-register targets (15 registers), 12 x 2 on 32, or
+// 8 x 2 there where 12 rows pad K by a fifth or more (K = 16 computed 24 rows: a third of the
+// GEMM for nothing). Each output sums over the channels in the same order whatever the tile, so
+// the choice changes no bit. Measured (AVX-512 Xeon, 2 threads, alternating processes, ms, 12
+// rows -> 8): 16 -> 16 14x14 N48 (Mask R-CNN's mask head) 0.52-0.58 -> 0.43-0.49, 32 -> 16 0.98
+// -> 0.76-0.84, 33 -> 16 0.89-1.06 -> 0.64-0.78, 16 -> 16 32x32 N32 1.03-1.25 -> 0.81-0.97; but
+// where 12 rows pad less, 8 lost: 128 -> 128 14x14 N16 2.85-3.44 -> 3.61-4.12, 64 -> 64 32x32
+// N32 7.7-9.3 -> 8.7-9.9 (more row blocks: V is read once per block).
 constexpr int kNV = 2;
 constexpr int kMR = kRegisters >= 32 ? 12 : 6;
+constexpr int kMRSmall = kRegisters >= 32 ? 8 : 6;
 // Tiles per forward block: at least two vectors (one register tile); 16 on 4-lane targets.
 constexpr int64_t kBlockTiles = std::max<int64_t>(kNV * L, 16);
 // Outputs of at least this many bytes are written with streaming stores (vec.h store_stream).
@@ -298,33 +306,34 @@ void transform_input(const Conv2dShape& s, const float* x, const Segment* seg, i
   }
 }
 
-// m[r][0 .. kNV L) = sum_c a[c][r] * v[c][0 .. kNV L) for r < kMR: one register tile.
+// m[r][0 .. kNV L) = sum_c a[c][r] * v[c][0 .. kNV L) for r < MR: one register tile.
+template <int MR>
 void gemm_tile(int64_t C, const float* a, const float* v, int64_t ldv, float* m, int64_t ldm) {
-  V acc[kMR][kNV];
+  V acc[MR][kNV];
 #pragma GCC unroll 12
-  for (int r = 0; r < kMR; ++r)
+  for (int r = 0; r < MR; ++r)
 #pragma GCC unroll 2
     for (int u = 0; u < kNV; ++u) acc[r][u] = zero<float>();
-  for (int64_t c = 0; c < C; ++c, a += kMR, v += ldv) {
+  for (int64_t c = 0; c < C; ++c, a += MR, v += ldv) {
     V b[kNV];
 #pragma GCC unroll 2
     for (int u = 0; u < kNV; ++u) b[u] = load(v + u * L);
 #pragma GCC unroll 12
-    for (int r = 0; r < kMR; ++r) {
+    for (int r = 0; r < MR; ++r) {
       const V av = broadcast(a[r]);
 #pragma GCC unroll 2
       for (int u = 0; u < kNV; ++u) acc[r][u] = fma(av, b[u], acc[r][u]);
     }
   }
 #pragma GCC unroll 12
-  for (int r = 0; r < kMR; ++r)
+  for (int r = 0; r < MR; ++r)
 #pragma GCC unroll 2
     for (int u = 0; u < kNV; ++u) store(m + r * ldm + u * L, acc[r][u]);
 }
 
-// U[xi][mb][c][m] = (G w[mb*kMR + m][c] G^T)[xi], zero for output channels past K: the kMR
+// U[xi][mb][c][m] = (G w[mb*MR + m][c] G^T)[xi], zero for output channels past K: the MR
 // values one GEMM step broadcasts are adjacent. Computed in double, then rounded once.
-template <int R>
+template <int R, int MR>
 std::vector<float> transform_weights(const Conv2dShape& s, const float* w, int64_t mblocks) {
   constexpr int T = R + 2;
   static constexpr double G2[4][3] = {{1, 0, 0}, {0.5, 0.5, 0.5}, {0.5, -0.5, 0.5}, {0, 0, 1}};
@@ -335,7 +344,7 @@ std::vector<float> transform_weights(const Conv2dShape& s, const float* w, int64
                                       {1.0 / 24, -1.0 / 12, 1.0 / 6},
                                       {0, 0, 1}};
   const double(*G)[3] = R == 2 ? G2 : G4;
-  std::vector<float> u(size_t(T * T * mblocks * s.C * kMR), 0.0f);
+  std::vector<float> u(size_t(T * T * mblocks * s.C * MR), 0.0f);
   // Threads over output channels (each k writes its own entries).
   parallel_for(s.K, 8, [&](int64_t k0, int64_t k1) {
     for (int64_t k = k0; k < k1; ++k)
@@ -361,7 +370,7 @@ std::vector<float> transform_weights(const Conv2dShape& s, const float* w, int64
         }
         for (int i = 0; i < T; ++i)
           for (int j = 0; j < T; ++j)
-            u[size_t((((i * T + j) * mblocks + k / kMR) * s.C + c) * kMR + k % kMR)] = float(e[i][j]);
+            u[size_t((((i * T + j) * mblocks + k / MR) * s.C + c) * MR + k % MR)] = float(e[i][j]);
       }
   });
   return u;
@@ -447,13 +456,13 @@ bool use_f4x4(const Conv2dShape& s) {
   return mode == 1 && s.OH >= 12 && s.OW >= 12 && s.C >= 16 && s.K >= 16;
 }
 
-template <int R>
+template <int R, int MR>
 void forward(const Conv2dShape& s, const float* x, const float* w, const float* bias, float* y) {
   constexpr int NX = (R + 2) * (R + 2);
   const TileGrid grid(s, R);
   if (grid.total == 0) return;
-  const int64_t mblocks = (s.K + kMR - 1) / kMR, kpad = mblocks * kMR;
-  const std::vector<float> u = transform_weights<R>(s, w, mblocks);
+  const int64_t mblocks = (s.K + MR - 1) / MR, kpad = mblocks * MR;
+  const std::vector<float> u = transform_weights<R, MR>(s, w, mblocks);
   const int64_t bt = kBlockTiles;
   const int64_t blocks = (grid.total + bt - 1) / bt;
   const bool stream = s.N * s.K * s.OH * s.OW * int64_t(sizeof(float)) >= kStreamBytes;
@@ -472,8 +481,8 @@ void forward(const Conv2dShape& s, const float* x, const float* w, const float* 
       for (int64_t xi = 0; xi < NX; ++xi)
         for (int64_t mb = 0; mb < mblocks; ++mb)
           for (int64_t nb = 0; nb < bt; nb += kNV * L)
-            gemm_tile(s.C, u.data() + (xi * mblocks + mb) * s.C * kMR, v + xi * s.C * bt + nb, bt,
-                      mt + (xi * kpad + mb * kMR) * bt + nb, bt);
+            gemm_tile<MR>(s.C, u.data() + (xi * mblocks + mb) * s.C * MR, v + xi * s.C * bt + nb, bt,
+                          mt + (xi * kpad + mb * MR) * bt + nb, bt);
       transform_output<R>(s, mt, kpad, bt, bias, seg, nseg, stream, y);
     }
     if (stream) stream_fence();  // before the region's end hands y on
@@ -642,8 +651,11 @@ const char* winograd_forward_kernel(const Conv2dShape& s) {
 bool conv2d_forward_winograd_f32(const Conv2dShape& s, const float* x, const float* w, const float* bias, float* y) {
   const char* kernel = winograd_forward_kernel(s);
   if (!kernel) return false;
-  if (kernel[8] == '4') forward<4>(s, x, w, bias, y);
-  else forward<2>(s, x, w, bias, y);
+  // The smaller tile only where the larger pads K by a fifth or more of its rows (see kMRSmall).
+  auto efficiency = [&](int64_t mr) { return double(s.K) / double((s.K + mr - 1) / mr * mr); };
+  const bool small = kMRSmall != kMR && efficiency(kMR) < 0.8 && efficiency(kMRSmall) > efficiency(kMR);
+  if (kernel[8] == '4') small ? forward<4, kMRSmall>(s, x, w, bias, y) : forward<4, kMR>(s, x, w, bias, y);
+  else small ? forward<2, kMRSmall>(s, x, w, bias, y) : forward<2, kMR>(s, x, w, bias, y);
   return true;
 }
 
