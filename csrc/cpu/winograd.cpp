@@ -51,8 +51,8 @@ using V = vec<float>;
 constexpr int L = kLanesOf<float>;
 // GEMM register tile: MR output channels x kNV vectors of tiles (accumulators MR * kNV, plus
 // kNV loads and a broadcast): 6 x 2 on 16-register targets (15 registers), 12 x 2 on 32, or
-// 8 x 2 there where 12 rows pad K by a fifth or more (K = 16 computed 24 rows: a third of the
-// GEMM for nothing). Each output sums over the channels in the same order whatever the tile, so
+// 8 x 2 there where 12-row tiles compute over 1.4 rows per output channel (K = 16 computed 24
+// rows: a third of the GEMM for nothing). Each output sums over the channels in the same order whatever the tile, so
 // the choice changes no bit. Measured (AVX-512 Xeon, 2 threads, alternating processes, ms, 12
 // rows -> 8): 16 -> 16 14x14 N48 (Mask R-CNN's mask head) 0.52-0.58 -> 0.43-0.49, 32 -> 16 0.98
 // -> 0.76-0.84, 33 -> 16 0.89-1.06 -> 0.64-0.78, 16 -> 16 32x32 N32 1.03-1.25 -> 0.81-0.97; but
@@ -592,7 +592,7 @@ void grad_tile(const float* gt, int64_t bt, const float* vt, int64_t ldv, int64_
 }
 // Register tiles of the weight gradient: KR output channels x CV vectors of input channels, KR
 // = (registers - 4) / CV (12 or 28 accumulators: 14 x 2 and 28 x 1 on 32 registers), or a
-// power of two where that pads K by a fifth or more (K = 16 computed 28 rows); every row sums
+// power of two where that computes over 1.4 rows per output channel (K = 16: 28 rows); every row sums
 // over the tiles in the same order either way, so the choice changes no bit. Measured (AVX-512
 // Xeon, 1 thread, CPU ms, best of 7 x 30 calls, four alternating process pairs): N48 14x14
 // 16 -> 16 0.69-1.07 -> 0.58-0.73, 32 -> 16 1.29-1.64 -> 1.02-1.17 (64 -> 64 8x8, unchanged
@@ -601,7 +601,7 @@ constexpr int kGradRows2 = (kRegisters - 4) / 2, kGradRows1 = kRegisters - 4;
 constexpr int kGradRows2Small = kGradRows2 >= 8 ? 8 : 4, kGradRows1Small = kGradRows1 >= 16 ? 16 : 8;
 bool small_grad_rows(int64_t K, int64_t rows, int64_t small) {
   const auto computed = [&](int64_t r) { return (K + r - 1) / r * r; };
-  return double(K) / double(computed(rows)) < 0.8 && computed(small) < computed(rows);
+  return double(K) / double(computed(rows)) < 0.7 && computed(small) < computed(rows);
 }
 
 // P[xi] += Gy[xi] @ V[xi]^T for one block (vt: scratch for the transposed V).
@@ -679,9 +679,9 @@ const char* winograd_forward_kernel(const Conv2dShape& s) {
 bool conv2d_forward_winograd_f32(const Conv2dShape& s, const float* x, const float* w, const float* bias, float* y) {
   const char* kernel = winograd_forward_kernel(s);
   if (!kernel) return false;
-  // The smaller tile only where the larger pads K by a fifth or more of its rows (see kMRSmall).
+  // The smaller tile only where the larger computes over 1.4 rows per output channel (kMRSmall).
   auto efficiency = [&](int64_t mr) { return double(s.K) / double((s.K + mr - 1) / mr * mr); };
-  const bool small = kMRSmall != kMR && efficiency(kMR) < 0.8 && efficiency(kMRSmall) > efficiency(kMR);
+  const bool small = kMRSmall != kMR && efficiency(kMR) < 0.7 && efficiency(kMRSmall) > efficiency(kMR);
   if (kernel[8] == '4') small ? forward<4, kMRSmall>(s, x, w, bias, y) : forward<4, kMR>(s, x, w, bias, y);
   else small ? forward<2, kMRSmall>(s, x, w, bias, y) : forward<2, kMR>(s, x, w, bias, y);
   return true;
