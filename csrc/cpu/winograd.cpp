@@ -604,6 +604,13 @@ bool small_grad_rows(int64_t K, int64_t rows, int64_t small) {
   return double(K) / double(computed(rows)) < 0.7 && computed(small) < computed(rows);
 }
 
+// P rows [0, K) of CV channel vectors (p, vt: at their first channel) += Gy @ VT, KR rows a tile.
+template <int CV, int KR>
+void grad_rows(int64_t K, const float* gt, int64_t bt, const float* vt, int64_t ldv, float* p) {
+  for (int64_t k = 0; k < K; k += KR)
+    grad_tile<CV, KR>(gt + k * bt, bt, vt, ldv, std::min<int64_t>(KR, K - k), p + k * ldv, ldv);
+}
+
 // P[xi] += Gy[xi] @ V[xi]^T for one block (vt: scratch for the transposed V).
 void accumulate_grad(const Conv2dShape& s, int64_t cpad, int64_t bt, const float* v, float* vt, const float* gt,
                      float* p) {
@@ -616,26 +623,12 @@ void accumulate_grad(const Conv2dShape& s, int64_t cpad, int64_t bt, const float
     const float* gx = gt + xi * s.K * bt;
     float* px = p + xi * s.K * cpad;
     int64_t c = 0;
-    for (; c + 2 * L <= cpad; c += 2 * L) {
-      if (small2)
-        for (int64_t k = 0; k < s.K; k += kGradRows2Small)
-          grad_tile<2, kGradRows2Small>(gx + k * bt, bt, vt + c, cpad, std::min<int64_t>(kGradRows2Small, s.K - k),
-                                        px + k * cpad + c, cpad);
-      else
-        for (int64_t k = 0; k < s.K; k += kGradRows2)
-          grad_tile<2, kGradRows2>(gx + k * bt, bt, vt + c, cpad, std::min<int64_t>(kGradRows2, s.K - k),
-                                   px + k * cpad + c, cpad);
-    }
-    for (; c < cpad; c += L) {
-      if (small1)
-        for (int64_t k = 0; k < s.K; k += kGradRows1Small)
-          grad_tile<1, kGradRows1Small>(gx + k * bt, bt, vt + c, cpad, std::min<int64_t>(kGradRows1Small, s.K - k),
-                                        px + k * cpad + c, cpad);
-      else
-        for (int64_t k = 0; k < s.K; k += kGradRows1)
-          grad_tile<1, kGradRows1>(gx + k * bt, bt, vt + c, cpad, std::min<int64_t>(kGradRows1, s.K - k),
-                                   px + k * cpad + c, cpad);
-    }
+    for (; c + 2 * L <= cpad; c += 2 * L)
+      small2 ? grad_rows<2, kGradRows2Small>(s.K, gx, bt, vt + c, cpad, px + c)
+             : grad_rows<2, kGradRows2>(s.K, gx, bt, vt + c, cpad, px + c);
+    for (; c < cpad; c += L)
+      small1 ? grad_rows<1, kGradRows1Small>(s.K, gx, bt, vt + c, cpad, px + c)
+             : grad_rows<1, kGradRows1>(s.K, gx, bt, vt + c, cpad, px + c);
   }
 }
 
