@@ -599,7 +599,9 @@ void grad_tile(const float* gt, int64_t bt, const float* vt, int64_t ldv, int64_
 // code: 1.06-1.58 and 1.02-1.33: the VM's noise).
 constexpr int kGradRows2 = (kRegisters - 4) / 2, kGradRows1 = kRegisters - 4;
 constexpr int kGradRows2Small = kGradRows2 >= 8 ? 8 : 4, kGradRows1Small = kGradRows1 >= 16 ? 16 : 8;
-bool small_grad_rows(int64_t K, int64_t rows, int64_t small) {
+// Whether a tile of `small` rows should replace one of `rows` for K output channels: where the
+// full tile computes over 1.4 rows per channel and the smaller fewer (forward and weight gradient).
+bool smaller_tile_pays(int64_t K, int64_t rows, int64_t small) {
   const auto computed = [&](int64_t r) { return (K + r - 1) / r * r; };
   return double(K) / double(computed(rows)) < 0.7 && computed(small) < computed(rows);
 }
@@ -614,8 +616,8 @@ void grad_rows(int64_t K, const float* gt, int64_t bt, const float* vt, int64_t 
 // P[xi] += Gy[xi] @ V[xi]^T for one block (vt: scratch for the transposed V).
 void accumulate_grad(const Conv2dShape& s, int64_t cpad, int64_t bt, const float* v, float* vt, const float* gt,
                      float* p) {
-  const bool small2 = small_grad_rows(s.K, kGradRows2, kGradRows2Small);
-  const bool small1 = small_grad_rows(s.K, kGradRows1, kGradRows1Small);
+  const bool small2 = smaller_tile_pays(s.K, kGradRows2, kGradRows2Small);
+  const bool small1 = smaller_tile_pays(s.K, kGradRows1, kGradRows1Small);
   for (int64_t xi = 0; xi < 16; ++xi) {
     for (int64_t c = 0; c < s.C; c += L)
       for (int64_t t = 0; t < bt; t += L)
@@ -672,9 +674,7 @@ const char* winograd_forward_kernel(const Conv2dShape& s) {
 bool conv2d_forward_winograd_f32(const Conv2dShape& s, const float* x, const float* w, const float* bias, float* y) {
   const char* kernel = winograd_forward_kernel(s);
   if (!kernel) return false;
-  // The smaller tile only where the larger computes over 1.4 rows per output channel (kMRSmall).
-  auto efficiency = [&](int64_t mr) { return double(s.K) / double((s.K + mr - 1) / mr * mr); };
-  const bool small = kMRSmall != kMR && efficiency(kMR) < 0.7 && efficiency(kMRSmall) > efficiency(kMR);
+  const bool small = kMRSmall != kMR && smaller_tile_pays(s.K, kMR, kMRSmall);  // see kMRSmall
   if (kernel[8] == '4') small ? forward<4, kMRSmall>(s, x, w, bias, y) : forward<4, kMR>(s, x, w, bias, y);
   else small ? forward<2, kMRSmall>(s, x, w, bias, y) : forward<2, kMR>(s, x, w, bias, y);
   return true;
