@@ -639,3 +639,56 @@ def test_mask_batch_size_caps_the_mask_heads_rois_per_image(data):
     for bad in (-1, 1.5, True):
         with pytest.raises(ValueError, match="mask_batch_size"):
             _small_model(mask_batch_size=bad)
+
+
+def test_dense_aux_head_adds_cover_count_and_centre_losses_in_training_only(data):
+    from pycnn.models.mask_rcnn import MaskRCNN
+    x, t = _batch(data, 2)
+    torch.manual_seed(0)
+    plain = _small_model()
+    torch.manual_seed(0)
+    model = _small_model(dense_aux_weight=1.0)
+    # Created last: every other layer starts from the same weights as without the option.
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in plain.state_dict().items())
+    model.train()
+
+    def losses(w):
+        model.dense_aux_weight = w
+        torch.manual_seed(1)
+        return {k: v.detach() for k, v in model(x, t).items()}
+
+    l1, l2 = losses(1.0), losses(2.0)
+    assert {"loss_dense_count", "loss_dense_centre"} <= set(l1)
+    for k in ("loss_dense_count", "loss_dense_centre"):
+        assert torch.allclose(l2[k], 2 * l1[k]) and l1[k] > 0
+    assert all(torch.equal(l1[k], l2[k]) for k in l1 if not k.startswith("loss_dense"))
+    model.dense_aux_weight = 1.0
+    sum(model(x, t).values()).backward()
+    assert model.dense_aux_head[0].weight.grad.abs().sum() > 0 and model.backbone.stem[0].weight.grad.abs().sum() > 0
+    # The targets, recomputed by hand: per stride-2 cell the most galaxies over its 2x2 pixels, and
+    # a Gaussian bump (sigma a sixth of the box's sides) at the centre of each box.
+    cover = torch.stack([d["masks"].sum(0) for d in t]).clamp(max=3).reshape(2, 32, 2, 32, 2).amax((2, 4))
+    assert cover.max() >= 2  # the batch has an overlap
+    centres = torch.arange(32, dtype=torch.float32) * 2 + 1
+    heat = torch.zeros(2, 32, 32)
+    for i, d in enumerate(t):
+        for b in d["boxes"].float():
+            gx = ((centres - (b[0] + b[2]) / 2) / ((b[2] - b[0]) / 6)) ** 2
+            gy = ((centres - (b[1] + b[3]) / 2) / ((b[3] - b[1]) / 6)) ** 2
+            heat[i] = torch.maximum(heat[i], torch.exp(-0.5 * (gx[None] + gy[:, None])))
+    with torch.no_grad():
+        f = model.backbone(x)
+        o = model.dense_aux_head(f)
+        got = model._dense_aux_losses(f, t, (64, 64))
+    assert torch.allclose(got["loss_dense_count"], torch.nn.functional.cross_entropy(o[:, :4], cover))
+    assert torch.allclose(got["loss_dense_centre"],
+                          torch.nn.functional.binary_cross_entropy_with_logits(o[:, 4], heat), atol=1e-6)
+    # Inference does not run it: the same detections as the model without it, given its weights.
+    model.eval()
+    plain.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("dense_aux_head")})
+    plain.eval()
+    with torch.no_grad():
+        a, p = model(x), plain(x)
+    assert all(torch.equal(u["boxes"], v["boxes"]) and torch.equal(u["masks"], v["masks"]) for u, v in zip(a, p))
+    with pytest.raises(ValueError, match="dense_aux_weight"):
+        MaskRCNN(dense_aux_weight=-1.0)
