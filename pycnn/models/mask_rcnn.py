@@ -24,11 +24,7 @@ loss of each positive RoI's mask, 1 - (2 sum(p t) + 1) / (sum p + sum t + 1), to
 binary cross-entropy: an overlap loss that counts a small galaxy's edge as much as a large one's);
 ``box_loss_weight`` scales the box head's regression loss (the backbone is shared, so a heavy box
 loss costs the masks); ``mask_batch_size`` caps the positive RoIs per image that train the mask
-(and MaskIoU) head (0: all of them). ``dense_aux_weight`` adds a training-only dense head on the
-feature map (a 3x3 and a 1x1 conv) with two losses of that weight: per cell, how many galaxies
-cover it (0-3, cross-entropy), and a heatmap of the galaxies' box centres (a Gaussian bump of a
-sixth of the box's size, binary cross-entropy), so every cell of the shared backbone is told
-where blends overlap and where whole galaxies are centred; inference does not run it.
+(and MaskIoU) head (0: all of them).
 
 RoIAlign runs with ``aligned=True`` (half-pixel shift) everywhere: boxes are in pixel-edge
 coordinates, so pixel i's centre is i + 0.5 and the shift makes samples land on it.
@@ -327,17 +323,16 @@ class MaskRCNN(nn.Module):
                  sampling_ratio: int = 2, mask_rescore: bool = False, mask_roi_scale: float = 1.0,
                  soft_nms_sigma: float = 0.0, box_roi_scale: float = 1.0, tta: bool = False,
                  mask_iou_head: bool = False, mask_iou_train_iou: float = 0.5, mask_head_bn: bool = False,
-                 mask_dice_weight: float = 0.0, box_loss_weight: float = 1.0, mask_batch_size: int = 0,
-                 dense_aux_weight: float = 0.0):
+                 mask_dice_weight: float = 0.0, box_loss_weight: float = 1.0, mask_batch_size: int = 0):
         super().__init__()
         if num_classes < 2:
             raise ValueError(f"mask_rcnn: num_classes must be >= 2 (background + objects), got {num_classes}")
         if not mask_roi_scale >= 1.0 or not box_roi_scale >= 1.0 or not soft_nms_sigma >= 0.0:
             raise ValueError(f"mask_rcnn: mask_roi_scale and box_roi_scale must be >= 1 and soft_nms_sigma >= 0, "
                              f"got {mask_roi_scale}, {box_roi_scale}, {soft_nms_sigma}")
-        if not mask_dice_weight >= 0.0 or not box_loss_weight >= 0.0 or not dense_aux_weight >= 0.0:
-            raise ValueError(f"mask_rcnn: mask_dice_weight, box_loss_weight and dense_aux_weight must be >= 0, "
-                             f"got {mask_dice_weight}, {box_loss_weight}, {dense_aux_weight}")
+        if not mask_dice_weight >= 0.0 or not box_loss_weight >= 0.0:
+            raise ValueError(f"mask_rcnn: mask_dice_weight and box_loss_weight must be >= 0, "
+                             f"got {mask_dice_weight}, {box_loss_weight}")
         if isinstance(mask_batch_size, bool) or int(mask_batch_size) != mask_batch_size or mask_batch_size < 0:
             raise ValueError(f"mask_rcnn: mask_batch_size must be an int >= 0 (0: every positive RoI), "
                              f"got {mask_batch_size!r}")
@@ -401,12 +396,6 @@ class MaskRCNN(nn.Module):
         self.mask_dice_weight = float(mask_dice_weight)
         self.box_loss_weight = float(box_loss_weight)
         self.mask_batch_size = int(mask_batch_size)
-        # Created last, so that with it the other layers start from the same random weights.
-        self.dense_aux_weight = float(dense_aux_weight)
-        self.dense_aux_head = None
-        if dense_aux_weight:  # outputs: 4 cover-count logits, 1 centre-heatmap logit
-            self.dense_aux_head = nn.Sequential(pnn.Conv2d(c, c, 3, padding=1), nn.ReLU(inplace=True),
-                                                pnn.Conv2d(c, 5, 1))
         self.spatial_scale = 1.0 / self.backbone.stride
 
     # -- pieces ----------------------------------------------------------------------------------
@@ -514,10 +503,7 @@ class MaskRCNN(nn.Module):
         anchors = self.anchors(tuple(features.shape[-2:]))
         proposals = self._proposals(logits, deltas, anchors, size)
         if self.training:
-            losses = self._losses(features, logits, deltas, anchors, proposals, targets)
-            if self.dense_aux_head is not None:
-                losses.update(self._dense_aux_losses(features, targets, size))
-            return losses
+            return self._losses(features, logits, deltas, anchors, proposals, targets)
         views = [(Dihedral(False, False, False, size), features)]
         if self.tta:  # each other view's features, for the box and mask heads to average over
             views += [(v, self.backbone(v.image(images))) for v in Dihedral.all(size)[1:]]
@@ -597,32 +583,6 @@ class MaskRCNN(nn.Module):
                         iou_target = torch.cat([iou_target, near_target])
                 losses["loss_mask_iou"] = F.mse_loss(pred, iou_target)
         return losses
-
-    def _dense_aux_losses(self, features: Tensor, targets: List[dict], size: Tuple[int, int]) -> Dict[str, Tensor]:
-        """The dense head's two losses (``dense_aux_weight``): each feature cell's galaxy count
-        (the most over its stride x stride pixels, at most 3) and the centre heatmap."""
-        n, _, fh, fw = features.shape
-        s = self.backbone.stride
-        out = self.dense_aux_head(features)
-        count = torch.stack([t["masks"].to(torch.int64).sum(0) if len(t["masks"]) else
-                             torch.zeros(size, dtype=torch.int64) for t in targets]).clamp(max=3)
-        count = F.pad(count, (0, fw * s - size[1], 0, fh * s - size[0]))  # odd sizes: the map rounds up
-        count = count.reshape(n, fh, s, fw, s).amax((2, 4))
-        # Each image's boxes padded to the most an image has with a 2-pixel box far outside (bump 0).
-        g_max = max(1, max(len(t["boxes"]) for t in targets))
-        boxes = torch.full((n, g_max, 4), -1e4)
-        boxes[..., 2:] += 2
-        for i, t in enumerate(targets):
-            boxes[i, :len(t["boxes"])] = t["boxes"].to(torch.float32)
-        cx, cy = (boxes[..., 0] + boxes[..., 2]) / 2, (boxes[..., 1] + boxes[..., 3]) / 2
-        sx, sy = (boxes[..., 2] - boxes[..., 0]).clamp(min=2) / 6, (boxes[..., 3] - boxes[..., 1]).clamp(min=2) / 6
-        xs = (torch.arange(fw, dtype=torch.float32) + 0.5) * s  # cell centres in pixels
-        ys = (torch.arange(fh, dtype=torch.float32) + 0.5) * s
-        dx = (xs - cx[..., None]) / sx[..., None]  # [N, G, W]
-        dy = (ys - cy[..., None]) / sy[..., None]  # [N, G, H]
-        heat = torch.exp(-0.5 * (dy[..., :, None] ** 2 + dx[..., None, :] ** 2)).amax(1)
-        return {"loss_dense_count": self.dense_aux_weight * F.cross_entropy(out[:, :4], count),
-                "loss_dense_centre": self.dense_aux_weight * F.binary_cross_entropy_with_logits(out[:, 4], heat.to(out))}
 
     def _predict_mask_iou(self, mask_features: Tensor, probs: Tensor, labels: Tensor) -> Tensor:
         """MaskIoU head: predicted IoU [K] of each mask (probabilities [K, 28, 28]) of class ``labels``."""
