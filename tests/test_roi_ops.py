@@ -445,6 +445,36 @@ def test_box_iou_matches_reference():
     assert ops.box_iou(a, b[:0]).shape == (13, 0)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_box_iou_and_nms_round_every_operation_alike(each_isa, dtype):
+    # box_iou, nms's vector lanes and batched_nms's pair loop give the same IoU bits on every
+    # target: the IoU formula with each operation rounded on its own (numpy's elementwise
+    # arithmetic), no product fused into an add. So a pair kept by one at a threshold is kept by
+    # all (a fused product moved IoUs by 1-3 ulp, differently per call site and target).
+    g = torch.Generator().manual_seed(12)
+    a = random_boxes(300, seed=13, dtype=dtype, size=60.0)
+    b = a + (torch.rand(300, 4, generator=g, dtype=torch.float64) - 0.5).to(dtype) * 6  # overlapping pairs
+    b[:, 2:] = torch.maximum(b[:, 2:], b[:, :2] + 0.5)
+    x, y = a.numpy()[:, None], b.numpy()[None]
+    area_x = (x[..., 2] - x[..., 0]) * (x[..., 3] - x[..., 1])
+    area_y = (y[..., 2] - y[..., 0]) * (y[..., 3] - y[..., 1])
+    w = np.maximum(np.minimum(x[..., 2], y[..., 2]) - np.maximum(x[..., 0], y[..., 0]), 0)
+    h = np.maximum(np.minimum(x[..., 3], y[..., 3]) - np.maximum(x[..., 1], y[..., 1]), 0)
+    inter = w * h
+    expected = inter / (area_x + area_y - inter)
+    iou = ops.box_iou(a, b)
+    assert torch.equal(iou, torch.from_numpy(expected))
+    pair_scores = torch.tensor([0.9, 0.8], dtype=dtype)
+    for i in range(0, 300, 2):
+        v = float(iou[i, i])
+        if v == 0.0:
+            continue
+        pair = torch.stack([a[i], b[i]])
+        for t, kept in ((v, [0, 1]), (float(np.nextafter(v, -np.inf)), [0])):  # kept at its own IoU only
+            assert ops.nms(pair, pair_scores, t).tolist() == kept
+            assert ops.batched_nms(pair, pair_scores, torch.zeros(2, dtype=torch.int64), t).tolist() == kept
+
+
 def test_opcheck_nms_ops():
     boxes, scores = random_boxes(30, seed=5), torch.rand(30, dtype=torch.float64)
     idxs = torch.randint(0, 3, (30,))
