@@ -8,7 +8,7 @@ import torch
 
 import pycnn.data as D
 import pycnn.models as M
-from pycnn.models.mask_rcnn import AnchorGenerator, BoxCoder, Matcher, paste_masks, sample_balanced
+from pycnn.models.mask_rcnn import AnchorGenerator, BoxCoder, Dihedral, Matcher, paste_masks, sample_balanced
 
 SPLITS = ("train", "val", "test")
 
@@ -559,6 +559,37 @@ def test_mask_iou_head_trains_and_rescores(data):
     for d in tta:
         k = len(d["boxes"])
         assert k > 0 and d["masks"].shape == (k, 64, 64) and bool((d["scores"][:-1] >= d["scores"][1:]).all())
+
+
+def _sorted_rows(b):
+    return b[np.lexsort(b.T.numpy()[::-1])]
+
+
+def test_tta_proposals_pool_every_view_in_the_image_frame(data):
+    # With tta the proposals are every view's RPN candidates mapped back into the image and NMS'd
+    # together. The 8 views form a group, so the proposals of a flipped/transposed image are the
+    # original's proposals flipped/transposed: this fails if a view's boxes stayed in its own frame.
+    x, _ = _batch(data, 2)
+    model = _small_model(tta=True, tta_proposals=12).eval()
+    size = tuple(x.shape[-2:])
+
+    def proposals(images):
+        with torch.no_grad():
+            views = [(v, model.backbone(v.image(images))) for v in Dihedral.all(size)]
+            return model._tta_proposals(views, size)
+
+    plain = proposals(x)
+    assert all(0 < len(p) <= 12 for p in plain)
+    for v in (Dihedral(True, True, False, size), Dihedral(False, False, True, size)):
+        for got, ref in zip(proposals(v.image(x)), plain):
+            assert torch.allclose(_sorted_rows(got), _sorted_rows(v.boxes(ref)), atol=1e-3)
+    # More proposals than the identity view's 50 (the RPN's test-time count) are allowed, and a
+    # non-square image pools its 4 flips.
+    with torch.no_grad():
+        wide = model(x[..., :48])
+    assert len(wide) == 2 and all(d["masks"].shape[-2:] == (64, 48) for d in wide)
+    with pytest.raises(ValueError, match="tta_proposals"):
+        _small_model(tta_proposals=0)
 
 
 def test_mask_dice_loss_adds_the_soft_dice_of_the_mask_logits(data):

