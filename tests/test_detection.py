@@ -295,6 +295,13 @@ def test_fit_detection_fresh_data_per_epoch(data):
     raw, m, _ = D.galaxy_blends("train", 2, blend_seed=1, seed=3)
     assert torch.allclose(x, _normalise(raw, data.mean.tolist(), data.std.tolist()))
     assert all(torch.equal(a["masks"], b["masks"]) for a, b in zip(t, D.instance_targets(m)))
+    # Blend options (the geometric augmentation of the tenth round) reach galaxy_blends.
+    turned = reblended_training_data({"n": 40, "seed": 3}, 2, data.mean.tolist(), data.std.tolist(),
+                                     any_angle=True, size_range=[0.8, 1.25])
+    raw2, m2, _ = D.galaxy_blends("train", 2, blend_seed=1, seed=3, any_angle=True, size_range=[0.8, 1.25])
+    x2, t2 = turned(1)
+    assert torch.allclose(x2, _normalise(raw2, data.mean.tolist(), data.std.tolist())) and not torch.allclose(x2, x)
+    assert all(torch.equal(a["masks"], b["masks"]) for a, b in zip(t2, D.instance_targets(m2)))
     seen = []
 
     def recording(epoch):
