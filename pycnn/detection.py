@@ -448,9 +448,10 @@ DEMO = {
     # 20 epochs, each after the first on new blends of the training galaxies (issue #12's fifth
     # round: the one lever that moved AP), validated every 4th: 243-297 s of training on the
     # 2-core development VMs (AMD avx2, Intel avx512) at their usual speeds, 351 s when one ran at
-    # half speed (README "Detection and instance segmentation"). A "blend" entry would pass
-    # galaxy_blends options to the new blends (any_angle, size_range: issue #12's tenth and twelfth
-    # rounds measured them, validation +0.004 to +0.015 mask AP in four runs, test -0.013 in one).
+    # half speed (README "Detection and instance segmentation"). The blends stay as galaxy_blends
+    # makes them by default: turning and sizing the galaxies too (reblended_training_data's
+    # any_angle, size_range) gave validation +0.004 to +0.015 mask AP in four runs but test -0.013
+    # in one (issue #12's tenth and twelfth rounds).
     "full": dict(data_kwargs={"n": 1500}, model_kwargs=_DEMO_MODEL, epochs=20, batch_size=8, lr=2e-3,
                  test_images=None, new_blends=True, val_every=4),
     "quick": dict(data_kwargs={"n": 120}, model_kwargs=_DEMO_MODEL, epochs=1, batch_size=4, lr=2e-3, max_steps=6,
@@ -475,7 +476,7 @@ def run_detection_demo(quick: bool, out_dir: str, progress: bool = True, seed: i
     config = {"model": "mask_rcnn", "model_kwargs": model_kwargs, "data": "galaxy_instances",
               "data_kwargs": dict(spec["data_kwargs"], seed=seed), "epochs": spec["epochs"],
               "batch_size": spec["batch_size"], "lr": spec["lr"], "seed": seed, "normalize": {"mean": mean, "std": std},
-              "new_blends": bool(spec.get("new_blends")), "blend": dict(spec.get("blend", {}))}
+              "new_blends": bool(spec.get("new_blends"))}
     print(f"[demo] mask_rcnn on galaxy_instances {splits.sizes()}, {spec['epochs']} epochs"
           + (f" (at most {spec['max_steps']} steps)" if spec.get("max_steps") else ""))
     t0 = time.perf_counter()
@@ -485,8 +486,8 @@ def run_detection_demo(quick: bool, out_dir: str, progress: bool = True, seed: i
                             warmup_steps=2 if quick else 50, max_steps=spec.get("max_steps"),
                             out=os.path.join(out_dir, "mask_rcnn"), config=config, seed=seed, progress=progress,
                             val_every=spec.get("val_every", 1),
-                            fresh_data=reblended_training_data(config["data_kwargs"], len(splits.train), mean, std,
-                                                               **config["blend"]) if spec.get("new_blends") else None)
+                            fresh_data=reblended_training_data(config["data_kwargs"], len(splits.train), mean, std)
+                            if spec.get("new_blends") else None)
     seconds = time.perf_counter() - t0
     # Completeness and purity at each detector's own operating point: the score threshold with the
     # best F1 on the validation images (a fixed 0.5 means different things for the two scorings).
@@ -569,11 +570,7 @@ def demo_section(r: dict, report):
     note = (" <b>Quick demo:</b> a few training steps only, so the detector is barely trained; run the full "
             "demo (or <code>pycnn train --model mask_rcnn --data galaxy_instances</code>) for real numbers."
             if r["quick"] else "")
-    blend = cfg.get("blend") or {}
-    parts = (["turned by any angle"] if blend.get("any_angle") else []) + (
-        ["sized by {:g}-{:g}".format(*blend["size_range"])] if blend.get("size_range") else [])
-    turned = ", each galaxy " + " and ".join(parts) if parts else ""
-    blends = f" (after the first epoch, new blends of the same training galaxies every epoch{turned})" if cfg.get(
+    blends = " (after the first epoch, new blends of the same training galaxies every epoch)" if cfg.get(
         "new_blends") else ""
     text = (f"<p>Mask R-CNN (one feature level, RPN, RoIAlign box and mask heads, on pycnn's kernels and "
             f"<code>pycnn.ops</code>) deblending two or three Hubble deep-field galaxies per image: one box, score "
