@@ -17,13 +17,14 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pycnn.metrics import best_score_threshold, coco_ap, completeness_purity
 from pycnn.train import History, load_checkpoint, save_checkpoint
 
 __all__ = ["fit_detection", "reblended_training_data", "detect", "evaluate_detection", "watershed_instances",
-           "flip_targets", "format_scores", "draw_detections"]
+           "flip_targets", "format_scores", "draw_detections", "prepare_sky_image"]
 
 
 def flip_targets(images: Tensor, targets: List[dict], horizontal: Tensor, vertical: Tensor,
@@ -387,6 +388,25 @@ def _read_image(spec: str, config: dict) -> Tensor:
     return torch.from_numpy(np.clip(a, 0.0, 1.0))[None]
 
 
+def prepare_sky_image(image: Tensor, zoom: float = 1.0, subtract_sky: bool = False) -> Tensor:
+    """An image [C, H, W] brought to what galaxy_instances trains on. ``subtract_sky``: the image's
+    median (the sky level; the Hubble deep field's is ~0.05) subtracted and the result clipped at
+    0, as the training galaxies' light is. ``zoom``: resampled by that factor, bilinear, as the data
+    set enlarges its galaxy stamps (``galaxy_instances(zoom=2)``): an image at the deep field's own
+    pixel scale needs zoom 2 for its galaxies to have the training galaxies' size."""
+    if not zoom > 0 or not math.isfinite(zoom):
+        raise ValueError(f"prepare_sky_image: zoom must be a positive number, got {zoom}")
+    if image.ndim != 3:
+        raise ValueError(f"prepare_sky_image: image must be [C, H, W], got {tuple(image.shape)}")
+    out = image.float()
+    if subtract_sky:
+        out = (out - out.flatten(1).median(1).values[:, None, None]).clamp_min(0.0)
+    if zoom != 1.0:
+        size = [max(1, round(d * zoom)) for d in out.shape[-2:]]
+        out = F.interpolate(out[None], size=size, mode="bilinear", align_corners=False)[0]
+    return out
+
+
 def detect_command(args) -> int:
     from pycnn.report import require_matplotlib
     from pycnn.train import CheckpointError
@@ -400,19 +420,31 @@ def detect_command(args) -> int:
     if (state.get("config") or {}).get("model") != "mask_rcnn":
         raise ValueError(f"{args.checkpoint} is not a detection checkpoint (trained with --model mask_rcnn)")
     model, config = _model_from_checkpoint(state)
-    image = _read_image(args.image, config)
+    original = _read_image(args.image, config)
+    image = prepare_sky_image(original, args.zoom, args.subtract_sky)
+    if min(image.shape[-2:]) < 8:
+        raise ValueError(f"--zoom {args.zoom}: the image would be {tuple(image.shape[-2:])}, under 8x8")
     norm = config.get("normalize") or {"mean": [0.0], "std": [1.0]}
     det = detect(model, _normalise(image[None], norm["mean"], norm["std"]))[0]
     keep = det["scores"] >= args.score_threshold
     h, w = image.shape[-2:]
     fig, ax = plt.subplots(figsize=(max(3.0, 5.0 * w / max(h, w)), max(3.0, 5.0 * h / max(h, w))))
+    how = "".join([", sky subtracted" if args.subtract_sky else "", f", zoom {args.zoom:g}x" if args.zoom != 1 else ""])
     draw_detections(ax, image, det, args.score_threshold,
-                    title=f"{int(keep.sum())} detections >= {args.score_threshold}")
+                    title=f"{int(keep.sum())} detections >= {args.score_threshold}{how}")
     from pycnn.viz.plot import save
-    save(fig, args.out, dpi=120)  # the format the extension names
+    save(fig, args.out, dpi=120)  # the format the extension names (the image as the model saw it)
     plt.close(fig)
+    # Boxes in the input file's own pixels (the model ran on the zoomed image).
+    sy, sx = (o / z for o, z in zip(original.shape[-2:], image.shape[-2:]))
+    scale = torch.tensor([sx, sy, sx, sy])
     for b, s in zip(det["boxes"][keep], det["scores"][keep]):
-        print(f"box ({', '.join(f'{float(v):.1f}' for v in b)})  score {float(s):.3f}")
+        print(f"box ({', '.join(f'{float(v):.1f}' for v in b * scale)})  score {float(s):.3f}")
+    if not bool(keep.any()) and config.get("data") == "galaxy_instances" and not args.subtract_sky and args.zoom == 1:
+        zoom = (config.get("data_kwargs") or {}).get("zoom", 2)
+        print(f"no detections >= {args.score_threshold}: this model was trained on sky-subtracted galaxies "
+              f"enlarged {zoom}x; for a sky image at the Hubble deep field's pixel scale add "
+              f"--subtract-sky --zoom {zoom}")
     print(f"wrote {args.out}")
     return 0
 
@@ -425,6 +457,13 @@ def add_detect_parser(sub) -> None:
     d.add_argument("--image", required=True, help="an image file, or test:N (train:N, val:N) of the checkpoint's data")
     d.add_argument("--out", default="detections.png", help="figure to write; the extension picks the format")
     d.add_argument("--score-threshold", type=float, default=0.5, help="draw detections scoring at least this")
+    d.add_argument("--subtract-sky", action="store_true",
+                   help="subtract the image's median (the sky level) and clip at 0 first, as the training "
+                        "galaxies' light was (galaxy_instances checkpoints on a raw sky image)")
+    d.add_argument("--zoom", type=float, default=1.0,
+                   help="resample the image by this factor first (bilinear); galaxy_instances enlarges its "
+                        "galaxies 2x, so a sky image at the Hubble deep field's pixel scale takes --zoom 2. "
+                        "Boxes are printed in the input file's pixels")
     d.set_defaults(func=detect_command)
 
 

@@ -329,7 +329,7 @@ def test_watershed_separates_two_blobs():
     assert not bool((det["masks"][0] & det["masks"][1]).any())
 
 
-def test_cli_train_evaluate_detect(tmp_path, capsys):
+def test_cli_train_evaluate_detect(tmp_path, capsys, monkeypatch):
     from pycnn.cli import main
     out = tmp_path / "run"
     rc = main(["train", "--model", "mask_rcnn", "--data", "galaxy_instances", "--epochs", "1", "--batch-size", "4",
@@ -349,6 +349,22 @@ def test_cli_train_evaluate_detect(tmp_path, capsys):
     io.imsave(own, (np.random.default_rng(0).random((40, 52, 3)) * 255).astype(np.uint8), check_contrast=False)
     assert main(["detect", "--checkpoint", str(out / "last.pt"), "--image", str(own), "--out", str(fig)]) == 0
     capsys.readouterr()
+    # --subtract-sky --zoom 2: the model sees the prepared, enlarged image; boxes print in the file's pixels.
+    import pycnn.detection as PD
+    seen = []
+
+    def fake_detect(model, images):
+        seen.append(images)
+        h, w = images.shape[-2:]
+        return [{"boxes": torch.tensor([[10.0, 20.0, 30.0, 40.0]]), "scores": torch.tensor([0.9]),
+                 "labels": torch.tensor([1]), "masks": torch.zeros(1, h, w, dtype=torch.bool)}]
+    monkeypatch.setattr(PD, "detect", fake_detect)
+    assert main(["detect", "--checkpoint", str(out / "last.pt"), "--image", str(own), "--out", str(fig),
+                 "--subtract-sky", "--zoom", "2"]) == 0
+    assert seen[0].shape == (1, 1, 80, 104)
+    assert "box (5.0, 10.0, 15.0, 20.0)  score 0.900" in capsys.readouterr().out
+    assert main(["detect", "--checkpoint", str(out / "last.pt"), "--image", str(own), "--zoom", "0"]) == 2
+    assert "zoom" in capsys.readouterr().err
     assert main(["detect", "--checkpoint", str(out / "last.pt"), "--image", str(tmp_path / "nope.png")]) == 2
     assert "no such file" in capsys.readouterr().err
     assert main(["train", "--model", "unet", "--data", "galaxy_instances", "--data-option", "n=9"]) == 2
@@ -677,3 +693,21 @@ def test_mask_batch_size_caps_the_mask_heads_rois_per_image(data):
     for bad in (-1, 1.5, True):
         with pytest.raises(ValueError, match="mask_batch_size"):
             _small_model(mask_batch_size=bad)
+
+
+def test_prepare_sky_image_matches_the_training_galaxies_preprocessing():
+    from pycnn.detection import prepare_sky_image
+    import torch.nn.functional as F
+    img = torch.rand(1, 9, 12) * 0.2 + 0.05
+    flat = prepare_sky_image(img, subtract_sky=True)
+    assert float(flat.min()) == 0.0 and torch.allclose(flat, (img - img.flatten().median()).clamp_min(0))
+    assert (flat == 0).sum() >= img.numel() // 2  # everything up to the median is sky
+    big = prepare_sky_image(img, zoom=2)
+    assert big.shape == (1, 18, 24)
+    torch.testing.assert_close(big, F.interpolate(img[None], scale_factor=2, mode="bilinear", align_corners=False)[0])
+    assert torch.equal(prepare_sky_image(img), img)
+    for bad in (0.0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="zoom"):
+            prepare_sky_image(img, zoom=bad)
+    with pytest.raises(ValueError, match="C, H, W"):
+        prepare_sky_image(img[0])
