@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -24,7 +24,8 @@ from pycnn.metrics import best_score_threshold, coco_ap, completeness_purity
 from pycnn.train import History, load_checkpoint, save_checkpoint
 
 __all__ = ["fit_detection", "reblended_training_data", "detect", "evaluate_detection", "watershed_instances",
-           "flip_targets", "format_scores", "draw_detections", "prepare_sky_image"]
+           "flip_targets", "format_scores", "draw_detections", "prepare_sky_image",
+           "detect_tiled"]
 
 
 def flip_targets(images: Tensor, targets: List[dict], horizontal: Tensor, vertical: Tensor,
@@ -185,6 +186,61 @@ def detect(model: nn.Module, images: Tensor, batch_size: int = 32) -> List[dict]
         model.train(was_training)
 
 
+def _tile_starts(length: int, tile: int, stride: int) -> List[int]:
+    """Tile offsets along one axis: every ``stride`` pixels, the last tile flush with the end."""
+    if length <= tile:
+        return [0]
+    return list(range(0, length - tile, stride)) + [length - tile]
+
+
+def _core_bounds(starts: List[int], tile: int) -> List[Tuple[float, float]]:
+    """Each tile's core along one axis: from the midpoint between its centre and the previous
+    tile's to the midpoint with the next one's (the first and last reach the image's ends). The
+    cores partition the axis, and a core lies >= (tile - stride) / 2 pixels inside its tile."""
+    mids = [(a + b + tile) / 2 for a, b in zip(starts, starts[1:])]
+    return list(zip([-math.inf] + mids, mids + [math.inf]))
+
+
+def detect_tiled(model: nn.Module, image: Tensor, tile: int = 192, margin: int = 32, score_threshold: float = 0.0,
+                 batch_size: int = 8) -> dict:
+    """Detections on one (normalised) image [C, H, W] of any size, ``tile`` x ``tile`` pixels at a
+    time: tiles overlap by 2 x ``margin``, and each detection is kept from the one tile whose core
+    (the tile less its margins, up to the image's edge at the border) holds its box centre, so an
+    object up to 2 x ``margin`` pixels across is seen whole by the tile that reports it, and once.
+    A survey image holds hundreds of galaxies: the model keeps at most ``detections_per_img`` per
+    image, and run on the whole image its memory grows with the area (11 GB for a 1744 x 2000
+    image with test-time augmentation). Returns ``boxes`` [K, 4] (image pixels), ``scores``,
+    ``labels`` (descending scores, those >= ``score_threshold``) and ``instances`` [H, W] int32:
+    the detection k + 1 each pixel belongs to (0: none; the higher score where masks overlap)."""
+    if image.ndim != 3:
+        raise ValueError(f"detect_tiled: image must be [C, H, W], got {tuple(image.shape)}")
+    if tile < 8 or margin < 0 or tile <= 2 * margin:
+        raise ValueError(f"detect_tiled: need tile >= 8 and 0 <= margin < tile / 2, got tile {tile}, margin {margin}")
+    H, W = image.shape[-2:]
+    th, tw = min(tile, H), min(tile, W)
+    ys, xs = _tile_starts(H, th, tile - 2 * margin), _tile_starts(W, tw, tile - 2 * margin)
+    cores_y, cores_x = _core_bounds(ys, th), _core_bounds(xs, tw)
+    places = [(y, x, cy, cx) for y, cy in zip(ys, cores_y) for x, cx in zip(xs, cores_x)]
+    found = []  # (score, label, box in image pixels, tile mask, tile offset)
+    for first in range(0, len(places), batch_size):
+        group = places[first:first + batch_size]
+        crops = torch.stack([image[:, y:y + th, x:x + tw] for y, x, _, _ in group])
+        for (y, x, (y0, y1), (x0, x1)), det in zip(group, detect(model, crops, batch_size)):
+            boxes = det["boxes"] + torch.tensor([x, y, x, y], dtype=det["boxes"].dtype)
+            cx, cy = 0.5 * (boxes[:, 0] + boxes[:, 2]), 0.5 * (boxes[:, 1] + boxes[:, 3])
+            keep = (cx >= x0) & (cx < x1) & (cy >= y0) & (cy < y1) & (det["scores"] >= score_threshold)
+            for i in torch.nonzero(keep).flatten().tolist():
+                found.append((float(det["scores"][i]), int(det["labels"][i]), boxes[i], det["masks"][i], (y, x)))
+    found.sort(key=lambda f: -f[0])
+    instances = torch.zeros(H, W, dtype=torch.int32)
+    for k in range(len(found) - 1, -1, -1):  # lowest score first: a higher one paints over it
+        _, _, _, mask, (y, x) = found[k]
+        instances[y:y + th, x:x + tw][mask.bool()] = k + 1
+    return {"boxes": torch.stack([f[2] for f in found]) if found else torch.zeros(0, 4),
+            "scores": torch.tensor([f[0] for f in found]), "labels": torch.tensor([f[1] for f in found], dtype=torch.int64),
+            "instances": instances}
+
+
 def evaluate_detection(model_or_preds, images: Optional[Tensor], targets: Sequence[dict],
                        score_threshold: float = 0.5) -> dict:
     """Box and mask AP (``bbox``, ``segm``: map, map_50, map_75, mar_100) and mask completeness and
@@ -256,10 +312,17 @@ def draw_detections(ax, image, det: dict, score_threshold: float = 0.5, title: s
     keep = [i for i in range(len(det["boxes"])) if "scores" not in det or float(det["scores"][i]) >= score_threshold]
     colours = [np.array(c) for c in ((0.95, 0.3, 0.2), (0.2, 0.6, 1.0), (0.3, 0.9, 0.3), (1.0, 0.8, 0.1),
                                      (0.8, 0.3, 0.9), (0.1, 0.9, 0.9))]
-    for n, i in enumerate(keep):
-        if "masks" in det:
+    if "masks" in det:
+        for n, i in enumerate(keep):
             m = det["masks"][i].detach().cpu().numpy().astype(bool)
             rgb[m] = 0.5 * rgb[m] + 0.5 * colours[n % len(colours)]
+    elif "instances" in det:  # detect_tiled's map, pixel -> detection index + 1: one colour lookup
+        lut = np.full((len(det["boxes"]) + 1, 3), np.nan)
+        for n, i in enumerate(keep):
+            lut[i + 1] = colours[n % len(colours)]
+        tint = lut[det["instances"].numpy()]
+        m = ~np.isnan(tint[..., 0])
+        rgb[m] = 0.5 * rgb[m] + 0.5 * tint[m]
     ax.imshow(rgb, interpolation="nearest")
     for n, i in enumerate(keep):
         x1, y1, x2, y2 = (float(v) - 0.5 for v in det["boxes"][i])  # pixel edges on imshow's pixel centres
@@ -425,13 +488,24 @@ def detect_command(args) -> int:
     if min(image.shape[-2:]) < 8:
         raise ValueError(f"--zoom {args.zoom}: the image would be {tuple(image.shape[-2:])}, under 8x8")
     norm = config.get("normalize") or {"mean": [0.0], "std": [1.0]}
-    det = detect(model, _normalise(image[None], norm["mean"], norm["std"]))[0]
+    if args.no_tta:
+        model.tta = False
+    x = _normalise(image[None], norm["mean"], norm["std"])
+    if args.tile and max(image.shape[-2:]) > args.tile:
+        det = detect_tiled(model, x[0], args.tile, args.tile // 6, score_threshold=args.score_threshold)
+    else:
+        det = detect(model, x)[0]
     keep = det["scores"] >= args.score_threshold
     h, w = image.shape[-2:]
-    fig, ax = plt.subplots(figsize=(max(3.0, 5.0 * w / max(h, w)), max(3.0, 5.0 * h / max(h, w))))
-    how = "".join([", sky subtracted" if args.subtract_sky else "", f", zoom {args.zoom:g}x" if args.zoom != 1 else ""])
-    draw_detections(ax, image, det, args.score_threshold,
-                    title=f"{int(keep.sum())} detections >= {args.score_threshold}{how}")
+    # A larger figure for a larger image (up to 16 inches across), and no score labels once they
+    # would cover the image.
+    side = min(16.0, max(5.0, max(h, w) / 150))
+    fig, ax = plt.subplots(figsize=(max(3.0, side * w / max(h, w)), max(3.0, side * h / max(h, w))))
+    n = int(keep.sum())
+    how = "".join([", sky subtracted" if args.subtract_sky else "", f", zoom {args.zoom:g}x" if args.zoom != 1 else "",
+                   ", scores not drawn" if n > 60 else ""])
+    draw_detections(ax, image, det, args.score_threshold, title=f"{n} detections >= {args.score_threshold}{how}",
+                    show_scores=n <= 60)
     from pycnn.viz.plot import save
     save(fig, args.out, dpi=120)  # the format the extension names (the image as the model saw it)
     plt.close(fig)
@@ -464,6 +538,13 @@ def add_detect_parser(sub) -> None:
                    help="resample the image by this factor first (bilinear); galaxy_instances enlarges its "
                         "galaxies 2x, so a sky image at the Hubble deep field's pixel scale takes --zoom 2. "
                         "Boxes are printed in the input file's pixels")
+    d.add_argument("--tile", type=int, default=192,
+                   help="an image larger than this (after --zoom) is detected on overlapping tiles of this "
+                        "size (margins of tile/6), each detection kept from the tile whose centre part holds "
+                        "it: a survey image holds more objects than one pass keeps. 0: the whole image at once")
+    d.add_argument("--no-tta", action="store_true",
+                   help="skip the checkpoint's test-time augmentation (8 flips/transposes): ~8x faster on "
+                        "large images; the measured APs use it")
     d.set_defaults(func=detect_command)
 
 

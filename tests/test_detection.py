@@ -349,6 +349,10 @@ def test_cli_train_evaluate_detect(tmp_path, capsys, monkeypatch):
     io.imsave(own, (np.random.default_rng(0).random((40, 52, 3)) * 255).astype(np.uint8), check_contrast=False)
     assert main(["detect", "--checkpoint", str(out / "last.pt"), "--image", str(own), "--out", str(fig)]) == 0
     capsys.readouterr()
+    # An image larger than --tile goes tile by tile (here 32-pixel tiles over 40 x 52, no TTA).
+    assert main(["detect", "--checkpoint", str(out / "last.pt"), "--image", str(own), "--out", str(fig),
+                 "--tile", "32", "--no-tta", "--score-threshold", "0"]) == 0
+    assert "wrote" in capsys.readouterr().out and fig.stat().st_size > 1000
     # --subtract-sky --zoom 2: the model sees the prepared, enlarged image; boxes print in the file's pixels.
     import pycnn.detection as PD
     seen = []
@@ -711,3 +715,69 @@ def test_prepare_sky_image_matches_the_training_galaxies_preprocessing():
             prepare_sky_image(img, zoom=bad)
     with pytest.raises(ValueError, match="C, H, W"):
         prepare_sky_image(img[0])
+
+
+def test_tile_cores_partition_the_image_inside_their_tiles():
+    from pycnn.detection import _core_bounds, _tile_starts
+    for length, tile, margin in ((64, 64, 8), (100, 48, 8), (200, 64, 16), (129, 40, 0), (30, 64, 10)):
+        t = min(tile, length)
+        starts = _tile_starts(length, t, tile - 2 * margin)
+        assert starts[0] == 0 and starts[-1] == length - t and starts == sorted(set(starts))
+        cores = _core_bounds(starts, t)
+        for p in np.arange(0, length, 0.5):  # every position in exactly one core ...
+            owners = [i for i, (a, b) in enumerate(cores) if a <= p < b]
+            assert len(owners) == 1
+            s = starts[owners[0]]  # ... which lies >= margin inside its tile (image edges excepted)
+            assert (p - s >= margin or s == 0) and (s + t - p >= margin or s + t == length)
+
+
+def test_detect_tiled_equals_per_tile_detection_when_tiles_are_the_images(data):
+    # A 2 x 2 mosaic of four images, tiles of exactly one image (no margin): detect_tiled must give
+    # each image's own detections, moved to its place, and their masks in the instance map.
+    from pycnn.detection import detect, detect_tiled
+    x, _ = _batch(data, 4, "test")
+    model = _small_model().eval()
+    mosaic = torch.cat([torch.cat([x[0], x[1]], -1), torch.cat([x[2], x[3]], -1)], -2)
+    got = detect_tiled(model, mosaic, tile=64, margin=0)
+    want = detect(model, x)
+    offsets = [(0, 0), (0, 64), (64, 0), (64, 64)]
+    boxes = torch.cat([d["boxes"] + torch.tensor([ox, oy, ox, oy]) for d, (oy, ox) in zip(want, offsets)])
+    scores = torch.cat([d["scores"] for d in want])
+    assert len(scores) > 0 and len(got["scores"]) == len(scores)
+    order = torch.argsort(scores, descending=True, stable=True)
+    torch.testing.assert_close(got["scores"], scores[order])
+    torch.testing.assert_close(got["boxes"], boxes[order])
+    assert got["instances"].shape == (128, 128) and int(got["instances"].max()) <= len(scores)
+    # The map: each pixel carries the highest-scoring detection whose mask covers it.
+    canvas = torch.zeros(128, 128, dtype=torch.int32)
+    flat = [(float(s), oy, ox, m) for dd, (oy, ox) in zip(want, offsets) for s, m in zip(dd["scores"], dd["masks"])]
+    ranked = sorted(range(len(flat)), key=lambda i: -flat[i][0])
+    for k in reversed(range(len(ranked))):
+        s, oy, ox, m = flat[ranked[k]]
+        canvas[oy:oy + 64, ox:ox + 64][m.bool()] = k + 1
+    assert torch.equal(got["instances"], canvas)
+    # A score threshold drops the rest; bad tilings are refused.
+    top = detect_tiled(model, mosaic, tile=64, margin=0, score_threshold=float(scores.median()))
+    assert 0 < len(top["scores"]) < len(scores) and bool((top["scores"] >= scores.median()).all())
+    for tile, margin in ((4, 0), (64, 32), (64, -1)):
+        with pytest.raises(ValueError, match="tile"):
+            detect_tiled(model, mosaic, tile=tile, margin=margin)
+
+
+def test_detect_tiled_keeps_each_detection_from_the_tile_whose_core_holds_it(data):
+    # Overlapping tiles (64 wide every 32 pixels): a detection is kept from tile t only if its box
+    # centre lies in t's core; without that rule the overlaps would report objects twice.
+    from pycnn.detection import detect, detect_tiled
+    x, _ = _batch(data, 2, "test")
+    model = _small_model().eval()
+    strip = torch.cat([x[0], x[1]], -1)  # [1, 64, 128]
+    got = detect_tiled(model, strip, tile=64, margin=16)
+    starts, cores = [0, 32, 64], [(-math.inf, 48.0), (48.0, 80.0), (80.0, math.inf)]
+    want = []
+    for s, (a, b), d in zip(starts, cores, detect(model, torch.stack([strip[:, :, s:s + 64] for s in starts]))):
+        boxes = d["boxes"] + torch.tensor([s, 0, s, 0])
+        centre = 0.5 * (boxes[:, 0] + boxes[:, 2])
+        want += [(float(sc), tuple(bx.tolist())) for sc, bx, c in zip(d["scores"], boxes, centre) if a <= c < b]
+    all_tiles = sum(len(d["scores"]) for d in detect(model, torch.stack([strip[:, :, s:s + 64] for s in starts])))
+    assert 0 < len(want) < all_tiles
+    assert sorted(want) == sorted((float(s), tuple(b.tolist())) for s, b in zip(got["scores"], got["boxes"]))
