@@ -25,7 +25,7 @@ from pycnn.train import History, load_checkpoint, save_checkpoint
 
 __all__ = ["fit_detection", "reblended_training_data", "detect", "evaluate_detection", "watershed_instances",
            "flip_targets", "format_scores", "draw_detections", "prepare_sky_image",
-           "detect_tiled"]
+           "detect_tiled", "detection_catalogue"]
 
 
 def flip_targets(images: Tensor, targets: List[dict], horizontal: Tensor, vertical: Tensor,
@@ -201,6 +201,50 @@ def _core_bounds(starts: List[int], tile: int) -> List[Tuple[float, float]]:
     return list(zip([-math.inf] + mids, mids + [math.inf]))
 
 
+def _paint_instances(size: Tuple[int, int], masks: Sequence[Tuple[Tensor, int, int]]) -> Tensor:
+    """int32 map [H, W]: pixel -> k + 1 for the k-th of ``masks`` ((mask, y, x): a mask placed at
+    row y, column x), in descending score order, so where masks overlap the higher score wins;
+    0 where none is. Each pixel belongs to one object, as in a deblended segmentation map."""
+    instances = torch.zeros(size, dtype=torch.int32)
+    for k in range(len(masks) - 1, -1, -1):  # lowest score first: a higher one paints over it
+        mask, y, x = masks[k]
+        h, w = mask.shape[-2:]
+        instances[y:y + h, x:x + w][mask.bool()] = k + 1
+    return instances
+
+
+def detection_catalogue(det: dict, image: Tensor, scale: Tuple[float, float] = (1.0, 1.0)) -> List[dict]:
+    """One row per detection of ``det`` (boxes, scores, labels, and masks [K, H, W] or detect_tiled's
+    ``instances``) on ``image`` [C, H, W]: its box, score and label, and over the pixels it owns in
+    the instance map (each pixel to the highest-scoring mask covering it) its area, centroid and
+    flux (the image summed there). ``scale`` (sy, sx): the size of one of image's pixels in the
+    caller's pixels (1 / zoom for a zoomed image), so areas, positions and fluxes come out in those."""
+    h, w = image.shape[-2:]
+    k = len(det["boxes"])
+    if "instances" in det:
+        instances = det["instances"]
+    else:
+        instances = _paint_instances((h, w), [(det["masks"][i], 0, 0) for i in range(k)])
+    ids = instances.flatten().long()
+    ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float64) + 0.5, torch.arange(w, dtype=torch.float64) + 0.5,
+                            indexing="ij")
+    count = torch.bincount(ids, minlength=k + 1).double()
+    sum_y = torch.bincount(ids, ys.flatten(), minlength=k + 1)
+    sum_x = torch.bincount(ids, xs.flatten(), minlength=k + 1)
+    flux = torch.bincount(ids, image.double().mean(0).flatten(), minlength=k + 1)
+    sy, sx = scale
+    rows = []
+    for i in range(k):
+        n = float(count[i + 1])
+        x1, y1, x2, y2 = (float(v) for v in det["boxes"][i] * torch.tensor([sx, sy, sx, sy]))
+        rows.append({"id": i + 1, "x1": x1, "y1": y1, "x2": x2, "y2": y2, "score": float(det["scores"][i]),
+                     "label": int(det["labels"][i]), "area": n * sy * sx,
+                     "x_centroid": float(sum_x[i + 1]) / n * sx if n else float("nan"),
+                     "y_centroid": float(sum_y[i + 1]) / n * sy if n else float("nan"),
+                     "flux": float(flux[i + 1]) * sy * sx})
+    return rows
+
+
 def detect_tiled(model: nn.Module, image: Tensor, tile: int = 192, margin: int = 32, score_threshold: float = 0.0,
                  batch_size: int = 8) -> dict:
     """Detections on one (normalised) image [C, H, W] of any size, ``tile`` x ``tile`` pixels at a
@@ -232,10 +276,7 @@ def detect_tiled(model: nn.Module, image: Tensor, tile: int = 192, margin: int =
             for i in torch.nonzero(keep).flatten().tolist():
                 found.append((float(det["scores"][i]), int(det["labels"][i]), boxes[i], det["masks"][i], (y, x)))
     found.sort(key=lambda f: -f[0])
-    instances = torch.zeros(H, W, dtype=torch.int32)
-    for k in range(len(found) - 1, -1, -1):  # lowest score first: a higher one paints over it
-        _, _, _, mask, (y, x) = found[k]
-        instances[y:y + th, x:x + tw][mask.bool()] = k + 1
+    instances = _paint_instances((H, W), [(f[3], *f[4]) for f in found])
     return {"boxes": torch.stack([f[2] for f in found]) if found else torch.zeros(0, 4),
             "scores": torch.tensor([f[0] for f in found]), "labels": torch.tensor([f[1] for f in found], dtype=torch.int64),
             "instances": instances}
@@ -514,6 +555,18 @@ def detect_command(args) -> int:
     scale = torch.tensor([sx, sy, sx, sy])
     for b, s in zip(det["boxes"][keep], det["scores"][keep]):
         print(f"box ({', '.join(f'{float(v):.1f}' for v in b * scale)})  score {float(s):.3f}")
+    if args.csv:
+        import csv
+        kept = {k: v[keep] for k, v in det.items() if k in ("boxes", "scores", "labels", "masks")}
+        if "instances" in det:  # detect_tiled kept nothing under the threshold: ids stay valid
+            kept["instances"] = det["instances"]
+        rows = detection_catalogue(kept, image, (sy, sx))
+        with open(args.csv, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=["id", "x1", "y1", "x2", "y2", "score", "label", "area",
+                                                   "x_centroid", "y_centroid", "flux"])
+            writer.writeheader()
+            writer.writerows({k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()} for r in rows)
+        print(f"wrote {args.csv} ({len(rows)} detections)")
     if not bool(keep.any()) and config.get("data") == "galaxy_instances" and not args.subtract_sky and args.zoom == 1:
         zoom = (config.get("data_kwargs") or {}).get("zoom", 2)
         print(f"no detections >= {args.score_threshold}: this model was trained on sky-subtracted galaxies "
@@ -542,6 +595,10 @@ def add_detect_parser(sub) -> None:
                    help="an image larger than this (after --zoom) is detected on overlapping tiles of this "
                         "size (margins of tile/6), each detection kept from the tile whose centre part holds "
                         "it: a survey image holds more objects than one pass keeps. 0: the whole image at once")
+    d.add_argument("--csv", default=None,
+                   help="also write a catalogue of the detections drawn: box (the file's pixels), score, label, "
+                        "and over the pixels each owns (overlaps go to the higher score) area, centroid and "
+                        "flux (the image summed, after --subtract-sky)")
     d.add_argument("--no-tta", action="store_true",
                    help="skip the checkpoint's test-time augmentation (8 flips/transposes): ~8x faster on "
                         "large images; the measured APs use it")

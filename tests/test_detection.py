@@ -367,6 +367,12 @@ def test_cli_train_evaluate_detect(tmp_path, capsys, monkeypatch):
                  "--subtract-sky", "--zoom", "2"]) == 0
     assert seen[0].shape == (1, 1, 80, 104)
     assert "box (5.0, 10.0, 15.0, 20.0)  score 0.900" in capsys.readouterr().out
+    table = tmp_path / "cat.csv"
+    assert main(["detect", "--checkpoint", str(out / "last.pt"), "--image", str(own), "--out", str(fig),
+                 "--zoom", "2", "--csv", str(table)]) == 0
+    lines = table.read_text().splitlines()
+    assert lines[0] == "id,x1,y1,x2,y2,score,label,area,x_centroid,y_centroid,flux"
+    assert lines[1].startswith("1,5.0,10.0,15.0,20.0,0.9,1,0.0,nan,nan,0.0") and len(lines) == 2
     assert main(["detect", "--checkpoint", str(out / "last.pt"), "--image", str(own), "--zoom", "0"]) == 2
     assert "zoom" in capsys.readouterr().err
     assert main(["detect", "--checkpoint", str(out / "last.pt"), "--image", str(tmp_path / "nope.png")]) == 2
@@ -781,3 +787,31 @@ def test_detect_tiled_keeps_each_detection_from_the_tile_whose_core_holds_it(dat
     all_tiles = sum(len(d["scores"]) for d in detect(model, torch.stack([strip[:, :, s:s + 64] for s in starts])))
     assert 0 < len(want) < all_tiles
     assert sorted(want) == sorted((float(s), tuple(b.tolist())) for s, b in zip(got["scores"], got["boxes"]))
+
+
+def test_detection_catalogue_areas_centroids_and_fluxes():
+    from pycnn.detection import detection_catalogue
+    image = torch.zeros(1, 6, 8)
+    image[0, 1:3, 1:5] = 2.0  # object A: rows 1-2, columns 1-4
+    image[0, 2:5, 4:7] = 1.0  # object B: rows 2-4, columns 4-6 (shares pixel (2, 4) with A)
+    a = image[0] == 2.0
+    b = torch.zeros(6, 8, dtype=torch.bool)
+    b[2:5, 4:7] = True
+    a[2, 4] = True  # A's mask also covers the shared pixel; B scores higher, so B owns it
+    det = {"boxes": torch.tensor([[4.0, 2.0, 7.0, 5.0], [1.0, 1.0, 5.0, 3.0]]), "scores": torch.tensor([0.9, 0.6]),
+           "labels": torch.tensor([1, 1]), "masks": torch.stack([b, a])}
+    rows = detection_catalogue(det, image)
+    assert [r["id"] for r in rows] == [1, 2] and rows[0]["score"] == pytest.approx(0.9)
+    assert rows[0]["area"] == 9 and rows[1]["area"] == 7  # A (8 pixels of mask) loses the shared one
+    assert rows[0]["x_centroid"] == pytest.approx(5.5) and rows[0]["y_centroid"] == pytest.approx(3.5)
+    assert rows[0]["flux"] == pytest.approx(9.0)  # pixel (2, 4) is 1.0: A's 2.0 there was overwritten
+    assert rows[1]["flux"] == pytest.approx(7 * 2.0)
+    # In a zoomed image's pixels: positions and sizes scale, areas and fluxes by the pixel's area.
+    half = detection_catalogue(det, image, (0.5, 0.5))
+    assert half[0]["x2"] == pytest.approx(3.5) and half[0]["x_centroid"] == pytest.approx(2.75)
+    assert half[0]["area"] == pytest.approx(9 / 4) and half[1]["flux"] == pytest.approx(14 / 4)
+    # detect_tiled's instance map gives the same rows.
+    from pycnn.detection import _paint_instances
+    tiled = {k: v for k, v in det.items() if k != "masks"}
+    tiled["instances"] = _paint_instances((6, 8), [(b, 0, 0), (a, 0, 0)])
+    assert detection_catalogue(tiled, image) == rows
