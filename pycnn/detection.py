@@ -4,6 +4,8 @@ pycnn.train's classification/segmentation loop, plus the classical watershed bas
     history = fit_detection(model, train_images, train_targets, val_images, val_targets, epochs=12)
     scores = evaluate_detection(model, test_images, test_targets)   # mask/box AP, completeness...
     baseline = watershed_instances(raw_test_images)                 # local maxima + watershed
+    det = detect_tiled(model, big_image)      # any size, tile by tile; instance map, not full masks
+    rows = detection_catalogue(det, big_image)                      # box, area, centroid, flux
 
 Targets are one dict per image (``pycnn.data.instance_targets``); images are normalised tensors
 [N, C, H, W]. Checkpoints use pycnn.train's format, so ``pycnn evaluate`` reads them too.
