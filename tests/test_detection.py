@@ -415,6 +415,16 @@ def test_demo_section_quick(tmp_path):
     assert section.title == "Detection and instance segmentation" and "watershed" in section.html
     assert {f.path for f in section.figures} == {"detection_examples.png", "detection_curves.png"}
     assert all((tmp_path / f.path).stat().st_size > 1000 for f in section.figures)
+    # The full demo's extra figure: the model on a piece of the deep field, sky subtracted, zoomed, tiled.
+    from pycnn.detection import field_detections
+    norm = r["config"]["normalize"]
+    image, det = field_detections(r["model"], norm["mean"], norm["std"], 2, slice(0, 60), slice(10, 80), tile=64)
+    assert image.shape == (1, 120, 140) and float(image.min()) == 0.0 and det["instances"].shape == (120, 140)
+    assert bool((det["scores"] >= 0.5).all()) and r["model"].tta == r["config"]["model_kwargs"]["tta"]
+    r["field"] = (image, det)
+    section = demo_section(r, rep)
+    assert "detection_field.png" in {f.path for f in section.figures}
+    assert (tmp_path / "detection_field.png").stat().st_size > 1000
 
 
 def test_paste_masks_equals_grid_sample():
