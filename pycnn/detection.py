@@ -27,7 +27,8 @@ from pycnn.train import History, load_checkpoint, save_checkpoint
 
 __all__ = ["fit_detection", "reblended_training_data", "detect", "evaluate_detection", "watershed_instances",
            "flip_targets", "format_scores", "draw_detections", "prepare_sky_image",
-           "detect_tiled", "detection_catalogue", "field_detections"]
+           "detect_tiled", "detect_image", "detection_catalogue",
+           "field_detections"]
 
 
 def flip_targets(images: Tensor, targets: List[dict], horizontal: Tensor, vertical: Tensor,
@@ -284,6 +285,26 @@ def detect_tiled(model: nn.Module, image: Tensor, tile: int = 192, margin: int =
             "instances": instances}
 
 
+def detect_image(model: nn.Module, image: Tensor, mean, std, tile: int = 192, score_threshold: float = 0.5,
+                 tta: Optional[bool] = None) -> dict:
+    """Detections scoring >= ``score_threshold`` on one raw image [C, H, W] (normalised here with
+    ``mean``, ``std``): tile by tile (:func:`detect_tiled`, margins of tile / 6) when it is larger
+    than ``tile``, else in one pass (0: always one pass). ``tta`` overrides the model's test-time
+    augmentation for this call. What ``pycnn detect`` and the demo's deep-field figure run."""
+    x = _normalise(image[None], mean, std)[0]
+    previous = getattr(model, "tta", False)
+    try:
+        if tta is not None:
+            model.tta = tta
+        if tile and max(image.shape[-2:]) > tile:
+            return detect_tiled(model, x, tile, tile // 6, score_threshold=score_threshold)
+        det = detect(model, x[None])[0]
+    finally:
+        model.tta = previous
+    keep = det["scores"] >= score_threshold
+    return {k: det[k][keep] for k in ("boxes", "scores", "labels", "masks")}
+
+
 def evaluate_detection(model_or_preds, images: Optional[Tensor], targets: Sequence[dict],
                        score_threshold: float = 0.5) -> dict:
     """Box and mask AP (``bbox``, ``segm``: map, map_50, map_75, mar_100) and mask completeness and
@@ -531,20 +552,14 @@ def detect_command(args) -> int:
     if min(image.shape[-2:]) < 8:
         raise ValueError(f"--zoom {args.zoom}: the image would be {tuple(image.shape[-2:])}, under 8x8")
     norm = config.get("normalize") or {"mean": [0.0], "std": [1.0]}
-    if args.no_tta:
-        model.tta = False
-    x = _normalise(image[None], norm["mean"], norm["std"])
-    if args.tile and max(image.shape[-2:]) > args.tile:
-        det = detect_tiled(model, x[0], args.tile, args.tile // 6, score_threshold=args.score_threshold)
-    else:
-        det = detect(model, x)[0]
-    keep = det["scores"] >= args.score_threshold
+    det = detect_image(model, image, norm["mean"], norm["std"], args.tile, args.score_threshold,
+                       tta=False if args.no_tta else None)
     h, w = image.shape[-2:]
     # A larger figure for a larger image (up to 16 inches across), and no score labels once they
     # would cover the image.
     side = min(16.0, max(5.0, max(h, w) / 150))
     fig, ax = plt.subplots(figsize=(max(3.0, side * w / max(h, w)), max(3.0, side * h / max(h, w))))
-    n = int(keep.sum())
+    n = len(det["scores"])
     how = "".join([", sky subtracted" if args.subtract_sky else "", f", zoom {args.zoom:g}x" if args.zoom != 1 else "",
                    ", scores not drawn" if n > 60 else ""])
     draw_detections(ax, image, det, args.score_threshold, title=f"{n} detections >= {args.score_threshold}{how}",
@@ -555,21 +570,18 @@ def detect_command(args) -> int:
     # Boxes in the input file's own pixels (the model ran on the zoomed image).
     sy, sx = (o / z for o, z in zip(original.shape[-2:], image.shape[-2:]))
     scale = torch.tensor([sx, sy, sx, sy])
-    for b, s in zip(det["boxes"][keep], det["scores"][keep]):
+    for b, s in zip(det["boxes"], det["scores"]):
         print(f"box ({', '.join(f'{float(v):.1f}' for v in b * scale)})  score {float(s):.3f}")
     if args.csv:
         import csv
-        kept = {k: v[keep] for k, v in det.items() if k in ("boxes", "scores", "labels", "masks")}
-        if "instances" in det:  # detect_tiled kept nothing under the threshold: ids stay valid
-            kept["instances"] = det["instances"]
-        rows = detection_catalogue(kept, image, (sy, sx))
+        rows = detection_catalogue(det, image, (sy, sx))
         with open(args.csv, "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=["id", "x1", "y1", "x2", "y2", "score", "label", "area",
                                                    "x_centroid", "y_centroid", "flux"])
             writer.writeheader()
             writer.writerows({k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()} for r in rows)
         print(f"wrote {args.csv} ({len(rows)} detections)")
-    if not bool(keep.any()) and config.get("data") == "galaxy_instances" and not args.subtract_sky and args.zoom == 1:
+    if n == 0 and config.get("data") == "galaxy_instances" and not args.subtract_sky and args.zoom == 1:
         zoom = (config.get("data_kwargs") or {}).get("zoom", 2)
         print(f"no detections >= {args.score_threshold}: this model was trained on sky-subtracted galaxies "
               f"enlarged {zoom}x; for a sky image at the Hubble deep field's pixel scale add "
@@ -691,18 +703,12 @@ def field_detections(model: nn.Module, mean, std, zoom: float = 2, rows: slice =
                      cols: slice = slice(0, 300), tile: int = 192):
     """The model on a piece of the Hubble deep field itself, as ``pycnn detect --subtract-sky --zoom``
     runs it (sky subtracted, enlarged, tile by tile; without test-time augmentation, 8x faster):
-    (the prepared image [1, H, W], detect_tiled's detections). The data set's galaxies were cut from
+    (the prepared image [1, H, W], its detections >= 0.5). The data set's galaxies were cut from
     this field, so it shows the detector on a real image; it measures nothing."""
     import skimage.data
     rgb = torch.from_numpy(np.asarray(skimage.data.hubble_deep_field(), dtype=np.float32) / 255.0)
     image = prepare_sky_image(rgb[rows, cols].mean(-1)[None], zoom, subtract_sky=True)
-    tta = getattr(model, "tta", False)
-    try:
-        model.tta = False
-        det = detect_tiled(model, _normalise(image[None], mean, std)[0], tile, tile // 6, score_threshold=0.5)
-    finally:
-        model.tta = tta
-    return image, det
+    return image, detect_image(model, image, mean, std, tile, 0.5, tta=False)
 
 
 def plot_detection_examples(images: Tensor, targets: Sequence[dict], preds: Sequence[dict],
