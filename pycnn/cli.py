@@ -214,6 +214,17 @@ def _build_model(model_name: str, kwargs: dict, seed: int):
 # then refuses the change in one line: a resumed run keeps its settings).
 _RESUMED_SETTINGS = ("epochs", "batch_size", "optimizer", "lr", "momentum", "weight_decay", "schedule", "loss",
                      "seed", "augment")
+# `pycnn train`'s defaults for the settings left unset (None) on the command line; detection
+# training fills them from the demo's recipe instead (pycnn.detection.train_command).
+TRAIN_DEFAULTS = {"epochs": 10, "batch_size": 64, "lr": 3e-3, "weight_decay": 0.0}
+
+
+def settle_defaults(args, defaults: Optional[dict] = None) -> None:
+    """Gives every training setting the command line left unset its default (``defaults``, then
+    TRAIN_DEFAULTS)."""
+    for key, value in TRAIN_DEFAULTS.items():
+        if getattr(args, key, None) is None:
+            setattr(args, key, (defaults or {}).get(key, value))
 
 
 def _from_checkpoint(args, state: dict, path: str) -> tuple:
@@ -255,27 +266,35 @@ def _print_metrics(prefix: str, metrics: dict) -> None:
 def cmd_train(args) -> int:
     if args.model == "pconv_unet" or args.data == "inpainting":  # image in, image out: its own loop
         from pycnn.restoration.cli import train as train_inpainting
+        settle_defaults(args)
         return train_inpainting(args)
     import pycnn.train as T
     import pycnn.models as M
     if args.data == "super_resolution" or (args.model in M.names() and M.task(args.model) == "super_resolution"):
         from pycnn.superres.cli import train as train_super_resolution
+        settle_defaults(args)
         return train_super_resolution(args)
     if args.loss is None:
         args.loss = "cross_entropy"
     device = _device(args.device)
     _threads(args.threads)
-    for flag, value in (("--epochs", args.epochs), ("--batch-size", args.batch_size)):
-        if value < 1:
-            raise UsageError(f"{flag} must be positive, got {value}")
-    if not args.lr > 0:
-        raise UsageError(f"--lr must be positive, got {args.lr}")
     resume_file, saved_model_kwargs, saved_data_kwargs = None, None, None
     if args.resume:
         resume_file = T._resume_file(args.resume, None)
         saved_model_kwargs, saved_data_kwargs = _from_checkpoint(args, T.load_checkpoint(resume_file), resume_file)
     if args.model is None or args.data is None:
         raise UsageError("--model and --data are required (unless --resume names a run to continue)")
+    detecting = args.model in M.names() and M.task(args.model) == "detect"
+    if detecting:
+        from pycnn.detection import DEMO_TRAINING
+        settle_defaults(args, DEMO_TRAINING)
+    else:
+        settle_defaults(args)
+    for flag, value in (("--epochs", args.epochs), ("--batch-size", args.batch_size)):
+        if value < 1:
+            raise UsageError(f"{flag} must be positive, got {value}")
+    if not args.lr > 0:
+        raise UsageError(f"--lr must be positive, got {args.lr}")
     if args.out:
         T.check_run_folder(args.out, resume_file)  # before the data is loaded: fail fast
     data_options = _options(args.data_option, "--data-option")
@@ -545,12 +564,16 @@ def build_parser() -> argparse.ArgumentParser:
                                                  "separable_cnn, unet or mask_rcnn (required unless --resume)")
     t.add_argument("--data", default=None, help="digits, faces, textures, galaxies, galaxy_instances, or a folder of images with one "
                                                 "subfolder per class (required unless --resume)")
-    t.add_argument("--epochs", type=int, default=10, help="passes over the training split")
-    t.add_argument("--batch-size", type=int, default=64, help="images per step")
-    t.add_argument("--optimizer", default="adam", choices=["adam", "adamw", "sgd"], help="optimizer")
-    t.add_argument("--lr", type=float, default=3e-3, help="peak learning rate")
+    # None = not given: mask_rcnn trains with the demo's recipe, everything else with TRAIN_DEFAULTS.
+    t.add_argument("--epochs", type=int, default=None,
+                   help="passes over the training split (default 10; mask_rcnn: 20, the demo's)")
+    t.add_argument("--batch-size", type=int, default=None, help="images per step (default 64; mask_rcnn: 8)")
+    t.add_argument("--optimizer", default="adam", choices=["adam", "adamw", "sgd"],
+                   help="optimizer (mask_rcnn: always AdamW)")
+    t.add_argument("--lr", type=float, default=None, help="peak learning rate (default 3e-3; mask_rcnn: 2e-3)")
     t.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
-    t.add_argument("--weight-decay", type=float, default=0.0, help="L2 penalty (decoupled for adamw)")
+    t.add_argument("--weight-decay", type=float, default=None,
+                   help="L2 penalty, decoupled for adamw (default 0; mask_rcnn: 1e-4)")
     t.add_argument("--schedule", default="cosine", choices=["cosine", "step", "constant"],
                    help="learning-rate schedule, stepped every batch")
     t.add_argument("--loss", default=None, choices=["cross_entropy", "hinge", "mse", "l1"],
@@ -564,8 +587,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="extra dataset argument, e.g. n=400 (galaxies), grayscale=True or val=0.2 (a folder); repeatable")
     t.add_argument("--augment", action="store_true",
                    help="random shifts (classification) or flips (segmentation) of each training batch")
-    t.add_argument("--new-blends", action="store_true",
-                   help="galaxy_instances only: new blends of the training galaxies every epoch (detection)")
+    t.add_argument("--new-blends", action=argparse.BooleanOptionalAction, default=None,
+                   help="galaxy_instances only: new blends of the training galaxies every epoch "
+                        "(detection; on by default there, as in the demo)")
     t.add_argument("--seed", type=int, default=0, help="initial weights, shuffling")
     t.add_argument("--data-seed", type=int, default=0, help="the dataset's train/val/test split")
     t.add_argument("--out", default=None, help="checkpoint folder (last.pt, best.pt), new or empty "

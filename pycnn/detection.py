@@ -441,24 +441,34 @@ def train_command(args, splits, data_kwargs: dict, model_options: dict) -> int:
         raise ValueError(f"--device {args.device}: detection training runs on the CPU only for now")
     targets = {k: D.instance_targets(getattr(splits, k).tensors[1]) for k in ("train", "val", "test")}
     mean, std = splits.mean.tolist(), splits.std.tolist()
-    model_kwargs = dict({"in_channels": splits.in_channels, "num_classes": splits.num_classes + 1}, **model_options)
+    # The demo's model options unless the command line sets them (--model-option key=value);
+    # epochs, batch size, learning rate, weight decay and --new-blends default to the demo's too.
+    model_kwargs = {"in_channels": splits.in_channels, "num_classes": splits.num_classes + 1,
+                    **DEMO["full"]["model_kwargs"], **model_options}
+    if args.new_blends is None:
+        args.new_blends = bool(DEMO["full"].get("new_blends"))
     torch.manual_seed(args.seed)
     model = M.get(args.model, **model_kwargs)
     config = {"model": args.model, "model_kwargs": model_kwargs, "data": args.data, "data_kwargs": data_kwargs,
-              "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
-              "normalize": {"mean": mean, "std": std}, "augment": True}
+              "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "weight_decay": args.weight_decay,
+              "seed": args.seed, "normalize": {"mean": mean, "std": std}, "augment": True}
     fresh = None
     if args.new_blends:  # galaxy_instances is the only detection data set
         fresh = reblended_training_data(data_kwargs, len(splits.train), mean, std)
         config["new_blends"] = True
     n_params = sum(p.numel() for p in model.parameters())
     print(f"training {args.model} ({n_params:,} parameters) on {args.data} {splits.sizes()} for {args.epochs} epochs"
-          f"{' (new training blends every epoch)' if fresh else ''}; checkpoints in {args.out}")
+          f"{' (new training blends every epoch)' if fresh else ''}, batch {args.batch_size}, AdamW lr {args.lr:g}, "
+          f"weight decay {args.weight_decay:g}, validated every {DEMO['full']['val_every']} epochs; "
+          f"checkpoints in {args.out}")
+    options = {k: v for k, v in model_kwargs.items() if k not in ("in_channels", "num_classes")}
+    print("model options: " + ", ".join(f"{k}={v}" for k, v in options.items()))
     t0 = time.perf_counter()
     history = fit_detection(model, _normalise(splits.train.tensors[0], mean, std), targets["train"],
                             _normalise(splits.val.tensors[0], mean, std), targets["val"], epochs=args.epochs,
                             batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, out=args.out,
-                            config=config, seed=args.seed, progress=not args.quiet, fresh_data=fresh)
+                            config=config, seed=args.seed, progress=not args.quiet, fresh_data=fresh,
+                            val_every=DEMO["full"]["val_every"])
     print(f"trained {len(history.epochs)} epochs ({len(history.steps)} steps) in {time.perf_counter() - t0:.1f} s")
     print(format_scores("test", evaluate_detection(model, _normalise(splits.test.tensors[0], mean, std),
                                                    targets["test"])))
@@ -648,6 +658,12 @@ DEMO = {
     "quick": dict(data_kwargs={"n": 120}, model_kwargs=_DEMO_MODEL, epochs=1, batch_size=4, lr=2e-3, max_steps=6,
                   test_images=8),
 }
+
+
+# What `pycnn train --model mask_rcnn` uses for the settings its command line leaves out: the
+# full demo's recipe, so the command trains the demo's model (train_command).
+DEMO_TRAINING = {"epochs": DEMO["full"]["epochs"], "batch_size": DEMO["full"]["batch_size"], "lr": DEMO["full"]["lr"],
+                 "weight_decay": 1e-4}
 
 
 def run_detection_demo(quick: bool, out_dir: str, progress: bool = True, seed: int = 0) -> dict:

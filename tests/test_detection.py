@@ -404,6 +404,43 @@ def test_cli_train_detection_new_blends(tmp_path, capsys, monkeypatch):
                                          for a, b in zip(t, D.instance_targets(masks)))
 
 
+def test_cli_train_detection_defaults_to_the_demo_recipe(tmp_path, capsys, monkeypatch):
+    # `pycnn train --model mask_rcnn` with no settings trains the demo's model with the demo's
+    # recipe (epochs, batch, lr, weight decay, new blends, model options); each one given wins.
+    import pycnn.detection as PD
+    from pycnn.cli import main
+    seen = []
+    fit = PD.fit_detection
+
+    def one_step_fit(model, *a, **kw):
+        seen.append((model, kw))
+        return fit(model, *a, **dict(kw, epochs=1, max_steps=1))
+    monkeypatch.setattr(PD, "fit_detection", one_step_fit)
+    assert main(["train", "--model", "mask_rcnn", "--data", "galaxy_instances", "--data-option", "n=12",
+                 "--out", str(tmp_path / "a"), "--quiet"]) == 0
+    text = capsys.readouterr().out
+    model, kw = seen[-1]
+    assert (kw["epochs"], kw["batch_size"], kw["lr"], kw["weight_decay"], kw["val_every"]) == (20, 8, 2e-3, 1e-4, 4)
+    assert kw["fresh_data"] is not None and "new training blends every epoch" in text
+    for key, value in PD.DEMO["full"]["model_kwargs"].items():
+        assert kw["config"]["model_kwargs"][key] == value, key
+    assert model.tta and model.use_mask_iou and "model options: mask_channels=16" in text
+    assert main(["train", "--model", "mask_rcnn", "--data", "galaxy_instances", "--data-option", "n=12",
+                 "--epochs", "3", "--batch-size", "4", "--lr", "1e-3", "--weight-decay", "0", "--no-new-blends",
+                 "--model-option", "tta=False", "--model-option", "mask_channels=8",
+                 "--out", str(tmp_path / "b"), "--quiet"]) == 0
+    model, kw = seen[-1]
+    assert (kw["epochs"], kw["batch_size"], kw["lr"], kw["weight_decay"]) == (3, 4, 1e-3, 0.0)
+    assert kw["fresh_data"] is None and not model.tta and kw["config"]["model_kwargs"]["mask_channels"] == 8
+    capsys.readouterr()
+    # Other models keep the generic defaults.
+    rec = []
+    import pycnn.train as T
+    monkeypatch.setattr(T, "fit", lambda *a, **kw: rec.append(kw) or T.History())
+    assert main(["train", "--model", "lenet5", "--data", "digits", "--out", str(tmp_path / "c"), "--quiet"]) == 0
+    assert (rec[0]["epochs"], rec[0]["batch_size"], rec[0]["lr"], rec[0]["weight_decay"]) == (10, 64, 3e-3, 0.0)
+
+
 def test_demo_section_quick(tmp_path):
     # The quick demo's detection run and its report section (figures, AP table) end to end.
     from pycnn.detection import demo_section, run_detection_demo
