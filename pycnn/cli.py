@@ -286,7 +286,8 @@ def cmd_train(args) -> int:
         raise UsageError("--model and --data are required (unless --resume names a run to continue)")
     detecting = args.model in M.names() and M.task(args.model) == "detect"
     if detecting:
-        from pycnn.detection import DEMO_TRAINING
+        from pycnn.detection import DEMO_TRAINING, check_training_args
+        check_training_args(args)
         settle_defaults(args, DEMO_TRAINING)
     else:
         settle_defaults(args)

@@ -432,6 +432,20 @@ def _normalise(images: Tensor, mean, std) -> Tensor:
     return (images - mean) / std
 
 
+def check_training_args(args) -> None:
+    """Refuses `pycnn train` settings that detection training would not use: fit_detection's loop
+    has one optimizer (AdamW), one schedule (warm-up + cosine) and the model's own losses, so
+    another value would be silently ignored."""
+    unused = [flag for flag, given in (("--optimizer " + str(args.optimizer), args.optimizer not in ("adam", "adamw")),
+                                       ("--schedule " + str(args.schedule), args.schedule != "cosine"),
+                                       ("--momentum " + str(args.momentum), args.momentum != 0.9),
+                                       ("--loss " + str(args.loss), args.loss not in (None, "cross_entropy")))
+              if given]
+    if unused:
+        raise ValueError(f"{', '.join(unused)}: not used by detection training (AdamW, warm-up + cosine, "
+                         "the model's own losses)")
+
+
 def train_command(args, splits, data_kwargs: dict, model_options: dict) -> int:
     """``pycnn train --model mask_rcnn --data galaxy_instances``: trains, then prints the test
     split's APs next to the watershed baseline's."""

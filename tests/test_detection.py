@@ -433,6 +433,12 @@ def test_cli_train_detection_defaults_to_the_demo_recipe(tmp_path, capsys, monke
     assert (kw["epochs"], kw["batch_size"], kw["lr"], kw["weight_decay"]) == (3, 4, 1e-3, 0.0)
     assert kw["fresh_data"] is None and not model.tta and kw["config"]["model_kwargs"]["mask_channels"] == 8
     capsys.readouterr()
+    # Settings of the other training loop are refused, not silently ignored.
+    for flags in (["--optimizer", "sgd"], ["--schedule", "step"], ["--momentum", "0.5"], ["--loss", "hinge"]):
+        assert main(["train", "--model", "mask_rcnn", "--data", "galaxy_instances", "--data-option", "n=12",
+                     "--out", str(tmp_path / "d"), "--quiet", *flags]) == 2
+        assert " ".join(flags) + ": not used by detection training" in capsys.readouterr().err
+    assert not (tmp_path / "d").exists() and len(seen) == 2
     # Other models keep the generic defaults.
     rec = []
     import pycnn.train as T
