@@ -668,16 +668,15 @@ DEMO = {
     # any_angle, size_range) gave validation +0.004 to +0.015 mask AP in four runs but test -0.013
     # in one (issue #12's tenth and twelfth rounds).
     "full": dict(data_kwargs={"n": 1500}, model_kwargs=_DEMO_MODEL, epochs=20, batch_size=8, lr=2e-3,
-                 test_images=None, new_blends=True, val_every=4),
-    "quick": dict(data_kwargs={"n": 120}, model_kwargs=_DEMO_MODEL, epochs=1, batch_size=4, lr=2e-3, max_steps=6,
+                 weight_decay=1e-4, test_images=None, new_blends=True, val_every=4),
+    "quick": dict(data_kwargs={"n": 120}, model_kwargs=_DEMO_MODEL, epochs=1, batch_size=4, lr=2e-3, weight_decay=1e-4, max_steps=6,
                   test_images=8),
 }
 
 
 # What `pycnn train --model mask_rcnn` uses for the settings its command line leaves out: the
 # full demo's recipe, so the command trains the demo's model (train_command).
-DEMO_TRAINING = {"epochs": DEMO["full"]["epochs"], "batch_size": DEMO["full"]["batch_size"], "lr": DEMO["full"]["lr"],
-                 "weight_decay": 1e-4}
+DEMO_TRAINING = {k: DEMO["full"][k] for k in ("epochs", "batch_size", "lr", "weight_decay")}
 
 
 def run_detection_demo(quick: bool, out_dir: str, progress: bool = True, seed: int = 0) -> dict:
@@ -704,6 +703,7 @@ def run_detection_demo(quick: bool, out_dir: str, progress: bool = True, seed: i
     history = fit_detection(model, _normalise(splits.train.tensors[0], mean, std), targets["train"],
                             _normalise(splits.val.tensors[0][:val_n], mean, std), targets["val"][:val_n],
                             epochs=spec["epochs"], batch_size=spec["batch_size"], lr=spec["lr"],
+                            weight_decay=spec["weight_decay"],
                             warmup_steps=2 if quick else 50, max_steps=spec.get("max_steps"),
                             out=os.path.join(out_dir, "mask_rcnn"), config=config, seed=seed, progress=progress,
                             val_every=spec.get("val_every", 1),
