@@ -669,8 +669,8 @@ DEMO = {
     # in one (issue #12's tenth and twelfth rounds).
     "full": dict(data_kwargs={"n": 1500}, model_kwargs=_DEMO_MODEL, epochs=20, batch_size=8, lr=2e-3,
                  weight_decay=1e-4, test_images=None, new_blends=True, val_every=4),
-    "quick": dict(data_kwargs={"n": 120}, model_kwargs=_DEMO_MODEL, epochs=1, batch_size=4, lr=2e-3, weight_decay=1e-4, max_steps=6,
-                  test_images=8),
+    "quick": dict(data_kwargs={"n": 120}, model_kwargs=_DEMO_MODEL, epochs=1, batch_size=4, lr=2e-3,
+                  weight_decay=1e-4, max_steps=6, test_images=8),
 }
 
 
