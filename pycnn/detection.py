@@ -735,9 +735,9 @@ def field_detections(model: nn.Module, mean, std, zoom: float = 2, rows: slice =
     runs it (sky subtracted, enlarged, tile by tile; without test-time augmentation, 8x faster):
     (the prepared image [1, H, W], its detections >= 0.5). The data set's galaxies were cut from
     this field, so it shows the detector on a real image; it measures nothing."""
-    import skimage.data
-    rgb = torch.from_numpy(np.asarray(skimage.data.hubble_deep_field(), dtype=np.float32) / 255.0)
-    image = prepare_sky_image(rgb[rows, cols].mean(-1)[None], zoom, subtract_sky=True)
+    from pycnn.data.datasets import deep_field_grey
+    grey = torch.from_numpy(np.ascontiguousarray(deep_field_grey()[rows, cols]))
+    image = prepare_sky_image(grey[None], zoom, subtract_sky=True)
     return image, detect_image(model, image, mean, std, tile, 0.5, tta=False)
 
 

@@ -305,6 +305,13 @@ def galaxy_class_map(masks: torch.Tensor) -> torch.Tensor:
     return m[:, 0].long() + 2 * m[:, 1].long()
 
 
+def deep_field_grey() -> np.ndarray:
+    """The Hubble eXtreme Deep Field (``skimage.data.hubble_deep_field``) as grey float32 [H, W] in
+    [0, 1]: the channel mean, as the galaxy data sets and the detection demo's field figure read it."""
+    import skimage.data
+    return (np.asarray(skimage.data.hubble_deep_field(), dtype=np.float32) / 255.0).mean(-1)
+
+
 @functools.lru_cache(maxsize=4)  # seconds of image analysis; galaxies and galaxy_instances share it
 def _find_galaxies(threshold: float, min_area: int, max_extent: int, stamp: int):
     """Isolated galaxy stamps (light, footprint) from the Hubble eXtreme Deep Field image (cached:
@@ -314,12 +321,10 @@ def _find_galaxies(threshold: float, min_area: int, max_extent: int, stamp: int)
     pixels (so neighbours are removed but faint wings are kept). footprint: the smoothed light of
     the connected component above ``threshold`` (its isophotal area), see below.
     """
-    import skimage.data
     from scipy import ndimage
     from skimage import filters, measure
 
-    rgb = np.asarray(skimage.data.hubble_deep_field(), dtype=np.float32) / 255.0
-    grey = rgb.mean(-1)
+    grey = deep_field_grey()
     # The sky is not black (median ~0.05 with noise); subtract it so galaxy light adds linearly.
     light = np.clip(grey - np.median(grey), 0.0, None)
     smooth = filters.gaussian(light, sigma=1.0, preserve_range=True)
