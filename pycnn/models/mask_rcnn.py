@@ -365,7 +365,7 @@ class MaskRCNN(nn.Module):
             cin = mask_channels
         layers += [pnn.ConvTranspose2d(mask_channels, mask_channels, 2, stride=2), nn.ReLU(inplace=True),
                    pnn.Conv2d(mask_channels, num_classes, 1)]
-        self.mask_head = nn.Sequential(*layers)
+        self.mask_head = pnn.Sequential(*layers)  # its BN + ReLU pairs as one kernel (same numbers)
         for m in self.mask_head.modules():
             if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
