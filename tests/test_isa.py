@@ -17,7 +17,7 @@ from pycnn import _C
 
 ROOT = Path(__file__).resolve().parent.parent
 KERNEL_TESTS = ["test_conv.py", "test_conv_transpose.py", "test_conv_winograd.py", "test_pool.py",
-                "test_batch_norm.py", "test_depthwise.py", "test_linear.py", "test_threads.py"]
+                "test_batch_norm.py", "test_depthwise.py", "test_linear.py", "test_threads.py", "test_roi_ops.py"]
 ALL_TARGETS = ("generic", "neon", "avx2", "avx512")
 
 

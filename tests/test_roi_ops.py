@@ -282,6 +282,28 @@ def test_roi_pool_backward_routes_through_argmax():
     assert gradcheck(lambda t: ops.roi_pool(t, rois, (3, 4)), [x.detach()])
 
 
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("bins", [(3, 4), (2, 1), (8, 15)])
+def test_roi_pool_ties_nan_and_infinities_follow_max_pools_rule(dtype, bins):
+    # torch's rule, as adaptive_max_pool2d: the first of tied maxima; after a NaN, NaN and the last
+    # NaN's position; a bin of -inf only reports its first pixel. Whole-image boxes on 16 x 15
+    # planes: bins 4-5, 15 and 1-2 pixels wide (the kernel takes narrow and wide bins apart).
+    N, C, H, W = 2, 6, 16, 15
+    g = torch.Generator().manual_seed(7)
+    x = torch.randint(-3, 3, (N, C, H, W), generator=g).to(dtype)  # many ties
+    x[0, 1] = -math.inf
+    x[0, 2][torch.rand(H, W, generator=g) < 0.1] = NAN
+    x[1, 3][torch.rand(H, W, generator=g) < 0.4] = NAN
+    x[1, 4][torch.rand(H, W, generator=g) < 0.3] = math.inf
+    x[1, 5][torch.rand(H, W, generator=g) < 0.5] = -math.inf
+    rois = torch.tensor([[n, 0, 0, W - 1, H - 1] for n in range(N)], dtype=dtype)
+    out, arg = torch.ops.pycnn.roi_pool(x, rois, *bins, 1.0)
+    want, want_arg = F.adaptive_max_pool2d(x, bins, return_indices=True)
+    torch.testing.assert_close(out, want, rtol=0, atol=0, equal_nan=True)
+    assert torch.equal(arg, want_arg)
+    assert bool(out[0, 2].isnan().any()) and bool(out[0, 1].isneginf().all())  # the cases occur
+
 def test_roi_pool_empty_bins_give_zero():
     # a box entirely left of the image: every bin is empty
     x = torch.randn(1, 2, 5, 5, dtype=torch.float64, requires_grad=True)

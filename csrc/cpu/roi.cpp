@@ -357,6 +357,63 @@ void roi_align_backward(const RoiShape& s, const T* gy, const T* rois, T* gx) {
   });
 }
 
+// The position (h * W + w) of a non-empty bin's maximum by torch's max-pooling rule (the rule's
+// own loop is `if (v > best || isnan(v))` per pixel): the first of tied maxima, the last NaN if the
+// bin holds one (once the running max is NaN only a NaN replaces it), the first pixel when all are
+// -inf. That branch mispredicts on real data (~10 cycles a pixel), so: narrow bins (small RoIs,
+// the usual case) run the rule branch-free; wide ones a vector of the row at a time, each lane
+// keeping its own first maximum and position, the lanes then reduced to the first overall (a lane
+// sees its pixels in increasing position, so the smallest position among the lanes holding the
+// maximum is the first), with a scan for the last NaN only when there is one.
+template <typename T>
+static int64_t pool_bin_argmax(const T* plane, int64_t W, int64_t h0, int64_t h1, int64_t w0, int64_t w1) {
+  using V = vec<T>;
+  using M = vmask<T>;
+  using I = std::remove_reference_t<decltype(M{}[0])>;
+  constexpr int L = kLanesOf<T>;
+  const T neg_inf = -std::numeric_limits<T>::infinity();
+  const int64_t first = h0 * W + w0, last = (h1 - 1) * W + w1 - 1;
+  if (w1 - w0 < L / 2 || last > int64_t(std::numeric_limits<I>::max())) {
+    T m = neg_inf;
+    int64_t at = first;
+    for (int64_t h = h0; h < h1; ++h)
+      for (int64_t w = w0; w < w1; ++w) {
+        const T v = plane[h * W + w];
+        const bool take = (v > m) | (v != v);
+        m = take ? v : m;
+        at = take ? h * W + w : at;
+      }
+    return at;
+  }
+  const M lanes = lane_index<T>();
+  V best = broadcast<T>(neg_inf);
+  M at = M{} - I(1), nan = M{};
+  for (int64_t h = h0; h < h1; ++h) {
+    const T* row = plane + h * W;
+    for (int64_t w = w0; w < w1; w += L) {
+      const int64_t n = std::min<int64_t>(L, w1 - w);
+      const V v = select(lanes < I(n), load_first(row + w, n), broadcast<T>(neg_inf));  // past the bin: -inf
+      const M take = v > best;
+      best = select(take, v, best);
+      at = select(take, lanes + I(h * W + w), at);
+      nan |= v != v;
+    }
+  }
+  T m = neg_inf;
+  int64_t where = first;  // every lane -inf (or NaN): the first pixel
+  bool any_nan = false;
+  for (int j = 0; j < L; ++j) {
+    any_nan |= nan[j] != 0;
+    if (at[j] >= 0 && (best[j] > m || (best[j] == m && at[j] < where))) m = best[j], where = at[j];
+  }
+  if (any_nan) {
+    for (int64_t h = h1 - 1; h >= h0; --h)
+      for (int64_t w = w1 - 1; w >= w0; --w)
+        if (std::isnan(plane[h * W + w])) return h * W + w;
+  }
+  return where;
+}
+
 // RoIPool: max over each bin, the flat input position (h * W + w) of the winner recorded.
 // torch's max-pooling rule (take v if v > max or v is NaN, starting from -inf at the bin's first
 // pixel), so NaN propagates and an all -inf bin reports its first pixel: the same rule as
@@ -367,34 +424,28 @@ void roi_pool_forward(const RoiShape& s, const T* x, const T* rois, T* y, int64_
   const int64_t out_plane = s.PH * s.PW, in_plane = s.H * s.W;
   if (s.K == 0 || s.C == 0 || out_plane == 0) return;
   parallel_for(s.K * s.C, grain_for(out_plane * 4), [&](int64_t begin, int64_t end) {
+    std::vector<int64_t> col(2 * s.PW);  // each output column's [w0, w1), the same for every row
     for (int64_t item = begin; item < end; ++item) {
       const int64_t k = item / s.C, c = item % s.C;
       const roi::PoolRoi r = roi::pool_roi(s, rois + 5 * k);
       T* out = y + item * out_plane;
       int64_t* arg = argmax + item * out_plane;
-      const T* plane = r.batch >= 0 ? x + (r.batch * s.C + c) * in_plane : nullptr;
+      if (r.batch < 0) {
+        std::fill(out, out + out_plane, T(0));
+        std::fill(arg, arg + out_plane, int64_t(-1));
+        continue;
+      }
+      const T* plane = x + (r.batch * s.C + c) * in_plane;
+      for (int64_t pw = 0; pw < s.PW; ++pw)
+        roi::pool_bin<T>(r.start_x, r.width, s.PW, pw, s.W, col[2 * pw], col[2 * pw + 1]);
       for (int64_t ph = 0; ph < s.PH; ++ph) {
         int64_t h0, h1;
         roi::pool_bin<T>(r.start_y, r.height, s.PH, ph, s.H, h0, h1);
         for (int64_t pw = 0; pw < s.PW; ++pw) {
-          int64_t w0, w1;
-          roi::pool_bin<T>(r.start_x, r.width, s.PW, pw, s.W, w0, w1);
-          T best = T(0);
-          int64_t best_index = -1;
-          if (plane != nullptr && h1 > h0 && w1 > w0) {
-            best = -std::numeric_limits<T>::infinity();
-            best_index = h0 * s.W + w0;
-            for (int64_t h = h0; h < h1; ++h)
-              for (int64_t w = w0; w < w1; ++w) {
-                const T v = plane[h * s.W + w];
-                if (v > best || std::isnan(v)) {
-                  best = v;
-                  best_index = h * s.W + w;
-                }
-              }
-          }
-          out[ph * s.PW + pw] = best;
-          arg[ph * s.PW + pw] = best_index;
+          const int64_t w0 = col[2 * pw], w1 = col[2 * pw + 1];
+          const int64_t i = h1 > h0 && w1 > w0 ? pool_bin_argmax(plane, s.W, h0, h1, w0, w1) : -1;
+          out[ph * s.PW + pw] = i >= 0 ? plane[i] : T(0);
+          arg[ph * s.PW + pw] = i;
         }
       }
     }
