@@ -373,7 +373,9 @@ static int64_t pool_bin_argmax(const T* plane, int64_t W, int64_t h0, int64_t h1
   constexpr int L = kLanesOf<T>;
   const T neg_inf = -std::numeric_limits<T>::infinity();
   const int64_t first = h0 * W + w0, last = (h1 - 1) * W + w1 - 1;
-  if (w1 - w0 < L / 2 || last > int64_t(std::numeric_limits<I>::max())) {
+  // Lane positions are computed in the mask's integer type, past the bin's end by up to L - 1:
+  // planes too large for it take the scalar path.
+  if (w1 - w0 < L / 2 || last + L > int64_t(std::numeric_limits<I>::max())) {
     T m = neg_inf;
     int64_t at = first;
     for (int64_t h = h0; h < h1; ++h)
