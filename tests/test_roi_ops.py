@@ -282,7 +282,6 @@ def test_roi_pool_backward_routes_through_argmax():
     assert gradcheck(lambda t: ops.roi_pool(t, rois, (3, 4)), [x.detach()])
 
 
-
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("bins", [(3, 4), (2, 1), (8, 15)])
 def test_roi_pool_ties_nan_and_infinities_follow_max_pools_rule(dtype, bins):
@@ -303,6 +302,7 @@ def test_roi_pool_ties_nan_and_infinities_follow_max_pools_rule(dtype, bins):
     torch.testing.assert_close(out, want, rtol=0, atol=0, equal_nan=True)
     assert torch.equal(arg, want_arg)
     assert bool(out[0, 2].isnan().any()) and bool(out[0, 1].isneginf().all())  # the cases occur
+
 
 def test_roi_pool_empty_bins_give_zero():
     # a box entirely left of the image: every bin is empty
