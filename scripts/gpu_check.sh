@@ -4,9 +4,9 @@
 # A lent GPU gives ~15 minutes in all, so each phase has its own time limit and the script goes
 # on after a failing phase (a build failure ends it; the limits add up to 570 s, inside the call's
 # 600): device facts, the build with the CUDA module, the CUDA tests, compute-sanitizer memcheck
-# over the op tests, the GPU bench. At most
-# 8 files come back from $OUT: gpu.txt, build.log, tests.log, memcheck.log, bench.log and the
-# bench table cuda-float32.md (commit it under bench/results/ and quote it in README).
+# over the op tests, the GPU bench. At most 8 files come back from $OUT: gpu.txt, build.log,
+# tests.log, memcheck.log, bench.log and the bench table cuda-float32.md (commit it under
+# bench/results/ and quote it in README).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 repo=$PWD
