@@ -355,13 +355,19 @@ def _find_galaxies(threshold: float, min_area: int, max_extent: int, stamp: int)
     return np.stack(lights).astype(np.float32), np.stack(footprints).astype(np.float32), np.asarray(areas)
 
 
+def _shifted_window(h: int, w: int, dy: int, dx: int) -> tuple:
+    """(source, destination) slices of an h x w plane moved by (dy, dx) pixels: the part that stays
+    in the frame, and where it lands."""
+    ys, yd = (slice(0, h - dy), slice(dy, h)) if dy >= 0 else (slice(-dy, h), slice(0, h + dy))
+    xs, xd = (slice(0, w - dx), slice(dx, w)) if dx >= 0 else (slice(-dx, w), slice(0, w + dx))
+    return (ys, xs), (yd, xd)
+
+
 def _shift(a: np.ndarray, dy: int, dx: int) -> np.ndarray:
     """a moved by (dy, dx) pixels, zero filled (no wrap-around)."""
     out = np.zeros_like(a)
-    h, w = a.shape[-2:]
-    ys, yd = (slice(0, h - dy), slice(dy, h)) if dy >= 0 else (slice(-dy, h), slice(0, h + dy))
-    xs, xd = (slice(0, w - dx), slice(dx, w)) if dx >= 0 else (slice(-dx, w), slice(0, w + dx))
-    out[..., yd, xd] = a[..., ys, xs]
+    src, dst = _shifted_window(*a.shape[-2:], dy, dx)
+    out[(..., *dst)] = a[(..., *src)]
     return out
 
 

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch.utils.data import TensorDataset
 
 from pycnn.data.datasets import (Splits, _channel_stats, _check_fractions, _check_seed, _find_galaxies,
-                                 _split_counts)
+                                 _shifted_window, _split_counts)
 
 __all__ = ["galaxy_instances", "galaxy_blends", "instance_targets", "masks_to_boxes", "MAX_INSTANCES"]
 
@@ -53,8 +53,8 @@ def instance_targets(masks: torch.Tensor, label: int = 1) -> list:
     where the all-zero padding masks are left out."""
     if masks.ndim != 4:
         raise ValueError(f"instance_targets: masks must be [N, K, H, W], got {tuple(masks.shape)}")
-    # Every image's boxes in one go (a per-image call was ~40 % of making an epoch's new blends),
-    # then each image keeps its non-empty slots.
+    # Every image's boxes in one call (one per image was a large part of making an epoch's new
+    # blends), then each image keeps its non-empty slots.
     present = masks.flatten(2).amax(2) > 0.5  # [N, K]
     binary = masks > 0.5
     boxes = masks_to_boxes(binary.flatten(0, 1)).view(*masks.shape[:2], 4)
@@ -209,15 +209,6 @@ def _galaxy_pools(name, seed, size, zoom, noise, threshold, min_area, flux_range
     return (up(light), up(smooth), radius), pools, rng
 
 
-def _shifted_window(size: int, dy: int, dx: int) -> tuple:
-    """(source, destination) slices of a size x size stamp moved by (dy, dx) pixels: what
-    pycnn.data.datasets._shift keeps of it, and where that lands."""
-    def axis(d):
-        return (slice(0, size - d), slice(d, size)) if d >= 0 else (slice(-d, size), slice(0, size + d))
-    (ys, yd), (xs, xd) = axis(dy), axis(dx)
-    return (ys, xs), (yd, xd)
-
-
 def _blend(rng, pool, count, galaxies, size, noise, threshold, flux_range, three_fraction, min_pixels):
     """``count`` images of 2 or 3 galaxies from ``pool`` (steps 2 and 3 of galaxy_instances):
     images [count, 1, H, W], masks [count, 3, H, W], galaxy ids and fluxes [count, 3] as tensors."""
@@ -246,8 +237,9 @@ def _blend(rng, pool, count, galaxies, size, noise, threshold, flux_range, three
                 angle = rng.uniform(0, 2 * np.pi)
                 cy, cx = centres[j][0] + dist * np.sin(angle), centres[j][1] + dist * np.cos(angle)
             centres.append((cy, cx))
-            # The part of the stamp that lands in the frame, shifted by (dy, dx) (zeros elsewhere).
-            src, dst = _shifted_window(size, int(round(cy)), int(round(cx)))
+            # Only the part of the stamp that stays in the frame, added where it lands (the same
+            # sums as adding the zero-filled shifted stamp, without the full-frame copies).
+            src, dst = _shifted_window(size, size, int(round(cy)), int(round(cx)))
             lg = lg[src] * scale
             mg = sg[src] * scale > threshold
             if mg.sum() >= min_pixels:
