@@ -420,7 +420,7 @@ def test_cli_train_detection_defaults_to_the_demo_recipe(tmp_path, capsys, monke
                  "--out", str(tmp_path / "a"), "--quiet"]) == 0
     text = capsys.readouterr().out
     model, kw = seen[-1]
-    assert (kw["epochs"], kw["batch_size"], kw["lr"], kw["weight_decay"], kw["val_every"]) == (20, 8, 2e-3, 1e-4, 4)
+    assert (kw["epochs"], kw["batch_size"], kw["lr"], kw["weight_decay"], kw["val_every"]) == (24, 8, 2e-3, 1e-4, 4)
     assert kw["fresh_data"] is not None and "new training blends every epoch" in text
     for key, value in PD.DEMO["full"]["model_kwargs"].items():
         assert kw["config"]["model_kwargs"][key] == value, key
