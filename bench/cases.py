@@ -529,6 +529,8 @@ def cpu_cases(isa: str | None = None) -> List[Case]:
         conv2d_case("conv2d 3x3 fwd+bwd", 32, 64, 64, 32, 3, pad=1, backward=True,
                     targets=[_ratio("<=", t["conv fwd+bwd"])]),
         conv2d_case("conv2d 5x5 1->6 fwd+bwd", 64, 1, 6, 28, 5, pad=0, backward=True, targets=[_ratio("<=", t["lenet"])]),
+        # Mask R-CNN's mask head (46 RoIs of 14x14): rows that are not whole cache lines
+        conv2d_case("conv2d 3x3 14x14 fwd+bwd", 46, 16, 32, 14, 3, pad=1, backward=True, targets=()),
         conv_transpose2d_case("conv_transpose2d 2x2 s2 fwd+bwd", 16, 64, 32, 32, 2, 2, targets=[_ratio("<=", 1.0)]),
         max_pool2d_case("max_pool2d 2x2 fwd+bwd", 32, 64, 64, targets=[_ratio("<=", 0.3)]),
         batch_norm_case("batch_norm train fwd+bwd", 32, 64, 64, targets=[_ratio("<=", 0.5)]),
