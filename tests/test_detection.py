@@ -569,6 +569,41 @@ def test_soft_nms_and_enlarged_mask_rois_in_the_model(data):
         M.get("mask_rcnn", mask_roi_scale=0.8)
 
 
+def test_box_head_reads_enlarged_rois_in_training_and_inference(data):
+    """box_roi_scale: the box head's 7x7 RoIAlign reads each proposal (training: each sampled RoI)
+    enlarged about its centre, while its deltas stay relative to the proposal itself."""
+    from pycnn.models.mask_rcnn import scale_boxes
+    model = _small_model(box_roi_scale=1.25)
+    read, sampled = [], []
+    roi_align, sample_rois = model._roi_align, model._sample_rois
+
+    def record_roi_align(features, boxes, size):
+        if size == 7:
+            read.append(torch.cat(boxes))
+        return roi_align(features, boxes, size)
+
+    def record_sample_rois(proposals, targets):
+        out = sample_rois(proposals, targets)
+        sampled.append(torch.cat(out[0]))
+        return out
+    model._roi_align, model._sample_rois = record_roi_align, record_sample_rois
+    x, t = _batch(data, 2)
+    sum(model.train()(x, t).values()).backward()
+    assert len(read) == 1 and torch.equal(read[0], scale_boxes(sampled[0], 1.25))
+    assert bool(((read[0][:, 2] - read[0][:, 0]) > (sampled[0][:, 2] - sampled[0][:, 0])).any())
+    model.eval()
+    model.score_thresh = 0.0
+    proposals = []
+    model_proposals = model._proposals
+    model._proposals = lambda *a: proposals.append(model_proposals(*a)) or proposals[-1]
+    read.clear()
+    with torch.no_grad():
+        model(x)
+    assert torch.equal(read[0], scale_boxes(torch.cat(proposals[0]), 1.25))
+    with pytest.raises(ValueError, match="box_roi_scale"):
+        M.get("mask_rcnn", box_roi_scale=0.5)
+
+
 def test_flip_targets_transpose(data):
     from pycnn.detection import flip_targets
     from pycnn.data.instances import masks_to_boxes
