@@ -571,7 +571,7 @@ def test_soft_nms_and_enlarged_mask_rois_in_the_model(data):
 
 def test_box_head_reads_enlarged_rois_in_training_and_inference(data):
     """box_roi_scale: the box head's 7x7 RoIAlign reads each proposal (training: each sampled RoI)
-    enlarged about its centre, while its deltas stay relative to the proposal itself."""
+    enlarged about its centre, in training and in inference alike."""
     from pycnn.models.mask_rcnn import scale_boxes
     model = _small_model(box_roi_scale=1.25)
     read, sampled = [], []
