@@ -595,7 +595,11 @@ def test_box_head_reads_enlarged_rois_in_training_and_inference(data):
     model.score_thresh = 0.0
     proposals = []
     model_proposals = model._proposals
-    model._proposals = lambda *a: proposals.append(model_proposals(*a)) or proposals[-1]
+
+    def record_proposals(*args):
+        proposals.append(model_proposals(*args))
+        return proposals[-1]
+    model._proposals = record_proposals
     read.clear()
     with torch.no_grad():
         model(x)
